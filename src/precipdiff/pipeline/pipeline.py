@@ -1,0 +1,350 @@
+"""The two-stage pipeline: coarse biased precipitation in, fine-scale ensembles out.
+
+``src (LR) --Stage I--> corrected LR --upsample--> Stage II --> HR ensemble``
+
+Each Stage-I member feeds its own Stage-II member, so the uncertainty of the correction propagates
+into the downscaled ensemble. Either stage may be absent: without Stage I the input is downscaled
+as it is; without Stage II the corrected coarse field is the output.
+
+Memory: Stage I runs on the whole coarse domain (100x fewer pixels than the fine grid for a 10x
+factor). Stage II runs window by window (:func:`precipdiff.pipeline.tiling.windows`) with starting
+noise that depends on the global pixel only, and the windows are blended into an accumulator that
+lives in memory for small domains and in a temporary zarr array on disk for large ones, so peak
+memory is set by the window and the member batch, not by the domain.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from precipdiff.errors import GridError
+from precipdiff.grid import Grid, upsample_tensor
+from precipdiff.pipeline.stage import SamplerSettings, Stage
+from precipdiff.pipeline.tiling import position_noise, windows
+
+log = logging.getLogger(__name__)
+
+#: Accumulators larger than this many bytes go to a temporary zarr array on disk.
+IN_MEMORY_LIMIT = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Inference options.
+
+    members : ensemble size; seed : base seed (same seed -> bit-identical output on one machine);
+    member_batch : members sampled together; window/halo : fine-grid window size and halo (pixels);
+    tile/overlap : network tile size and overlap (pixels; default from the stage's patch size);
+    mass_consistent : rescale each fine block so that pooling it (the Stage-II model's pooling)
+    reproduces the corrected coarse value.
+    """
+
+    members: int = 16
+    correct: SamplerSettings = SamplerSettings()
+    downscale: SamplerSettings = SamplerSettings()
+    seed: int = 0
+    member_batch: int = 8
+    window: int = 512
+    halo: int = 32
+    tile: int | None = None
+    overlap: int | None = None
+    tile_batch: int = 8
+    mass_consistent: bool = False
+    device: str = "cpu"
+
+
+@dataclass
+class StepResult:
+    """One time step: corrected LR members (M, Y, X) and an iterator of HR row bands."""
+
+    corrected_lr: np.ndarray
+    hr_bands: Iterator[tuple[int, int, np.ndarray]] | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class _Accumulator:
+    """Weighted sum of window outputs and the sum of weights, in memory or on disk (zarr)."""
+
+    def __init__(self, members: int, height: int, width: int, scratch: Path | None):
+        nbytes = members * height * width * 4
+        if nbytes <= IN_MEMORY_LIMIT or scratch is None:
+            self.wsum = np.zeros((members, height, width), np.float32)
+            self.wnorm = np.zeros((height, width), np.float32)
+        else:
+            import zarr
+
+            chunks = (members, 512, 512)
+            self.wsum = zarr.create_array(
+                scratch / "wsum.zarr",
+                shape=(members, height, width),
+                chunks=chunks,
+                dtype="float32",
+                fill_value=0.0,
+            )
+            self.wnorm = zarr.create_array(
+                scratch / "wnorm.zarr",
+                shape=(height, width),
+                chunks=chunks[1:],
+                dtype="float32",
+                fill_value=0.0,
+            )
+
+    def add(self, m0: int, y0: int, x0: int, values: np.ndarray, weight: np.ndarray) -> None:
+        m1, (h, w) = m0 + values.shape[0], weight.shape
+        self.wsum[m0:m1, y0 : y0 + h, x0 : x0 + w] = (
+            self.wsum[m0:m1, y0 : y0 + h, x0 : x0 + w] + values * weight
+        )
+        if m0 == 0:
+            self.wnorm[y0 : y0 + h, x0 : x0 + w] = self.wnorm[y0 : y0 + h, x0 : x0 + w] + weight
+
+    def band(self, y0: int, y1: int) -> np.ndarray:
+        return np.asarray(self.wsum[:, y0:y1]) / np.asarray(self.wnorm[y0:y1])[None]
+
+
+def _nan_to_zero(a: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    valid = np.isfinite(a)
+    return torch.from_numpy(np.where(valid, a, 0.0).astype(np.float32)), valid
+
+
+class Pipeline:
+    """Stage I (correct) then Stage II (downscale); either may be ``None``."""
+
+    def __init__(self, correct: Stage | None = None, downscale: Stage | None = None):
+        if correct is None and downscale is None:
+            raise ValueError("a pipeline needs at least one stage")
+        if correct is not None and correct.kind != "correct":
+            raise GridError(
+                f"{correct.source}: Stage I needs 'correct' weights, got {correct.kind!r}"
+            )
+        if downscale is not None and downscale.kind not in ("downscale", "regression"):
+            raise GridError(
+                f"{downscale.source}: Stage II needs 'downscale' or 'regression' weights, "
+                f"got {downscale.kind!r}"
+            )
+        self.correct = correct
+        self.downscale = downscale
+
+    @property
+    def factor(self) -> int:
+        return self.downscale.factor if self.downscale is not None else 1
+
+    # ---------------------------------------------------------------- Stage I
+    def correct_step(self, src: np.ndarray, t: int, opts: PredictOptions) -> np.ndarray:
+        """Corrected coarse members (M, Y, X) in mm/h for one source field ``src`` (Y, X) mm/h."""
+        m = opts.members
+        if self.correct is None:
+            return np.repeat(src[None].astype(np.float32), m, axis=0)
+        stage = self.correct
+        x, valid = _nan_to_zero(stage.transform.forward(src))
+        base = x[None, None].to(opts.device)
+        out = []
+        for m0 in range(0, m, opts.member_batch):
+            mb = min(opts.member_batch, m - m0)
+            noise = torch.stack(
+                [
+                    position_noise(0, 0, *src.shape, seed=opts.seed, member=m0 + i, time_index=t)
+                    for i in range(mb)
+                ]
+            )
+            y = stage.apply(
+                base.expand(mb, -1, -1, -1),
+                noise,
+                settings=opts.correct,
+                tile=opts.tile,
+                overlap=opts.overlap,
+                tile_batch=opts.tile_batch,
+            )
+            out.append(stage.transform.inverse(y[:, 0].cpu().numpy()))
+        corrected = np.concatenate(out).astype(np.float32)
+        corrected[:, ~valid] = np.nan
+        return corrected
+
+    # ---------------------------------------------------------------- Stage II
+    def downscale_step(
+        self,
+        corrected: np.ndarray,
+        t: int,
+        opts: PredictOptions,
+        *,
+        extras: np.ndarray | None = None,
+        scratch: Path | None = None,
+        on_window: Callable[[], None] | None = None,
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Downscale corrected members (M, Y, X) mm/h; yields fine row bands (y0, y1, (M, h, W)).
+
+        ``extras`` (E, H, W) are extra conditioning channels already on the fine grid.
+        """
+        stage, f = self.downscale, self.factor
+        assert stage is not None
+        m, ny, nx = corrected.shape
+        h, w = ny * f, nx * f
+        tcor, valid = _nan_to_zero(stage.transform.forward(corrected))
+        acc = _Accumulator(m, h, w, scratch)
+        for win in windows(h, w, opts.window, opts.halo, multiple=f):
+            ly0, ly1, lx0, lx1 = win.y0 // f, -(-win.y1 // f), win.x0 // f, -(-win.x1 // f)
+            lr = tcor[:, None, ly0:ly1, lx0:lx1].to(opts.device)
+            base_all = upsample_tensor(lr, f, method="bilinear")
+            base_all = base_all[..., : win.y1 - win.y0, : win.x1 - win.x0]
+            ext = None
+            if extras is not None:
+                ext = torch.from_numpy(np.nan_to_num(extras[:, win.y0 : win.y1, win.x0 : win.x1]))
+            for m0 in range(0, m, opts.member_batch):
+                mb = min(opts.member_batch, m - m0)
+                noise = torch.stack(
+                    [
+                        position_noise(
+                            win.y0,
+                            win.x0,
+                            win.y1 - win.y0,
+                            win.x1 - win.x0,
+                            seed=opts.seed + 1,
+                            member=m0 + i,
+                            time_index=t,
+                        )
+                        for i in range(mb)
+                    ]
+                )
+                y = stage.apply(
+                    base_all[m0 : m0 + mb],
+                    noise,
+                    extras=None
+                    if ext is None
+                    else ext[None].expand(mb, -1, -1, -1).to(opts.device),
+                    settings=opts.downscale,
+                    tile=opts.tile,
+                    overlap=opts.overlap,
+                    tile_batch=opts.tile_batch,
+                )
+                acc.add(m0, win.y0, win.x0, y[:, 0].cpu().numpy(), win.weight.numpy())
+            if on_window is not None:
+                on_window()
+        mask_hr = np.repeat(np.repeat(valid, f, axis=-2), f, axis=-1)
+        band = max(f, (opts.window // f) * f)
+        for y0 in range(0, h, band):
+            y1 = min(h, y0 + band)
+            hr = stage.transform.inverse(acc.band(y0, y1)).astype(np.float32)
+            if opts.mass_consistent:
+                hr = mass_consistent(hr, corrected[:, y0 // f : y1 // f], f, stage.pooling)
+            hr[~mask_hr[:, y0:y1]] = np.nan
+            yield y0, y1, hr
+
+    # ---------------------------------------------------------------- both
+    def predict(
+        self,
+        src: xr.DataArray,
+        opts: PredictOptions = PredictOptions(),
+        *,
+        extras: xr.DataArray | None = None,
+        on_window: Callable[[], None] | None = None,
+    ) -> xr.Dataset:
+        """Run the pipeline on ``src`` (time, lat, lon) in mm/h and return an in-memory Dataset.
+
+        Variables: ``precip`` (member, time, lat, lon) on the fine grid and ``corrected_lr``
+        (member, time, lat_lr, lon_lr). For domains that do not fit in memory use
+        :func:`precipdiff.pipeline.output.predict_to_file`.
+        """
+        grid = Grid.from_dataarray(src)
+        fine = grid.refine(self.factor)
+        times = src["time"].values
+        m, f = opts.members, self.factor
+        hr = np.full((m, len(times), fine.nlat, fine.nlon), np.nan, np.float32)
+        lr = np.full((m, len(times), grid.nlat, grid.nlon), np.nan, np.float32)
+        for t in range(len(times)):
+            lr[:, t] = self.correct_step(src.isel(time=t).values, t, opts)
+            if self.downscale is None:
+                continue
+            ext = None if extras is None else extras.isel(time=t).values
+            for y0, y1, band in self.downscale_step(
+                lr[:, t], t, opts, extras=ext, on_window=on_window
+            ):
+                hr[:, t, y0:y1] = band
+        return self._dataset(src, grid, fine, lr, hr if f > 1 or self.downscale else None, opts)
+
+    def _dataset(self, src, grid, fine, lr, hr, opts) -> xr.Dataset:
+        time = src["time"].values
+        lr_da = xr.DataArray(
+            lr,
+            dims=("member", "time", "lat_lr", "lon_lr"),
+            coords={
+                "member": np.arange(lr.shape[0]),
+                "time": time,
+                "lat_lr": grid.lat,
+                "lon_lr": grid.lon,
+            },
+            attrs={
+                "units": "mm/h",
+                "long_name": "Stage-I corrected precipitation rate (coarse grid)",
+            },
+        )
+        data = {"corrected_lr": lr_da}
+        if hr is not None:
+            data["precip"] = xr.DataArray(
+                hr,
+                dims=("member", "time", "lat", "lon"),
+                coords={
+                    "member": np.arange(hr.shape[0]),
+                    "time": time,
+                    "lat": fine.lat,
+                    "lon": fine.lon,
+                },
+                attrs={"units": "mm/h", "long_name": "downscaled precipitation rate ensemble"},
+            )
+        return xr.Dataset(data, attrs=self.provenance(opts))
+
+    def provenance(self, opts: PredictOptions) -> dict[str, str | int]:
+        """Attributes that say which models, sampler, steps and seed made an output."""
+        from precipdiff import __version__
+
+        attrs: dict[str, str | int] = {
+            "precipdiff_version": __version__,
+            "seed": opts.seed,
+            "members": opts.members,
+            "mass_consistent": int(opts.mass_consistent),
+        }
+        for name, stage, s in (
+            ("correct", self.correct, opts.correct),
+            ("downscale", self.downscale, opts.downscale),
+        ):
+            if stage is None:
+                attrs[f"{name}_model"] = "none"
+                continue
+            attrs[f"{name}_model"] = stage.source
+            attrs[f"{name}_weights_sha256"] = stage.metadata.get("sha256", "")
+            attrs[f"{name}_sampler"] = s.sampler
+            attrs[f"{name}_steps"] = s.steps
+            attrs[f"{name}_nfe"] = stage.nfe(s)
+        return attrs
+
+
+def mass_consistent(hr: np.ndarray, lr: np.ndarray, factor: int, pooling: str) -> np.ndarray:
+    """Rescale each ``factor``² block of ``hr`` (M, h, w) so its pooled value equals ``lr``.
+
+    Multiplicative per block: ``hr * lr / pool(hr)``, ``pool`` = block max (``pooling="max"``) or
+    block mean (``"mean"``). Blocks whose pooled value is 0 while ``lr > 0`` are filled uniformly
+    with ``lr``, which satisfies both poolings (a rare case).
+    """
+    m, h, w = hr.shape
+    blocks = hr.reshape(m, h // factor, factor, w // factor, factor)
+    pooled = np.nanmax(blocks, axis=(2, 4)) if pooling == "max" else np.nanmean(blocks, axis=(2, 4))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(pooled > 0, lr / pooled, 0.0)
+    out = blocks * ratio[:, :, None, :, None]
+    empty = (pooled <= 0) & (lr > 0)
+    if empty.any():
+        fill = np.broadcast_to(lr[:, :, None, :, None], out.shape)
+        mask = np.broadcast_to(empty[:, :, None, :, None], out.shape)
+        out = np.where(mask, fill, out)
+    return out.reshape(m, h, w).astype(np.float32)
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory:
+    """A temporary directory for on-disk accumulators."""
+    return tempfile.TemporaryDirectory(prefix="precipdiff-acc-")

@@ -1,0 +1,122 @@
+"""``precipdiff predict``: files in, CF-NetCDF ensembles out (single file or archive mode)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from precipdiff.errors import CheckpointError, PrecipdiffError
+from precipdiff.pipeline.output import predict_to_file
+from precipdiff.pipeline.pipeline import Pipeline, PredictOptions
+from precipdiff.pipeline.shipped import shipped_weights
+from precipdiff.pipeline.stage import SamplerSettings, Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """Everything ``precipdiff predict`` was asked to do."""
+
+    inputs: Sequence[Path]
+    output: Path
+    weights_correct: Path | None = None
+    weights_downscale: Path | None = None
+    stages: tuple[str, ...] = ("correct", "downscale")
+    members: int = 16
+    sampler: str = "dpmpp_2m"
+    steps: int = 12
+    seed: int = 0
+    bbox: tuple[float, float, float, float] | None = None
+    reader: str | None = None
+    variable: str | None = None
+    member_batch: int = 8
+    window: int = 512
+    device: str = "auto"
+    mass_consistent: bool = False
+    thresholds: tuple[float, ...] = (1.0, 5.0, 10.0)
+    archive: bool = False
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PrecipdiffError(f"--device {device} requested but no CUDA device is available")
+    return device
+
+
+def load_pipeline(req: PredictRequest, device: str) -> Pipeline:
+    """Load the requested stages (the shipped weights where no path is given)."""
+    unknown = set(req.stages) - {"correct", "downscale"}
+    if unknown or not req.stages:
+        raise PrecipdiffError(f"--stages must name 'correct' and/or 'downscale', got {req.stages}")
+    shipped = shipped_weights()
+    stages: dict[str, Stage | None] = {"correct": None, "downscale": None}
+    for name, given in (("correct", req.weights_correct), ("downscale", req.weights_downscale)):
+        if name not in req.stages:
+            continue
+        path = given or shipped[name]
+        if path is None:
+            raise CheckpointError(
+                f"no {name} weights given and none shipped: pass --weights-{name} FILE.safetensors"
+            )
+        stages[name] = Stage.load(path, device=device)
+    return Pipeline(stages["correct"], stages["downscale"])
+
+
+def _options(req: PredictRequest, device: str) -> PredictOptions:
+    settings = SamplerSettings(sampler=req.sampler, steps=req.steps)
+    return PredictOptions(
+        members=req.members,
+        correct=settings,
+        downscale=settings,
+        seed=req.seed,
+        member_batch=req.member_batch,
+        window=req.window,
+        mass_consistent=req.mass_consistent,
+        device=device,
+    )
+
+
+def check_inputs(paths: Sequence[Path]) -> None:
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise PrecipdiffError(f"input file(s) not found: {', '.join(missing)}")
+
+
+def run_predict(req: PredictRequest) -> Iterator[Path]:
+    """Run the pipeline; yields each output path as it is completed."""
+    from precipdiff.io import read, read_many
+
+    check_inputs(req.inputs)
+    device = resolve_device(req.device)
+    pipeline = load_pipeline(req, device)
+    opts = _options(req, device)
+    kw = {"reader": req.reader, "variable": req.variable, "bbox": req.bbox}
+    if not req.archive:
+        src = read_many(req.inputs, **kw) if len(req.inputs) > 1 else read(req.inputs[0], **kw)
+        yield predict_to_file(pipeline, src, req.output, opts, thresholds=req.thresholds)
+        return
+    req.output.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
+    for path in req.inputs:
+        target = req.output / f"{Path(path).name}.precipdiff.nc"
+        if target.exists():
+            log.info("skip %s: output exists and is complete", path)
+            continue
+        try:
+            src = read(path, **kw)
+            yield predict_to_file(pipeline, src, target, opts, thresholds=req.thresholds)
+        except PrecipdiffError as exc:
+            log.error("skipped %s: %s", path, exc)
+            failed.append(f"{path} ({exc})")
+    if failed:
+        raise PrecipdiffError(
+            f"{len(failed)} input file(s) failed and were skipped: {'; '.join(failed)}"
+        )

@@ -1,0 +1,179 @@
+"""One trained stage: a network, its transform, grid factor and sampler settings.
+
+A stage is loaded from a release ``.safetensors`` file written by :mod:`precipdiff.training`;
+its metadata carries everything needed to apply it correctly (stage kind, network config,
+precipitation transform, grid factor, pooling, ``sigma_data``), so a model cannot be applied
+with the wrong normalisation.
+
+Stage kinds (PrecipDiff, Dai & Ushijima-Mwesigwa 2025; CorrDiff, Mardani et al. 2023):
+
+* ``correct``: residual diffusion at the coarse grid, ``T(ref) = T(src) + r``,
+  ``r ~ p(r | T(src))``.
+* ``downscale``: residual diffusion at the fine grid around ``base = up(T(LR))``, optionally plus a
+  regression mean ``mu(cond)`` (CorrDiff), ``T(HR) = base + mu + r``.
+* ``regression``: the deterministic conditional mean alone, ``T(HR) = base + mu``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from precipdiff.data.transforms import PrecipTransform
+from precipdiff.diffusion.precond import EDMPrecond
+from precipdiff.diffusion.samplers import get_sampler, karras_sigmas
+from precipdiff.errors import CheckpointError
+from precipdiff.models.unet import UNet, UNetConfig
+from precipdiff.pipeline.tiling import TiledDenoiser
+from precipdiff.training.checkpoint import load_weights, split_mean_net
+
+STAGE_KINDS = ("correct", "downscale", "regression")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How a diffusion stage is sampled: sampler name, steps and the Karras schedule (EDM eq. 5)."""
+
+    sampler: str = "dpmpp_2m"
+    steps: int = 12
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+
+def _module_from(state: dict[str, torch.Tensor], model_json: str) -> UNet:
+    cfg = UNetConfig(**_tuples(json.loads(model_json)))
+    net = UNet(cfg)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights do not fit the network config: {exc}") from exc
+    return net.eval().requires_grad_(False)
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+@dataclass
+class Stage:
+    """A trained stage ready for inference (see module docstring for the kinds)."""
+
+    kind: str
+    transform: PrecipTransform
+    factor: int = 1
+    pooling: str = "max"
+    net: UNet | None = None
+    mean_net: UNet | None = None
+    sigma_data: float = 0.5
+    patch: int = 64
+    extra_channels: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> Stage:
+        """Load a stage from a ``.safetensors`` release file (``CheckpointError`` on a bad file)."""
+        tensors, meta = load_weights(path)
+        meta = {**meta, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+        kind = meta.get("stage")
+        if kind not in STAGE_KINDS:
+            raise CheckpointError(
+                f"{path}: metadata 'stage' is {kind!r}, expected one of {STAGE_KINDS}"
+            )
+        transform = PrecipTransform.from_dict(json.loads(meta["transform"]))
+        net_state, mean_state = split_mean_net(tensors)
+        net: UNet | None = _module_from(net_state, meta["model"])
+        mean_net = _module_from(mean_state, meta["mean_model"]) if "mean_model" in meta else None
+        if kind == "regression":
+            net, mean_net = None, net
+        patch = int(meta.get("patch", 64))
+        stage = cls(
+            kind=kind,
+            transform=transform,
+            factor=int(meta.get("factor", 1)) if kind != "correct" else 1,
+            pooling=meta.get("pooling", "max"),
+            net=net,
+            mean_net=mean_net,
+            sigma_data=float(meta.get("sigma_data", 0.5)),
+            patch=patch,
+            metadata=meta,
+            source=str(path),
+        )
+        stage.extra_channels = stage._cond_channels() - 1
+        return stage.to(device)
+
+    def _cond_channels(self) -> int:
+        net = self.net if self.net is not None else self.mean_net
+        assert net is not None
+        return int(net.cfg.cond_channels)
+
+    def to(self, device: str | torch.device) -> Stage:
+        for net in (self.net, self.mean_net):
+            if net is not None:
+                net.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        net = self.net if self.net is not None else self.mean_net
+        return next(net.parameters()).device  # type: ignore[union-attr]
+
+    def nfe(self, settings: SamplerSettings) -> int:
+        """Network evaluations per sample (diffusion steps; +1 for the regression mean)."""
+        from precipdiff.diffusion.samplers import nfe
+
+        n = nfe(settings.sampler, settings.steps) if self.net is not None else 0
+        return n + (1 if self.mean_net is not None else 0)
+
+    @torch.no_grad()
+    def apply(
+        self,
+        base: torch.Tensor,
+        noise: torch.Tensor,
+        *,
+        extras: torch.Tensor | None = None,
+        settings: SamplerSettings = SamplerSettings(),
+        generator: torch.Generator | None = None,
+        tile: int | None = None,
+        overlap: int | None = None,
+        tile_batch: int = 8,
+    ) -> torch.Tensor:
+        """Return ``base + mu(cond) + r`` in transformed space, one sample per batch item.
+
+        ``base`` (B, 1, H, W) is the field the residual is added to (``T(src)`` for ``correct``,
+        ``up(T(LR))`` for ``downscale``); ``noise`` (B, 1, H, W) standard normal starting noise;
+        ``extras`` (B, E, H, W) additional conditioning channels.
+        """
+        cond = base if extras is None else torch.cat([base, extras], dim=1)
+        if cond.shape[1] != self._cond_channels():
+            raise CheckpointError(
+                f"{self.source}: the network expects {self._cond_channels()} conditioning channels "
+                f"(field + {self._cond_channels() - 1} extras), got {cond.shape[1]}"
+            )
+        tile = tile or max(self.patch * 2, 64)
+        overlap = overlap if overlap is not None else tile // 4
+        out = base.clone()
+        if self.mean_net is not None:
+            mean = TiledDenoiser(
+                lambda x, s, c: self.mean_net(None, None, c),
+                tile=tile,
+                overlap=overlap,
+                batch_size=tile_batch,
+            )
+            out = out + mean(base, torch.zeros(base.shape[0], device=base.device), cond)
+        if self.net is not None:
+            precond = EDMPrecond(self.net, sigma_data=self.sigma_data)
+            denoiser = TiledDenoiser(precond, tile=tile, overlap=overlap, batch_size=tile_batch)
+            sigmas = karras_sigmas(
+                settings.steps, settings.sigma_min, settings.sigma_max, settings.rho
+            ).to(base.device)
+            x = noise.to(base) * sigmas[0]
+            sample_fn = get_sampler(settings.sampler)
+            out = out + sample_fn(denoiser, x, sigmas, cond=cond, generator=generator)
+        return out
