@@ -1,0 +1,260 @@
+"""Resume checkpoints (``.pt``) and release weights (``.safetensors``).
+
+Resume checkpoints
+------------------
+``<run>/checkpoints/last.pt`` and ``<run>/checkpoints/previous.pt``: a dict of plain containers only
+(loadable with ``torch.load(..., weights_only=True)``)::
+
+    {"format": "precipdiff-resume/1", "version": str,
+     "model": state_dict, "ema": state_dict, "optimizer": state_dict,
+     "scheduler": {"samples_seen": int, ...}, "step": int, "samples_seen": int,
+     "rng": {"torch": uint8 tensor, "numpy": {...}, "python": {...}, "cuda": [...]},
+     "data": {"epoch": int, "batch_in_epoch": int}, "config": RunConfig.to_dict()}
+
+A new checkpoint is written to a temporary file, fsynced, re-read to verify it, and only then
+renamed: ``last.pt`` becomes ``previous.pt`` and the new file becomes ``last.pt``. A crash at any
+point leaves at least one good checkpoint.
+
+Release weights
+---------------
+One ``.safetensors`` file with the EMA weights of the trained U-Net under its own state-dict names
+(load with ``UNet(UNetConfig(**json.loads(meta["model"]))).load_state_dict(tensors)``; the EDM
+preconditioning has no weights, it is rebuilt from ``sigma_data``). For a ``downscale`` stage
+trained around a regression mean (CorrDiff style), the frozen regression U-Net's tensors are stored
+in the same file under the prefix ``mean_net.`` and its config in ``mean_model``. Metadata (all
+strings)::
+
+    format      "precipdiff-weights/1"
+    stage       "correct" | "downscale" | "regression"
+    config      resolved RunConfig as JSON
+    model       UNetConfig fields as JSON (the net that denoises, or the regression net)
+    transform   PrecipTransform.to_dict() of the store, as JSON
+    factor      grid factor LR -> HR of the store (e.g. "10")
+    pooling     "max" | "mean" (how the reference was coarsened)
+    sigma_data  EDM sigma_data (float as string; unused for regression)
+    extra_names JSON list of the extra conditioning channels (after the base channel)
+    patch       training patch size (the model applies to any size)
+    version     precipdiff version that wrote the file
+    mean_model  (only with mean_net.*) UNetConfig JSON of the regression net
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from precipdiff import __version__
+from precipdiff.atomic import atomic_path
+from precipdiff.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+RESUME_FORMAT = "precipdiff-resume/1"
+WEIGHTS_FORMAT = "precipdiff-weights/1"
+MEAN_PREFIX = "mean_net."
+REQUIRED_METADATA = ("stage", "config", "model", "transform", "factor", "pooling", "version")
+# Config keys that must agree between a checkpoint and the run that resumes it.
+RESUME_KEYS = (
+    "model.*", "train.stage", "train.mean_from", "train.seed",
+    "data.store", "data.patch", "data.batch_size", "data.rain_weighted", "data.augment",
+    "diffusion.sigma_data", "diffusion.P_mean", "diffusion.P_std", "optim.accumulate",
+)
+
+
+# ----------------------------------------------------------------------------- RNG state
+def rng_state() -> dict[str, Any]:
+    """Torch, numpy and python RNG states as tensors/ints (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 - global state
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],  # noqa: NPY002
+                         n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- resume checkpoints
+def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` as the new ``last.pt``; the old one becomes ``previous.pt``."""
+    folder = checkpoint_dir(run_dir)
+    last, previous = folder / "last.pt", folder / "previous.pt"
+    state = {"format": RESUME_FORMAT, "version": __version__, **state}
+    staged = folder / ".staged.pt"
+    with atomic_path(staged) as tmp:
+        torch.save(state, tmp)
+        load_checkpoint(tmp)  # verify before anything good is replaced
+    if last.exists():
+        os.replace(last, previous)
+    os.replace(staged, last)
+    _fsync_dir(folder)
+    return last
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a resume checkpoint with ``weights_only=True``; CheckpointError if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({first[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise CheckpointError(f"{path}: not a precipdiff resume checkpoint (format "
+                              f"{state.get('format') if isinstance(state, dict) else None!r})")
+    missing = [k for k in ("model", "ema", "optimizer", "step", "samples_seen", "config")
+               if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return state
+
+
+def find_resume_checkpoint(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The newest readable checkpoint of a run.
+
+    ``.staged.pt`` (verified, left by a crash between the two renames), else ``last.pt``, else
+    ``previous.pt``.
+    """
+    folder = checkpoint_dir(run_dir)
+    candidates = [folder / ".staged.pt", folder / "last.pt", folder / "previous.pt"]
+    errors = []
+    for path in candidates:
+        if not path.exists():
+            continue
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("%s; trying the previous checkpoint", exc)
+            errors.append(str(exc))
+    if errors:
+        raise CheckpointError(errors[0])
+    raise CheckpointError(f"{folder}: no checkpoint to resume from (expected last.pt)")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def config_differences(saved: dict[str, Any], requested: dict[str, Any],
+                       keys: tuple[str, ...] = RESUME_KEYS) -> list[str]:
+    """Keys (from ``keys``; ``section.*`` = whole section) whose values differ."""
+    a, b = _flatten(saved), _flatten(requested)
+    names = sorted(set(a) | set(b))
+    wanted = [n for n in names
+              if any(n == k or (k.endswith(".*") and n.startswith(k[:-1])) for k in keys)]
+    return [n for n in wanted if _norm(a.get(n)) != _norm(b.get(n))]
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def check_resume_config(path: str | os.PathLike, saved: dict[str, Any],
+                        requested: dict[str, Any]) -> None:
+    """CheckpointError naming the differing keys when the run cannot resume this checkpoint."""
+    diff = config_differences(saved, requested)
+    if diff:
+        shown = ", ".join(f"{k} (checkpoint {_flatten(saved).get(k)!r}, requested "
+                          f"{_flatten(requested).get(k)!r})" for k in diff[:4])
+        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+        raise CheckpointError(
+            f"{path}: checkpoint config differs from the requested one: {shown}{more}")
+
+
+# ----------------------------------------------------------------------------- release weights
+def save_weights(path: str | os.PathLike, ema_state: dict[str, torch.Tensor], *,
+                 metadata: dict[str, str],
+                 mean_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write release weights (see module docstring) atomically; metadata values must be strings."""
+    from safetensors.torch import save_file
+
+    bad = [k for k, v in metadata.items() if not isinstance(v, str)]
+    if bad:
+        raise CheckpointError(f"{path}: metadata values must be strings, not for {', '.join(bad)}")
+    missing = [k for k in REQUIRED_METADATA if k not in metadata]
+    if missing:
+        raise CheckpointError(f"{path}: metadata lacks {', '.join(missing)}")
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ema_state.items()}
+    if mean_state is not None:
+        if "mean_model" not in metadata:
+            raise CheckpointError(f"{path}: mean_net tensors need metadata 'mean_model'")
+        tensors.update({MEAN_PREFIX + k: v.detach().cpu().contiguous().clone()
+                        for k, v in mean_state.items()})
+    meta = {"format": WEIGHTS_FORMAT, **metadata}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read release weights: ``(tensors, metadata)``; CheckpointError for a bad or foreign file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(
+            f"{path}: corrupt or not a safetensors file ({str(exc)[:200]})") from None
+    missing = [k for k in REQUIRED_METADATA if k not in metadata]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not precipdiff weights (metadata lacks {', '.join(missing)})")
+    return tensors, metadata
+
+
+def split_mean_net(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
+                                                              dict[str, torch.Tensor]]:
+    """Separate ``mean_net.*`` tensors from the main net's: ``(net, mean_net)``."""
+    net = {k: v for k, v in tensors.items() if not k.startswith(MEAN_PREFIX)}
+    mean = {k[len(MEAN_PREFIX):]: v for k, v in tensors.items() if k.startswith(MEAN_PREFIX)}
+    return net, mean

@@ -1,0 +1,338 @@
+"""Run configuration: frozen dataclasses are the schema, YAML files hold experiments.
+
+``load_config(path, ["optim.lr=1e-4", "model.channel_mult=[1,2,2]"])`` reads a YAML file (sections
+``data``, ``model``, ``diffusion``, ``optim``, ``train``), applies ``--set section.key=value``
+overrides (values parsed as YAML) and validates everything before any work starts: unknown keys,
+wrong types and impossible values raise a one-line :class:`~precipdiff.errors.ConfigError` that
+names the key. ``RunConfig.to_dict()`` / ``RunConfig.from_dict()`` round-trip through JSON/YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from precipdiff.errors import ConfigError
+
+Stage = Literal["correct", "downscale", "regression"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the patches come from. ``batch_size`` is the global batch (all ranks together)."""
+
+    store: str = ""
+    patch: int = 128
+    batch_size: int = 8
+    num_workers: int = 0
+    rain_weighted: bool = False
+    augment: bool = True
+    val_patches: int = 8
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The :class:`precipdiff.models.unet.UNetConfig` fields.
+
+    ``cond_channels=None`` takes the channel count from the store (1 + number of extras);
+    ``regression`` is resolved from the stage.
+    """
+
+    in_channels: int = 1
+    cond_channels: int | None = None
+    out_channels: int = 1
+    model_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_blocks: int = 1
+    attn_levels: tuple[int, ...] = (2,)
+    dropout: float = 0.0
+    noise_embedding: Literal["fourier", "positional"] = "fourier"
+    regression: bool = False
+    head_channels: int = 64
+
+    def unet_config(self, cond_channels: int | None = None) -> Any:
+        """The :class:`~precipdiff.models.unet.UNetConfig` (``cond_channels`` fills ``None``)."""
+        from precipdiff.models.unet import UNetConfig
+
+        fields = dataclasses.asdict(self)
+        fields["cond_channels"] = self.cond_channels or cond_channels or 1
+        return UNetConfig(**fields)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """EDM noise distribution and the quick validation sampler."""
+
+    sigma_data: float = 0.5
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    val_sampler: str = "heun"
+    val_steps: int = 8
+    val_members: int = 4
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW, linear warm-up then constant or cosine decay, clipping, gradient accumulation."""
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_samples: int = 10_000
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    accumulate: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Stage, duration (samples or optimiser steps), EMA, checkpoint/validation cadence, output."""
+
+    stage: Stage = "correct"
+    duration_samples: int | None = None
+    steps: int | None = None
+    ema_halflife_samples: int = 50_000
+    ema_rampup_ratio: float | None = 0.05
+    checkpoint_every_samples: int = 50_000
+    val_every_samples: int = 50_000
+    log_every_steps: int = 10
+    seed: int = 0
+    bf16: bool = False
+    out_dir: str = "runs/train"
+    mean_from: str | None = None
+    tensorboard: bool = False
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "diffusion": DiffusionConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: every section with its defaults."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict (tuples as lists), JSON- and YAML-serialisable."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Build and validate; raises ConfigError naming the first bad key."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"config: expected a mapping of sections, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(
+                f"unknown config section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
+        parts = {name: _build_section(name, SECTIONS[name], d.get(name) or {}) for name in SECTIONS}
+        cfg = cls(**parts)
+        _check_values(cfg)
+        return _resolve(cfg)
+
+    @property
+    def total_samples(self) -> int:
+        """Training length in samples (``steps`` × global batch when given in steps)."""
+        if self.train.steps is not None:
+            return self.train.steps * self.data.batch_size
+        return int(self.train.duration_samples or 0)
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(self.total_samples / self.data.batch_size)
+
+
+def _build_section(name: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key '{name}.{key}' (known: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (lists → tuples)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(key, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args, strict=True))
+    return _coerce_scalar(key, value, tp)
+
+
+def _coerce_scalar(key: str, value: Any, tp: type) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    got = "null" if value is None else f"{type(value).__name__} {value!r}"
+    raise ConfigError(f"{key}: expected {tp.__name__}, got {got}")
+
+
+def _check_values(cfg: RunConfig) -> None:
+    """Impossible values → ConfigError naming the key."""
+    d, m, o, t, f = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.diffusion
+    levels = len(m.channel_mult)
+    checks = [
+        ("data.store", bool(d.store), "must name a prepared store"),
+        ("data.patch", d.patch > 0 and d.patch % 8 == 0,
+         f"must be a positive multiple of 8, got {d.patch}"),
+        ("data.patch", d.patch % 2 ** (levels - 1) == 0,
+         f"must be a multiple of 2**(len(model.channel_mult)-1) = {2 ** (levels - 1)}"),
+        ("data.batch_size", d.batch_size > 0, f"must be positive, got {d.batch_size}"),
+        ("data.num_workers", d.num_workers >= 0, f"must be >= 0, got {d.num_workers}"),
+        ("data.val_patches", d.val_patches >= 0, f"must be >= 0, got {d.val_patches}"),
+        ("model.model_channels", m.model_channels > 0 and m.model_channels % 2 == 0,
+         f"must be positive and even, got {m.model_channels}"),
+        ("model.head_channels", m.head_channels > 0, f"must be positive, got {m.head_channels}"),
+        ("model.channel_mult", levels > 0 and min(m.channel_mult) > 0,
+         "must be non-empty and positive"),
+        ("model.attn_levels", all(0 <= a < levels for a in m.attn_levels),
+         f"levels must lie in [0, {levels})"),
+        ("model.num_blocks", m.num_blocks > 0, f"must be positive, got {m.num_blocks}"),
+        ("model.dropout", 0.0 <= m.dropout < 1.0, f"must lie in [0, 1), got {m.dropout}"),
+        ("model.cond_channels", m.cond_channels is None or m.cond_channels > 0, "must be positive"),
+        ("diffusion.sigma_data", f.sigma_data > 0, f"must be positive, got {f.sigma_data}"),
+        ("diffusion.P_std", f.P_std > 0, f"must be positive, got {f.P_std}"),
+        ("diffusion.val_steps", f.val_steps > 0, f"must be positive, got {f.val_steps}"),
+        ("diffusion.val_members", f.val_members >= 2,
+         f"must be >= 2 for CRPS, got {f.val_members}"),
+        ("optim.lr", o.lr > 0, f"must be positive, got {o.lr}"),
+        ("optim.betas", all(0 <= b < 1 for b in o.betas), f"must lie in [0, 1), got {o.betas}"),
+        ("optim.weight_decay", o.weight_decay >= 0, f"must be >= 0, got {o.weight_decay}"),
+        ("optim.warmup_samples", o.warmup_samples >= 0, f"must be >= 0, got {o.warmup_samples}"),
+        ("optim.min_lr_ratio", 0 <= o.min_lr_ratio <= 1,
+         f"must lie in [0, 1], got {o.min_lr_ratio}"),
+        ("optim.grad_clip", o.grad_clip >= 0, f"must be >= 0 (0 = off), got {o.grad_clip}"),
+        ("optim.accumulate", o.accumulate > 0, f"must be positive, got {o.accumulate}"),
+        ("optim.accumulate", d.batch_size % max(o.accumulate, 1) == 0,
+         f"must divide data.batch_size={d.batch_size}, got {o.accumulate}"),
+        ("train.steps", (t.steps is None) != (t.duration_samples is None),
+         "give exactly one of train.steps and train.duration_samples"),
+        ("train.steps", t.steps is None or t.steps > 0, f"must be positive, got {t.steps}"),
+        ("train.duration_samples", t.duration_samples is None or t.duration_samples > 0,
+         f"must be positive, got {t.duration_samples}"),
+        ("train.ema_halflife_samples", t.ema_halflife_samples > 0, "must be positive"),
+        ("train.ema_rampup_ratio", t.ema_rampup_ratio is None or t.ema_rampup_ratio > 0,
+         "must be positive or null"),
+        ("train.checkpoint_every_samples", t.checkpoint_every_samples > 0, "must be positive"),
+        ("train.val_every_samples", t.val_every_samples > 0, "must be positive"),
+        ("train.log_every_steps", t.log_every_steps > 0, "must be positive"),
+        ("train.out_dir", bool(t.out_dir), "must name a directory"),
+        ("train.mean_from", t.mean_from is None or t.stage == "downscale",
+         f"only applies to stage 'downscale', not {t.stage!r}"),
+    ]
+    for key, ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {message}")
+
+
+def _resolve(cfg: RunConfig) -> RunConfig:
+    """Derived fields: ``model.regression`` follows the stage."""
+    regression = cfg.train.stage == "regression"
+    if cfg.model.regression != regression:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, regression=regression))
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, str, Any]:
+    """``"optim.lr=1e-4"`` → ``("optim", "lr", "1e-4")`` with the value parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML ({exc})") from None
+    return parts[0], parts[1], value
+
+
+def load_config(path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read ``path`` (YAML, optional), apply ``section.key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        section, key, value = parse_override(item)
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"--set {item!r}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{section}: expected a mapping, got {type(raw[section]).__name__}")
+        raw[section][key] = value
+    return RunConfig.from_dict(raw)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    from precipdiff.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return Path(path)
