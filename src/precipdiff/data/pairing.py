@@ -1,0 +1,190 @@
+"""Input side of ``prepare``: file lists, checked reads, valid-time pairing, grid placement.
+
+Every problem is raised as a one-line :class:`InputFileError` / :class:`GridError` that names the
+file and what was found versus expected.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from precipdiff.errors import GridError, InputFileError, PrecipdiffError
+
+log = logging.getLogger(__name__)
+
+BBox = tuple[float, float, float, float]
+GRID_TOL = 0.01  # coordinate tolerance, in fine-grid cells
+RATE_UNITS = ("mm/h",)
+
+
+def expand_files(patterns: Sequence[str], what: str) -> list[str]:
+    """Files named by ``patterns`` (paths or globs), sorted and de-duplicated.
+
+    A literal path that does not exist, or a glob with no match, raises :class:`InputFileError`.
+    """
+    out: list[str] = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            found = sorted(glob.glob(pattern, recursive=True))
+            if not found:
+                raise InputFileError(pattern, f"no {what} file matches this pattern")
+            out.extend(found)
+        elif not Path(pattern).is_file():
+            raise InputFileError(pattern, f"{what} file does not exist")
+        else:
+            out.append(pattern)
+    return list(dict.fromkeys(os.path.abspath(p) for p in out))
+
+
+def accumulation_hours(text: str, path: str) -> float:
+    """Length of an accumulation period such as ``"1h"``, ``"30min"`` or ``"PT3H"``, in hours."""
+    try:
+        hours = pd.Timedelta(text).total_seconds() / 3600.0
+    except (ValueError, TypeError) as exc:
+        raise InputFileError(path, f"accumulation period {text!r} not understood") from exc
+    if hours <= 0:
+        raise InputFileError(path, f"accumulation period {text!r} is not positive")
+    return hours
+
+
+def to_rate(da: xr.DataArray, path: str, *, accumulation: str) -> xr.DataArray:
+    """Return ``da`` in mm/h.
+
+    Amounts (``units="mm"`` with attribute ``accumulation``, e.g. a 1-h QPE) are divided by the
+    period length in hours when ``accumulation="to_rate"`` (mean rate over the period, labelled
+    with the time the reader gives, i.e. the period's end for MRMS QPE); ``accumulation="error"``
+    refuses them. Any other units raise.
+    """
+    units = str(da.attrs.get("units", ""))
+    if units in RATE_UNITS:
+        return da
+    if units == "mm":
+        period = da.attrs.get("accumulation")
+        if period is None:
+            raise InputFileError(path, "units 'mm' without an 'accumulation' period; expected "
+                                 "mm/h or mm with accumulation")
+        if accumulation == "error":
+            raise InputFileError(path, f"{period} accumulation in mm, but accumulation='error' "
+                                 "accepts rates (mm/h) only; set accumulation='to_rate'")
+        out = da / np.float32(accumulation_hours(str(period), path))
+        out.attrs = {**da.attrs, "units": "mm/h", "converted_from": f"mm per {period}"}
+        return out.astype(np.float32)
+    raise InputFileError(path, f"unknown units {units!r}; expected mm/h (or mm with accumulation)")
+
+
+def read_checked(path: str, *, reader: str | None, variable: str | None, bbox: BBox | None,
+                 accumulation: str = "to_rate", precip: bool = True) -> xr.DataArray:
+    """``precipdiff.io.read`` with every failure turned into a one-line error naming ``path``."""
+    from precipdiff import io
+
+    if not Path(path).is_file():
+        raise InputFileError(path, "file does not exist")
+    try:
+        da = io.read(path, reader=reader, variable=variable, bbox=bbox)
+    except PrecipdiffError:
+        raise
+    except Exception as exc:  # readers of corrupt files raise many library-specific types
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputFileError(path, f"cannot read ({type(exc).__name__}: {msg[:200]})",
+                             variable=variable) from exc
+    if "time" not in da.dims or da.ndim != 3:
+        raise InputFileError(path, f"expected dims (time, lat, lon), found {da.dims}",
+                             variable=variable)
+    if precip:
+        da = to_rate(da, path, accumulation=accumulation)
+    return da
+
+
+@dataclass(frozen=True)
+class FileScan:
+    """What ``prepare`` needs to know of one file: its valid times and grid."""
+
+    path: str
+    times: tuple[int, ...]  # ns since 1970
+    grid: tuple[float, float, float, float, int, int]  # lat0, lon0, dlat, dlon, nlat, nlon
+    accumulation: str | None
+
+
+def grid_tuple(da: xr.DataArray, path: str) -> tuple[float, float, float, float, int, int]:
+    """Regular-grid description ``(lat0, lon0, dlat, dlon, nlat, nlon)`` of ``da``."""
+    dims = da.dims[-2:]
+    lat, lon = np.asarray(da[dims[0]], dtype=np.float64), np.asarray(da[dims[1]], np.float64)
+    d = []
+    for name, c in (("latitude", lat), ("longitude", lon)):
+        if c.size < 2:
+            raise GridError(f"{path}: only {c.size} {name} cell(s) in the region; expected >= 2")
+        step = np.diff(c)
+        if np.any(np.abs(step - step[0]) > GRID_TOL * abs(step[0])) or step[0] <= 0:
+            raise GridError(f"{path}: {name} is not regular ascending; expected a regular grid")
+        d.append(float((c[-1] - c[0]) / (c.size - 1)))
+    return float(lat[0]), float(lon[0]), d[0], d[1], int(lat.size), int(lon.size)
+
+
+def scan_file(path: str, *, reader: str | None, variable: str | None, bbox: BBox | None,
+              accumulation: str, precip: bool = True) -> FileScan:
+    """Read ``path`` (checking it fully) and keep only its times and grid."""
+    da = read_checked(path, reader=reader, variable=variable, bbox=bbox,
+                      accumulation=accumulation, precip=precip)
+    times = tuple(int(t) for t in np.asarray(da["time"].values, dtype="datetime64[ns]")
+                  .astype("int64"))
+    acc = da.attrs.get("accumulation")
+    return FileScan(path=path, times=times, grid=grid_tuple(da, path),
+                    accumulation=str(acc) if acc else None)
+
+
+def _iso(ns: int) -> str:
+    return str(np.datetime64(ns, "ns").astype("datetime64[s]"))
+
+
+def frames_of(scans: Sequence[FileScan], what: str) -> list[tuple[int, str, int]]:
+    """Sorted ``(time_ns, path, index_in_file)``; duplicate or overlapping times raise."""
+    frames = sorted((t, s.path, k) for s in scans for k, t in enumerate(s.times))
+    for (t0, p0, _), (t1, p1, _) in pairwise(frames):
+        if t0 == t1:
+            raise InputFileError(p1, f"duplicate {what} valid time {_iso(t1)} (also in {p0})")
+    periods = {s.path: s.accumulation for s in scans if s.accumulation}
+    for (t0, p0, _), (t1, p1, _) in pairwise(frames):
+        if p1 in periods:
+            period = accumulation_hours(periods[p1], p1) * 3600e9
+            if t1 - t0 < period - 1e6:
+                raise InputFileError(p1, f"{what} accumulation period ending {_iso(t1)} overlaps "
+                                     f"the one ending {_iso(t0)} in {p0}")
+    return frames
+
+
+def pair_frames(ref: list[tuple[int, str, int]], src: list[tuple[int, str, int]] | None,
+                tolerance_s: float, *, ref_desc: str, src_desc: str
+                ) -> list[tuple[tuple[int, str, int], tuple[int, str, int] | None]]:
+    """Match every reference frame to the nearest source frame within ``tolerance_s``.
+
+    Reference frames without a source match are dropped (logged). ``src=None`` (emulated
+    source) keeps every reference frame. No pair at all raises :class:`InputFileError`.
+    """
+    if src is None:
+        return [(r, None) for r in ref]
+    src_t = np.array([s[0] for s in src], dtype=np.int64)
+    tol = int(round(tolerance_s * 1e9))
+    pairs = []
+    for r in ref:
+        k = int(np.argmin(np.abs(src_t - r[0])))
+        if abs(int(src_t[k]) - r[0]) <= tol:
+            pairs.append((r, src[k]))
+    if not pairs:
+        raise InputFileError(
+            src_desc, f"no source time within {tolerance_s:g} s of any reference time: source "
+            f"{_iso(src[0][0])}..{_iso(src[-1][0])} ({len(src)} frames), reference "
+            f"{_iso(ref[0][0])}..{_iso(ref[-1][0])} ({len(ref)} frames) in {ref_desc}")
+    if len(pairs) < len(ref):
+        log.info("%d of %d reference frames have no source within %g s; dropped",
+                 len(ref) - len(pairs), len(ref), tolerance_s)
+    return pairs
