@@ -132,10 +132,8 @@ def to_datetime64(values: np.ndarray, units: str, path: str | os.PathLike) -> np
 
 def grib_time(ymd: int, hhmm: int) -> np.datetime64:
     """``datetime64[ns]`` from GRIB ``validityDate`` (YYYYMMDD) and ``validityTime`` (HHMM)."""
-    return np.datetime64(
-        f"{ymd // 10000:04d}-{ymd // 100 % 100:02d}-{ymd % 100:02d}T{hhmm // 100:02d}:{hhmm % 100:02d}",
-        "ns",
-    )
+    date = f"{ymd // 10000:04d}-{ymd // 100 % 100:02d}-{ymd % 100:02d}"
+    return np.datetime64(f"{date}T{hhmm // 100:02d}:{hhmm % 100:02d}", "ns")
 
 
 def lon_to_180(lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -66,7 +66,7 @@ def read_imerg(
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
-        raise InputFileError(path, f"not a readable HDF5 file (truncated or corrupt?): {exc}") from exc
+        raise InputFileError(path, f"not a readable HDF5 file (truncated?): {exc}") from exc
     with h5:
         g = _group(h5)
         name = variable or next((v for v in VARIABLES if v in g), None)
@@ -80,7 +80,8 @@ def read_imerg(
         try:
             return _read_group(g, name, path, bbox, allow_all_nan)
         except (OSError, KeyError) as exc:
-            raise InputFileError(path, f"cannot read data (corrupt file?): {exc}", variable=name) from exc
+            raise InputFileError(path, f"cannot read data (corrupt file?): {exc}",
+                                 variable=name) from exc
 
 
 def _read_group(

@@ -44,6 +44,11 @@ def _new_handle(path: os.PathLike) -> int:
     start = data.find(b"GRIB")
     if start < 0:
         raise InputFileError(path, "no GRIB message found; expected an MRMS GRIB2 file")
+    edition = data[start + 7] if len(data) > start + 16 else 0
+    total = int.from_bytes(data[start + 8:start + 16], "big") if edition == 2 else 0
+    if edition != 2 or len(data) - start < total:
+        raise InputFileError(path, f"truncated or not GRIB2: {len(data) - start} bytes, GRIB "
+                             f"edition {edition}, message length {total}")
     try:
         return eccodes.codes_new_from_message(data[start:])
     except eccodes.GribInternalError as exc:

@@ -80,8 +80,8 @@ def _crs(ds: xr.Dataset, da: xr.DataArray) -> str | None:
     gm = da.attrs.get("grid_mapping")
     if gm and gm in ds.variables:
         a = ds[gm].attrs
-        return str(a.get("crs_wkt") or a.get("spatial_ref") or a.get("proj4") or
-                   json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in a.items()}))
+        plain = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in a.items()}
+        return str(a.get("crs_wkt") or a.get("spatial_ref") or a.get("proj4") or json.dumps(plain))
     return da.attrs.get("crs") or ds.attrs.get("crs")
 
 
@@ -170,7 +170,8 @@ def read_netcdf_levels(
         ds = _normalise(raw)
         lev = next((d for d in _LEVEL_DIMS if d in ds.dims), None)
         if lev is None:
-            raise InputFileError(path, f"no pressure-level dimension; expected one of {_LEVEL_DIMS}")
+            raise InputFileError(path, f"no pressure-level dimension; expected one of "
+                                 f"{_LEVEL_DIMS}")
         chans, names, units = [], [], []
         for var in variables:
             if var not in ds.data_vars:

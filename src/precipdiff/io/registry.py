@@ -55,7 +55,8 @@ def detect_reader(path: str | os.PathLike) -> str:
             with h5py.File(path, "r") as h5:
                 return "imerg" if imerg.is_imerg(h5) else "netcdf"
         except OSError as exc:
-            raise InputFileError(path, f"HDF5 signature but unreadable (truncated?): {exc}") from exc
+            raise InputFileError(path, f"HDF5 signature but unreadable (truncated?): "
+                                 f"{exc}") from exc
     if head.startswith(NETCDF3_MAGIC):
         return "netcdf"
     pos = head.find(b"GRIB")

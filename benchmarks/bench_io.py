@@ -1,0 +1,88 @@
+"""Read-speed benchmark of the MRMS reader on the real CONUS frames in ../shared/data.
+
+Times (wall clock): one full 7000x3500 frame (median of several reads), the same frame with a
+crop-on-read bounding box, and the per-frame time over all 36 frames of 2019-06-10.
+Prints a Markdown table with the machine and date.
+Usage: ``python benchmarks/bench_io.py [--repeat N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import eccodes
+
+from precipdiff import io
+
+log = logging.getLogger("bench_io")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mrms" / "2019-06-10"
+BBOX = (-100.0, 35.0, -95.0, 40.0)  # 5° x 5° = 500 x 500 px
+
+
+def _median_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _decode_only(path: Path) -> None:
+    with open(path, "rb") as fh:
+        h = eccodes.codes_grib_new_from_file(fh)
+    eccodes.codes_get_values(h)
+    eccodes.codes_release(h)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+    files = sorted(DATA.glob("*.grib2"))
+    if not files:
+        log.error("no MRMS frames in %s", DATA)
+        return 1
+    first = files[0]
+    io.read(first)  # warm-up: imports, page cache
+    rows = [
+        ("ecCodes decode only (codes_get_values), 1 frame", _median_time(
+            lambda: _decode_only(first), args.repeat)),
+        ("`io.read` full CONUS frame 7000x3500", _median_time(lambda: io.read(first), args.repeat)),
+        ("`io.read` with bbox 500x500 (crop-on-read)", _median_time(
+            lambda: io.read(first, bbox=BBOX), args.repeat)),
+    ]
+    t0 = time.perf_counter()
+    for f in files:
+        io.read(f)
+    rows.append((f"`io.read` all {len(files)} frames, per frame",
+                 (time.perf_counter() - t0) / len(files)))
+    try:
+        load = f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        load = "n/a"
+    out = [
+        f"MRMS read benchmark — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {load}; Python {platform.python_version()}, "
+        f"ecCodes {eccodes.codes_get_api_version()}; median of {args.repeat}",
+        "",
+        "| what | seconds |",
+        "|---|---|",
+        *[f"| {name} | {sec:.3f} |" for name, sec in rows],
+    ]
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    raise SystemExit(main())
