@@ -62,7 +62,8 @@ REQUIRED_METADATA = ("stage", "config", "model", "transform", "factor", "pooling
 # Config keys that must agree between a checkpoint and the run that resumes it.
 RESUME_KEYS = (
     "model.*", "train.stage", "train.mean_from", "train.seed",
-    "data.store", "data.patch", "data.batch_size", "data.rain_weighted", "data.augment",
+    "data.store", "data.patch", "data.batch_size", "data.samples_per_epoch",
+    "data.rain_weighted", "data.augment",
     "diffusion.sigma_data", "diffusion.P_mean", "diffusion.P_std", "optim.accumulate",
 )
 

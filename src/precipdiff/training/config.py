@@ -27,13 +27,19 @@ Stage = Literal["correct", "downscale", "regression"]
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the patches come from. ``batch_size`` is the global batch (all ranks together)."""
+    """Where the patches come from.
+
+    ``batch_size`` is the global batch (all ranks together); an epoch is ``samples_per_epoch``
+    random patches; ``rain_weighted`` is the fraction of patches centred on a wet pixel;
+    ``val_patches`` fixed patches of the ``val`` split are used for validation.
+    """
 
     store: str = ""
     patch: int = 128
     batch_size: int = 8
+    samples_per_epoch: int = 10_000
     num_workers: int = 0
-    rain_weighted: bool = False
+    rain_weighted: float = 0.5
     augment: bool = True
     val_patches: int = 8
 
@@ -235,6 +241,10 @@ def _check_values(cfg: RunConfig) -> None:
          f"must be a multiple of 2**(len(model.channel_mult)-1) = {2 ** (levels - 1)}"),
         ("data.batch_size", d.batch_size > 0, f"must be positive, got {d.batch_size}"),
         ("data.num_workers", d.num_workers >= 0, f"must be >= 0, got {d.num_workers}"),
+        ("data.samples_per_epoch", d.samples_per_epoch >= d.batch_size,
+         f"must be >= data.batch_size, got {d.samples_per_epoch}"),
+        ("data.rain_weighted", 0 <= d.rain_weighted <= 1,
+         f"must lie in [0, 1] (fraction of wet-centred patches), got {d.rain_weighted}"),
         ("data.val_patches", d.val_patches >= 0, f"must be >= 0, got {d.val_patches}"),
         ("model.model_channels", m.model_channels > 0 and m.model_channels % 2 == 0,
          f"must be positive and even, got {m.model_channels}"),

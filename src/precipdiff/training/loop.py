@@ -1,0 +1,498 @@
+"""The training loop: one resumable trainer for every stage, single process or DDP.
+
+``train(cfg)`` builds the U-Net (wrapped in :class:`~precipdiff.diffusion.precond.EDMPrecond` for
+the diffusion stages ``correct`` and ``downscale``; a plain conditional-mean net for
+``regression``), trains it with AdamW, warm-up then constant/cosine learning rate, gradient
+clipping and accumulation, an EMA with a half-life in samples and optional bf16 autocast, and
+writes into ``cfg.train.out_dir``::
+
+    config.yaml            resolved config
+    metrics.jsonl          every metric (see :mod:`precipdiff.training.monitor`)
+    checkpoints/last.pt    resume state (and previous.pt), see :mod:`precipdiff.training.checkpoint`
+    weights.safetensors    release weights (EMA) with self-describing metadata
+
+The loss of a step is the masked mean over the whole global batch, with per-sample noise seeded
+by the sample's serial number, so a run is a pure function of (config, step): a resumed run and
+a DDP run reach the same weights as one uninterrupted process (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from precipdiff import __version__
+from precipdiff.errors import CheckpointError, ConfigError
+from precipdiff.training import checkpoint as ckpt
+from precipdiff.training.batches import BatchPlan, epoch_batches
+from precipdiff.training.config import RunConfig, save_config
+from precipdiff.training.distributed import (
+    DistInfo,
+    any_rank,
+    barrier,
+    gather_sum,
+    init_distributed,
+    maybe_no_sync,
+    teardown,
+)
+from precipdiff.training.ema import EMA
+from precipdiff.training.monitor import Monitor, require_tensorboard, truncate_metrics
+from precipdiff.training.objective import crps_fair, draw_noise, edm_loss_sum, regression_loss_sum
+from precipdiff.training.optim import build_optimizer, lr_at, set_lr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Position:
+    """Where the run is: optimiser steps, samples seen and the next batch of the data order."""
+
+    step: int = 0
+    samples_seen: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+@dataclass
+class Parts:
+    """Everything a step touches."""
+
+    net: nn.Module  # the bare U-Net (what EMA tracks and the weights hold)
+    model: nn.Module  # what the loss calls: EDMPrecond(net) or net, DDP-wrapped when distributed
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    mean_net: nn.Module | None
+    store: Any
+    train_ds: Any
+    val_batch: dict[str, torch.Tensor] | None
+
+
+def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train one stage as configured; return the run directory (see module docstring)."""
+    info = init_distributed()
+    clean = False
+    try:
+        run_dir = _train(cfg, info, resume=resume, progress=progress)
+        clean = True
+        return run_dir
+    finally:
+        gc.collect()
+        if clean:
+            teardown(info)
+        elif info.enabled:
+            with contextlib.suppress(Exception):
+                torch.distributed.destroy_process_group()
+
+
+def _train(cfg: RunConfig, info: DistInfo, *, resume: bool, progress: bool) -> Path:
+    run_dir = Path(cfg.train.out_dir)
+    _check_run(cfg, info, run_dir, resume)
+    store, train_ds, val_ds = _open_data(cfg)
+    cfg = _resolve_channels(cfg, train_ds, store)
+    state = None
+    if resume:
+        path, state = ckpt.find_resume_checkpoint(run_dir)
+        ckpt.check_resume_config(path, state["config"], cfg.to_dict())
+        log.info("resuming from %s at step %d", path, state["step"])
+    parts = _build(cfg, info, store, train_ds, val_ds)
+    pos = _restore(parts, state) if state else Position()
+    if info.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        if state:
+            truncate_metrics(run_dir / "metrics.jsonl", pos.samples_seen)
+    if info.enabled:
+        parts.model = _wrap_ddp(parts.model, info)
+    barrier(info)
+    monitor = Monitor(run_dir, enabled=info.is_main, progress=progress,
+                      tensorboard=cfg.train.tensorboard, total_samples=cfg.total_samples,
+                      start_samples=pos.samples_seen)
+    monitor.write("event", pos.step, pos.samples_seen, event="resume" if state else "start",
+                  world_size=info.world_size, device=str(info.device),
+                  parameters=sum(p.numel() for p in parts.net.parameters()))
+    try:
+        with StopSignals() as stop:
+            _loop(cfg, info, parts, pos, monitor, stop, run_dir)
+        if info.is_main:
+            _save_release(cfg, parts, run_dir / "weights.safetensors")
+            monitor.write("event", pos.step, pos.samples_seen, event="done")
+    finally:
+        monitor.close()
+    barrier(info)
+    return run_dir
+
+
+# ----------------------------------------------------------------------------- set-up
+def _check_run(cfg: RunConfig, info: DistInfo, run_dir: Path, resume: bool) -> None:
+    """Cheap checks before any work: world size, TensorBoard, an existing run."""
+    micro = cfg.data.batch_size // cfg.optim.accumulate
+    if micro % info.world_size:
+        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} / optim.accumulate "
+                          f"{cfg.optim.accumulate} = {micro} does not split over "
+                          f"{info.world_size} processes")
+    if cfg.train.tensorboard and info.is_main:
+        require_tensorboard()
+    has_run = any((ckpt.checkpoint_dir(run_dir) / n).exists() for n in ("last.pt", "previous.pt"))
+    if has_run and not resume:
+        raise ConfigError(f"train.out_dir: {run_dir} already holds a run; pass --resume to "
+                          "continue it or choose another out_dir")
+
+
+def _open_data(cfg: RunConfig) -> tuple[Any, Any, Any]:
+    """The store handle and the train/val patch datasets (StoreError for a bad store)."""
+    from precipdiff.data.dataset import PatchDataset
+    from precipdiff.data.store import open_store
+
+    store = open_store(cfg.data.store)
+    d = cfg.data
+    train_ds = PatchDataset(store.path, split="train", stage=cfg.train.stage, patch=d.patch,
+                            samples_per_epoch=d.samples_per_epoch, rain_weighted=d.rain_weighted,
+                            augment=d.augment, seed=cfg.train.seed)
+    val = None
+    if d.val_patches and "val" in store.splits:
+        val = {"store": store.path, "split": "val", "stage": cfg.train.stage, "n": d.val_patches,
+               "patch": d.patch, "seed": cfg.train.seed, "rain_weighted": d.rain_weighted}
+    elif d.val_patches:
+        log.warning("%s has no 'val' split: no validation", store.path)
+    return store, train_ds, val
+
+
+def _resolve_channels(cfg: RunConfig, train_ds: Any, store: Any) -> RunConfig:
+    """Fill ``model.cond_channels`` from the samples; ConfigError when it disagrees."""
+    sample = train_ds[0]
+    channels, patch = int(sample["cond"].shape[0]), int(sample["target"].shape[-1])
+    if patch != cfg.data.patch:
+        raise ConfigError(f"data.patch: {cfg.data.patch}, but the dataset yields {patch}")
+    if cfg.model.cond_channels not in (None, channels):
+        raise ConfigError(f"model.cond_channels: {cfg.model.cond_channels}, but {store.path} "
+                          f"gives {channels} for stage {cfg.train.stage!r} "
+                          f"(extras {list(store.extra_names)})")
+    model = dataclasses.replace(cfg.model, cond_channels=channels)
+    return dataclasses.replace(cfg, model=model)
+
+
+def _build(cfg: RunConfig, info: DistInfo, store: Any, train_ds: Any, val_ds: Any) -> Parts:
+    from precipdiff.diffusion.precond import EDMPrecond
+    from precipdiff.models.unet import UNet
+
+    torch.manual_seed(cfg.train.seed)
+    net = UNet(cfg.model.unet_config()).to(info.device)
+    model = net if cfg.train.stage == "regression" else EDMPrecond(net, cfg.diffusion.sigma_data)
+    ema = EMA(net, halflife_samples=cfg.train.ema_halflife_samples,
+              rampup_ratio=cfg.train.ema_rampup_ratio)
+    mean_net = _load_mean_net(cfg, store, info.device) if cfg.train.mean_from else None
+    val_batch = _val_batch(val_ds, info.device, mean_net) if info.is_main else None
+    return Parts(net=net, model=model, ema=ema, optimizer=build_optimizer(net, cfg.optim),
+                 mean_net=mean_net, store=store, train_ds=train_ds, val_batch=val_batch)
+
+
+def _load_mean_net(cfg: RunConfig, store: Any, device: torch.device) -> nn.Module:
+    """The frozen regression net of ``train.mean_from``; CheckpointError if it does not fit."""
+    from precipdiff.models.unet import UNet, UNetConfig
+
+    path = cfg.train.mean_from
+    tensors, meta = ckpt.load_weights(path)
+    if meta["stage"] != "regression":
+        raise CheckpointError(f"{path}: train.mean_from needs regression weights, got stage "
+                              f"{meta['stage']!r}")
+    expected = {"factor": str(store.factor), "pooling": store.pooling,
+                "transform": json.dumps(dict(store.attrs["transform"]), sort_keys=True)}
+    found = {**meta, "transform": json.dumps(json.loads(meta["transform"]), sort_keys=True)}
+    differ = [k for k, v in expected.items() if found[k] != v]
+    if differ:
+        raise CheckpointError(f"{path}: regression weights were trained on another store "
+                              f"({', '.join(differ)} differ from {store.path})")
+    fields = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in json.loads(meta["model"]).items()}
+    net = UNet(UNetConfig(**fields))
+    try:
+        net.load_state_dict(ckpt.split_mean_net(tensors)[0])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit their model config ({exc})") from None
+    if net.cfg.cond_channels != cfg.model.cond_channels:
+        raise CheckpointError(f"{path}: regression net takes {net.cfg.cond_channels} conditioning "
+                              f"channels, the store gives {cfg.model.cond_channels}")
+    return net.to(device).eval().requires_grad_(False)
+
+
+def _val_batch(val: dict[str, Any] | None, device: torch.device,
+               mean_net: nn.Module | None) -> dict[str, torch.Tensor] | None:
+    """The fixed validation patches (:func:`precipdiff.data.dataset.val_patches`)."""
+    from precipdiff.data.dataset import val_patches
+
+    if val is None:
+        return None
+    batch = val_patches(**val)
+    return _prepare({k: batch[k] for k in ("cond", "target", "mask")}, device, mean_net)
+
+
+def _restore(parts: Parts, state: dict[str, Any]) -> Position:
+    parts.net.load_state_dict(state["model"])
+    parts.ema.load_state_dict(state["ema"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    ckpt.set_rng_state(state["rng"])
+    data = state.get("data", {})
+    return Position(step=state["step"], samples_seen=state["samples_seen"],
+                    epoch=data.get("epoch", 0), batch_in_epoch=data.get("batch_in_epoch", 0))
+
+
+def _wrap_ddp(model: nn.Module, info: DistInfo) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [info.local_rank] if info.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+# ----------------------------------------------------------------------------- the loop
+def _loop(cfg: RunConfig, info: DistInfo, parts: Parts, pos: Position, monitor: Monitor,
+          stop: StopSignals, run_dir: Path) -> None:
+    plan = BatchPlan(n=len(parts.train_ds), batch_size=cfg.data.batch_size,
+                     accumulate=cfg.optim.accumulate, rank=info.rank,
+                     world_size=info.world_size, seed=cfg.train.seed)
+    if plan.steps_per_epoch == 0:
+        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} exceeds the "
+                          f"{plan.n} training patches of {cfg.data.store}")
+    meter = _Meter()
+    while pos.step < cfg.total_steps:
+        batches = epoch_batches(parts.train_ds, plan, pos.epoch, pos.batch_in_epoch,
+                                num_workers=cfg.data.num_workers,
+                                pin_memory=info.device.type == "cuda")
+        for micro_plan, micro in meter.timed(batches):
+            loss, grad_norm = _train_step(cfg, info, parts, pos, micro_plan, micro)
+            pos.step += 1
+            pos.samples_seen += cfg.data.batch_size
+            pos.batch_in_epoch += 1
+            meter.add(loss, grad_norm)
+            _after_step(cfg, info, parts, pos, monitor, meter, run_dir)
+            if stop.requested(info):
+                _stop(info, parts, pos, cfg, run_dir, monitor, stop.signum)
+            if pos.step >= cfg.total_steps:
+                break
+        else:
+            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+    if info.is_main:
+        ckpt.save_checkpoint(run_dir, _checkpoint_state(cfg, parts, pos))
+
+
+def _train_step(cfg: RunConfig, info: DistInfo, parts: Parts, pos: Position,
+                micro_plan: list, micro: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
+    """One optimiser step over the global batch; returns (loss, gradient norm)."""
+    batches = [_prepare(b, info.device, parts.mean_net) for b in micro]
+    valid = sum(b["mask"].sum() for b in batches).to(torch.float64)
+    total_valid = gather_sum(valid, info).clamp_min(1.0)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
+    for i, (mb, batch) in enumerate(zip(micro_plan, batches, strict=True)):
+        with maybe_no_sync(parts.model, i < len(batches) - 1), _autocast(cfg, info.device):
+            term = _loss_sum(cfg, parts.model, batch, mb.serials)
+        (term * (info.world_size / total_valid).float()).backward()
+        loss_sum += term.detach().double()
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(parts.net.parameters(), clip)
+    set_lr(parts.optimizer, lr_at(pos.samples_seen, cfg.optim, cfg.total_samples))
+    parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.ema.update(parts.net, batch_size=cfg.data.batch_size,
+                     samples_seen=pos.samples_seen + cfg.data.batch_size)
+    loss = gather_sum(loss_sum, info) / total_valid
+    return float(loss), float(grad_norm)
+
+
+def _prepare(batch: dict[str, torch.Tensor], device: torch.device,
+             mean_net: nn.Module | None) -> dict[str, torch.Tensor]:
+    """Move to ``device``; around a regression mean the target becomes ``target - mean(cond)``."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    out["mask"] = out["mask"].bool()
+    if mean_net is not None:
+        with torch.no_grad():
+            mean = mean_net(None, None, out["cond"]).float()
+        out["target"] = (out["target"] - mean) * out["mask"]
+    return out
+
+
+def _loss_sum(cfg: RunConfig, model: nn.Module, batch: dict[str, torch.Tensor],
+              serials: list[int]) -> torch.Tensor:
+    y, cond, mask = batch["target"], batch["cond"], batch["mask"]
+    if cfg.train.stage == "regression":
+        return regression_loss_sum(model, y, cond, mask)
+    d = cfg.diffusion
+    sigma, noise = draw_noise(serials, tuple(y.shape[1:]), seed=cfg.train.seed,
+                              P_mean=d.P_mean, P_std=d.P_std)
+    return edm_loss_sum(model, y, cond, mask, sigma.to(y.device), noise.to(y.device),
+                        sigma_data=d.sigma_data)
+
+
+def _autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if not cfg.train.bf16:
+        return contextlib.nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log.warning("bf16 is not supported on %s; training in float32", device)
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _crossed(samples: int, batch: int, every: int) -> bool:
+    """True when the last step of ``batch`` samples crossed a multiple of ``every``."""
+    return samples // every > (samples - batch) // every
+
+
+def _after_step(cfg: RunConfig, info: DistInfo, parts: Parts, pos: Position, monitor: Monitor,
+                meter: _Meter, run_dir: Path) -> None:
+    """Logging, validation and periodic checkpoints (rank 0 writes)."""
+    b, last = cfg.data.batch_size, pos.step >= cfg.total_steps
+    lr = lr_at(pos.samples_seen - b, cfg.optim, cfg.total_samples)
+    monitor.advance(pos.samples_seen, meter.last_loss)
+    if pos.step % cfg.train.log_every_steps == 0 or last:
+        monitor.write("train", pos.step, pos.samples_seen, epoch=pos.epoch, lr=lr,
+                      **meter.flush(b))
+    if (_crossed(pos.samples_seen, b, cfg.train.val_every_samples) or last) and info.is_main:
+        if parts.val_batch is not None:
+            monitor.write("val", pos.step, pos.samples_seen, **_validate(cfg, parts))
+    if _crossed(pos.samples_seen, b, cfg.train.checkpoint_every_samples) and not last:
+        if info.is_main:
+            ckpt.save_checkpoint(run_dir, _checkpoint_state(cfg, parts, pos))
+        barrier(info)
+
+
+@torch.no_grad()
+def _validate(cfg: RunConfig, parts: Parts) -> dict[str, float]:
+    """EMA net on the fixed val patches: loss, and for diffusion a quick fair CRPS."""
+    from precipdiff.diffusion.precond import EDMPrecond
+    from precipdiff.diffusion.samplers import sample
+
+    start, net, batch = time.perf_counter(), parts.ema.module, parts.val_batch
+    y, cond, mask = batch["target"], batch["cond"], batch["mask"]
+    valid = mask.sum().clamp_min(1).double()
+    out = {"val_mae_base": float((y.abs() * mask).sum() / valid)}
+    if cfg.train.stage == "regression":
+        out["val_loss"] = float(regression_loss_sum(net, y, cond, mask) / valid)
+    else:
+        d, n = cfg.diffusion, y.shape[0]
+        denoiser = EDMPrecond(net, d.sigma_data)
+        sigma, noise = draw_noise(list(range(n)), tuple(y.shape[1:]), seed=cfg.train.seed,
+                                  P_mean=d.P_mean, P_std=d.P_std, stream=1)
+        out["val_loss"] = float(edm_loss_sum(denoiser, y, cond, mask, sigma.to(y.device),
+                                             noise.to(y.device), sigma_data=d.sigma_data) / valid)
+        g = torch.Generator(device=y.device).manual_seed(cfg.train.seed)
+        x = sample(denoiser, (d.val_members * n, *y.shape[1:]), cond=cond.repeat(d.val_members, 1,
+                   1, 1), steps=d.val_steps, sampler=d.val_sampler, generator=g,
+                   device=y.device, disable=True)
+        out["val_crps_fair"] = crps_fair(x.view(d.val_members, *y.shape), y, mask)
+    out["val_time_s"] = time.perf_counter() - start
+    return out
+
+
+def _checkpoint_state(cfg: RunConfig, parts: Parts, pos: Position) -> dict[str, Any]:
+    return {"model": parts.net.state_dict(), "ema": parts.ema.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": {"samples_seen": pos.samples_seen, "schedule": cfg.optim.schedule},
+            "step": pos.step, "samples_seen": pos.samples_seen, "rng": ckpt.rng_state(),
+            "data": {"epoch": pos.epoch, "batch_in_epoch": pos.batch_in_epoch},
+            "config": cfg.to_dict()}
+
+
+def _save_release(cfg: RunConfig, parts: Parts, path: Path) -> Path:
+    """EMA weights + metadata (format in :mod:`precipdiff.training.checkpoint`)."""
+    store = parts.store
+    meta = {"stage": cfg.train.stage, "config": cfg.to_json(),
+            "model": json.dumps(dataclasses.asdict(parts.net.cfg)),
+            "transform": json.dumps(dict(store.attrs["transform"])),
+            "factor": str(store.factor), "pooling": str(store.pooling),
+            "sigma_data": str(cfg.diffusion.sigma_data),
+            "extra_names": json.dumps(list(store.extra_names)),
+            "patch": str(cfg.data.patch), "version": __version__}
+    mean_state = None
+    if parts.mean_net is not None:
+        meta["mean_model"] = json.dumps(dataclasses.asdict(parts.mean_net.cfg))
+        mean_state = parts.mean_net.state_dict()
+    log.info("writing %s", path)
+    return ckpt.save_weights(path, parts.ema.state_dict(), metadata=meta, mean_state=mean_state)
+
+
+def _stop(info: DistInfo, parts: Parts, pos: Position, cfg: RunConfig, run_dir: Path,
+          monitor: Monitor, signum: int | None) -> None:
+    """Save a checkpoint, then leave as the signal asked (SIGINT → KeyboardInterrupt)."""
+    if info.is_main:
+        ckpt.save_checkpoint(run_dir, _checkpoint_state(cfg, parts, pos))
+        monitor.write("event", pos.step, pos.samples_seen, event="stopped", signal=signum)
+    log.warning("stopped by signal %s at step %d; checkpoint saved, resume with --resume",
+                signum, pos.step)
+    barrier(info)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + (signum or 15))
+
+
+# ----------------------------------------------------------------------------- helpers
+class _Meter:
+    """Loss, gradient norm, throughput and the share of wall time spent waiting for data."""
+
+    def __init__(self) -> None:
+        self.start, self.wait, self.losses, self.norms = time.perf_counter(), 0.0, [], []
+        self.last_loss = float("nan")
+
+    def timed(self, batches):
+        it = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - t0
+            yield item
+
+    def add(self, loss: float, grad_norm: float) -> None:
+        self.losses.append(loss)
+        self.norms.append(grad_norm)
+        self.last_loss = loss
+
+    def flush(self, batch_size: int) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        n = max(len(self.losses), 1)
+        out = {"loss": sum(self.losses) / n, "grad_norm": sum(self.norms) / n,
+               "samples_per_s": len(self.losses) * batch_size / elapsed,
+               "data_wait_frac": self.wait / elapsed}
+        self.start, self.wait, self.losses, self.norms = time.perf_counter(), 0.0, [], []
+        return out
+
+
+class StopSignals:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and exits."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("signal %d received: saving a checkpoint after this step", signum)
+
+    def requested(self, info: DistInfo) -> bool:
+        flag = any_rank(self.signum is not None, info)
+        if flag and self.signum is None:
+            self.signum = signal.SIGTERM
+        return flag
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,89 @@
+"""End-to-end training of tiny models on a tiny store: outputs, metadata, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _training_store import tiny_overrides
+
+from precipdiff.errors import CheckpointError, ConfigError, StoreError
+from precipdiff.training.checkpoint import load_checkpoint, load_weights, split_mean_net
+from precipdiff.training.config import load_config
+from precipdiff.training.loop import train
+
+
+@pytest.fixture(scope="module")
+def regression_run(tiny_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reg") / "run"
+    torch.set_num_threads(1)
+    return train(load_config(None, tiny_overrides(tiny_store, out, "train.stage=regression",
+                                                  "train.steps=3")), progress=False)
+
+
+def test_correct_run_writes_everything(tiny_store, tmp_path):
+    cfg = load_config(None, tiny_overrides(tiny_store, tmp_path / "run", "train.bf16=true"))
+    run = train(cfg, progress=False)
+    assert (run / "config.yaml").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [r for r in records if r["kind"] == "train"]
+    val_lines = [r for r in records if r["kind"] == "val"]
+    assert [r["step"] for r in train_lines] == [2, 4, 6]
+    assert all(0.0 <= r["data_wait_frac"] <= 1.0 and r["samples_per_s"] > 0 for r in train_lines)
+    assert val_lines and all(r["val_crps_fair"] is not None for r in val_lines)
+    tensors, meta = load_weights(run / "weights.safetensors")
+    assert meta["stage"] == "correct" and meta["factor"] == "4" and meta["pooling"] == "max"
+    assert json.loads(meta["config"])["model"]["cond_channels"] == 1
+    assert json.loads(meta["transform"])["kind"] == "log1p"
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["step"] == 6 and state["samples_seen"] == 24
+    assert torch.equal(state["ema"]["conv_in.weight"], tensors["conv_in.weight"])
+
+
+def test_downscale_around_regression_mean(tiny_store, tmp_path, regression_run):
+    weights = regression_run / "weights.safetensors"
+    assert load_weights(weights)[1]["stage"] == "regression"
+    cfg = load_config(None, tiny_overrides(tiny_store, tmp_path / "run", "train.stage=downscale",
+                                           f"train.mean_from={weights}", "train.steps=2"))
+    tensors, meta = load_weights(train(cfg, progress=False) / "weights.safetensors")
+    net, mean = split_mean_net(tensors)
+    assert mean and net and "mean_model" in meta
+    reg_tensors = load_weights(weights)[0]
+    assert all(torch.equal(reg_tensors[k], v) for k, v in mean.items())
+
+
+def test_mean_from_must_be_regression(tiny_store, tmp_path, regression_run):
+    cfg = load_config(None, tiny_overrides(tiny_store, tmp_path / "a", "train.steps=1"))
+    correct = train(cfg, progress=False) / "weights.safetensors"
+    bad = load_config(None, tiny_overrides(tiny_store, tmp_path / "b", "train.stage=downscale",
+                                           f"train.mean_from={correct}"))
+    with pytest.raises(CheckpointError, match="regression"):
+        train(bad, progress=False)
+
+
+def test_existing_run_needs_resume_and_matching_config(tiny_store, tmp_path):
+    base = tiny_overrides(tiny_store, tmp_path / "run", "train.steps=2")
+    train(load_config(None, base), progress=False)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(load_config(None, base), progress=False)
+    other = load_config(None, [*base, "model.model_channels=16"])
+    with pytest.raises(CheckpointError, match="model.model_channels"):
+        train(other, resume=True, progress=False)
+    longer = load_config(None, [*base[:-1], "train.steps=3"])
+    state_before = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    train(longer, resume=True, progress=False)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (state_before["step"], state["step"]) == (2, 3)
+
+
+def test_bad_store_and_channels(tiny_store, tmp_path):
+    with pytest.raises(StoreError):
+        train(load_config(None, tiny_overrides(tmp_path / "nope.zarr", tmp_path / "r")),
+              progress=False)
+    with pytest.raises(ConfigError, match="model.cond_channels"):
+        train(load_config(None, tiny_overrides(tiny_store, tmp_path / "r",
+                                               "model.cond_channels=3")), progress=False)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train(load_config(None, tiny_overrides(tiny_store, tmp_path / "r2")), resume=True,
+              progress=False)
