@@ -23,7 +23,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -36,6 +36,17 @@ log = logging.getLogger(__name__)
 
 STAGES = ("correct", "downscale", "regression")
 LR_CACHE_BYTES = 256 * 2**20  # cache the split's coarse arrays in memory below this size
+
+
+class PatchLocation(NamedTuple):
+    """Origin of a sample: store time index, index in the split's times, the patch's first
+    row and (absolute, not band-relative) column on the stage's grid, dihedral element k."""
+
+    time_index: int
+    split_index: int
+    y0: int
+    x0: int
+    k: int
 
 
 class PatchDataset(Dataset):
@@ -127,7 +138,7 @@ class PatchDataset(Dataset):
         return np.asarray(self._arrays[name][int(self.times[ti]), :, x0:x1])
 
     def _centre(self, rng: np.random.Generator, ref_lr: np.ndarray, f: int) -> tuple[int, int]:
-        """Patch centre (fine-or-coarse cells, band-relative): wet-weighted or uniform."""
+        """Patch centre (band-relative cells of the stage grid): wet-weighted or uniform."""
         if rng.random() < self.rain_weighted:
             wet = np.flatnonzero(ref_lr > self.wet_threshold)
             if wet.size:
@@ -135,28 +146,40 @@ class PatchDataset(Dataset):
                 return i * f + int(rng.integers(f)), j * f + int(rng.integers(f))
         return int(rng.integers(ref_lr.shape[0] * f)), int(rng.integers(ref_lr.shape[1] * f))
 
-    def _corner(self, c: int, n: int) -> int:
-        return min(max(c - self.patch // 2, 0), n - self.patch)
+    def locate(self, index: int) -> PatchLocation:
+        """Where sample ``index`` of the current epoch comes from (without reading the patch)."""
+        if not 0 <= index < self.samples_per_epoch:
+            raise IndexError(f"index {index} out of range [0, {self.samples_per_epoch})")
+        self._open()
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        ti = int(rng.integers(self.times.size))
+        k = int(rng.integers(8)) if self.augment else 0
+        f = 1 if self.stage == "correct" else self.factor
+        ref_lr = self._lr("ref_lr", ti)
+        cy, cx = self._centre(rng, ref_lr, f)
+        p = self.patch
+        y0 = min(max(cy - p // 2, 0), ref_lr.shape[0] * f - p)
+        x0 = min(max(cx - p // 2, 0), ref_lr.shape[1] * f - p)
+        return PatchLocation(int(self.times[ti]), ti, y0, self.x_lr[0] * f + x0, k)
 
     # ------------------------------------------------------------------ samples
 
-    def _correct(self, ti: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        src, ref = self._lr("src_lr", ti), self._lr("ref_lr", ti)
-        cy, cx = self._centre(rng, ref, 1)
-        y0, x0 = self._corner(cy, src.shape[0]), self._corner(cx, src.shape[1])
-        win = (slice(y0, y0 + self.patch), slice(x0, x0 + self.patch))
-        base = torch.from_numpy(self.transform.forward(np.array(src[win], np.float32)))
-        target = torch.from_numpy(self.transform.forward(np.array(ref[win], np.float32))) - base
+    def _correct(self, loc: PatchLocation) -> tuple[torch.Tensor, ...]:
+        p, x0 = self.patch, loc.x0 - self.x_lr[0]
+        win = (slice(loc.y0, loc.y0 + p), slice(x0, x0 + p))
+        src = self._lr("src_lr", loc.split_index)[win]
+        ref = self._lr("ref_lr", loc.split_index)[win]
+        base = torch.from_numpy(self.transform.forward(np.array(src, np.float32)))
+        target = torch.from_numpy(self.transform.forward(np.array(ref, np.float32))) - base
         return base[None], target[None], base[None]
 
-    def _fine(self, ti: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
+    def _fine(self, loc: PatchLocation) -> tuple[torch.Tensor, ...]:
         from precipdiff.grid import upsample_tensor
 
         f, p = self.factor, self.patch
-        ref_lr = self._lr("ref_lr", ti)
+        ref_lr = self._lr("ref_lr", loc.split_index)
         ny_lr, nx_lr = ref_lr.shape
-        cy, cx = self._centre(rng, ref_lr, f)
-        y0, x0 = self._corner(cy, ny_lr * f), self._corner(cx, nx_lr * f)
+        y0, x0 = loc.y0, loc.x0 - self.x_lr[0] * f  # band-relative
         ly0, lx0 = max(y0 // f - 1, 0), max(x0 // f - 1, 0)
         ly1 = min(math.ceil((y0 + p) / f) + 1, ny_lr)
         lx1 = min(math.ceil((x0 + p) / f) + 1, nx_lr)
@@ -165,7 +188,7 @@ class PatchDataset(Dataset):
         up = upsample_tensor(win, f, "bilinear")[0]
         oy, ox = y0 - ly0 * f, x0 - lx0 * f
         base = up[:, oy:oy + p, ox:ox + p]
-        t, X0 = int(self.times[ti]), self.x_lr[0] * f + x0
+        t, X0 = loc.time_index, loc.x0
         ref_hr = np.asarray(self._arrays["ref_hr"][t, y0:y0 + p, X0:X0 + p], np.float32)
         target = torch.from_numpy(self.transform.forward(ref_hr))[None] - base
         cond = base
@@ -176,24 +199,19 @@ class PatchDataset(Dataset):
         return cond, target, base
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not 0 <= index < self.samples_per_epoch:
-            raise IndexError(f"index {index} out of range [0, {self.samples_per_epoch})")
-        self._open()
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        ti = int(rng.integers(self.times.size))
-        k = int(rng.integers(8)) if self.augment else 0
-        sample = self._correct(ti, rng) if self.stage == "correct" else self._fine(ti, rng)
+        loc = self.locate(index)
+        sample = self._correct(loc) if self.stage == "correct" else self._fine(loc)
         cond, target, base = (x.float() for x in sample)
         mask = torch.isfinite(target) & torch.isfinite(base)
         out = {"cond": cond, "target": target, "base": base, "mask": mask}
         for name in ("cond", "target", "base"):
             out[name] = torch.where(mask, out[name], torch.zeros((), dtype=torch.float32))
-        if k:
-            out = {n: _dihedral(v, k) for n, v in out.items()}
+        if loc.k:
+            out = {n: dihedral(v, loc.k) for n, v in out.items()}
         return out
 
 
-def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     """Element ``k`` (0..7) of the square's symmetry group: rot90 ``k % 4``, then flip if k >= 4."""
     x = torch.rot90(x, k % 4, dims=(-2, -1))
     if k >= 4:

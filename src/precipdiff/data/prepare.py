@@ -297,6 +297,15 @@ def _publish(partial: Path, out: Path) -> None:
         os.replace(partial, out)
 
 
+def _pool(workers: int) -> cf.ProcessPoolExecutor:
+    """Worker processes forked from a clean server that has imported the frame code once
+    (no inherited zarr/torch threads, unlike ``fork``; faster start than ``spawn``)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["precipdiff.data.prepare", "precipdiff.data.frames",
+                                "precipdiff.grid", "precipdiff.io"])
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
 def prepare_store(cfg: PrepareConfig, out: str | os.PathLike, *, workers: int = 1,
                   progress: ProgressCallback | None = None) -> Path:
     """Write the paired store for ``cfg`` at ``out`` and return ``out``.
@@ -309,9 +318,7 @@ def prepare_store(cfg: PrepareConfig, out: str | os.PathLike, *, workers: int = 
         raise ConfigError(f"workers must be >= 1, found {workers}")
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
-    pool = (cf.ProcessPoolExecutor(max_workers=int(workers),
-                                   mp_context=multiprocessing.get_context("spawn"))
-            if workers > 1 else None)
+    pool = _pool(int(workers)) if workers > 1 else None
     try:
         plan = _load_plan(partial, cfg.to_dict())
         if plan is None:

@@ -208,6 +208,10 @@ def load_prepare_config(path: str | os.PathLike, sets: Sequence[str] = ()) -> Pr
         raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from exc
     if not isinstance(d, dict):
         raise ConfigError(f"{p}: expected a mapping of prepare options, found {type(d).__name__}")
+    for f in dataclasses.fields(PrepareConfig):  # "--set fractions.val=0.2" edits the default
+        if f.name not in d and any(str(x).startswith(f"{f.name}.") for x in sets) \
+                and f.default_factory is not dataclasses.MISSING:
+            d[f.name] = dict(f.default_factory())
     try:
         return PrepareConfig.from_dict(apply_overrides(d, sets))
     except ConfigError as exc:

@@ -1,0 +1,316 @@
+"""prepare_store / open_store: layout, pairing, grids, splits, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+import zarr
+
+from precipdiff.data.prepare import (
+    PrepareConfig,
+    load_prepare_config,
+    make_splits,
+    open_store,
+    prepare_store,
+    recipe_emulated,
+    recipe_real_pairs,
+)
+from precipdiff.errors import ConfigError, GridError, InputFileError, StoreError
+from precipdiff.grid import coarsen
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cfg(refs, srcs, **kw) -> PrepareConfig:
+    return PrepareConfig(reference=[str(p) for p in refs], source=[str(p) for p in srcs], **kw)
+
+
+def test_store_layout_and_values(S, pair_files, tmp_path):
+    ref, refs, srcs = pair_files
+    seen = []
+    out = prepare_store(_cfg(refs, srcs, split="space"), tmp_path / "s.zarr",
+                        progress=lambda d, t: seen.append((d, t)))
+    assert seen[0] == (0, 4) and seen[-1] == (4, 4)
+    assert not (tmp_path / "s.zarr.partial").exists()
+    h = open_store(out)
+    a = h.attrs
+    assert a["precipdiff_store"] == 1 and a["complete"] is True and a["factor"] == 10
+    assert a["pooling"] == "max" and {"source", "reference", "created", "version"} <= set(a)
+    assert set(a["transform"]) == {"kind", "scale", "sigma"}
+    assert h["ref_hr"].shape == (4, 120, 240) and h["src_lr"].shape == (4, 12, 24)
+    for name in ("src_lr", "ref_lr", "ref_hr"):
+        assert h[name].dtype == np.float32 and h[name].chunks[0] == 1
+    assert h["time"].dtype == np.int64
+    np.testing.assert_array_equal(h["time"][:], ref["time"].values.astype("datetime64[s]")
+                                  .astype(np.int64))
+    np.testing.assert_allclose(h["ref_hr"][:], ref.values)
+    np.testing.assert_allclose(h["ref_lr"][:], coarsen(ref, 10, method="max").values)
+    np.testing.assert_allclose(h["src_lr"][:], S.biased_source(ref).values, rtol=1e-6)
+    np.testing.assert_allclose(h["lat_lr"][:], ref["lat"].values.reshape(-1, 10).mean(1))
+    assert h.grid_lr.is_close(h.grid_hr.coarsen(10))
+    bands = [s["x_lr"] for s in h.splits.values()]
+    assert bands == [[0, 19], [19, 22], [22, 24]]
+    ds = xr.open_zarr(out, consolidated=False)  # self-describing for xarray users
+    assert ds["ref_hr"].dims == ("time", "lat_hr", "lon_hr")
+
+
+def test_time_split_fit_and_mean_pooling(pair_files, tmp_path):
+    ref, refs, srcs = pair_files
+    cfg = _cfg(refs, srcs, pooling="mean", fractions={"train": 2, "val": 1, "test": 1},
+               transform_scale=0.5)
+    h = open_store(prepare_store(cfg, tmp_path / "s.zarr"))
+    assert h.splits == {"train": {"time": [0, 1], "x_lr": [0, 24]},
+                        "val": {"time": [2], "x_lr": [0, 24]},
+                        "test": {"time": [3], "x_lr": [0, 24]}}
+    np.testing.assert_allclose(h["ref_lr"][:], coarsen(ref, 10, method="mean").values, rtol=1e-6)
+    x = ref.values[:2]
+    sigma = np.std(np.log1p(x[np.isfinite(x)] / 0.5))
+    assert h.transform.scale == 0.5 and h.transform.sigma == pytest.approx(sigma, rel=1e-4)
+
+
+def test_make_splits_disjoint_with_gap():
+    s = make_splits("space", {"train": 0.7, "val": 0.15, "test": 0.15}, 5, 100, gap=2)
+    assert [v["x_lr"] for v in s.values()] == [[0, 67], [69, 84], [86, 100]]
+    with pytest.raises(ConfigError, match="split: space"):
+        make_splits("time", {"train": 0.8, "val": 0.1, "test": 0.1}, 1, 50)
+
+
+def test_fine_source_is_pooled_and_bbox_trims(S, tmp_path):
+    ref = S.scene(n_time=2)
+    src = (ref * np.float32(0.8)).assign_coords(time=ref["time"].values)
+    refs, srcs = S.write_frames(ref, tmp_path, "r"), S.write_frames(src, tmp_path, "s")
+    bbox = (-100.9, 35.04, -98.9, 36.1)  # starts mid-block: trimmed onto the 0.1 deg lattice
+    h = open_store(prepare_store(_cfg(refs, srcs, bbox=bbox, split="space",
+                                      source_pooling="mean"), tmp_path / "s.zarr"))
+    assert h.grid_hr.lat0 == pytest.approx(35.105) and h.grid_hr.lon0 == pytest.approx(-100.895)
+    assert h["ref_hr"].shape[1:] == (100, 200)
+    sub = src.sel(lat=slice(35.1, 36.1), lon=slice(-100.9, -98.9))
+    np.testing.assert_allclose(h["src_lr"][:], coarsen(sub, 10, method="mean").values, rtol=1e-6)
+
+
+def test_regrid_offset_source(S, tmp_path):
+    ref = S.scene(n_time=2)
+    src = S.biased_source(ref)
+    src = src.assign_coords(lat=src["lat"] + 0.05, lon=src["lon"] + 0.05)
+    refs, srcs = S.write_frames(ref, tmp_path, "r"), S.write_frames(src, tmp_path, "s")
+    with pytest.raises(GridError, match="do not nest"):
+        prepare_store(_cfg(refs, srcs, split="space"), tmp_path / "a.zarr")
+    h = open_store(prepare_store(_cfg(refs, srcs, split="space", regrid="bilinear"),
+                                 tmp_path / "b.zarr"))
+    assert np.isfinite(h["src_lr"][0]).mean() > 0.8
+
+
+def test_workers_match_serial(pair_files, tmp_path):
+    _, refs, srcs = pair_files
+    cfg = _cfg(refs[:3], srcs[:3], split="space")
+    a = open_store(prepare_store(cfg, tmp_path / "a.zarr"))
+    b = open_store(prepare_store(cfg, tmp_path / "b.zarr", workers=2))
+    for name in ("src_lr", "ref_lr", "ref_hr"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+    assert a.attrs["transform"] == b.attrs["transform"]
+
+
+def test_accumulation_converted_to_rate(S, tmp_path):
+    ref = S.scene(n_time=2, step_minutes=30.0)
+    amount = (ref * np.float32(0.5)).assign_attrs(units="mm", accumulation="30min")
+    src = S.biased_source(ref, shift_s=0)
+    refs, srcs = S.write_frames(amount, tmp_path, "r"), S.write_frames(src, tmp_path, "s")
+    h = open_store(prepare_store(_cfg(refs, srcs, split="space"), tmp_path / "s.zarr"))
+    np.testing.assert_allclose(h["ref_hr"][:], ref.values, rtol=1e-6)  # 0.5 mm / 0.5 h
+    with pytest.raises(InputFileError, match="accumulation='error'"):
+        prepare_store(_cfg(refs, srcs, split="space", accumulation="error"), tmp_path / "e.zarr")
+
+
+def test_emulated_recipe(S, tmp_path):
+    pytest.importorskip("precipdiff.data.emulate")
+    ref = S.scene(n_time=3)
+    refs = S.write_frames(ref, tmp_path, "r")
+    cfg = recipe_emulated([str(p) for p in refs], seed=7)
+    a = open_store(prepare_store(cfg, tmp_path / "a.zarr"))
+    b = open_store(prepare_store(cfg, tmp_path / "b.zarr"))
+    np.testing.assert_array_equal(a["src_lr"][:], b["src_lr"][:])  # seeded per frame
+    assert a["src_lr"].shape == (3, 12, 24) and np.isfinite(a["src_lr"][:]).any()
+    assert "emulated" in a.attrs["source"]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _truncate(p: Path, dst: Path) -> Path:
+    dst.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+    return dst
+
+
+def _bad_case(S, name: str, tmp: Path, refs: list[Path], srcs: list[Path], ref: xr.DataArray):
+    """(config kwargs, expected error type, text in the message, file named) per bad input."""
+    if name == "missing":
+        return dict(reference=[str(tmp / "nope.nc")], source=srcs), InputFileError, \
+            "does not exist", "nope.nc"
+    if name == "truncated":
+        bad = _truncate(refs[1], tmp / "trunc.nc")
+        return dict(reference=[refs[0], bad], source=srcs), InputFileError, "", "trunc.nc"
+    if name == "variable":
+        return dict(reference=refs, source=srcs, reference_variable="rainfall"), \
+            InputFileError, "rainfall", refs[0].name
+    if name in ("all_nan", "negative", "units"):
+        da = ref.isel(time=[0]).copy()
+        if name == "all_nan":
+            da[:] = np.nan
+        elif name == "negative":
+            da[0, 5, 5] = -2.0
+        else:
+            da.attrs["units"] = "furlongs/fortnight"
+        (bad,) = S.write_frames(da, tmp / name, "bad")
+        return dict(reference=[bad], source=srcs), InputFileError, \
+            {"all_nan": "missing", "negative": "negative", "units": "units"}[name], bad.name
+    if name == "not_nested":
+        src = S.biased_source(ref)
+        src = src.assign_coords(lat=src["lat"] + 0.03)
+        bad = S.write_frames(src, tmp / name, "src")
+        return dict(reference=refs, source=bad), GridError, "do not nest", "src_00.nc"
+    if name == "factor":
+        src = coarsen(ref, 4, method="mean")  # 0.04 deg: 10 is no multiple of 4
+        bad = S.write_frames(src, tmp / name, "src")
+        return dict(reference=refs, source=bad), GridError, "not divisible", "src_00.nc"
+    if name == "duplicate":
+        dup = tmp / "dup.nc"
+        shutil.copy(refs[0], dup)
+        return dict(reference=[*refs, dup], source=srcs), InputFileError, "duplicate", "ref_00"
+    if name == "overlap":
+        amount = ref.assign_attrs(units="mm", accumulation="1h")  # frames 2 min apart
+        bad = S.write_frames(amount, tmp / name, "acc")
+        return dict(reference=bad, source=srcs), InputFileError, "overlaps", "acc_0"
+    if name == "no_match":
+        late = S.biased_source(ref, shift_s=3600)
+        bad = S.write_frames(late, tmp / name, "late")
+        return dict(reference=refs, source=bad), InputFileError, "no source time", "late_"
+    raise AssertionError(name)
+
+
+BAD = ["missing", "truncated", "variable", "all_nan", "negative", "units", "not_nested",
+       "factor", "duplicate", "overlap", "no_match"]
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_input_one_line_error(S, name, pair_files, tmp_path):
+    ref, refs, srcs = pair_files
+    kw, err, text, fname = _bad_case(S, name, tmp_path, refs, srcs, ref)
+    kw = {k: [str(p) for p in v] if isinstance(v, list) else v for k, v in kw.items()}
+    with pytest.raises(err) as info:
+        prepare_store(PrepareConfig(split="space", **kw), tmp_path / "s.zarr")
+    msg = str(info.value)
+    assert "\n" not in msg and text in msg and fname in msg, msg
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_config_validation_and_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key"):
+        PrepareConfig.from_dict({"reference": "a.nc", "emulate": True, "facter": 4})
+    with pytest.raises(ConfigError, match="exactly one"):
+        PrepareConfig.from_dict({"reference": "a.nc"})
+    with pytest.raises(ConfigError, match="pooling"):
+        recipe_real_pairs("a.nc", "b.nc", pooling="median")
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"reference": ["r/*.nc"], "source": "s/*.nc", "factor": 10}))
+    cfg = load_prepare_config(p, ["factor=5", "bbox=[-101, 35, -99, 36]", "fractions.val=0.3"])
+    assert cfg.factor == 5 and cfg.bbox == (-101.0, 35.0, -99.0, 36.0)
+    assert cfg.fractions["val"] == 0.3 and cfg.source == ("s/*.nc",)
+    assert PrepareConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("name", ["prepare_mrms_downscale.yaml", "prepare_mrms_emulated.yaml"])
+def test_example_configs_load(name):
+    pytest.importorskip("precipdiff.data.emulate")
+    cfg = load_prepare_config(REPO / "configs" / name)
+    assert cfg.split == "space" and cfg.factor == 10
+
+
+def test_open_store_rejects(small_store, tmp_path):
+    with pytest.raises(StoreError, match="does not exist"):
+        open_store(tmp_path / "none.zarr")
+    zarr.open_group(str(tmp_path / "foreign.zarr"), mode="w")
+    with pytest.raises(StoreError, match="not a precipdiff store"):
+        open_store(tmp_path / "foreign.zarr")
+    for attrs, text in (({"complete": False}, "incomplete"), ({"precipdiff_store": 99}, "format")):
+        copy = tmp_path / f"copy{len(text)}.zarr"
+        shutil.copytree(small_store, copy)
+        zarr.open_group(str(copy), mode="r+").attrs.update(attrs)
+        with pytest.raises(StoreError, match=text):
+            open_store(copy)
+
+
+# ----------------------------------------------------------------------------- crash + resume
+
+KILL_SCRIPT = """
+import sys, time
+from precipdiff.data.prepare import PrepareConfig, prepare_store
+cfg = PrepareConfig.from_dict({cfg!r})
+prepare_store(cfg, {out!r}, progress=lambda done, total: time.sleep(0.4))
+"""
+
+
+def test_kill_mid_run_then_resume(S, tmp_path, caplog):
+    ref = S.scene(n_time=8, shape=(60, 120))
+    refs = S.write_frames(ref, tmp_path, "r")
+    srcs = S.write_frames(S.biased_source(ref), tmp_path, "s")
+    cfg = _cfg(refs, srcs, split="space")
+    out, partial = tmp_path / "s.zarr", tmp_path / "s.zarr.partial"
+    script = KILL_SCRIPT.format(cfg=cfg.to_dict(), out=str(out))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env)
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = partial / "_done"
+        if done.is_dir() and len(os.listdir(done)) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "prepare finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and partial.is_dir()
+    written = sorted(int(n) for n in os.listdir(partial / "_done"))
+    assert 2 <= len(written) < 8
+    plan = json.loads((partial / "_plan.json").read_text())
+    assert len(plan["frames"]) == 8
+    chunk = partial / "ref_hr" / "c" / str(written[0]) / "0" / "0"
+    mtime = chunk.stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="precipdiff.data.prepare"):
+        prepare_store(cfg, out)
+    assert f"{len(written)} of 8 frames already written" in caplog.text
+    assert not partial.exists()
+    h = open_store(out)
+    assert (out / "ref_hr" / "c" / str(written[0]) / "0" / "0").stat().st_mtime_ns == mtime
+    np.testing.assert_allclose(h["ref_hr"][:], ref.values)
+    assert not (out / "_done").exists() and not (out / "_plan.json").exists()
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+def test_real_radar_to_gauge_pair(shared_data, tmp_path):
+    d = shared_data / "mrms" / "2021-07-06"
+    cfg = recipe_real_pairs(str(d / "MultiSensor_QPE_01H_Pass2_00.00_20210706-000000.grib2"),
+                            str(d / "RadarOnly_QPE_01H_00.00_20210706-000000.grib2"),
+                            bbox=(-80.0, 43.5, -78.5, 44.5), reference_reader="mrms",
+                            source_reader="mrms")
+    h = open_store(prepare_store(cfg, tmp_path / "pair.zarr"))
+    assert h["ref_hr"].shape == (1, 100, 150) and h["src_lr"].shape == (1, 10, 15)
+    assert h.grid_lr.lat0 == pytest.approx(43.55, abs=1e-5)
+    assert [s["x_lr"] for s in h.splits.values()] == [[0, 12], [12, 14], [14, 15]]
+    src, ref = h["src_lr"][0], h["ref_lr"][0]
+    ok = np.isfinite(src) & np.isfinite(ref)
+    assert ok.mean() > 0.9 and np.nanmax(ref) > 1.0  # mm/h after the 1-h conversion
+    assert np.corrcoef(src[ok], ref[ok])[0, 1] > 0.5  # a real but biased pair
