@@ -26,7 +26,8 @@ import torch
 
 from precipdiff.data.transforms import PrecipTransform
 from precipdiff.diffusion.precond import EDMPrecond
-from precipdiff.diffusion.samplers import get_sampler, karras_sigmas
+from precipdiff.diffusion.samplers import get_sampler
+from precipdiff.diffusion.schedules import karras_sigmas
 from precipdiff.errors import CheckpointError
 from precipdiff.models.unet import UNet, UNetConfig
 from precipdiff.pipeline.tiling import TiledDenoiser
@@ -173,7 +174,7 @@ class Stage:
             sigmas = karras_sigmas(
                 settings.steps, settings.sigma_min, settings.sigma_max, settings.rho
             ).to(base.device)
-            x = noise.to(base) * sigmas[0]
+            x = noise.to(base) * float(sigmas[0])
             sample_fn = get_sampler(settings.sampler)
             out = out + sample_fn(denoiser, x, sigmas, cond=cond, generator=generator)
         return out

@@ -1,0 +1,80 @@
+"""Tiny stage weights for pipeline tests (random networks: the tests check plumbing, not skill)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from precipdiff.data.transforms import PrecipTransform
+from precipdiff.models.unet import UNet, UNetConfig
+from precipdiff.training.checkpoint import save_weights
+
+FACTOR = 4
+
+
+def write_tiny_weights(
+    path: Path, stage: str, *, factor: int = FACTOR, seed: int = 0, mean: bool = False
+) -> Path:
+    """A randomly initialised tiny U-Net (non-zero output layer) saved as release weights."""
+    torch.manual_seed(seed)
+    regression = stage == "regression"
+    cfg = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), regression=regression)
+    net = UNet(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().sum() == 0 and p.ndim > 1:
+                p.normal_(0, 0.05)
+    meta = {
+        "stage": stage,
+        "config": json.dumps({"train": {"stage": stage}}),
+        "model": json.dumps(asdict(cfg)),
+        "transform": json.dumps(PrecipTransform(scale=1.0, sigma=1.5).to_dict()),
+        "factor": str(factor if stage != "correct" else 1),
+        "pooling": "max",
+        "sigma_data": "0.5",
+        "patch": "16",
+        "version": "test",
+    }
+    mean_state = None
+    if mean:
+        mcfg = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(), regression=True)
+        mean_state = UNet(mcfg).state_dict()
+        meta["mean_model"] = json.dumps(asdict(mcfg))
+    return save_weights(path, net.state_dict(), metadata=meta, mean_state=mean_state)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("weights")
+    return {
+        "correct": write_tiny_weights(root / "correct.safetensors", "correct", seed=1),
+        "downscale": write_tiny_weights(root / "downscale.safetensors", "downscale", seed=2),
+        "corrdiff": write_tiny_weights(
+            root / "corrdiff.safetensors", "downscale", seed=3, mean=True
+        ),
+        "regression": write_tiny_weights(root / "regression.safetensors", "regression", seed=4),
+    }
+
+
+def coarse_field(ny: int = 12, nx: int = 20, n_time: int = 2, seed: int = 0) -> xr.DataArray:
+    """A coarse (0.1°) rain field with a missing block, (time, lat, lon) mm/h."""
+    rng = np.random.default_rng(seed)
+    data = rng.gamma(0.6, 2.0, size=(n_time, ny, nx)).astype(np.float32)
+    data[data < 0.8] = 0.0
+    data[:, 2:4, 3:6] = np.nan
+    return xr.DataArray(
+        data,
+        dims=("time", "lat", "lon"),
+        coords={
+            "time": np.array(["2019-06-10T00:00", "2019-06-10T00:30"], "datetime64[ns]")[:n_time],
+            "lat": 40.05 + 0.1 * np.arange(ny),
+            "lon": -100.95 + 0.1 * np.arange(nx),
+        },
+        attrs={"units": "mm/h"},
+    )

@@ -1,0 +1,143 @@
+"""Pipeline plumbing: shapes, masks, seeds, tiling vs untiled, mass consistency, NetCDF output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from precipdiff.errors import CheckpointError, GridError
+from precipdiff.grid import coarsen
+from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
+from precipdiff.pipeline.output import predict_to_file
+from precipdiff.pipeline.pipeline import mass_consistent
+
+from .conftest import FACTOR, coarse_field
+
+FAST = SamplerSettings(sampler="dpmpp_2m", steps=3)
+
+
+def _opts(**kw) -> PredictOptions:
+    base = dict(members=3, correct=FAST, downscale=FAST, seed=7, member_batch=2, window=512)
+    return PredictOptions(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_weights) -> Pipeline:
+    return Pipeline(Stage.load(tiny_weights["correct"]), Stage.load(tiny_weights["downscale"]))
+
+
+def test_two_stage_shapes_masks_and_coordinates(pipeline: Pipeline) -> None:
+    src = coarse_field()
+    ds = pipeline.predict(src, _opts())
+    assert ds["precip"].shape == (3, 2, 12 * FACTOR, 20 * FACTOR)
+    assert ds["corrected_lr"].shape == (3, 2, 12, 20)
+    # fine cells nest in the coarse cells: block means of fine coordinates are the coarse ones
+    np.testing.assert_allclose(ds["lat"].values.reshape(12, FACTOR).mean(1), src["lat"], atol=1e-9)
+    # missing input stays missing, exactly over its fine cells, and nowhere else
+    hr = ds["precip"].values
+    assert np.isnan(hr[:, :, 2 * FACTOR : 4 * FACTOR, 3 * FACTOR : 6 * FACTOR]).all()
+    assert np.isnan(hr).sum() == 3 * 2 * (2 * FACTOR) * (3 * FACTOR)
+    assert np.nanmin(hr) >= 0
+    # members differ (the ensemble is not collapsed)
+    assert np.nanmean(np.nanstd(hr, axis=0)) > 1e-3
+
+
+def test_same_seed_identical_different_seed_differs(pipeline: Pipeline) -> None:
+    src = coarse_field(n_time=1)
+    a = pipeline.predict(src, _opts())["precip"].values
+    b = pipeline.predict(src, _opts())["precip"].values
+    c = pipeline.predict(src, _opts(seed=8))["precip"].values
+    np.testing.assert_array_equal(a, b)
+    assert np.nanmax(np.abs(a - c)) > 1e-3
+
+
+def test_member_batch_does_not_change_members(pipeline: Pipeline) -> None:
+    src = coarse_field(ny=6, nx=8, n_time=1)
+    a = pipeline.predict(src, _opts(member_batch=1))["precip"].values
+    b = pipeline.predict(src, _opts(member_batch=3))["precip"].values
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_windowed_matches_whole_domain(pipeline: Pipeline) -> None:
+    """Stage II in small blended windows (bounded memory) agrees with one whole-domain window."""
+    src = coarse_field(ny=8, nx=12, n_time=1)
+    opts = dict(members=2, member_batch=2, tile_batch=32)
+    whole = pipeline.predict(src, _opts(window=1024, tile=128, **opts))["precip"].values
+    tiled = pipeline.predict(src, _opts(window=24, halo=4, tile=16, overlap=8, **opts))[
+        "precip"
+    ].values
+    valid = np.isfinite(whole)
+    diff = np.abs(tiled - whole)[valid]
+    scale = np.nanstd(whole)
+    assert np.median(diff) < 0.05 * scale
+    # no step at window borders: the jump across a border is no larger than jumps elsewhere
+    col = np.nanmean(np.abs(np.diff(tiled[0, 0], axis=1)), axis=0)
+    assert col.max() < 4 * np.median(col)
+
+
+def test_mass_consistency_reproduces_corrected_lr(pipeline: Pipeline) -> None:
+    src = coarse_field(n_time=1)
+    ds = pipeline.predict(src, _opts(mass_consistent=True))
+    hr = ds["precip"].isel(time=0).rename(lat="lat", lon="lon")
+    pooled = coarsen(hr, FACTOR, method="max").values
+    lr = ds["corrected_lr"].isel(time=0).values
+    np.testing.assert_allclose(pooled, lr, rtol=1e-4, atol=1e-4)
+
+
+def test_mass_consistent_mean_pooling() -> None:
+    rng = np.random.default_rng(0)
+    hr = rng.gamma(0.5, 2.0, (2, 8, 12)).astype(np.float32)
+    lr = rng.gamma(0.5, 2.0, (2, 2, 3)).astype(np.float32)
+    hr[0, :4, :4] = 0.0  # an empty block with lr > 0 is filled uniformly
+    out = mass_consistent(hr, lr, 4, "mean")
+    np.testing.assert_allclose(out.reshape(2, 2, 4, 3, 4).mean(axis=(2, 4)), lr, rtol=1e-5)
+
+
+def test_single_stage_pipelines(tiny_weights) -> None:
+    src = coarse_field(n_time=1)
+    only_correct = Pipeline(Stage.load(tiny_weights["correct"]), None).predict(src, _opts())
+    assert "precip" not in only_correct and only_correct["corrected_lr"].shape == (3, 1, 12, 20)
+    only_down = Pipeline(None, Stage.load(tiny_weights["downscale"])).predict(src, _opts())
+    # without Stage I every member starts from the input itself
+    lr = only_down["corrected_lr"].values
+    np.testing.assert_array_equal(lr[0], lr[2])
+    for name in ("corrdiff", "regression"):
+        ds = Pipeline(None, Stage.load(tiny_weights[name])).predict(src, _opts())
+        assert ds["precip"].shape == (3, 1, 12 * FACTOR, 20 * FACTOR)
+    reg = Pipeline(None, Stage.load(tiny_weights["regression"])).predict(src, _opts())["precip"]
+    np.testing.assert_array_equal(reg.values[0], reg.values[1])  # deterministic mean
+
+
+def test_wrong_stage_weights_are_refused(tiny_weights) -> None:
+    with pytest.raises(GridError, match="Stage I needs 'correct'"):
+        Pipeline(Stage.load(tiny_weights["downscale"]), None)
+    with pytest.raises(GridError, match="Stage II needs"):
+        Pipeline(None, Stage.load(tiny_weights["correct"]))
+
+
+def test_corrupt_weights_error(tmp_path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        Stage.load(bad)
+
+
+def test_predict_to_file_is_cf_and_matches_in_memory(pipeline: Pipeline, tmp_path) -> None:
+    src = coarse_field(ny=6, nx=8, n_time=2)
+    path = predict_to_file(pipeline, src, tmp_path / "out.nc", _opts(), thresholds=(1.0, 5.0))
+    ds = xr.open_dataset(path)
+    assert ds.attrs["Conventions"] == "CF-1.8"
+    assert ds.attrs["correct_sampler"] == "dpmpp_2m" and int(ds.attrs["seed"]) == 7
+    assert len(ds.attrs["downscale_weights_sha256"]) == 64
+    assert ds["precip"].attrs["units"] == "mm h-1"
+    assert ds["lat"].attrs["standard_name"] == "latitude"
+    mem = pipeline.predict(src, _opts())
+    np.testing.assert_allclose(ds["precip"].values, mem["precip"].values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ds["ensemble_mean"].values, mem["precip"].mean("member").values, rtol=1e-5, atol=1e-6
+    )
+    prob = ds["exceedance_probability"].sel(threshold=1.0).values
+    expect = (mem["precip"].values >= 1.0).mean(axis=0)
+    np.testing.assert_allclose(prob[np.isfinite(prob)], expect[np.isfinite(prob)], atol=1e-6)
+    assert list(tmp_path.iterdir()) == [path]  # no temporary left behind
