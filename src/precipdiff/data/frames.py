@@ -15,13 +15,21 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from precipdiff.data.pairing import GRID_TOL, BBox, grid_tuple, read_checked
+from precipdiff.data.pairing import (
+    GRID_TOL,
+    BBox,
+    grid_tuple,
+    load_staged,
+    read_checked,
+    staged_path,
+)
 from precipdiff.data.store import write_frame
 from precipdiff.errors import GridError, InputFileError
 
 log = logging.getLogger(__name__)
 
 DONE_DIR = "_done"
+STAGE_DIR = "_staged"  # fields kept by the scan phase (removed when the store is published)
 SOURCE_PAD_DEG = 1.0  # source reads extend the bbox by this much, for regridding at the edges
 
 
@@ -122,16 +130,19 @@ def _extra_on_hr(da: xr.DataArray, path: str, hr: tuple) -> np.ndarray:
 
 
 class _FileCache:
-    """Keeps the last file read (tasks group frames by reference file)."""
+    """Keeps the last file read (tasks group frames by reference file); uses staged copies."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage_dir: Path) -> None:
+        self.stage_dir = stage_dir
         self.key: tuple | None = None
         self.da: xr.DataArray | None = None
 
     def read(self, path: str, **kw: Any) -> xr.DataArray:
         key = (path, tuple(sorted((k, str(v)) for k, v in kw.items())))
         if key != self.key:
-            self.da, self.key = read_checked(path, **kw), key
+            kw.setdefault("precip", True)
+            da = load_staged(staged_path(self.stage_dir, path, **kw))
+            self.da, self.key = (read_checked(path, **kw) if da is None else da), key
         return self.da
 
 
@@ -142,7 +153,8 @@ def run_task(partial: str, cfg: dict, geo: dict, frames: list[dict]) -> list[int
     hr, f = tuple(geo["grid_hr"]), int(cfg["factor"])
     bbox = tuple(cfg["bbox"]) if cfg.get("bbox") else None
     mmf = float(cfg["max_missing_fraction"])
-    ref_cache, src_cache = _FileCache(), _FileCache()
+    stage = Path(partial) / STAGE_DIR
+    ref_cache, src_cache, extra_cache = _FileCache(stage), _FileCache(stage), _FileCache(stage)
     written = []
     for fr in frames:
         index = int(fr["index"])
@@ -181,8 +193,9 @@ def run_task(partial: str, cfg: dict, geo: dict, frames: list[dict]) -> list[int
         if fr["extras"]:
             layers = []
             for spec, (p, ke) in zip(cfg["extras"], fr["extras"], strict=True):
-                e = read_checked(p, reader=spec.get("reader"), variable=spec.get("variable"),
-                                 bbox=padded(bbox), precip=False).isel(time=[ke])
+                e = extra_cache.read(p, reader=spec.get("reader"), variable=spec.get("variable"),
+                                     bbox=padded(bbox), accumulation=cfg["accumulation"],
+                                     precip=False).isel(time=[ke])
                 layers.append(_extra_on_hr(e, p, hr))
             extra = np.stack(layers)
         write_frame(Path(partial), index, src_lr=src_lr, ref_lr=ref_lr, ref_hr=ref_hr,

@@ -7,8 +7,11 @@ file and what was found versus expected.
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import logging
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -18,6 +21,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from precipdiff.atomic import atomic_path
 from precipdiff.errors import GridError, InputFileError, PrecipdiffError
 
 log = logging.getLogger(__name__)
@@ -25,6 +29,7 @@ log = logging.getLogger(__name__)
 BBox = tuple[float, float, float, float]
 GRID_TOL = 0.01  # coordinate tolerance, in fine-grid cells
 RATE_UNITS = ("mm/h",)
+STAGE_MAX_BYTES = 256 * 2**20  # files whose cropped field is larger are read twice instead
 
 
 def expand_files(patterns: Sequence[str], what: str) -> list[str]:
@@ -105,6 +110,35 @@ def read_checked(path: str, *, reader: str | None, variable: str | None, bbox: B
     return da
 
 
+def staged_path(stage_dir: str | os.PathLike, path: str, **read_kw: object) -> Path:
+    """Where the scan keeps the checked, cropped field of ``path`` read with ``read_kw``."""
+    key = json.dumps([os.path.abspath(path), sorted((k, str(v)) for k, v in read_kw.items())])
+    return Path(stage_dir) / (hashlib.sha1(key.encode()).hexdigest()[:24] + ".npz")
+
+
+def save_staged(da: xr.DataArray, target: Path) -> None:
+    """Keep a read field on disk (atomically) so the write phase need not decode it again."""
+    meta = {"dims": list(da.dims), "attrs": {k: str(v) for k, v in da.attrs.items()}}
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, values=np.asarray(da.values, np.float32),
+                 time=np.asarray(da["time"].values, "datetime64[ns]").astype(np.int64),
+                 y=np.asarray(da[da.dims[1]].values), x=np.asarray(da[da.dims[2]].values),
+                 meta=np.array(json.dumps(meta)))
+
+
+def load_staged(target: Path) -> xr.DataArray | None:
+    """The field saved by :func:`save_staged`, or None if absent/unreadable."""
+    try:
+        with np.load(target) as z:
+            meta = json.loads(str(z["meta"]))
+            dims = meta["dims"]
+            return xr.DataArray(z["values"], dims=dims, attrs=meta["attrs"],
+                                coords={"time": z["time"].astype("datetime64[ns]"),
+                                        dims[1]: z["y"], dims[2]: z["x"]})
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 @dataclass(frozen=True)
 class FileScan:
     """What ``prepare`` needs to know of one file: its valid times and grid."""
@@ -131,10 +165,15 @@ def grid_tuple(da: xr.DataArray, path: str) -> tuple[float, float, float, float,
 
 
 def scan_file(path: str, *, reader: str | None, variable: str | None, bbox: BBox | None,
-              accumulation: str, precip: bool = True) -> FileScan:
-    """Read ``path`` (checking it fully) and keep only its times and grid."""
-    da = read_checked(path, reader=reader, variable=variable, bbox=bbox,
-                      accumulation=accumulation, precip=precip)
+              accumulation: str, precip: bool = True,
+              stage_dir: str | None = None) -> FileScan:
+    """Read ``path`` (checking it fully) and keep its times and grid; with ``stage_dir`` also
+    the field itself (see :func:`staged_path`) when it is at most ``STAGE_MAX_BYTES``."""
+    kw = dict(reader=reader, variable=variable, bbox=bbox, accumulation=accumulation,
+              precip=precip)
+    da = read_checked(path, **kw)
+    if stage_dir is not None and da.nbytes <= STAGE_MAX_BYTES:
+        save_staged(da, staged_path(stage_dir, path, **kw))
     times = tuple(int(t) for t in np.asarray(da["time"].values, dtype="datetime64[ns]")
                   .astype("int64"))
     acc = da.attrs.get("accumulation")

@@ -1,6 +1,7 @@
 """Build the paired training store (zarr v3) from source and reference files.
 
-``prepare_store(cfg, out)`` scans every file (checking it), pairs source and reference by valid
+``prepare_store(cfg, out)`` scans every file (checking it, and keeping the cropped field in
+``<out>.partial/_staged`` so that it is decoded only once), pairs source and reference by valid
 time, fixes the fine grid (bbox crop trimmed to whole coarse blocks) and the split, then writes
 frame by frame — in worker processes when ``workers > 1`` — into ``<out>.partial``. Each written
 frame is marked done, so a rerun after a crash skips it. Last, the ``PrecipTransform`` is fitted
@@ -28,7 +29,7 @@ import zarr
 from precipdiff import __version__
 from precipdiff.atomic import atomic_path
 from precipdiff.data import pairing
-from precipdiff.data.frames import DONE_DIR, done_marker, padded, run_task
+from precipdiff.data.frames import DONE_DIR, STAGE_DIR, done_marker, padded, run_task
 from precipdiff.data.prepare_config import PrepareConfig, apply_overrides, load_prepare_config
 from precipdiff.data.store import STORE_FORMAT, StoreHandle, create_store, open_store
 from precipdiff.errors import ConfigError, GridError, InputFileError, PrecipdiffError
@@ -165,8 +166,9 @@ def _map(pool: cf.Executor | None, fn: Callable, jobs: list[tuple],
         raise
 
 
-def _scan_all(cfg: PrepareConfig, pool: cf.Executor | None) -> tuple[list, list, list]:
-    common = {"bbox": cfg.bbox, "accumulation": cfg.accumulation}
+def _scan_all(cfg: PrepareConfig, pool: cf.Executor | None,
+              stage_dir: str) -> tuple[list, list, list]:
+    common = {"bbox": cfg.bbox, "accumulation": cfg.accumulation, "stage_dir": stage_dir}
     ref_kw = {**common, "reader": cfg.reference_reader, "variable": cfg.reference_variable}
     refs = _map(pool, _scan, [(p, ref_kw) for p in pairing.expand_files(cfg.reference,
                                                                          "reference")])
@@ -195,8 +197,9 @@ def _match_extra(t: int, frames: list, tol_s: float, name: str, files: list[str]
     return [frames[k][1], frames[k][2]]
 
 
-def _make_plan(cfg: PrepareConfig, pool: cf.Executor | None) -> dict[str, Any]:
-    refs, srcs, extras = _scan_all(cfg, pool)
+def _make_plan(cfg: PrepareConfig, pool: cf.Executor | None, stage_dir: str
+               ) -> dict[str, Any]:
+    refs, srcs, extras = _scan_all(cfg, pool, stage_dir)
     ref_frames = pairing.frames_of(refs, "reference")
     src_frames = None if srcs is None else pairing.frames_of(srcs, "source")
     pairs = pairing.pair_frames(ref_frames, src_frames, cfg.time_tolerance_s,
@@ -286,6 +289,7 @@ def _finish_attrs(partial: Path, cfg: PrepareConfig, plan: dict[str, Any]) -> No
 def _publish(partial: Path, out: Path) -> None:
     """Mark complete (last attribute written) and rename ``partial`` onto ``out`` atomically."""
     shutil.rmtree(partial / DONE_DIR, ignore_errors=True)
+    shutil.rmtree(partial / STAGE_DIR, ignore_errors=True)
     (partial / PLAN_FILE).unlink(missing_ok=True)
     zarr.open_group(str(partial), mode="r+").attrs.update({"complete": True})
     if out.exists():
@@ -326,7 +330,8 @@ def prepare_store(cfg: PrepareConfig, out: str | os.PathLike, *, workers: int = 
                 log.warning("discarding %s: written with another config or unfinished setup",
                             partial)
                 shutil.rmtree(partial)
-            plan = _make_plan(cfg, pool)
+            (partial / STAGE_DIR).mkdir(parents=True)
+            plan = _make_plan(cfg, pool, str(partial / STAGE_DIR))
             _create(partial, cfg, plan)
         total = len(plan["frames"])
         todo = [fr for fr in plan["frames"] if not done_marker(partial, fr["index"]).exists()]

@@ -42,8 +42,11 @@ def create_store(
     extra_names: tuple[str, ...] = (),
     attrs: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create the empty group and arrays at ``path`` (overwriting). ``times``: datetime64."""
-    g = zarr.open_group(str(path), mode="w", zarr_format=3)
+    """Create the group and empty arrays in the (new or empty) directory ``path``.
+
+    ``times``: datetime64. Other files already in ``path`` (the scan's staging) are kept.
+    """
+    g = zarr.open_group(str(path), mode="a", zarr_format=3)
     nt, ny, nx, nY, nX = len(times), len(lat_hr), len(lon_hr), len(lat_lr), len(lon_lr)
     lr_dims, hr_dims = ("time", "lat_lr", "lon_lr"), ("time", "lat_hr", "lon_hr")
     for name in FIELDS_LR:
