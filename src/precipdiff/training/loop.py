@@ -19,13 +19,9 @@ a DDP run reach the same weights as one uninterrupted process (up to float summa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
-import json
 import logging
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from precipdiff import __version__
-from precipdiff.errors import CheckpointError, ConfigError
+from precipdiff.errors import ConfigError
 from precipdiff.training import checkpoint as ckpt
 from precipdiff.training.batches import BatchPlan, epoch_batches
+from precipdiff.training.build import load_mean_net, open_data, release_metadata, resolve_channels
 from precipdiff.training.config import RunConfig, save_config
 from precipdiff.training.distributed import (
     DistInfo,
-    any_rank,
     barrier,
     gather_sum,
     init_distributed,
@@ -49,9 +44,10 @@ from precipdiff.training.distributed import (
     teardown,
 )
 from precipdiff.training.ema import EMA
-from precipdiff.training.monitor import Monitor, require_tensorboard, truncate_metrics
+from precipdiff.training.monitor import Monitor, StepMeter, require_tensorboard, truncate_metrics
 from precipdiff.training.objective import crps_fair, draw_noise, edm_loss_sum, regression_loss_sum
 from precipdiff.training.optim import build_optimizer, lr_at, set_lr
+from precipdiff.training.signals import StopSignals, exit_for
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +96,14 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Pat
 def _train(cfg: RunConfig, info: DistInfo, *, resume: bool, progress: bool) -> Path:
     run_dir = Path(cfg.train.out_dir)
     _check_run(cfg, info, run_dir, resume)
-    store, train_ds, val_ds = _open_data(cfg)
-    cfg = _resolve_channels(cfg, train_ds, store)
+    store, train_ds, val_args = open_data(cfg)
+    cfg = resolve_channels(cfg, train_ds, store)
     state = None
     if resume:
         path, state = ckpt.find_resume_checkpoint(run_dir)
         ckpt.check_resume_config(path, state["config"], cfg.to_dict())
         log.info("resuming from %s at step %d", path, state["step"])
-    parts = _build(cfg, info, store, train_ds, val_ds)
+    parts = _build(cfg, info, store, train_ds, val_args)
     pos = _restore(parts, state) if state else Position()
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")
@@ -150,40 +146,10 @@ def _check_run(cfg: RunConfig, info: DistInfo, run_dir: Path, resume: bool) -> N
                           "continue it or choose another out_dir")
 
 
-def _open_data(cfg: RunConfig) -> tuple[Any, Any, Any]:
-    """The store handle and the train/val patch datasets (StoreError for a bad store)."""
-    from precipdiff.data.dataset import PatchDataset
-    from precipdiff.data.store import open_store
-
-    store = open_store(cfg.data.store)
-    d = cfg.data
-    train_ds = PatchDataset(store.path, split="train", stage=cfg.train.stage, patch=d.patch,
-                            samples_per_epoch=d.samples_per_epoch, rain_weighted=d.rain_weighted,
-                            augment=d.augment, seed=cfg.train.seed)
-    val = None
-    if d.val_patches and "val" in store.splits:
-        val = {"store": store.path, "split": "val", "stage": cfg.train.stage, "n": d.val_patches,
-               "patch": d.patch, "seed": cfg.train.seed, "rain_weighted": d.rain_weighted}
-    elif d.val_patches:
-        log.warning("%s has no 'val' split: no validation", store.path)
-    return store, train_ds, val
 
 
-def _resolve_channels(cfg: RunConfig, train_ds: Any, store: Any) -> RunConfig:
-    """Fill ``model.cond_channels`` from the samples; ConfigError when it disagrees."""
-    sample = train_ds[0]
-    channels, patch = int(sample["cond"].shape[0]), int(sample["target"].shape[-1])
-    if patch != cfg.data.patch:
-        raise ConfigError(f"data.patch: {cfg.data.patch}, but the dataset yields {patch}")
-    if cfg.model.cond_channels not in (None, channels):
-        raise ConfigError(f"model.cond_channels: {cfg.model.cond_channels}, but {store.path} "
-                          f"gives {channels} for stage {cfg.train.stage!r} "
-                          f"(extras {list(store.extra_names)})")
-    model = dataclasses.replace(cfg.model, cond_channels=channels)
-    return dataclasses.replace(cfg, model=model)
-
-
-def _build(cfg: RunConfig, info: DistInfo, store: Any, train_ds: Any, val_ds: Any) -> Parts:
+def _build(cfg: RunConfig, info: DistInfo, store: Any, train_ds: Any,
+           val_args: dict[str, Any] | None) -> Parts:
     from precipdiff.diffusion.precond import EDMPrecond
     from precipdiff.models.unet import UNet
 
@@ -192,49 +158,22 @@ def _build(cfg: RunConfig, info: DistInfo, store: Any, train_ds: Any, val_ds: An
     model = net if cfg.train.stage == "regression" else EDMPrecond(net, cfg.diffusion.sigma_data)
     ema = EMA(net, halflife_samples=cfg.train.ema_halflife_samples,
               rampup_ratio=cfg.train.ema_rampup_ratio)
-    mean_net = _load_mean_net(cfg, store, info.device) if cfg.train.mean_from else None
-    val_batch = _val_batch(val_ds, info.device, mean_net) if info.is_main else None
+    mean_net = load_mean_net(cfg, store, info.device) if cfg.train.mean_from else None
+    val_batch = _val_batch(val_args, info.device, mean_net) if info.is_main else None
     return Parts(net=net, model=model, ema=ema, optimizer=build_optimizer(net, cfg.optim),
                  mean_net=mean_net, store=store, train_ds=train_ds, val_batch=val_batch)
 
 
-def _load_mean_net(cfg: RunConfig, store: Any, device: torch.device) -> nn.Module:
-    """The frozen regression net of ``train.mean_from``; CheckpointError if it does not fit."""
-    from precipdiff.models.unet import UNet, UNetConfig
-
-    path = cfg.train.mean_from
-    tensors, meta = ckpt.load_weights(path)
-    if meta["stage"] != "regression":
-        raise CheckpointError(f"{path}: train.mean_from needs regression weights, got stage "
-                              f"{meta['stage']!r}")
-    expected = {"factor": str(store.factor), "pooling": store.pooling,
-                "transform": json.dumps(dict(store.attrs["transform"]), sort_keys=True)}
-    found = {**meta, "transform": json.dumps(json.loads(meta["transform"]), sort_keys=True)}
-    differ = [k for k, v in expected.items() if found[k] != v]
-    if differ:
-        raise CheckpointError(f"{path}: regression weights were trained on another store "
-                              f"({', '.join(differ)} differ from {store.path})")
-    fields = {k: tuple(v) if isinstance(v, list) else v
-              for k, v in json.loads(meta["model"]).items()}
-    net = UNet(UNetConfig(**fields))
-    try:
-        net.load_state_dict(ckpt.split_mean_net(tensors)[0])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit their model config ({exc})") from None
-    if net.cfg.cond_channels != cfg.model.cond_channels:
-        raise CheckpointError(f"{path}: regression net takes {net.cfg.cond_channels} conditioning "
-                              f"channels, the store gives {cfg.model.cond_channels}")
-    return net.to(device).eval().requires_grad_(False)
 
 
-def _val_batch(val: dict[str, Any] | None, device: torch.device,
+def _val_batch(val_args: dict[str, Any] | None, device: torch.device,
                mean_net: nn.Module | None) -> dict[str, torch.Tensor] | None:
     """The fixed validation patches (:func:`precipdiff.data.dataset.val_patches`)."""
     from precipdiff.data.dataset import val_patches
 
-    if val is None:
+    if val_args is None:
         return None
-    batch = val_patches(**val)
+    batch = val_patches(**val_args)
     return _prepare({k: batch[k] for k in ("cond", "target", "mask")}, device, mean_net)
 
 
@@ -264,7 +203,7 @@ def _loop(cfg: RunConfig, info: DistInfo, parts: Parts, pos: Position, monitor: 
     if plan.steps_per_epoch == 0:
         raise ConfigError(f"data.batch_size: {cfg.data.batch_size} exceeds the "
                           f"{plan.n} training patches of {cfg.data.store}")
-    meter = _Meter()
+    meter = StepMeter()
     while pos.step < cfg.total_steps:
         batches = epoch_batches(parts.train_ds, plan, pos.epoch, pos.batch_in_epoch,
                                 num_workers=cfg.data.num_workers,
@@ -348,7 +287,7 @@ def _crossed(samples: int, batch: int, every: int) -> bool:
 
 
 def _after_step(cfg: RunConfig, info: DistInfo, parts: Parts, pos: Position, monitor: Monitor,
-                meter: _Meter, run_dir: Path) -> None:
+                meter: StepMeter, run_dir: Path) -> None:
     """Logging, validation and periodic checkpoints (rank 0 writes)."""
     b, last = cfg.data.batch_size, pos.step >= cfg.total_steps
     lr = lr_at(pos.samples_seen - b, cfg.optim, cfg.total_samples)
@@ -356,6 +295,7 @@ def _after_step(cfg: RunConfig, info: DistInfo, parts: Parts, pos: Position, mon
     if pos.step % cfg.train.log_every_steps == 0 or last:
         monitor.write("train", pos.step, pos.samples_seen, epoch=pos.epoch, lr=lr,
                       **meter.flush(b))
+    start = time.perf_counter()
     if (_crossed(pos.samples_seen, b, cfg.train.val_every_samples) or last) and info.is_main:
         if parts.val_batch is not None:
             monitor.write("val", pos.step, pos.samples_seen, **_validate(cfg, parts))
@@ -363,6 +303,7 @@ def _after_step(cfg: RunConfig, info: DistInfo, parts: Parts, pos: Position, mon
         if info.is_main:
             ckpt.save_checkpoint(run_dir, _checkpoint_state(cfg, parts, pos))
         barrier(info)
+    meter.exclude(time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -402,20 +343,12 @@ def _checkpoint_state(cfg: RunConfig, parts: Parts, pos: Position) -> dict[str, 
             "config": cfg.to_dict()}
 
 
+
+
 def _save_release(cfg: RunConfig, parts: Parts, path: Path) -> Path:
     """EMA weights + metadata (format in :mod:`precipdiff.training.checkpoint`)."""
-    store = parts.store
-    meta = {"stage": cfg.train.stage, "config": cfg.to_json(),
-            "model": json.dumps(dataclasses.asdict(parts.net.cfg)),
-            "transform": json.dumps(dict(store.attrs["transform"])),
-            "factor": str(store.factor), "pooling": str(store.pooling),
-            "sigma_data": str(cfg.diffusion.sigma_data),
-            "extra_names": json.dumps(list(store.extra_names)),
-            "patch": str(cfg.data.patch), "version": __version__}
-    mean_state = None
-    if parts.mean_net is not None:
-        meta["mean_model"] = json.dumps(dataclasses.asdict(parts.mean_net.cfg))
-        mean_state = parts.mean_net.state_dict()
+    meta = release_metadata(cfg, parts.net, parts.store, parts.mean_net)
+    mean_state = parts.mean_net.state_dict() if parts.mean_net is not None else None
     log.info("writing %s", path)
     return ckpt.save_weights(path, parts.ema.state_dict(), metadata=meta, mean_state=mean_state)
 
@@ -429,70 +362,6 @@ def _stop(info: DistInfo, parts: Parts, pos: Position, cfg: RunConfig, run_dir: 
     log.warning("stopped by signal %s at step %d; checkpoint saved, resume with --resume",
                 signum, pos.step)
     barrier(info)
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise SystemExit(128 + (signum or 15))
+    raise exit_for(signum)
 
 
-# ----------------------------------------------------------------------------- helpers
-class _Meter:
-    """Loss, gradient norm, throughput and the share of wall time spent waiting for data."""
-
-    def __init__(self) -> None:
-        self.start, self.wait, self.losses, self.norms = time.perf_counter(), 0.0, [], []
-        self.last_loss = float("nan")
-
-    def timed(self, batches):
-        it = iter(batches)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-            self.wait += time.perf_counter() - t0
-            yield item
-
-    def add(self, loss: float, grad_norm: float) -> None:
-        self.losses.append(loss)
-        self.norms.append(grad_norm)
-        self.last_loss = loss
-
-    def flush(self, batch_size: int) -> dict[str, float]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        n = max(len(self.losses), 1)
-        out = {"loss": sum(self.losses) / n, "grad_norm": sum(self.norms) / n,
-               "samples_per_s": len(self.losses) * batch_size / elapsed,
-               "data_wait_frac": self.wait / elapsed}
-        self.start, self.wait, self.losses, self.norms = time.perf_counter(), 0.0, [], []
-        return out
-
-
-class StopSignals:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and exits."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("signal %d received: saving a checkpoint after this step", signum)
-
-    def requested(self, info: DistInfo) -> bool:
-        flag = any_rank(self.signum is not None, info)
-        if flag and self.signum is None:
-            self.signum = signal.SIGTERM
-        return flag
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)

@@ -12,13 +12,15 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from precipdiff.atomic import atomic_path
 from precipdiff.errors import ConfigError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def require_tensorboard() -> None:
@@ -126,3 +128,51 @@ def _make_progress():
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
         TextColumn("loss [cyan]{task.fields[loss]:.4f}"), TimeRemainingColumn(),
     )
+
+
+class StepMeter:
+    """Loss, gradient norm, throughput and the share of step time spent waiting for data.
+
+    ``data_wait_frac = wait / (elapsed - excluded)`` where ``wait`` is the time spent in
+    ``next(batches)`` and ``excluded`` the time spent on validation and checkpoints.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        self.last_loss = float("nan")
+
+    def _reset(self) -> None:
+        self.start, self.wait, self.excluded = time.perf_counter(), 0.0, 0.0
+        self.losses: list[float] = []
+        self.norms: list[float] = []
+
+    def timed(self, batches: Iterable[T]) -> Iterator[T]:
+        """Iterate ``batches``, adding the time spent waiting for each item."""
+        it = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - t0
+            yield item
+
+    def add(self, loss: float, grad_norm: float) -> None:
+        self.losses.append(loss)
+        self.norms.append(grad_norm)
+        self.last_loss = loss
+
+    def exclude(self, seconds: float) -> None:
+        """Leave time spent outside training steps (validation, checkpoints) out of the rates."""
+        self.excluded += seconds
+
+    def flush(self, batch_size: int) -> dict[str, float]:
+        """Averages since the last flush."""
+        elapsed = max(time.perf_counter() - self.start - self.excluded, 1e-9)
+        n = max(len(self.losses), 1)
+        out = {"loss": sum(self.losses) / n, "grad_norm": sum(self.norms) / n,
+               "samples_per_s": len(self.losses) * batch_size / elapsed,
+               "data_wait_frac": min(self.wait / elapsed, 1.0)}
+        self._reset()
+        return out

@@ -1,0 +1,103 @@
+"""A run's parts from its config: the store and datasets, the conditioning channels, the frozen
+regression mean of ``train.mean_from``, and the metadata of the release weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from precipdiff import __version__
+from precipdiff.errors import CheckpointError, ConfigError
+from precipdiff.training import checkpoint as ckpt
+from precipdiff.training.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def open_data(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any] | None]:
+    """``(store, train_ds, val_args)``; StoreError for a missing/foreign/incomplete store.
+
+    ``val_args`` are the keyword arguments of :func:`precipdiff.data.dataset.val_patches`
+    (``None`` without validation).
+    """
+    from precipdiff.data.dataset import PatchDataset
+    from precipdiff.data.store import open_store
+
+    store = open_store(cfg.data.store)
+    d = cfg.data
+    train_ds = PatchDataset(store.path, split="train", stage=cfg.train.stage, patch=d.patch,
+                            samples_per_epoch=d.samples_per_epoch, rain_weighted=d.rain_weighted,
+                            augment=d.augment, seed=cfg.train.seed)
+    val = None
+    if d.val_patches and "val" in store.splits:
+        val = {"store": store.path, "split": "val", "stage": cfg.train.stage, "n": d.val_patches,
+               "patch": d.patch, "seed": cfg.train.seed, "rain_weighted": d.rain_weighted}
+    elif d.val_patches:
+        log.warning("%s has no 'val' split: no validation", store.path)
+    return store, train_ds, val
+
+
+def resolve_channels(cfg: RunConfig, train_ds: Any, store: Any) -> RunConfig:
+    """Fill ``model.cond_channels`` from the samples; ConfigError when it disagrees."""
+    sample = train_ds[0]
+    channels, patch = int(sample["cond"].shape[0]), int(sample["target"].shape[-1])
+    if patch != cfg.data.patch:
+        raise ConfigError(f"data.patch: {cfg.data.patch}, but the dataset yields {patch}")
+    if cfg.model.cond_channels not in (None, channels):
+        raise ConfigError(f"model.cond_channels: {cfg.model.cond_channels}, but {store.path} "
+                          f"gives {channels} for stage {cfg.train.stage!r} "
+                          f"(extras {list(store.extra_names)})")
+    model = dataclasses.replace(cfg.model, cond_channels=channels)
+    return dataclasses.replace(cfg, model=model)
+
+
+def _store_identity(store: Any) -> dict[str, str]:
+    return {"factor": str(store.factor), "pooling": str(store.pooling),
+            "transform": json.dumps(dict(store.attrs["transform"]), sort_keys=True)}
+
+
+def load_mean_net(cfg: RunConfig, store: Any, device: torch.device) -> nn.Module:
+    """The frozen regression net of ``train.mean_from``; CheckpointError if it does not fit."""
+    from precipdiff.models.unet import UNet, UNetConfig
+
+    path = cfg.train.mean_from
+    tensors, meta = ckpt.load_weights(path)
+    if meta["stage"] != "regression":
+        raise CheckpointError(f"{path}: train.mean_from needs regression weights, got stage "
+                              f"{meta['stage']!r}")
+    found = {**meta, "transform": json.dumps(json.loads(meta["transform"]), sort_keys=True)}
+    differ = [k for k, v in _store_identity(store).items() if found[k] != v]
+    if differ:
+        raise CheckpointError(f"{path}: regression weights were trained on another store "
+                              f"({', '.join(differ)} differ from {store.path})")
+    fields = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in json.loads(meta["model"]).items()}
+    net = UNet(UNetConfig(**fields))
+    try:
+        net.load_state_dict(ckpt.split_mean_net(tensors)[0])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit their model config ({exc})") from None
+    if net.cfg.cond_channels != cfg.model.cond_channels:
+        raise CheckpointError(f"{path}: regression net takes {net.cfg.cond_channels} conditioning "
+                              f"channels, the store gives {cfg.model.cond_channels}")
+    return net.to(device).eval().requires_grad_(False)
+
+
+def release_metadata(cfg: RunConfig, net: nn.Module, store: Any,
+                     mean_net: nn.Module | None) -> dict[str, str]:
+    """Metadata of ``weights.safetensors`` (format in :mod:`precipdiff.training.checkpoint`)."""
+    meta = {"stage": cfg.train.stage, "config": cfg.to_json(),
+            "model": json.dumps(dataclasses.asdict(net.cfg)),
+            "transform": json.dumps(dict(store.attrs["transform"])),
+            "factor": str(store.factor), "pooling": str(store.pooling),
+            "sigma_data": str(cfg.diffusion.sigma_data),
+            "extra_names": json.dumps(list(store.extra_names)),
+            "patch": str(cfg.data.patch), "version": __version__}
+    if mean_net is not None:
+        meta["mean_model"] = json.dumps(dataclasses.asdict(mean_net.cfg))
+    return meta
