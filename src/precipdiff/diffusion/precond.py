@@ -37,13 +37,21 @@ def _as_batch_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
     return sigma.reshape(-1).expand(x.shape[0])
 
 
+def _parameter_dtype(net: nn.Module, default: torch.dtype) -> torch.dtype:
+    """Floating dtype of the network's first parameter (``default`` for parameter-free nets)."""
+    for p in net.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return default
+
+
 class EDMPrecond(nn.Module):
     """Denoiser ``D(x; sigma, cond)`` wrapping a raw network ``F`` with EDM preconditioning.
 
     ``net`` is called as ``net(c_in * x, c_noise, cond, **kwargs)`` (a
     :class:`~precipdiff.models.UNet`). ``sigma`` may be a scalar or a ``(B,)`` tensor. The
-    coefficients are computed in float32 (float64 for float64 inputs) and the result has the
-    dtype of ``x``.
+    coefficients are computed in float32 (float64 for float64 inputs), the network sees its own
+    parameter dtype, and the result has the dtype of ``x``.
     """
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5):
@@ -58,7 +66,10 @@ class EDMPrecond(nn.Module):
         c_skip, c_out, c_in, c_noise = edm_coefficients(sig, self.sigma_data)
         c_skip, c_out, c_in = (c[:, None, None, None] for c in (c_skip, c_out, c_in))
         xw = x.to(sig.dtype)
-        f = self.net((c_in * xw).to(x.dtype), c_noise, cond, **kwargs)
+        dtype = _parameter_dtype(self.net, x.dtype)
+        if cond is not None:
+            cond = cond.to(dtype)
+        f = self.net((c_in * xw).to(dtype), c_noise.to(dtype), cond, **kwargs)
         return (c_skip * xw + c_out * f.to(sig.dtype)).to(x.dtype)
 
 
