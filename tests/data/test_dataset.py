@@ -108,6 +108,8 @@ def test_determinism_and_epochs(small_store):
     assert not torch.equal(a[3]["target"], b[3]["target"])
     b.set_epoch(1)
     assert torch.equal(a[3]["target"], b[3]["target"])
+    c = PatchDataset(small_store, **kw)  # global sample numbers carry their epoch
+    assert torch.equal(c[1 * 10 + 3]["target"], a[3]["target"]) and c.epoch == 0
 
 
 def test_rain_weighting_finds_rain(small_store):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from precipdiff.data.store import open_store
+from precipdiff.data.store import StoreHandle, open_store
 from precipdiff.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class PatchDataset(Dataset):
     def __init__(self, store: str | os.PathLike, *, split: str, stage: str, patch: int,
                  samples_per_epoch: int, rain_weighted: float = 0.5, augment: bool = True,
                  seed: int = 0, include_extras: bool = True, wet_threshold: float = 0.1) -> None:
-        h = open_store(store)
+        h = open_store(store.path if isinstance(store, StoreHandle) else store)
         if stage not in STAGES:
             raise ConfigError(f"stage must be one of {list(STAGES)}, found {stage!r}")
         splits = h.splits
@@ -147,11 +147,18 @@ class PatchDataset(Dataset):
         return int(rng.integers(ref_lr.shape[0] * f)), int(rng.integers(ref_lr.shape[1] * f))
 
     def locate(self, index: int) -> PatchLocation:
-        """Where sample ``index`` of the current epoch comes from (without reading the patch)."""
-        if not 0 <= index < self.samples_per_epoch:
-            raise IndexError(f"index {index} out of range [0, {self.samples_per_epoch})")
+        """Where sample ``index`` comes from (without reading the patch).
+
+        ``index < samples_per_epoch`` is a sample of the current epoch (:meth:`set_epoch`); a
+        larger ``index`` is a global sample number: epoch ``index // samples_per_epoch``,
+        sample ``index % samples_per_epoch`` (for samplers that carry the epoch themselves).
+        """
+        if index < 0:
+            raise IndexError(f"index {index} is negative")
+        epoch, index = (self.epoch, int(index)) if index < self.samples_per_epoch \
+            else divmod(int(index), self.samples_per_epoch)
         self._open()
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        rng = np.random.default_rng([self.seed, epoch, index])
         ti = int(rng.integers(self.times.size))
         k = int(rng.integers(8)) if self.augment else 0
         f = 1 if self.stage == "correct" else self.factor

@@ -172,6 +172,9 @@ def scan_file(path: str, *, reader: str | None, variable: str | None, bbox: BBox
     kw = dict(reader=reader, variable=variable, bbox=bbox, accumulation=accumulation,
               precip=precip)
     da = read_checked(path, **kw)
+    if tuple(da.dims[1:]) != ("lat", "lon"):
+        raise InputFileError(path, f"dims {da.dims}: prepare needs a regular (lat, lon) grid; "
+                             "projected (y, x) fields are not supported yet")
     if stage_dir is not None and da.nbytes <= STAGE_MAX_BYTES:
         save_staged(da, staged_path(stage_dir, path, **kw))
     times = tuple(int(t) for t in np.asarray(da["time"].values, dtype="datetime64[ns]")
