@@ -78,3 +78,15 @@ def test_unet_config_fields():
     cfg = load_config(None, [*BASE, "model.model_channels=8"])
     unet = cfg.model.unet_config(cond_channels=3)
     assert unet.cond_channels == 3 and unet.model_channels == 8
+
+
+@pytest.mark.parametrize("name", ["train_correct", "train_downscale", "train_regression",
+                                  "shipped_stage1_correct", "shipped_stage2_downscale"])
+def test_example_configs_are_valid(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
+    if not path.is_file():
+        pytest.skip(f"{path} absent")
+    cfg = load_config(path, [])
+    assert cfg.total_samples > 0
