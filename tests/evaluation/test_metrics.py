@@ -8,6 +8,7 @@ import scipy.stats
 import xarray as xr
 from eval_helpers import as_field, rain, requires_properscoring, requires_scores
 
+from precipdiff.errors import GridError
 from precipdiff.evaluation import metrics
 
 
@@ -56,8 +57,13 @@ def test_reduce_and_preserve_dims(pair):
 def test_misaligned_coordinates_raise(pair):
     f, o = pair
     shifted = o.assign_coords(lat=o.lat + 0.005)
-    with pytest.raises(ValueError):
+    with pytest.raises(GridError, match="lat"):
         metrics.rmse(f, shifted)
+    with pytest.raises(GridError, match="lon"):
+        metrics.crps_ensemble(f.expand_dims(member=2), o.isel(lon=slice(1, None)))
+    # float rounding of the same grid is not a mismatch
+    rounded = o.assign_coords(lat=o.lat + 1e-9)
+    assert float(metrics.rmse(f, rounded)) == float(metrics.rmse(f, o))
 
 
 @pytest.mark.parametrize(("estimator", "expected"), [("ecdf", 2 / 3), ("fair", 1 / 3)])

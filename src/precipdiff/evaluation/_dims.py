@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
+import numpy as np
 import xarray as xr
+
+from precipdiff.errors import GridError
+
+COORD_ATOL = 1e-6  # degrees: coordinates closer than this are the same grid
 
 Dims = str | Sequence[Hashable] | None
 
@@ -46,12 +51,33 @@ def dims_to_reduce(
     return [d for d in available if d not in keep]
 
 
-def paired(fcst: xr.DataArray, obs: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
-    """Broadcast-align ``fcst`` and ``obs`` exactly and mask pixels missing in either.
+def align_exact(fcst: xr.DataArray, obs: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    """Check that shared dims have equal sizes and coordinates, then give ``fcst`` the
+    coordinates of ``obs``.
 
-    ``join="exact"`` makes differing coordinates an error rather than a silent
-    intersection.
+    Numeric coordinates may differ by float rounding (``COORD_ATOL``); anything else raises
+    :class:`GridError` naming the dimension, never a silent intersection or reindexing.
     """
-    f, o = xr.align(fcst, obs, join="exact")
+    for dim in set(fcst.dims) & set(obs.dims):
+        if fcst.sizes[dim] != obs.sizes[dim]:
+            raise GridError(f"dimension {dim!r}: forecast has {fcst.sizes[dim]} values, "
+                            f"observation {obs.sizes[dim]}")
+        if dim not in fcst.coords or dim not in obs.coords:
+            continue
+        a, b = fcst[dim].values, obs[dim].values
+        if np.issubdtype(a.dtype, np.number) and np.issubdtype(b.dtype, np.number):
+            same = np.allclose(a, b, rtol=0.0, atol=COORD_ATOL)
+        else:
+            same = np.array_equal(a, b)
+        if not same:
+            raise GridError(f"coordinate {dim!r} differs between forecast and observation "
+                            f"(forecast {a[:3]}..., observation {b[:3]}...)")
+        fcst = fcst.assign_coords({dim: obs[dim]})
+    return fcst, obs
+
+
+def paired(fcst: xr.DataArray, obs: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    """Align ``fcst`` and ``obs`` (:func:`align_exact`) and mask pixels missing in either."""
+    f, o = align_exact(fcst, obs)
     valid = f.notnull() & o.notnull()
     return f.where(valid), o.where(valid)

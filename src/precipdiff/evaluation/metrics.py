@@ -23,7 +23,7 @@ import numpy as np
 import scipy.stats
 import xarray as xr
 
-from ._dims import Dims, dims_to_reduce, paired
+from ._dims import Dims, align_exact, dims_to_reduce, paired
 
 __all__ = [
     "crps_ensemble",
@@ -144,7 +144,7 @@ def crps_ensemble(fcst: xr.DataArray, obs: xr.DataArray, *, member_dim: str = "m
     :func:`crps_ensemble_pointwise`. Hand check: members [0, 1, 3], obs 2 give
     ecdf 2/3 and fair 1/3. Points with a missing member or observation are ignored.
     """
-    f, o = xr.align(fcst, obs, join="exact")
+    f, o = align_exact(fcst, obs)
     pointwise = xr.apply_ufunc(
         crps_ensemble_pointwise, f, o, input_core_dims=[[member_dim], []],
         kwargs={"axis": -1, "estimator": estimator}, dask="parallelized",
@@ -163,7 +163,7 @@ def spread_skill_ratio(fcst: xr.DataArray, obs: xr.DataArray, *, member_dim: str
     means run over the reduced dims. For a statistically consistent ensemble
     ``E[(xbar - y)**2] = (1 + 1/M) E[s**2]``, so SSR -> 1; SSR < 1 is under-dispersive.
     """
-    f, o = xr.align(fcst, obs, join="exact")
+    f, o = align_exact(fcst, obs)
     m = f.sizes[member_dim]
     if m < 2:
         raise ValueError("the spread-skill ratio needs at least 2 members")
@@ -202,7 +202,7 @@ def rank_histogram(fcst: xr.DataArray, obs: xr.DataArray, *, member_dim: str = "
 
     Returns relative frequencies (``normalize=True``; flat = 1/(M+1)) or counts.
     """
-    f, o = xr.align(fcst, obs, join="exact")
+    f, o = align_exact(fcst, obs)
     f = f.transpose(member_dim, *o.dims)
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     counts = rank_counts(f.values, o.values, rng=gen, axis=0)

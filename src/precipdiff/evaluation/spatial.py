@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 from scipy.ndimage import uniform_filter
 
-from ._dims import Dims, dims_to_reduce
+from ._dims import Dims, align_exact, dims_to_reduce
 
 __all__ = [
     "categorical_scores",
@@ -88,7 +88,7 @@ def fss(fcst: xr.DataArray, obs: xr.DataArray, *, threshold: float, scale: int,
     built from the fraction of members with an event (ensemble FSS). NaN when neither field
     has an event. ``reduce_dims``/``preserve_dims`` refer to the non-spatial dims.
     """
-    f, o = xr.align(fcst, obs, join="exact")
+    f, o = align_exact(fcst, obs)
     has_members = member_dim in f.dims
     lead = [d for d in o.dims if d not in spatial_dims]
     o = o.transpose(*lead, *spatial_dims)
@@ -112,7 +112,7 @@ def contingency_table(fcst: xr.DataArray, obs: xr.DataArray, *, threshold: float
 
     Pixels missing in either field are not counted.
     """
-    f, o = xr.align(fcst, obs, join="exact")
+    f, o = align_exact(fcst, obs)
     valid = f.notnull() & o.notnull()
     ef, eo = (f >= threshold) & valid, (o >= threshold) & valid
     dims = dims_to_reduce(valid, reduce_dims=reduce_dims, preserve_dims=preserve_dims)

@@ -1,0 +1,227 @@
+"""Verification figures (matplotlib, Agg backend), each written atomically as a PNG.
+
+Every function takes the data, a target ``path`` and keyword options, writes one PNG of a
+fixed size, closes the figure and returns the path. Rain maps use a logarithmic colour scale
+from 0.1 mm/h with dry pixels white and missing pixels grey, so light and heavy rain are both
+readable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+
+from precipdiff.atomic import atomic_path  # noqa: E402
+
+__all__ = [
+    "ensemble_maps",
+    "error_violins",
+    "four_panel_maps",
+    "fss_curves",
+    "intensity_histograms",
+    "psd_curves",
+    "rank_histogram_plot",
+]
+
+log = logging.getLogger(__name__)
+
+RAIN_MIN = 0.1  # mm/h, lower end of the colour scale; below is "dry"
+DPI = 110
+
+
+def _rain_cmap() -> matplotlib.colors.Colormap:
+    return matplotlib.colormaps["viridis"].with_extremes(under="white", bad="0.75")
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    log.info("wrote %s", target)
+    return target
+
+
+def _extent(da: xr.DataArray) -> list[float] | None:
+    if {"lat", "lon"} <= set(da.coords):
+        lat, lon = da["lat"].values, da["lon"].values
+        dlat = (lat[-1] - lat[0]) / max(lat.size - 1, 1) / 2
+        dlon = (lon[-1] - lon[0]) / max(lon.size - 1, 1) / 2
+        return [lon[0] - dlon, lon[-1] + dlon, lat[0] - dlat, lat[-1] + dlat]
+    return None
+
+
+def _rain_image(ax: plt.Axes, da: xr.DataArray, norm: LogNorm, title: str):
+    ax.set_title(title, fontsize=10)
+    v = np.asarray(da.values, dtype=float)
+    # LogNorm masks 0 (log 0); map dry values below the scale so they show as "under" (white)
+    v = np.where(np.isfinite(v) & (v < norm.vmin), norm.vmin / 2, v)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+    return ax.imshow(v, origin="lower", extent=_extent(da), cmap=_rain_cmap(), norm=norm,
+                     interpolation="nearest", aspect="auto")
+
+
+def four_panel_maps(source: xr.DataArray, corrected_lr: xr.DataArray, downscaled: xr.DataArray,
+                    truth: xr.DataArray, path: str | Path, *, title: str = "",
+                    units: str = "mm/h") -> Path:
+    """Source, corrected LR, downscaled and truth (2-D lat/lon fields) on one log colour scale."""
+    fields = [source, corrected_lr, downscaled, truth]
+    vmax = max(float(np.nanmax(f.values)) if np.isfinite(f.values).any() else 1.0
+               for f in fields)
+    norm = LogNorm(vmin=RAIN_MIN, vmax=max(vmax, 10 * RAIN_MIN))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4), sharex=True, sharey=True,
+                             constrained_layout=True)
+    names = ["source (LR)", "corrected (LR)", "downscaled (HR)", "truth (HR)"]
+    for ax, da, name in zip(axes, fields, names, strict=True):
+        im = _rain_image(ax, da, norm, name)
+        ax.set_xlabel("longitude")
+    axes[0].set_ylabel("latitude")
+    fig.colorbar(im, ax=axes, shrink=0.9, label=units, extend="both")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def error_violins(errors: Mapping[str, np.ndarray | xr.DataArray], path: str | Path, *,
+                  title: str = "pixel errors (prediction - truth)", units: str = "mm/h",
+                  max_points: int = 200_000, seed: int = 0) -> Path:
+    """Violin plot of pixel errors per method (finite values; subsampled to ``max_points``)."""
+    rng = np.random.default_rng(seed)
+    data = []
+    for values in errors.values():
+        v = np.asarray(values, dtype=float).ravel()
+        v = v[np.isfinite(v)]
+        data.append(rng.choice(v, max_points, replace=False) if v.size > max_points else v)
+    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(data) + 2), 4.5), constrained_layout=True)
+    parts = ax.violinplot(data, showmedians=True, showextrema=False)
+    for body in parts["bodies"]:
+        body.set_alpha(0.6)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(1, len(data) + 1), list(errors), rotation=20)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylabel(f"error ({units}, symlog)")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def psd_curves(psds: Mapping[str, xr.DataArray], path: str | Path, *,
+               dx_km: float = 1.0, title: str = "radially averaged power spectrum") -> Path:
+    """Log-log RAPSD curves (outputs of :func:`spectra.rapsd`) against wavelength in km."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+    for name, psd in psds.items():
+        f = np.asarray(psd["freq"], dtype=float)
+        ok = f > 0
+        ax.loglog(f[ok] / dx_km, np.asarray(psd)[ok], label=name,
+                  lw=2.2 if name.lower().startswith("truth") else 1.4,
+                  color="k" if name.lower().startswith("truth") else None)
+    ax.set_xlabel("wavenumber (cycles / km)")
+    ax.set_ylabel("power")
+    sec = ax.secondary_xaxis("top", functions=(lambda k: 1 / np.maximum(k, 1e-12),
+                                               lambda w: 1 / np.maximum(w, 1e-12)))
+    sec.set_xlabel("wavelength (km)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def intensity_histograms(fields: Mapping[str, np.ndarray | xr.DataArray], path: str | Path, *,
+                         bins: int = 60, vmin: float = RAIN_MIN, units: str = "mm/h") -> Path:
+    """Log-log frequency of rain intensities ``>= vmin`` per method (density per mm/h)."""
+    values = {k: np.asarray(v, dtype=float).ravel() for k, v in fields.items()}
+    vmax = max(float(np.nanmax(v)) if np.isfinite(v).any() else vmin * 10 for v in values.values())
+    edges = np.logspace(np.log10(vmin), np.log10(max(vmax, vmin * 10)), bins + 1)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+    for name, v in values.items():
+        v = v[np.isfinite(v)]
+        counts, _ = np.histogram(v, edges)
+        dens = counts / max(v.size, 1) / np.diff(edges)
+        centres = np.sqrt(edges[:-1] * edges[1:])
+        is_truth = name.lower().startswith("truth")
+        ax.step(centres, np.where(dens > 0, dens, np.nan), where="mid", label=name,
+                lw=2.2 if is_truth else 1.4, color="k" if is_truth else None)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"intensity ({units})")
+    ax.set_ylabel(f"frequency density (per {units})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title("intensity distribution")
+    return _save(fig, path)
+
+
+def ensemble_maps(ensemble: xr.DataArray, path: str | Path, *, threshold: float = 1.0,
+                  member_dim: str = "member", truth: xr.DataArray | None = None,
+                  units: str = "mm/h") -> Path:
+    """Ensemble mean, spread (member std) and ``P(x >= threshold)`` maps of a 2-D ensemble."""
+    mean = ensemble.mean(member_dim)
+    spread = ensemble.std(member_dim, ddof=1)
+    prob = (ensemble >= threshold).mean(member_dim).where(ensemble.notnull().all(member_dim))
+    n = 4 if truth is not None else 3
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.4), sharex=True, sharey=True,
+                             constrained_layout=True)
+    vmax = float(np.nanmax(ensemble.values))
+    norm = LogNorm(vmin=RAIN_MIN, vmax=max(vmax, 10 * RAIN_MIN))
+    im = _rain_image(axes[0], mean, norm, f"ensemble mean ({ensemble.sizes[member_dim]} members)")
+    fig.colorbar(im, ax=axes[0], shrink=0.8, label=units, extend="both")
+    snorm = LogNorm(vmin=RAIN_MIN / 10, vmax=max(float(np.nanmax(spread.values)), RAIN_MIN))
+    im = _rain_image(axes[1], spread, snorm, "ensemble spread (std)")
+    fig.colorbar(im, ax=axes[1], shrink=0.8, label=units, extend="both")
+    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="0.75")
+    axes[2].set_title(f"P(rain >= {threshold:g} {units})", fontsize=10)
+    im = axes[2].imshow(prob.values, origin="lower", extent=_extent(prob), cmap=cmap, vmin=0,
+                        vmax=1, interpolation="nearest", aspect="auto")
+    fig.colorbar(im, ax=axes[2], shrink=0.8, label="probability")
+    if truth is not None:
+        im = _rain_image(axes[3], truth, norm, "truth")
+        axes[3].contour(np.asarray(truth.values >= threshold, float), levels=[0.5],
+                        colors="r", linewidths=0.6, origin="lower", extent=_extent(truth))
+    return _save(fig, path)
+
+
+def rank_histogram_plot(hists: Mapping[str, np.ndarray | xr.DataArray], path: str | Path, *,
+                        title: str = "rank histogram") -> Path:
+    """Bar chart(s) of relative rank frequencies with the flat (reliable) line."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
+    width = 0.8 / max(len(hists), 1)
+    for i, (name, h) in enumerate(hists.items()):
+        h = np.asarray(h, dtype=float)
+        h = h / h.sum()
+        ax.bar(np.arange(h.size) + (i - (len(hists) - 1) / 2) * width, h, width, label=name)
+        ax.axhline(1.0 / h.size, color="k", ls="--", lw=1)
+    ax.set_xlabel("rank of the observation among the members")
+    ax.set_ylabel("relative frequency")
+    ax.set_title(title + " (dashed: perfectly reliable)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def fss_curves(fss: Mapping[str, Mapping[int, float]], path: str | Path, *, threshold: float,
+               dx_km: float = 1.0, base_rate: float | None = None, units: str = "mm/h") -> Path:
+    """FSS against neighbourhood size per method; optional ``0.5 + f0/2`` usefulness line."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+    for name, curve in fss.items():
+        scales: Sequence[int] = sorted(curve)
+        ax.plot(np.array(scales) * dx_km, [curve[s] for s in scales], marker="o", label=name)
+    if base_rate is not None:
+        ax.axhline(0.5 + base_rate / 2, color="k", ls="--", lw=1,
+                   label=f"useful (0.5 + f0/2 = {0.5 + base_rate / 2:.2f})")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("neighbourhood size (km)")
+    ax.set_ylabel("FSS")
+    ax.set_title(f"fractions skill score, rain >= {threshold:g} {units}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
