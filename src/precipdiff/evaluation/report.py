@@ -70,8 +70,9 @@ def check_alignment(pred: xr.DataArray, truth: xr.DataArray, *, member_dim: str 
 def evaluate_fields(pred: xr.DataArray, truth: xr.DataArray, *,
                     thresholds: Sequence[float] = (1.0, 5.0),
                     scales_px: Sequence[int] = (1, 2, 4, 8, 16, 32),
-                    member_dim: str = "member", max_lag: int = 8, seed: int = 0,
-                    chunk_time: int = 8, name: str = "prediction") -> dict[str, float]:
+                    member_dim: str = "member", spatial_dims: tuple[str, str] = ("lat", "lon"),
+                    max_lag: int = 8, seed: int = 0, chunk_time: int = 8,
+                    name: str = "prediction") -> dict[str, float]:
     """All metrics of ``pred`` ``(member?, time, lat, lon)`` against ``truth`` ``(time, lat, lon)``.
 
     Checks that grids and times match exactly (:class:`GridError` otherwise), then streams
@@ -82,11 +83,12 @@ def evaluate_fields(pred: xr.DataArray, truth: xr.DataArray, *,
     spearman, [crps_ecdf, crps_fair, spread_skill_ratio, rank_histogram_deviation],
     POD@t, FAR@t, CSI@t, ETS@t, frequency_bias@t, FSS@t/spx, log_spectral_distance_db,
     spectral_slope_error, spatial_autocorrelation_error, emd, p99_error, p99.9_error,
-    p99.99_error``.
+    p99.99_error``. ``spatial_dims`` names the grid dims (e.g. ``("lat_lr", "lon_lr")`` for
+    the pipeline's ``corrected_lr``); the seed drives the rank histogram's tie-breaking.
     """
     check_alignment(pred, truth, member_dim=member_dim, name=name)
     acc = Accumulator(thresholds=thresholds, scales_px=scales_px, member_dim=member_dim,
-                      max_lag=max_lag, seed=seed)
+                      spatial_dims=spatial_dims, max_lag=max_lag, seed=seed)
     if "time" in truth.dims:
         for start in range(0, truth.sizes["time"], chunk_time):
             sl = slice(start, start + chunk_time)
