@@ -207,7 +207,7 @@ class Accumulator:
         out = {}
         if min(wet[k].size + n0[k] for k in wet) == 0:
             return out
-        vals = {k: np.concatenate([[0.0], wet[k]]) for k in wet}
+        vals = {k: np.concatenate([[0.0], np.sort(wet[k])]) for k in wet}  # sorted once
         wts = {k: np.concatenate([[n0[k]], np.ones(wet[k].size)]) for k in wet}
         out["emd"] = float(scipy.stats.wasserstein_distance(vals["pred"], vals["obs"],
                                                             wts["pred"], wts["obs"]))
@@ -232,8 +232,10 @@ class Accumulator:
 
 def _weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
     """``np.percentile(np.repeat(values, weights), q)`` (linear) without materialising it."""
-    order = np.argsort(values, kind="stable")
-    v, w = values[order], weights[order]
+    if np.any(np.diff(values) < 0):
+        order = np.argsort(values, kind="stable")
+        values, weights = values[order], weights[order]
+    v, w = values, weights
     keep = w > 0
     v, w = v[keep], w[keep]
     total = w.sum()
