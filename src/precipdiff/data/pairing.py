@@ -111,8 +111,15 @@ def read_checked(path: str, *, reader: str | None, variable: str | None, bbox: B
 
 
 def staged_path(stage_dir: str | os.PathLike, path: str, **read_kw: object) -> Path:
-    """Where the scan keeps the checked, cropped field of ``path`` read with ``read_kw``."""
-    key = json.dumps([os.path.abspath(path), sorted((k, str(v)) for k, v in read_kw.items())])
+    """Where the scan keeps the checked, cropped field of ``path`` read with ``read_kw``
+    (keyed by path, size, modification time and read options: a changed file is re-read)."""
+    try:
+        st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        stamp = []
+    key = json.dumps([os.path.abspath(path), stamp,
+                      sorted((k, str(v)) for k, v in read_kw.items())])
     return Path(stage_dir) / (hashlib.sha1(key.encode()).hexdigest()[:24] + ".npz")
 
 
