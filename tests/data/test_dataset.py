@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from torch.utils.data import DataLoader
 
 from precipdiff.data.dataset import FixedPatches, PatchDataset, dihedral, val_patches
@@ -164,14 +165,29 @@ def test_extras_become_cond_channels(S, tmp_path):
     refs, srcs = S.write_frames(ref, tmp_path, "r"), S.write_frames(S.biased_source(ref),
                                                                     tmp_path, "s")
     pri = S.write_frames(prior, tmp_path, "prior")
+    # ERA5-like pressure levels on a 0.25 deg grid (0..360 lon), two variables x two levels
+    lat, lon = np.arange(34.5, 36.8, 0.25), np.arange(258.5, 261.6, 0.25)
+    shape, gen = (2, 2, lat.size, lon.size), np.random.default_rng(0)
+    era = xr.Dataset(
+        {"t": (("time", "pressure_level", "lat", "lon"), 250 + gen.random(shape)),
+         "u": (("time", "pressure_level", "lat", "lon"), gen.random(shape))},
+        coords={"time": ref["time"].values, "pressure_level": [850, 500], "lat": lat,
+                "lon": lon})
+    era.to_netcdf(tmp_path / "era5.nc")
     cfg = PrepareConfig(reference=[str(p) for p in refs], source=[str(p) for p in srcs],
-                        split="space", extras=[{"name": "prior", "files": [str(p) for p in pri]}])
+                        split="space", extras=[
+                            {"name": "prior", "files": [str(p) for p in pri]},
+                            {"name": "era5", "files": str(tmp_path / "era5.nc"),
+                             "variables": ["t", "u"], "levels": [850, 500]}])
     out = prepare_store(cfg, tmp_path / "x.zarr")
     h = open_store(out)
-    assert h["extra_hr"].shape == (2, 1, 120, 240) and h.extra_names == ("prior",)
+    assert h.extra_names == ("prior", "t850", "t500", "u850", "u500")
+    assert h["extra_hr"].shape == (2, 5, 120, 240) and np.isfinite(h["extra_hr"][:]).all()
     assert set(h.attrs["extra_stats"]["prior"]) == {"mean", "std"}
+    assert 250 < h.attrs["extra_stats"]["t500"]["mean"] < 251
     ds = PatchDataset(out, split="train", stage="downscale", patch=16, samples_per_epoch=4)
-    assert ds.cond_channels == 2 and ds[0]["cond"].shape == (2, 16, 16)
+    assert ds.cond_channels == 6 and ds[0]["cond"].shape == (6, 16, 16)
+    assert ds[0]["cond"][1:].abs().max() < 10  # standardised
     lr = PatchDataset(out, split="train", stage="correct", patch=4, samples_per_epoch=4)
     assert lr[0]["cond"].shape == (1, 4, 4)
     no = PatchDataset(out, split="train", stage="downscale", patch=16, samples_per_epoch=4,

@@ -18,6 +18,7 @@ import xarray as xr
 from precipdiff.data.pairing import (
     GRID_TOL,
     BBox,
+    extra_read_kw,
     grid_tuple,
     load_staged,
     read_checked,
@@ -106,7 +107,7 @@ def place_on_lr(da: xr.DataArray, path: str, *, hr: tuple, factor: int, pooling:
 
 
 def _on_hr(da: xr.DataArray, path: str, hr: tuple, what: str) -> np.ndarray:
-    """Cut a one-time field to the fine grid ``hr`` (exact match required), as (y, x)."""
+    """Cut a one-time field to the fine grid ``hr`` (exact match required), as (..., y, x)."""
     g = grid_tuple(da, path)
     oi, oj = (hr[0] - g[0]) / hr[2], (hr[1] - g[1]) / hr[3]
     if not (math.isclose(g[2], hr[2], rel_tol=1e-3) and math.isclose(g[3], hr[3], rel_tol=1e-3)
@@ -116,7 +117,7 @@ def _on_hr(da: xr.DataArray, path: str, hr: tuple, what: str) -> np.ndarray:
     i, j = round(oi), round(oj)
     if i < 0 or j < 0 or i + hr[4] > g[4] or j + hr[5] > g[5]:
         raise GridError(f"{path}: {what} covers {g[4]}x{g[5]} cells, not the region {hr}")
-    return np.asarray(da.values[0, i:i + hr[4], j:j + hr[5]], dtype=np.float32)
+    return np.asarray(da.values[0, ..., i:i + hr[4], j:j + hr[5]], dtype=np.float32)
 
 
 def _extra_on_hr(da: xr.DataArray, path: str, hr: tuple) -> np.ndarray:
@@ -193,11 +194,10 @@ def run_task(partial: str, cfg: dict, geo: dict, frames: list[dict]) -> list[int
         if fr["extras"]:
             layers = []
             for spec, (p, ke) in zip(cfg["extras"], fr["extras"], strict=True):
-                e = extra_cache.read(p, reader=spec.get("reader"), variable=spec.get("variable"),
-                                     bbox=padded(bbox), accumulation=cfg["accumulation"],
-                                     precip=False).isel(time=[ke])
-                layers.append(_extra_on_hr(e, p, hr))
-            extra = np.stack(layers)
+                kw = extra_read_kw(spec, padded(bbox), cfg["accumulation"])
+                e = extra_cache.read(p, **kw).isel(time=[ke])
+                layers.append(_extra_on_hr(e, p, hr).reshape(-1, hr[4], hr[5]))
+            extra = np.concatenate(layers)
         write_frame(Path(partial), index, src_lr=src_lr, ref_lr=ref_lr, ref_hr=ref_hr,
                     extra_hr=extra)
         done_marker(Path(partial), index).touch()

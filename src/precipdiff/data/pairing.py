@@ -87,21 +87,39 @@ def to_rate(da: xr.DataArray, path: str, *, accumulation: str) -> xr.DataArray:
     raise InputFileError(path, f"unknown units {units!r}; expected mm/h (or mm with accumulation)")
 
 
-def read_checked(path: str, *, reader: str | None, variable: str | None, bbox: BBox | None,
-                 accumulation: str = "to_rate", precip: bool = True) -> xr.DataArray:
-    """``precipdiff.io.read`` with every failure turned into a one-line error naming ``path``."""
-    from precipdiff import io
-
+def _call_reader(path: str, fn, what: str | None, **kw) -> xr.DataArray:
+    """Call an io reader; any failure becomes a one-line :class:`InputFileError` on ``path``."""
     if not Path(path).is_file():
         raise InputFileError(path, "file does not exist")
     try:
-        da = io.read(path, reader=reader, variable=variable, bbox=bbox)
+        return fn(path, **kw)
     except PrecipdiffError:
         raise
     except Exception as exc:  # readers of corrupt files raise many library-specific types
         msg = " ".join(str(exc).split()) or type(exc).__name__
         raise InputFileError(path, f"cannot read ({type(exc).__name__}: {msg[:200]})",
-                             variable=variable) from exc
+                             variable=what) from exc
+
+
+def read_checked(path: str, *, reader: str | None, variable: str | None, bbox: BBox | None,
+                 accumulation: str = "to_rate", precip: bool = True,
+                 variables: Sequence[str] | None = None,
+                 levels: Sequence[int] | None = None) -> xr.DataArray:
+    """``precipdiff.io.read`` with every failure turned into a one-line error naming ``path``.
+
+    With ``levels`` (extras only): pressure-level ``variables`` via ``io.read_grib_levels``
+    (``reader="grib"``) or ``io.read_netcdf_levels``, as (time, var, lat, lon).
+    """
+    from precipdiff import io
+
+    if levels:
+        fn = io.read_grib_levels if reader == "grib" else io.read_netcdf_levels
+        da = _call_reader(path, fn, None, variables=list(variables or ()),
+                          levels=[int(v) for v in levels], bbox=bbox)
+        if da.dims[0] != "time" or da.ndim != 4:
+            raise InputFileError(path, f"expected dims (time, var, lat, lon), found {da.dims}")
+        return da
+    da = _call_reader(path, io.read, variable, reader=reader, variable=variable, bbox=bbox)
     if "time" not in da.dims or da.ndim != 3:
         raise InputFileError(path, f"expected dims (time, lat, lon), found {da.dims}",
                              variable=variable)
@@ -125,11 +143,12 @@ def staged_path(stage_dir: str | os.PathLike, path: str, **read_kw: object) -> P
 
 def save_staged(da: xr.DataArray, target: Path) -> None:
     """Keep a read field on disk (atomically) so the write phase need not decode it again."""
-    meta = {"dims": list(da.dims), "attrs": {k: str(v) for k, v in da.attrs.items()}}
+    meta = {"dims": list(da.dims), "attrs": {k: str(v) for k, v in da.attrs.items()},
+            "var": [str(v) for v in da["var"].values] if "var" in da.coords else None}
     with atomic_path(target) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, values=np.asarray(da.values, np.float32),
                  time=np.asarray(da["time"].values, "datetime64[ns]").astype(np.int64),
-                 y=np.asarray(da[da.dims[1]].values), x=np.asarray(da[da.dims[2]].values),
+                 y=np.asarray(da[da.dims[-2]].values), x=np.asarray(da[da.dims[-1]].values),
                  meta=np.array(json.dumps(meta)))
 
 
@@ -139,9 +158,11 @@ def load_staged(target: Path) -> xr.DataArray | None:
         with np.load(target) as z:
             meta = json.loads(str(z["meta"]))
             dims = meta["dims"]
-            return xr.DataArray(z["values"], dims=dims, attrs=meta["attrs"],
-                                coords={"time": z["time"].astype("datetime64[ns]"),
-                                        dims[1]: z["y"], dims[2]: z["x"]})
+            coords = {"time": z["time"].astype("datetime64[ns]"), dims[-2]: z["y"],
+                      dims[-1]: z["x"]}
+            if meta.get("var") is not None:
+                coords["var"] = meta["var"]
+            return xr.DataArray(z["values"], dims=dims, attrs=meta["attrs"], coords=coords)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
 
@@ -171,15 +192,20 @@ def grid_tuple(da: xr.DataArray, path: str) -> tuple[float, float, float, float,
     return float(lat[0]), float(lon[0]), d[0], d[1], int(lat.size), int(lon.size)
 
 
-def scan_file(path: str, *, reader: str | None, variable: str | None, bbox: BBox | None,
-              accumulation: str, precip: bool = True,
-              stage_dir: str | None = None) -> FileScan:
-    """Read ``path`` (checking it fully) and keep its times and grid; with ``stage_dir`` also
-    the field itself (see :func:`staged_path`) when it is at most ``STAGE_MAX_BYTES``."""
-    kw = dict(reader=reader, variable=variable, bbox=bbox, accumulation=accumulation,
-              precip=precip)
+def extra_read_kw(spec: dict, bbox: BBox | None, accumulation: str) -> dict:
+    """Read options of an extra field (the same in the scan and the write phase)."""
+    return dict(reader=spec.get("reader"), variable=spec.get("variable"), bbox=bbox,
+                accumulation=accumulation, precip=False, variables=spec.get("variables"),
+                levels=spec.get("levels"))
+
+
+def scan_file(path: str, *, stage_dir: str | None = None, **read_kw) -> FileScan:
+    """Read ``path`` with :func:`read_checked` (checking it fully) and keep its times and
+    grid; with ``stage_dir`` also the field itself (see :func:`staged_path`) when it is at
+    most ``STAGE_MAX_BYTES``."""
+    kw = {"precip": True, **read_kw}
     da = read_checked(path, **kw)
-    if tuple(da.dims[1:]) != ("lat", "lon"):
+    if tuple(da.dims[-2:]) != ("lat", "lon"):
         raise InputFileError(path, f"dims {da.dims}: prepare needs a regular (lat, lon) grid; "
                              "projected (y, x) fields are not supported yet")
     if stage_dir is not None and da.nbytes <= STAGE_MAX_BYTES:

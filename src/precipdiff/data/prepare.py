@@ -180,8 +180,8 @@ def _scan_all(cfg: PrepareConfig, pool: cf.Executor | None,
                                                                              "source")])
     extras = []
     for e in cfg.extras:
-        kw = {**common, "bbox": padded(cfg.bbox), "reader": e["reader"],
-              "variable": e["variable"], "precip": False}
+        kw = {**pairing.extra_read_kw(e, padded(cfg.bbox), cfg.accumulation),
+              "stage_dir": stage_dir}
         extras.append(_map(pool, _scan, [(p, kw) for p in pairing.expand_files(
             e["files"], f"extra {e['name']}")]))
     return refs, srcs, extras
@@ -233,7 +233,7 @@ def _create(partial: Path, cfg: PrepareConfig, plan: dict[str, Any]) -> None:
     src, ref = _describe(cfg)
     attrs = {"precipdiff_store": STORE_FORMAT, "complete": False, "factor": cfg.factor,
              "pooling": cfg.pooling, "source": src, "reference": ref, "splits": plan["splits"],
-             "extra_names": [e["name"] for e in cfg.extras], "units": "mm/h",
+             "extra_names": cfg.extra_channel_names(), "units": "mm/h",
              "version": __version__, "config": plan["config"], "grid_hr": hr, "grid_lr": lr}
     times = np.array([fr["time"] for fr in plan["frames"]], dtype="datetime64[ns]")
     create_store(partial, times=times, lat_hr=axis(hr, 0), lon_hr=axis(hr, 1),
@@ -264,7 +264,7 @@ def _finish_attrs(partial: Path, cfg: PrepareConfig, plan: dict[str, Any]) -> No
     x0, x1 = train["x_lr"][0] * f, train["x_lr"][1] * f
     budget = max(1, FIT_VALUES // max(1, len(train["time"])))
     values, extra_sums = [], []
-    names = [e["name"] for e in cfg.extras]
+    names = cfg.extra_channel_names()
     for t in train["time"]:
         a = np.asarray(g["ref_hr"][t, :, x0:x1])
         v = a[np.isfinite(a)]

@@ -22,7 +22,7 @@ POOLINGS = ("max", "mean")
 REGRID = ("none", "bilinear", "conservative")
 ACCUMULATION = ("to_rate", "error")
 SPLITS = ("time", "space")
-EXTRA_KEYS = ("name", "files", "reader", "variable")
+EXTRA_KEYS = ("name", "files", "reader", "variable", "variables", "levels")
 
 
 def _as_tuple(value: Any, name: str) -> tuple[str, ...]:
@@ -57,8 +57,11 @@ class PrepareConfig:
     split: "time" (contiguous blocks of time steps) or "space" (contiguous bands of coarse
       columns, all times); fractions: {name: weight} in order, must contain "train";
       split_gap: time steps / coarse columns left out between consecutive parts.
-    extras: extra fine-grid conditioning fields, each {name, files, reader, variable}; paired
-      with the reference by time (same tolerance), bilinearly regridded if not on the fine grid.
+    extras: extra fine-grid conditioning fields, each {name, files, reader, variable} (a field
+      an io reader returns, e.g. a second precipitation product) or {name, files, reader,
+      variables, levels} (pressure-level fields, e.g. ERA5 t/u/v at 850/500 hPa: one channel
+      per variable and level, native units); paired with the reference by time (same
+      tolerance), bilinearly regridded if not on the fine grid, standardised by the dataset.
     """
 
     reference: tuple[str, ...]
@@ -109,8 +112,25 @@ class PrepareConfig:
         if unknown:
             raise ConfigError(f"prepare config: unknown extra key(s) {sorted(unknown)}; allowed "
                               f"{list(EXTRA_KEYS)}")
+        levels, variables = e.get("levels"), e.get("variables")
+        if bool(levels) != bool(variables):
+            raise ConfigError(f"prepare config: extra {e['name']!r} needs both 'variables' and "
+                              "'levels' (pressure-level fields) or neither")
         return {"name": str(e["name"]), "files": list(_as_tuple(e["files"], "extras.files")),
-                "reader": e.get("reader"), "variable": e.get("variable")}
+                "reader": e.get("reader"), "variable": e.get("variable"),
+                "variables": [str(v) for v in variables] if variables else None,
+                "levels": [int(v) for v in levels] if levels else None}
+
+    def extra_channel_names(self) -> list[str]:
+        """Names of the ``extra_hr`` channels: an extra's ``name``, or for pressure-level
+        extras ``f"{variable}{level}"`` for each variable and level (io's order)."""
+        out = []
+        for e in self.extras:
+            if e["levels"]:
+                out += [f"{v}{lev}" for v in e["variables"] for lev in e["levels"]]
+            else:
+                out.append(e["name"])
+        return out
 
     def _validate(self) -> None:
         def bad(msg: str) -> None:
@@ -142,8 +162,9 @@ class PrepareConfig:
                 f"{dict(self.fractions)}")
         if int(self.split_gap) != self.split_gap or self.split_gap < 0:
             bad(f"split_gap must be an integer >= 0, found {self.split_gap!r}")
-        if len({e["name"] for e in self.extras}) != len(self.extras):
-            bad("extra names must be unique")
+        names = self.extra_channel_names()
+        if len(set(names)) != len(names):
+            bad(f"extra channel names must be unique, found {names}")
         if self.emulator:
             from precipdiff.data.emulate import EmulatorParams
 
