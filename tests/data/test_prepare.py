@@ -42,7 +42,8 @@ def test_store_layout_and_values(S, pair_files, tmp_path):
     seen = []
     out = prepare_store(_cfg(refs, srcs, split="space"), tmp_path / "s.zarr",
                         progress=lambda d, t: seen.append((d, t)))
-    assert seen[0] == (0, 4) and seen[-1] == (4, 4)
+    assert seen[0] == (0, 12) and seen[-1] == (12, 12)  # 8 files scanned + 4 frames written
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert not (tmp_path / "s.zarr.partial").exists()
     h = open_store(out)
     a = h.attrs

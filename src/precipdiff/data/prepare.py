@@ -39,7 +39,7 @@ __all__ = ["PrepareConfig", "ProgressCallback", "apply_overrides", "load_prepare
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]  # (frames done, frames total)
+ProgressCallback = Callable[[int, int], None]  # (steps done, steps total): scans + frames
 PLAN_FILE = "_plan.json"
 FIT_VALUES = 2_000_000  # most reference values used to fit the transform
 
@@ -166,25 +166,44 @@ def _map(pool: cf.Executor | None, fn: Callable, jobs: list[tuple],
         raise
 
 
-def _scan_all(cfg: PrepareConfig, pool: cf.Executor | None,
-              stage_dir: str) -> tuple[list, list, list]:
+class _Steps:
+    """Drives ``progress(done, total)`` over files scanned plus frames written."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.callback, self.done, self.total = callback, 0, 0
+
+    def set(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        self._emit()
+
+    def add(self, n: int = 1) -> None:
+        self.done += n
+        self._emit()
+
+    def _emit(self) -> None:
+        if self.callback:
+            self.callback(self.done, self.total)
+
+
+def _scan_all(cfg: PrepareConfig, pool: cf.Executor | None, stage_dir: str,
+              steps: _Steps) -> tuple[list, list, list]:
     common = {"bbox": cfg.bbox, "accumulation": cfg.accumulation, "stage_dir": stage_dir}
     ref_kw = {**common, "reader": cfg.reference_reader, "variable": cfg.reference_variable}
-    refs = _map(pool, _scan, [(p, ref_kw) for p in pairing.expand_files(cfg.reference,
-                                                                         "reference")])
-    srcs = None
+    jobs = [[(p, ref_kw) for p in pairing.expand_files(cfg.reference, "reference")]]
     if not cfg.emulate:
         src_kw = {**common, "bbox": padded(cfg.bbox), "reader": cfg.source_reader,
                   "variable": cfg.source_variable}
-        srcs = _map(pool, _scan, [(p, src_kw) for p in pairing.expand_files(cfg.source,
-                                                                             "source")])
-    extras = []
+        jobs.append([(p, src_kw) for p in pairing.expand_files(cfg.source, "source")])
     for e in cfg.extras:
         kw = {**pairing.extra_read_kw(e, padded(cfg.bbox), cfg.accumulation),
               "stage_dir": stage_dir}
-        extras.append(_map(pool, _scan, [(p, kw) for p in pairing.expand_files(
-            e["files"], f"extra {e['name']}")]))
-    return refs, srcs, extras
+        jobs.append([(p, kw) for p in pairing.expand_files(e["files"], f"extra {e['name']}")])
+    n_scan = sum(len(j) for j in jobs)
+    steps.set(0, n_scan + len(jobs[0]))  # frames estimated as one per reference file
+    scans = [_map(pool, _scan, j, lambda _: steps.add()) for j in jobs]
+    refs, rest = scans[0], scans[1:]
+    srcs = None if cfg.emulate else rest.pop(0)
+    return refs, srcs, rest
 
 
 def _match_extra(t: int, frames: list, tol_s: float, name: str, files: list[str]) -> list:
@@ -197,9 +216,9 @@ def _match_extra(t: int, frames: list, tol_s: float, name: str, files: list[str]
     return [frames[k][1], frames[k][2]]
 
 
-def _make_plan(cfg: PrepareConfig, pool: cf.Executor | None, stage_dir: str
-               ) -> dict[str, Any]:
-    refs, srcs, extras = _scan_all(cfg, pool, stage_dir)
+def _make_plan(cfg: PrepareConfig, pool: cf.Executor | None, stage_dir: str,
+               steps: _Steps) -> dict[str, Any]:
+    refs, srcs, extras = _scan_all(cfg, pool, stage_dir, steps)
     ref_frames = pairing.frames_of(refs, "reference")
     src_frames = None if srcs is None else pairing.frames_of(srcs, "source")
     pairs = pairing.pair_frames(ref_frames, src_frames, cfg.time_tolerance_s,
@@ -215,7 +234,8 @@ def _make_plan(cfg: PrepareConfig, pool: cf.Executor | None, stage_dir: str
     geo = _geometry(refs, cfg.factor)
     splits = make_splits(cfg.split, dict(cfg.fractions), len(frames), geo["grid_lr"][5],
                          cfg.split_gap)
-    return {"config": cfg.to_dict(), "geometry": geo, "frames": frames, "splits": splits}
+    return {"config": cfg.to_dict(), "geometry": geo, "frames": frames, "splits": splits,
+            "n_scan": steps.done}
 
 
 def _describe(cfg: PrepareConfig) -> tuple[str, str]:
@@ -316,13 +336,16 @@ def prepare_store(cfg: PrepareConfig, out: str | os.PathLike, *, workers: int = 
 
     Resumable: an unfinished ``<out>.partial`` with the same config is continued (written
     frames are skipped); one with another config is discarded. ``workers > 1`` scans and
-    writes in that many processes. ``progress(done, total)`` is called as frames finish.
+    writes in that many processes. ``progress(done, total)`` is called as files are scanned
+    and frames written (``total`` = files to scan + frames; a resumed run starts at the
+    steps already done).
     """
     if int(workers) < 1:
         raise ConfigError(f"workers must be >= 1, found {workers}")
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     pool = _pool(int(workers)) if workers > 1 else None
+    steps = _Steps(progress)
     try:
         plan = _load_plan(partial, cfg.to_dict())
         if plan is None:
@@ -331,27 +354,20 @@ def prepare_store(cfg: PrepareConfig, out: str | os.PathLike, *, workers: int = 
                             partial)
                 shutil.rmtree(partial)
             (partial / STAGE_DIR).mkdir(parents=True)
-            plan = _make_plan(cfg, pool, str(partial / STAGE_DIR))
+            plan = _make_plan(cfg, pool, str(partial / STAGE_DIR), steps)
             _create(partial, cfg, plan)
         total = len(plan["frames"])
         todo = [fr for fr in plan["frames"] if not done_marker(partial, fr["index"]).exists()]
         done = total - len(todo)
         if done:
             log.info("resuming %s: %d of %d frames already written, skipped", partial, done, total)
-        if progress:
-            progress(done, total)
+        steps.set(plan["n_scan"] + done, plan["n_scan"] + total)
         tasks: dict[str, list[dict]] = {}
         for fr in todo:
             tasks.setdefault(fr["ref"][0], []).append(fr)
         cfg_d, geo = plan["config"], plan["geometry"]
-
-        def tick(written: list[int]) -> None:
-            nonlocal done
-            done += len(written)
-            if progress:
-                progress(done, total)
-
-        _map(pool, run_task, [(str(partial), cfg_d, geo, frs) for frs in tasks.values()], tick)
+        _map(pool, run_task, [(str(partial), cfg_d, geo, frs) for frs in tasks.values()],
+             lambda written: steps.add(len(written)))
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
