@@ -87,3 +87,17 @@ def test_bad_store_and_channels(tiny_store, tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         train(load_config(None, tiny_overrides(tiny_store, tmp_path / "r2")), resume=True,
               progress=False)
+
+
+def test_tensorboard_without_package_is_a_config_error(tiny_store, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        cfg = load_config(None, tiny_overrides(tiny_store, tmp_path / "r",
+                                               "train.tensorboard=true"))
+        with pytest.raises(ConfigError, match="train.tensorboard"):
+            train(cfg, progress=False)
+    else:
+        cfg = load_config(None, tiny_overrides(tiny_store, tmp_path / "r",
+                                               "train.tensorboard=true", "train.steps=2"))
+        assert any((train(cfg, progress=False) / "tensorboard").iterdir())
