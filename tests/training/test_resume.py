@@ -80,7 +80,7 @@ def test_sigterm_then_sigkill_then_resume_is_exact(tiny_store, tmp_path, referen
     mtime = last.stat().st_mtime_ns
     proc = _start(overrides, resume=True)
     deadline = time.monotonic() + 60
-    while last.stat().st_mtime_ns == mtime:
+    while last.stat().st_mtime_ns == mtime:  # last.pt is replaced, never removed
         assert proc.poll() is None and time.monotonic() < deadline, "no new checkpoint"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)

@@ -12,8 +12,8 @@ Resume checkpoints
      "data": {"epoch": int, "batch_in_epoch": int}, "config": RunConfig.to_dict()}
 
 A new checkpoint is written to a temporary file, fsynced, re-read to verify it, and only then
-renamed: ``last.pt`` becomes ``previous.pt`` and the new file becomes ``last.pt``. A crash at any
-point leaves at least one good checkpoint.
+renamed: the old ``last.pt`` becomes ``previous.pt`` (hard link) and the new file replaces
+``last.pt``. A crash at any point leaves at least one good checkpoint.
 
 Release weights
 ---------------
@@ -112,10 +112,22 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
         torch.save(state, tmp)
         load_checkpoint(tmp)  # verify before anything good is replaced
     if last.exists():
-        os.replace(last, previous)
+        _copy_to_previous(last, previous)
     os.replace(staged, last)
     _fsync_dir(folder)
     return last
+
+
+def _copy_to_previous(last: Path, previous: Path) -> None:
+    """``previous.pt`` := ``last.pt`` by a hard link, so ``last.pt`` never goes missing."""
+    link = previous.with_name(".previous.pt.link")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(last, link)
+    except OSError:  # no hard links on this file system: rename instead
+        os.replace(last, previous)
+        return
+    os.replace(link, previous)
 
 
 def _fsync_dir(folder: Path) -> None:
