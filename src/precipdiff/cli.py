@@ -188,7 +188,7 @@ def evaluate(
     pooling: Annotated[str, typer.Option(help="Pooling of the truth to the coarse grid.")] = "max",
 ) -> None:
     """Verify a prediction against truth: metric table (Markdown + CSV) and figures."""
-    from precipdiff.evaluation.cli import run_evaluate
+    from precipdiff.evaluation.run import run_evaluate
 
     out = run_evaluate(
         prediction=prediction,

@@ -68,6 +68,10 @@ def _define(
     )
     rate = {"units": "mm h-1", "standard_name": "lwe_precipitation_rate"}
     v = ds.createVariable(
+        "source_lr", "f4", ("time", "lat_lr", "lon_lr"), zlib=True, complevel=1, fill_value=FILL
+    )
+    v.setncatts({**rate, "long_name": "input (biased coarse) precipitation rate"})
+    v = ds.createVariable(
         "corrected_lr",
         "f4",
         ("member", "time", "lat_lr", "lon_lr"),
@@ -148,7 +152,9 @@ def predict_to_file(
             )
             _define(ds, grid, fine, opts.members, len(times), thresholds if fine else (), times)
             for t in range(len(times)):
-                corrected = pipeline.correct_step(src.isel(time=t).values, t, opts)
+                field = src.isel(time=t).values
+                ds["source_lr"][t] = field
+                corrected = pipeline.correct_step(field, t, opts)
                 ds["corrected_lr"][:, t] = corrected
                 if fine is None:
                     continue
