@@ -21,3 +21,14 @@ def shared_data() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20190610)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread_torch():
+    """Tests use tiny tensors: one intra-op thread is faster and immune to oversubscription."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,118 @@
+"""Pipeline speed and memory: the 200 x 200 km two-stage ensemble, and scaling with domain area.
+
+    python benchmarks/bench_pipeline.py                       # shipped weights, 16 members, 12 steps
+    python benchmarks/bench_pipeline.py --sizes 200 400 800 --scaling-members 4
+
+Each measurement runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its
+own. The input is a synthetic scene (the demo's generator); timing does not depend on the content.
+Prints a Markdown table with the machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def child(size: int, members: int, steps: int, window: int, out: Path) -> dict:
+    import torch
+
+    from precipdiff.demo import FACTOR, demo_scene
+    from precipdiff.pipeline import PredictOptions, SamplerSettings
+    from precipdiff.pipeline.output import predict_to_file
+    from precipdiff.pipeline.run import PredictRequest, load_pipeline
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    pipe = load_pipeline(PredictRequest(inputs=[], output=out), "cpu")
+    _, src = demo_scene(0, shape=(size, size))
+    s = SamplerSettings(sampler="dpmpp_2m", steps=steps)
+    opts = PredictOptions(members=members, correct=s, downscale=s, window=window, member_batch=8)
+    t0 = time.perf_counter()
+    predict_to_file(pipe, src, out, opts)
+    wall = time.perf_counter() - t0
+    out.unlink()
+    return {
+        "size": size,
+        "members": members,
+        "steps": steps,
+        "wall_s": wall,
+        "per_member_s": wall / members,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "nfe_per_stage": steps,
+        "hr_pixels": size * size,
+        "factor": FACTOR,
+    }
+
+
+def run_child(size: int, members: int, steps: int, window: int) -> dict:
+    out = Path(f"/tmp/bench_pipeline_{os.getpid()}_{size}.nc")
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(size),
+        "--members",
+        str(members),
+        "--steps",
+        str(steps),
+        "--window",
+        str(window),
+        "--out",
+        str(out),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", type=int)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--members", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[200, 400, 800])
+    ap.add_argument("--scaling-members", type=int, default=4)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.members, args.steps, args.window, args.out)))
+        return
+    head = run_child(200, args.members, args.steps, args.window)
+    scaling = [run_child(s, args.scaling_members, args.steps, args.window) for s in args.sizes]
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"### Pipeline speed and memory — {now}\n")
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}; threads {os.environ.get('BENCH_THREADS', '2')}; "
+        f"command: `python benchmarks/bench_pipeline.py`\n"
+    )
+    print(
+        "| domain (1 km) | members | steps/stage (NFE, DPM++2M) | wall s | s per member | peak RSS MB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in [head, *scaling]:
+        print(
+            f"| {r['size']}x{r['size']} | {r['members']} | {r['steps']} | {r['wall_s']:.1f} | "
+            f"{r['per_member_s']:.2f} | {r['peak_rss_mb']:.0f} |"
+        )
+    base = scaling[0]
+    print("\nScaling relative to the smallest domain (same members and steps):\n")
+    print("| area x | time x | peak memory x |")
+    print("|---:|---:|---:|")
+    for r in scaling:
+        print(
+            f"| {r['hr_pixels'] / base['hr_pixels']:.0f} | {r['wall_s'] / base['wall_s']:.2f} | "
+            f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
