@@ -1,6 +1,6 @@
 """Pipeline speed and memory: the 200 x 200 km two-stage ensemble, and scaling with domain area.
 
-    python benchmarks/bench_pipeline.py                       # shipped weights, 16 members, 12 steps
+    python benchmarks/bench_pipeline.py     # shipped weights, 16 members, 12 steps
     python benchmarks/bench_pipeline.py --sizes 200 400 800 --scaling-members 4
 
 Each measurement runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its
@@ -95,7 +95,7 @@ def main() -> None:
         f"command: `python benchmarks/bench_pipeline.py`\n"
     )
     print(
-        "| domain (1 km) | members | steps/stage (NFE, DPM++2M) | wall s | s per member | peak RSS MB |"
+        "| domain (1 km) | members | steps/stage (DPM++2M) | wall s | s per member | peak RSS MB |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     for r in [head, *scaling]:

@@ -140,8 +140,9 @@ def main() -> None:
     cor_v = ds["corrected_lr"].values
     hr_v = ds["precip"].values
     print(
-        f"IMERG {files[0].split('/')[-1]} bbox {args.bbox}: {src.shape[1]}x{src.shape[2]} coarse -> "
-        f"{hr_v.shape[2]}x{hr_v.shape[3]} fine, {args.members} members, {args.steps} steps, {secs:.0f} s"
+        f"IMERG {Path(files[0]).name} bbox {args.bbox}: {src.shape[1]}x{src.shape[2]} coarse"
+        f" -> {hr_v.shape[2]}x{hr_v.shape[3]} fine, {args.members} members, {args.steps} steps,"
+        f" {secs:.0f} s"
     )
     for name, v in (("source", src_v), ("corrected", cor_v), ("downscaled", hr_v)):
         w = v[np.isfinite(v)]
