@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,8 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/skill"))
     ap.add_argument("--weights-correct", type=Path, default=None)
     ap.add_argument("--weights-downscale", type=Path, default=None)
+    ap.add_argument("--weights-regression", type=Path, default=None,
+                    help="a regression (CorrDiff mean) stage: adds the regression-only rows")
     ap.add_argument("--times", type=int, nargs="*", default=[5, 20, 35])
     ap.add_argument("--rows", type=int, nargs=2, default=[30, 70], help="coarse rows of the band")
     ap.add_argument("--members", type=int, default=8)
@@ -111,6 +114,12 @@ def main() -> None:
     t0 = time.perf_counter()
     chain = Pipeline(correct, down).predict(src, opts)
     t_chain = time.perf_counter() - t0
+    mass = Pipeline(correct, down).predict(src, replace(opts, mass_consistent=True))["precip"]
+    extra = {"precipdiff I+II, mass-consistent": mass}
+    regression = Stage.load(args.weights_regression) if args.weights_regression else None
+    if regression is not None:
+        reg = Pipeline(None, regression).predict(src, replace(opts, members=1))["precip"]
+        extra["regression-only (on raw input)"] = reg.isel(member=0, drop=True)
     _, rows = verify(
         VerificationInputs(
             truth_hr=ref_hr,
@@ -119,6 +128,7 @@ def main() -> None:
             pooling=st.pooling,
             corrected_lr=chain["corrected_lr"],
             downscaled=chain["precip"],
+            extra_hr=extra,
         ),
         args.output / "chain",
         qm=qm,
@@ -132,6 +142,10 @@ def main() -> None:
     t0 = time.perf_counter()
     only_down = Pipeline(None, down).predict(ref_lr, opts)
     t_down = time.perf_counter() - t0
+    extra = {}
+    if regression is not None:
+        reg = Pipeline(None, regression).predict(ref_lr, replace(opts, members=1))["precip"]
+        extra["regression-only"] = reg.isel(member=0, drop=True)
     _, rows = verify(
         VerificationInputs(
             truth_hr=ref_hr,
@@ -139,6 +153,7 @@ def main() -> None:
             factor=f,
             pooling=st.pooling,
             downscaled=only_down["precip"],
+            extra_hr=extra,
         ),
         args.output / "downscale",
         seed=args.seed,
