@@ -95,6 +95,17 @@ def train(
     typer.echo(f"run directory: {run_dir}")
 
 
+@app.command()
+def export(
+    run: Annotated[Path, typer.Option(help="Run directory with checkpoints/.")],
+    output: Annotated[Path, typer.Option(help="Release weights to write (.safetensors).")],
+) -> None:
+    """Write release weights (EMA) from a run's newest checkpoint."""
+    from precipdiff.training.export import export_weights
+
+    typer.echo(f"weights written: {export_weights(run, output)}")
+
+
 def _parse_bbox(bbox: str | None) -> tuple[float, float, float, float] | None:
     if bbox is None:
         return None
