@@ -145,6 +145,9 @@ def predict(
         int, typer.Option(help="Fine-grid window (pixels) for bounded memory.")
     ] = 512,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where the hardware is fast at it) | fp32 | bf16.")
+    ] = "auto",
     mass_consistent: Annotated[
         bool, typer.Option(help="Pooled output reproduces Stage I.")
     ] = False,
@@ -176,6 +179,7 @@ def predict(
         member_batch=member_batch,
         window=window,
         device=device,
+        precision=precision,
         mass_consistent=mass_consistent,
         thresholds=tuple(float(v) for v in thresholds.split(",") if v.strip()),
         archive=archive,

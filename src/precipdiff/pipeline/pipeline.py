@@ -27,7 +27,7 @@ import xarray as xr
 
 from precipdiff.errors import GridError
 from precipdiff.grid import Grid, upsample_tensor
-from precipdiff.pipeline.stage import SamplerSettings, Stage
+from precipdiff.pipeline.stage import SamplerSettings, Stage, bf16_is_fast
 from precipdiff.pipeline.tiling import position_noise, windows
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,14 @@ class PredictOptions:
     tile_batch: int = 8
     mass_consistent: bool = False
     device: str = "cpu"
+    precision: str = "auto"
+
+    @property
+    def bf16(self) -> bool:
+        """bfloat16 autocast for the networks: ``auto`` uses it where the hardware is fast at it."""
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        return self.precision == "bf16" or (self.precision == "auto" and bf16_is_fast(self.device))
 
 
 @dataclass
@@ -161,6 +169,7 @@ class Pipeline:
                 tile=opts.tile,
                 overlap=opts.overlap,
                 tile_batch=opts.tile_batch,
+                bf16=opts.bf16,
             )
             out.append(stage.transform.inverse(y[:, 0].cpu().numpy()))
         corrected = np.concatenate(out).astype(np.float32)
@@ -222,6 +231,7 @@ class Pipeline:
                     tile=opts.tile,
                     overlap=opts.overlap,
                     tile_batch=opts.tile_batch,
+                    bf16=opts.bf16,
                 )
                 acc.add(m0, win.y0, win.x0, y[:, 0].cpu().numpy(), win.weight.numpy())
             if on_window is not None:
@@ -306,6 +316,7 @@ class Pipeline:
         attrs: dict[str, str | int] = {
             "precipdiff_version": __version__,
             "seed": opts.seed,
+            "precision": "bf16" if opts.bf16 else "fp32",
             "members": opts.members,
             "mass_consistent": int(opts.mass_consistent),
         }

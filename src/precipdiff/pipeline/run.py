@@ -40,6 +40,7 @@ class PredictRequest:
     mass_consistent: bool = False
     thresholds: tuple[float, ...] = (1.0, 5.0, 10.0)
     archive: bool = False
+    precision: str = "auto"
 
 
 def resolve_device(device: str) -> str:
@@ -81,6 +82,7 @@ def _options(req: PredictRequest, device: str) -> PredictOptions:
         window=req.window,
         mass_consistent=req.mass_consistent,
         device=device,
+        precision=req.precision,
     )
 
 
