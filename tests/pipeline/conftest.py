@@ -19,12 +19,24 @@ FACTOR = 4
 
 
 def write_tiny_weights(
-    path: Path, stage: str, *, factor: int = FACTOR, seed: int = 0, mean: bool = False
+    path: Path,
+    stage: str,
+    *,
+    factor: int = FACTOR,
+    seed: int = 0,
+    mean: bool = False,
+    extras: tuple[str, ...] = (),
 ) -> Path:
     """A randomly initialised tiny U-Net (non-zero output layer) saved as release weights."""
     torch.manual_seed(seed)
     regression = stage == "regression"
-    cfg = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), regression=regression)
+    cfg = UNetConfig(
+        model_channels=8,
+        channel_mult=(1, 2),
+        attn_levels=(1,),
+        regression=regression,
+        cond_channels=1 + len(extras),
+    )
     net = UNet(cfg)
     with torch.no_grad():
         for p in net.parameters():
@@ -40,6 +52,8 @@ def write_tiny_weights(
         "sigma_data": "0.5",
         "patch": "16",
         "version": "test",
+        "extra_names": json.dumps(list(extras)),
+        "extra_stats": json.dumps({n: {"mean": 280.0, "std": 10.0} for n in extras}),
     }
     mean_state = None
     if mean:

@@ -142,3 +142,19 @@ def test_predict_to_file_is_cf_and_matches_in_memory(pipeline: Pipeline, tmp_pat
     expect = (mem["precip"].values >= 1.0).mean(axis=0)
     np.testing.assert_allclose(prob[np.isfinite(prob)], expect[np.isfinite(prob)], atol=1e-6)
     assert list(tmp_path.iterdir()) == [path]  # no temporary left behind
+
+
+def test_extra_channels_are_standardised_and_checked(tmp_path) -> None:
+    from .conftest import write_tiny_weights
+
+    w = write_tiny_weights(tmp_path / "x.safetensors", "downscale", seed=5, extras=("t850",))
+    pipe = Pipeline(None, Stage.load(w))
+    src = coarse_field(ny=6, nx=8, n_time=1)
+    fine = np.full((1, 1, 6 * FACTOR, 8 * FACTOR), 285.0, np.float32)
+    extras = xr.DataArray(fine, dims=("time", "var", "lat", "lon"))
+    ds = pipe.predict(src, _opts(), extras=extras)
+    assert np.isfinite(ds["precip"].values).sum() > 0
+    # the standardisation uses the training statistics: (285 - 280) / 10
+    np.testing.assert_allclose(pipe.downscale.standardise_extras(fine[0]), 0.5)
+    with pytest.raises(CheckpointError, match="trained with extras"):
+        pipe.predict(src, _opts(), extras=xr.concat([extras, extras], dim="var"))

@@ -199,12 +199,17 @@ class Pipeline:
         acc = _Accumulator(m, h, w, scratch)
         for win in windows(h, w, opts.window, opts.halo, multiple=f):
             ly0, ly1, lx0, lx1 = win.y0 // f, -(-win.y1 // f), win.x0 // f, -(-win.x1 // f)
-            lr = tcor[:, None, ly0:ly1, lx0:lx1].to(opts.device)
+            # one coarse cell of margin, so bilinear weights at window edges see the real
+            # neighbours (as in a whole-domain upsampling), then crop back to the window
+            my0, mx0 = max(ly0 - 1, 0), max(lx0 - 1, 0)
+            lr = tcor[:, None, my0 : min(ly1 + 1, ny), mx0 : min(lx1 + 1, nx)].to(opts.device)
+            oy, ox = (ly0 - my0) * f, (lx0 - mx0) * f
             base_all = upsample_tensor(lr, f, method="bilinear")
-            base_all = base_all[..., : win.y1 - win.y0, : win.x1 - win.x0]
+            base_all = base_all[..., oy : oy + win.y1 - win.y0, ox : ox + win.x1 - win.x0]
             ext = None
             if extras is not None:
-                ext = torch.from_numpy(np.nan_to_num(extras[:, win.y0 : win.y1, win.x0 : win.x1]))
+                window_extras = extras[:, win.y0 : win.y1, win.x0 : win.x1]
+                ext = torch.from_numpy(stage.standardise_extras(window_extras))
             for m0 in range(0, m, opts.member_batch):
                 mb = min(opts.member_batch, m - m0)
                 noise = torch.stack(

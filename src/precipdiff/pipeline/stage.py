@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from precipdiff.data.transforms import PrecipTransform
@@ -116,6 +117,20 @@ class Stage:
         )
         stage.extra_channels = stage._cond_channels() - 1
         return stage.to(device)
+
+    def standardise_extras(self, extras: np.ndarray) -> np.ndarray:
+        """Extra fields (E, H, W) as the network saw them in training: ``(x - mean) / std`` with
+        the training store's statistics (``extra_stats`` in the metadata); NaN -> 0."""
+        names = json.loads(self.metadata.get("extra_names", "[]"))
+        stats = json.loads(self.metadata.get("extra_stats", "{}"))
+        if extras.shape[0] != len(names):
+            raise CheckpointError(
+                f"{self.source}: the model was trained with extras {names}, got {extras.shape[0]} "
+                "extra fields"
+            )
+        mean = np.array([stats[n]["mean"] for n in names], np.float32)[:, None, None]
+        std = np.array([stats[n]["std"] for n in names], np.float32)[:, None, None]
+        return np.nan_to_num((extras - mean) / std).astype(np.float32)
 
     def _cond_channels(self) -> int:
         net = self.net if self.net is not None else self.mean_net

@@ -97,6 +97,7 @@ def release_metadata(cfg: RunConfig, net: nn.Module, store: Any,
             "factor": str(store.factor), "pooling": str(store.pooling),
             "sigma_data": str(cfg.diffusion.sigma_data),
             "extra_names": json.dumps(list(store.extra_names)),
+            "extra_stats": json.dumps(dict(store.attrs.get("extra_stats", {}))),
             "patch": str(cfg.data.patch), "version": __version__}
     if mean_net is not None:
         meta["mean_model"] = json.dumps(dataclasses.asdict(mean_net.cfg))
