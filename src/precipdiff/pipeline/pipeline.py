@@ -16,6 +16,7 @@ memory is set by the window and the member batch, not by the domain.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,8 +33,9 @@ from precipdiff.pipeline.tiling import position_noise, windows
 
 log = logging.getLogger(__name__)
 
-#: Accumulators larger than this many bytes go to a temporary zarr array on disk.
-IN_MEMORY_LIMIT = 512 * 2**20
+#: Accumulators larger than this many bytes go to a temporary zarr array on disk
+#: (environment variable PRECIPDIFF_ACCUMULATOR_MB overrides it).
+IN_MEMORY_LIMIT = int(os.environ.get("PRECIPDIFF_ACCUMULATOR_MB", "256")) * 2**20
 
 
 @dataclass(frozen=True)
@@ -241,14 +243,15 @@ class Pipeline:
                 acc.add(m0, win.y0, win.x0, y[:, 0].cpu().numpy(), win.weight.numpy())
             if on_window is not None:
                 on_window()
-        mask_hr = np.repeat(np.repeat(valid, f, axis=-2), f, axis=-1)
         band = max(f, (opts.window // f) * f)
         for y0 in range(0, h, band):
             y1 = min(h, y0 + band)
             hr = stage.transform.inverse(acc.band(y0, y1)).astype(np.float32)
             if opts.mass_consistent:
                 hr = mass_consistent(hr, corrected[:, y0 // f : y1 // f], f, stage.pooling)
-            hr[~mask_hr[:, y0:y1]] = np.nan
+            band_valid = valid[:, y0 // f : -(-y1 // f)]
+            mask = np.repeat(np.repeat(band_valid, f, axis=-2), f, axis=-1)[:, : y1 - y0]
+            hr[~mask] = np.nan
             yield y0, y1, hr
 
     # ---------------------------------------------------------------- both
