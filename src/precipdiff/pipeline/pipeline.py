@@ -272,7 +272,7 @@ class Pipeline:
         grid = Grid.from_dataarray(src)
         fine = grid.refine(self.factor)
         times = src["time"].values
-        m, f = opts.members, self.factor
+        m = opts.members
         hr = np.full((m, len(times), fine.nlat, fine.nlon), np.nan, np.float32)
         lr = np.full((m, len(times), grid.nlat, grid.nlon), np.nan, np.float32)
         for t in range(len(times)):
@@ -284,7 +284,7 @@ class Pipeline:
                 lr[:, t], t, opts, extras=ext, on_window=on_window
             ):
                 hr[:, t, y0:y1] = band
-        return self._dataset(src, grid, fine, lr, hr if f > 1 or self.downscale else None, opts)
+        return self._dataset(src, grid, fine, lr, hr if self.downscale is not None else None, opts)
 
     def _dataset(self, src, grid, fine, lr, hr, opts) -> xr.Dataset:
         time = src["time"].values
