@@ -155,5 +155,6 @@ def test_demo_end_to_end(tmp_path) -> None:
         "bicubic interpolation",
         "precipdiff Stage I",
         "precipdiff Stage I+II",
+        "quantile mapping + bilinear",
     ):
         assert f"| {row} |" in report
