@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 RAW = "raw input"
 OURS_I = "precipdiff Stage I"
 OURS_II = "precipdiff Stage I+II"
+OURS_II_ONLY = "precipdiff Stage II"
 
 
 @dataclass
@@ -148,8 +149,9 @@ def verify(
         )
     )
     hr_preds.update({k: _align_to(v, truth_hr) for k, v in inp.extra_hr.items()})
+    ours_ii = OURS_II if inp.corrected_lr is not None else OURS_II_ONLY
     if inp.downscaled is not None:
-        hr_preds[OURS_II] = _align_to(inp.downscaled, truth_hr)
+        hr_preds[ours_ii] = _align_to(inp.downscaled, truth_hr)
     hr_preds = {k: _align_to(v, truth_hr) for k, v in hr_preds.items()}
     rows2 = {
         k: evaluate_fields(
@@ -184,7 +186,8 @@ def _figures(
     }
     corrected = lr_preds.get(OURS_I, lr_preds[RAW])
     corrected0 = corrected.isel(member=0) if "member" in corrected.dims else corrected
-    downscaled0 = first.get(OURS_II, first[RAW])
+    ours = OURS_II if OURS_II in first else OURS_II_ONLY
+    downscaled0 = first.get(ours, first[RAW])
     plots.four_panel_maps(
         lr_preds[RAW].isel(time=t),
         corrected0.isel(time=t),
@@ -209,7 +212,7 @@ def _figures(
     hist["truth"] = truth_hr.values
     plots.intensity_histograms(hist, fig_dir / "intensity_histograms.png")
     if inp.downscaled is not None and inp.downscaled.sizes.get("member", 1) > 1:
-        ens = hr_preds[OURS_II]
+        ens = hr_preds[ours]
         plots.ensemble_maps(
             ens.isel(time=t),
             fig_dir / "ensemble_spread_exceedance.png",
