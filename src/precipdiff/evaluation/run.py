@@ -159,10 +159,10 @@ def verify(
         )
         for k, v in hr_preds.items()
     }
-    tables = {
-        f"Stage I: coarse grid, vs the reference {inp.pooling}-pooled {f}x": metric_table(rows1),
-        "Stage II: fine grid, vs fine truth": metric_table(rows2),
-    }
+    tables = {"Stage II: fine grid, vs fine truth": metric_table(rows2)}
+    if len(rows1) > 1:  # a Stage-I table needs something besides the raw input to compare
+        stage1 = f"Stage I: coarse grid, vs the reference {inp.pooling}-pooled {f}x"
+        tables = {stage1: metric_table(rows1), **tables}
     if figures:
         _figures(inp, truth_hr, truth_lr, lr_preds, hr_preds, rows2, fig_dir, thresholds, seed)
     report = write_report(tables, fig_dir, output_dir=out, title=title)
