@@ -159,6 +159,7 @@ def predict(
             "skips complete outputs, reports and skips bad inputs."
         ),
     ] = False,
+    workers: Annotated[int, typer.Option(help="Processes across files in --archive mode.")] = 1,
 ) -> None:
     """Correct and downscale coarse precipitation into a fine-grid ensemble (CF-NetCDF)."""
     from precipdiff.pipeline.run import PredictRequest, run_predict
@@ -180,6 +181,7 @@ def predict(
         window=window,
         device=device,
         precision=precision,
+        workers=workers,
         mass_consistent=mass_consistent,
         thresholds=tuple(float(v) for v in thresholds.split(",") if v.strip()),
         archive=archive,

@@ -158,3 +158,17 @@ def test_demo_end_to_end(tmp_path) -> None:
         "quantile mapping + bilinear",
     ):
         assert f"| {row} |" in report
+
+
+def test_archive_workers_match_serial(tiny_weights, inputs, tmp_path) -> None:
+    """Two processes across files write the same ensembles as one (seeds do not depend on order)."""
+    files = [str(inputs["src"]), str(inputs["src2"])]
+    for name, workers in (("serial", "1"), ("parallel", "2")):
+        res = run_cli(
+            *_predict_args(tiny_weights, tmp_path / name, "--archive", "--workers", workers, *files)
+        )
+        assert res.returncode == 0, res.stderr
+    for f in ("src.nc.precipdiff.nc", "src2.nc.precipdiff.nc"):
+        a = xr.open_dataset(tmp_path / "serial" / f)["precip"].values
+        b = xr.open_dataset(tmp_path / "parallel" / f)["precip"].values
+        np.testing.assert_array_equal(a, b)

@@ -41,6 +41,7 @@ class PredictRequest:
     thresholds: tuple[float, ...] = (1.0, 5.0, 10.0)
     archive: bool = False
     precision: str = "auto"
+    workers: int = 1
 
 
 def resolve_device(device: str) -> str:
@@ -106,19 +107,68 @@ def run_predict(req: PredictRequest) -> Iterator[Path]:
         yield predict_to_file(pipeline, src, req.output, opts, thresholds=req.thresholds)
         return
     req.output.mkdir(parents=True, exist_ok=True)
-    failed: list[str] = []
+    todo = []
     for path in req.inputs:
         target = req.output / f"{Path(path).name}.precipdiff.nc"
         if target.exists():
             log.info("skip %s: output exists and is complete", path)
-            continue
-        try:
-            src = read(path, **kw)
-            yield predict_to_file(pipeline, src, target, opts, thresholds=req.thresholds)
-        except PrecipdiffError as exc:
-            log.error("skipped %s: %s", path, exc)
-            failed.append(f"{path} ({exc})")
+        else:
+            todo.append((Path(path), target))
+    failed: list[str] = []
+    if req.workers > 1 and len(todo) > 1:
+        results = _archive_parallel(req, todo)
+    else:
+        results = (_archive_one(pipeline, opts, req, src, target) for src, target in todo)
+    for path, target, error in results:
+        if error is None:
+            yield target
+        else:
+            log.error("skipped %s: %s", path, error)
+            failed.append(f"{path} ({error})")
     if failed:
         raise PrecipdiffError(
             f"{len(failed)} input file(s) failed and were skipped: {'; '.join(failed)}"
         )
+
+
+def _archive_one(
+    pipeline: Pipeline, opts: PredictOptions, req: PredictRequest, path: Path, target: Path
+) -> tuple[Path, Path, str | None]:
+    """One archive file: ``(input, output, error message or None)``; never raises a user error."""
+    from precipdiff.io import read
+
+    try:
+        src = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
+        predict_to_file(pipeline, src, target, opts, thresholds=req.thresholds)
+        return path, target, None
+    except PrecipdiffError as exc:
+        return path, target, str(exc)
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(req: PredictRequest, device: str) -> None:
+    torch.set_num_threads(1)  # one process per core beats threads on a shared CPU
+    _WORKER["pipeline"] = load_pipeline(req, device)
+    _WORKER["opts"] = _options(req, device)
+    _WORKER["req"] = req
+
+
+def _worker_run(job: tuple[Path, Path]) -> tuple[Path, Path, str | None]:
+    return _archive_one(_WORKER["pipeline"], _WORKER["opts"], _WORKER["req"], *job)
+
+
+def _archive_parallel(
+    req: PredictRequest, todo: list[tuple[Path, Path]]
+) -> Iterator[tuple[Path, Path, str | None]]:
+    """Archive files spread over ``req.workers`` processes, each with its own pipeline."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    device = resolve_device(req.device)
+    with cf.ProcessPoolExecutor(
+        req.workers, mp_context=ctx, initializer=_worker_init, initargs=(req, device)
+    ) as pool:
+        yield from pool.map(_worker_run, todo)
