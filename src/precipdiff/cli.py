@@ -160,6 +160,10 @@ def predict(
         ),
     ] = False,
     workers: Annotated[int, typer.Option(help="Processes across files in --archive mode.")] = 1,
+    extras: Annotated[
+        list[Path] | None,
+        typer.Option(help="Pressure-level GRIB/NetCDF files with the Stage-II model's extras."),
+    ] = None,
 ) -> None:
     """Correct and downscale coarse precipitation into a fine-grid ensemble (CF-NetCDF)."""
     from precipdiff.pipeline.run import PredictRequest, run_predict
@@ -182,6 +186,7 @@ def predict(
         device=device,
         precision=precision,
         workers=workers,
+        extras=tuple(extras or ()),
         mass_consistent=mass_consistent,
         thresholds=tuple(float(v) for v in thresholds.split(",") if v.strip()),
         archive=archive,

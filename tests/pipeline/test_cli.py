@@ -172,3 +172,44 @@ def test_archive_workers_match_serial(tiny_weights, inputs, tmp_path) -> None:
         a = xr.open_dataset(tmp_path / "serial" / f)["precip"].values
         b = xr.open_dataset(tmp_path / "parallel" / f)["precip"].values
         np.testing.assert_array_equal(a, b)
+
+
+def test_predict_with_extras_file(inputs, tmp_path) -> None:
+    """A Stage-II model trained with t850 takes it from an ERA5-style file on a coarser grid."""
+    from .conftest import write_tiny_weights
+
+    w = write_tiny_weights(tmp_path / "x.safetensors", "downscale", seed=5, extras=("t850",))
+    src = xr.open_dataset(inputs["src"])
+    lat, lon = np.arange(39.0, 42.01, 0.25), np.arange(-102.0, -98.99, 0.25)
+    t = xr.DataArray(
+        np.full((1, 2, lat.size, lon.size), 280.0, np.float32),
+        dims=("valid_time", "pressure_level", "latitude", "longitude"),
+        coords={
+            "valid_time": src["time"].values,
+            "pressure_level": [500, 850],
+            "latitude": lat,
+            "longitude": lon,
+        },
+        attrs={"units": "K"},
+    )
+    era5 = tmp_path / "era5.nc"
+    xr.Dataset({"t": t}).to_netcdf(era5)
+    base = [
+        "predict",
+        str(inputs["src"]),
+        "--stages",
+        "downscale",
+        "--weights-downscale",
+        str(w),
+        "--members",
+        "2",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    res = run_cli(*base, "--output", str(tmp_path / "a.nc"), "--extras", str(era5))
+    assert res.returncode == 0, res.stderr
+    assert np.isfinite(xr.open_dataset(tmp_path / "a.nc")["precip"].values).any()
+    res = run_cli(*base, "--output", str(tmp_path / "b.nc"))
+    assert res.returncode == 2 and "--extras" in res.stderr

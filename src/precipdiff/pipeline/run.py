@@ -42,6 +42,7 @@ class PredictRequest:
     archive: bool = False
     precision: str = "auto"
     workers: int = 1
+    extras: tuple[Path, ...] = ()
 
 
 def resolve_device(device: str) -> str:
@@ -93,6 +94,25 @@ def check_inputs(paths: Sequence[Path]) -> None:
         raise PrecipdiffError(f"input file(s) not found: {', '.join(missing)}")
 
 
+def _extras_for(pipeline: Pipeline, req: PredictRequest, src) -> object:
+    """Extra channels on the output grid when the Stage-II model uses them, else None."""
+    import json
+
+    from precipdiff.grid import Grid
+    from precipdiff.pipeline.extras import load_extras
+
+    stage = pipeline.downscale
+    names = json.loads(stage.metadata.get("extra_names", "[]")) if stage is not None else []
+    if not names and not req.extras:
+        return None
+    if not req.extras:
+        raise PrecipdiffError(
+            f"{stage.source}: the Stage-II model needs extra fields {names}: pass --extras FILE"
+        )
+    fine = Grid.from_dataarray(src).refine(pipeline.factor)
+    return load_extras(req.extras, names, fine, src["time"].values)
+
+
 def run_predict(req: PredictRequest) -> Iterator[Path]:
     """Run the pipeline; yields each output path as it is completed."""
     from precipdiff.io import read, read_many
@@ -104,7 +124,10 @@ def run_predict(req: PredictRequest) -> Iterator[Path]:
     kw = {"reader": req.reader, "variable": req.variable, "bbox": req.bbox}
     if not req.archive:
         src = read_many(req.inputs, **kw) if len(req.inputs) > 1 else read(req.inputs[0], **kw)
-        yield predict_to_file(pipeline, src, req.output, opts, thresholds=req.thresholds)
+        extras = _extras_for(pipeline, req, src)
+        yield predict_to_file(
+            pipeline, src, req.output, opts, thresholds=req.thresholds, extras=extras
+        )
         return
     req.output.mkdir(parents=True, exist_ok=True)
     todo = []
@@ -139,7 +162,8 @@ def _archive_one(
 
     try:
         src = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
-        predict_to_file(pipeline, src, target, opts, thresholds=req.thresholds)
+        extras = _extras_for(pipeline, req, src)
+        predict_to_file(pipeline, src, target, opts, thresholds=req.thresholds, extras=extras)
         return path, target, None
     except PrecipdiffError as exc:
         return path, target, str(exc)
