@@ -11,12 +11,12 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from precipdiff.errors import ConfigError
+from precipdiff.yamlfile import read_yaml_mapping
 
 POOLINGS = ("max", "mean")
 REGRID = ("none", "bilinear", "conservative")
@@ -220,15 +220,7 @@ def apply_overrides(d: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
 
 def load_prepare_config(path: str | os.PathLike, sets: Sequence[str] = ()) -> PrepareConfig:
     """Read a YAML prepare config, apply ``--set key=value`` overrides, validate."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: prepare config file does not exist")
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from exc
-    if not isinstance(d, dict):
-        raise ConfigError(f"{p}: expected a mapping of prepare options, found {type(d).__name__}")
+    d = read_yaml_mapping(path, "prepare config")
     for f in dataclasses.fields(PrepareConfig):  # "--set fractions.val=0.2" edits the default
         if f.name not in d and any(str(x).startswith(f"{f.name}.") for x in sets) \
                 and f.default_factory is not dataclasses.MISSING:
@@ -236,4 +228,4 @@ def load_prepare_config(path: str | os.PathLike, sets: Sequence[str] = ()) -> Pr
     try:
         return PrepareConfig.from_dict(apply_overrides(d, sets))
     except ConfigError as exc:
-        raise ConfigError(f"{p}: {exc}") from exc
+        raise ConfigError(f"{path}: {exc}") from exc

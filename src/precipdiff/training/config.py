@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from precipdiff.errors import ConfigError
+from precipdiff.yamlfile import read_yaml_mapping
 
 Stage = Literal["correct", "downscale", "regression"]
 
@@ -317,15 +318,7 @@ def load_config(path: str | Path | None = None,
     """Read ``path`` (YAML, optional), apply ``section.key=value`` overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections, got {type(raw).__name__}")
+        raw = read_yaml_mapping(path, "run config")
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for item in overrides:
         section, key, value = parse_override(item)
