@@ -288,32 +288,22 @@ class Pipeline:
 
     def _dataset(self, src, grid, fine, lr, hr, opts) -> xr.Dataset:
         time = src["time"].values
-        lr_da = xr.DataArray(
-            lr,
-            dims=("member", "time", "lat_lr", "lon_lr"),
-            coords={
-                "member": np.arange(lr.shape[0]),
-                "time": time,
-                "lat_lr": grid.lat,
-                "lon_lr": grid.lon,
-            },
-            attrs={
-                "units": "mm/h",
-                "long_name": "Stage-I corrected precipitation rate (coarse grid)",
-            },
-        )
-        data = {"corrected_lr": lr_da}
+        data = {
+            "corrected_lr": _member_field(
+                lr,
+                time,
+                ("lat_lr", grid.lat),
+                ("lon_lr", grid.lon),
+                "Stage-I corrected precipitation rate (coarse grid)",
+            )
+        }
         if hr is not None:
-            data["precip"] = xr.DataArray(
+            data["precip"] = _member_field(
                 hr,
-                dims=("member", "time", "lat", "lon"),
-                coords={
-                    "member": np.arange(hr.shape[0]),
-                    "time": time,
-                    "lat": fine.lat,
-                    "lon": fine.lon,
-                },
-                attrs={"units": "mm/h", "long_name": "downscaled precipitation rate ensemble"},
+                time,
+                ("lat", fine.lat),
+                ("lon", fine.lon),
+                "downscaled precipitation rate ensemble",
             )
         return xr.Dataset(data, attrs=self.provenance(opts))
 
@@ -341,6 +331,18 @@ class Pipeline:
             attrs[f"{name}_steps"] = s.steps
             attrs[f"{name}_nfe"] = stage.nfe(s)
         return attrs
+
+
+def _member_field(
+    values: np.ndarray, time: np.ndarray, lat: tuple, lon: tuple, long_name: str
+) -> xr.DataArray:
+    """(member, time, lat, lon) rain-rate DataArray; ``lat``/``lon`` are (dim name, centres)."""
+    return xr.DataArray(
+        values,
+        dims=("member", "time", lat[0], lon[0]),
+        coords={"member": np.arange(values.shape[0]), "time": time, lat[0]: lat[1], lon[0]: lon[1]},
+        attrs={"units": "mm/h", "long_name": long_name},
+    )
 
 
 def mass_consistent(hr: np.ndarray, lr: np.ndarray, factor: int, pooling: str) -> np.ndarray:
