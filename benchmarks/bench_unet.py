@@ -8,7 +8,7 @@ autocast, with and without ``channels_last`` and ``torch.compile``. Then a table
 versus network evaluations on the closed-form Gaussian case. Prints Markdown.
 
 Usage: ``python benchmarks/bench_unet.py [--sizes 128 256] [--batch 8] [--repeats 3]
-[--compile none|one|all] [--budget 270] [--device cpu]``
+[--compile none|one|main|all] [--budget 270] [--threads 1] [--device cpu]``
 """
 
 from __future__ import annotations
@@ -86,9 +86,12 @@ def bench_size(size: int, args, deadline: float) -> list[dict]:
 
 
 def _want_compile(args, size: int, bf16: bool, channels_last: bool) -> bool:
-    """Compiling takes minutes on a small CPU: by default only fp32, contiguous, first size."""
+    """Compiling takes minutes on a small CPU: ``one`` = fp32 contiguous at the first size;
+    ``main`` = fp32 contiguous and bf16 channels_last (the inference default) at every size."""
     if args.compile == "all":
         return True
+    if args.compile == "main":
+        return bf16 == channels_last
     return args.compile == "one" and size == args.sizes[0] and not bf16 and not channels_last
 
 
@@ -179,12 +182,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--compile", choices=["none", "one", "all"], default="one",
-                        help="torch.compile variants: none, fp32 contiguous at the first size, all")
+    parser.add_argument("--compile", choices=["none", "one", "main", "all"], default="one",
+                        help="torch.compile variants: none, fp32 contiguous at the first size, "
+                        "fp32 contiguous + bf16 channels_last at every size, all")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads (1: see BENCHMARKS.md on oversubscription)")
     parser.add_argument("--budget", type=float, default=270.0, help="seconds for the speed part")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
     deadline = time.perf_counter() + args.budget
     cfg = UNetConfig()
     net = UNet(cfg).to(args.device)

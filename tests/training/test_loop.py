@@ -101,3 +101,41 @@ def test_tensorboard_without_package_is_a_config_error(tiny_store, tmp_path):
         cfg = load_config(None, tiny_overrides(tiny_store, tmp_path / "r",
                                                "train.tensorboard=true", "train.steps=2"))
         assert any((train(cfg, progress=False) / "tensorboard").iterdir())
+
+
+def test_init_from_release_weights_fine_tunes(tiny_store, tmp_path):
+    first = train(load_config(None, tiny_overrides(tiny_store, tmp_path / "a", "train.steps=2")),
+                  progress=False) / "weights.safetensors"
+    start, _ = load_weights(first)
+
+    def distance(w):
+        return sum(float((w[k] - start[k]).norm() ** 2) for k in start) ** 0.5
+
+    # one small step from the release stays next to it; a fresh net (another seed) is far away
+    cfg = load_config(None, tiny_overrides(tiny_store, tmp_path / "b", "train.steps=1",
+                                           "optim.lr=1e-5", "train.seed=7",
+                                           f"train.init_from={first}"))
+    tuned, _ = load_weights(train(cfg, progress=False) / "weights.safetensors")
+    fresh = load_config(None, tiny_overrides(tiny_store, tmp_path / "c", "train.steps=1",
+                                             "optim.lr=1e-5", "train.seed=7"))
+    other, _ = load_weights(train(fresh, progress=False) / "weights.safetensors")
+    assert tuned.keys() == start.keys()
+    assert distance(tuned) < 0.01 * distance(other)
+
+
+def test_init_from_must_match_stage_and_network(tiny_store, tmp_path, regression_run):
+    reg = regression_run / "weights.safetensors"
+    bad_stage = load_config(None, tiny_overrides(tiny_store, tmp_path / "a",
+                                                 f"train.init_from={reg}"))
+    with pytest.raises(CheckpointError, match="stage 'regression'"):
+        train(bad_stage, progress=False)
+    first = train(load_config(None, tiny_overrides(tiny_store, tmp_path / "b", "train.steps=1")),
+                  progress=False) / "weights.safetensors"
+    wider = load_config(None, tiny_overrides(tiny_store, tmp_path / "c", "model.model_channels=16",
+                                             f"train.init_from={first}"))
+    with pytest.raises(CheckpointError, match="model_channels"):
+        train(wider, progress=False)
+    missing = load_config(None, tiny_overrides(tiny_store, tmp_path / "d",
+                                               f"train.init_from={tmp_path / 'none.safetensors'}"))
+    with pytest.raises(CheckpointError, match="none.safetensors"):
+        train(missing, progress=False)

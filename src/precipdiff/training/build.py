@@ -88,6 +88,35 @@ def load_mean_net(cfg: RunConfig, store: Any, device: torch.device) -> nn.Module
     return net.to(device).eval().requires_grad_(False)
 
 
+def init_from_release(cfg: RunConfig, net: nn.Module, store: Any) -> None:
+    """Start ``net`` from the release weights of ``train.init_from`` (fine-tuning).
+
+    The weights must be of the same stage, network configuration and precipitation transform;
+    the store may differ (a new region or period is the point of fine-tuning). CheckpointError
+    otherwise, naming the file and what differs.
+    """
+    path = cfg.train.init_from
+    tensors, meta = ckpt.load_weights(path)
+    if meta.get("stage") != cfg.train.stage:
+        raise CheckpointError(f"{path}: train.init_from holds stage {meta.get('stage')!r} "
+                              f"weights, this run trains {cfg.train.stage!r}")
+    theirs = json.loads(meta["model"])
+    ours = json.loads(json.dumps(dataclasses.asdict(net.cfg)))
+    differ = sorted(k for k in ours if theirs.get(k) != ours[k])
+    if differ:
+        raise CheckpointError(f"{path}: train.init_from network differs in "
+                              + ", ".join(f"{k} ({theirs.get(k)} vs {ours[k]})" for k in differ))
+    mine = json.dumps(dict(store.attrs["transform"]), sort_keys=True)
+    if json.dumps(json.loads(meta["transform"]), sort_keys=True) != mine:
+        raise CheckpointError(f"{path}: train.init_from was trained with transform "
+                              f"{meta['transform']}, the store {store.path} uses {mine}")
+    try:
+        net.load_state_dict(ckpt.split_mean_net(tensors)[0])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit their model config ({exc})") from None
+    log.info("initialised from %s", path)
+
+
 def release_metadata(cfg: RunConfig, net: nn.Module, store: Any,
                      mean_net: nn.Module | None) -> dict[str, str]:
     """Metadata of ``weights.safetensors`` (format in :mod:`precipdiff.training.checkpoint`)."""

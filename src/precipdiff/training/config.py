@@ -116,6 +116,7 @@ class TrainConfig:
     bf16: bool = False
     out_dir: str = "runs/train"
     mean_from: str | None = None
+    init_from: str | None = None
     tensorboard: bool = False
 
 

@@ -33,7 +33,13 @@ from torch import nn
 from precipdiff.errors import ConfigError
 from precipdiff.training import checkpoint as ckpt
 from precipdiff.training.batches import BatchPlan, epoch_batches
-from precipdiff.training.build import load_mean_net, open_data, release_metadata, resolve_channels
+from precipdiff.training.build import (
+    init_from_release,
+    load_mean_net,
+    open_data,
+    release_metadata,
+    resolve_channels,
+)
 from precipdiff.training.config import RunConfig, save_config
 from precipdiff.training.distributed import (
     DistInfo,
@@ -154,7 +160,10 @@ def _build(cfg: RunConfig, info: DistInfo, store: Any, train_ds: Any,
     from precipdiff.models.unet import UNet
 
     torch.manual_seed(cfg.train.seed)
-    net = UNet(cfg.model.unet_config()).to(info.device)
+    net = UNet(cfg.model.unet_config())
+    if cfg.train.init_from:
+        init_from_release(cfg, net, store)
+    net = net.to(info.device)
     model = net if cfg.train.stage == "regression" else EDMPrecond(net, cfg.diffusion.sigma_data)
     ema = EMA(net, halflife_samples=cfg.train.ema_halflife_samples,
               rampup_ratio=cfg.train.ema_rampup_ratio)
