@@ -13,6 +13,8 @@ Experiments, all on the store's *test* band (never seen in training), at a few t
   pooled empirical quantile mapping fitted on the *train* band, interpolation, RainFARM.
 * ``downscale``: Stage II alone on the max-pooled radar (the PrecipDiff downscaling task).
 * ``nfe``: Stage II CRPS and time versus sampler steps (how few steps keep the skill).
+* ``real_pair`` (with ``--real-pair``): Stage I on MRMS radar-only -> gauge-corrected.
+* ``downscale_mean`` (with ``--mean-store``): Stage II trained and scored on mean-pooled radar.
 
 Weights default to the shipped ones (``--weights-correct/--weights-downscale`` to override).
 Writes ``report.md`` + CSV + figures per experiment under ``--output`` and prints a summary.
@@ -85,27 +87,34 @@ def fit_qm(store_path: Path, pooling_target: str, n_times: int = 12):
     return get_baseline("eqm_pooled")(src, ref.assign_coords(lat=src["lat"], lon=src["lon"]))
 
 
-def real_pair(store: Path, correct: Stage, args: argparse.Namespace, opts: PredictOptions) -> dict:
+def real_pair(args: argparse.Namespace, opts: PredictOptions, stages: dict) -> dict:
     """Stage I on a real radar-only -> gauge-corrected pair (test band), against raw and EQM.
 
-    The shipped Stage I was trained on *emulated satellite* errors, not on radar-vs-gauge errors:
-    this is an out-of-distribution check, and EQM is fitted on this store's own train band.
+    Rows: the shipped Stage I (trained on *emulated satellite* errors: an out-of-distribution
+    check) and, with ``--weights-correct-pair``, a Stage I trained on this store's own train band
+    (``configs/stage1_correct_gaugecorr.yaml``). EQM is fitted on the same train band.
     """
     from precipdiff.evaluation.report import metric_table, write_report
 
+    store = args.real_pair
     st = open_store(store)
     t = list(range(len(st.times)))
     _, src, ref_lr, _ = load_split(store, "test", t, None)
     qm = fit_qm(store, st.pooling, n_times=len(t))
-    pred = Pipeline(correct, None).predict(src, opts)["corrected_lr"]
-    pred = pred.rename(lat_lr="lat", lon_lr="lon").assign_coords(lat=src["lat"], lon=src["lon"])
+    preds = {"raw input": src, "quantile mapping (EQM, train band)": qm.apply(src)}
+    candidates = [("precipdiff Stage I (shipped, emulated-satellite-trained)", stages["correct"])]
+    if args.weights_correct_pair is not None:
+        candidates.append(
+            ("precipdiff Stage I (trained on this pair)", Stage.load(args.weights_correct_pair))
+        )
+    for name, stage in candidates:
+        pred = Pipeline(stage, None).predict(src, opts)["corrected_lr"]
+        preds[name] = pred.rename(lat_lr="lat", lon_lr="lon").assign_coords(
+            lat=src["lat"], lon=src["lon"]
+        )
     rows = {
         name: evaluate_fields(p, ref_lr, scales_px=(1, 2, 4, 8), seed=args.seed, name=name)
-        for name, p in (
-            ("raw input", src),
-            ("quantile mapping (EQM, train band)", qm.apply(src)),
-            ("precipdiff Stage I (shipped, emulated-satellite-trained)", pred),
-        )
+        for name, p in preds.items()
     }
     write_report(
         {"Real pair, coarse grid: radar-only -> gauge-corrected (max-pooled)": metric_table(rows)},
@@ -114,6 +123,113 @@ def real_pair(store: Path, correct: Stage, args: argparse.Namespace, opts: Predi
         title="MRMS radar-only vs gauge-corrected, 2021-07-06 00Z, test band",
     )
     return rows
+
+
+def chain(args: argparse.Namespace, opts: PredictOptions, stages: dict) -> dict:
+    """Emulated satellite -> Stage I -> Stage II, against the baselines (Stage I and I+II)."""
+    st, src, _, ref_hr = load_split(args.store, "test", args.times, tuple(args.rows))
+    correct, down, regression = stages["correct"], stages["downscale"], stages["regression"]
+    qm, qm_fine = fit_qm(args.store, st.pooling), fit_qm(args.store, "mean")
+    t0 = time.perf_counter()
+    out = Pipeline(correct, down).predict(src, opts)
+    seconds = time.perf_counter() - t0
+    mass = Pipeline(correct, down).predict(src, replace(opts, mass_consistent=True))["precip"]
+    extra = {"precipdiff I+II, mass-consistent": mass}
+    if regression is not None:
+        reg = Pipeline(None, regression).predict(src, replace(opts, members=1))["precip"]
+        extra["regression-only (on raw input)"] = reg.isel(member=0, drop=True)
+    _, rows = verify(
+        VerificationInputs(
+            truth_hr=ref_hr,
+            src_lr=src,
+            factor=st.factor,
+            pooling=st.pooling,
+            corrected_lr=out["corrected_lr"],
+            downscaled=out["precip"],
+            extra_hr=extra,
+        ),
+        args.output / "chain",
+        qm=qm,
+        qm_fine=qm_fine,
+        seed=args.seed,
+        baselines=("nearest", "bilinear", "bicubic", "qm", "rainfarm"),
+        title="Skill on the MRMS test band: emulated satellite -> Stage I -> Stage II",
+    )
+    return {"rows": rows, "seconds": seconds}
+
+
+def downscale(
+    args: argparse.Namespace,
+    opts: PredictOptions,
+    stages: dict,
+    *,
+    store: Path,
+    down: Stage,
+    name: str,
+) -> dict:
+    """Stage II alone on the pooled radar of ``store`` (the PrecipDiff downscaling task)."""
+    st, _, ref_lr, ref_hr = load_split(store, "test", args.times, tuple(args.rows))
+    if down.pooling != st.pooling or down.factor != st.factor:
+        raise SystemExit(
+            f"{down.source}: trained for {down.pooling} pooling x{down.factor}, "
+            f"but {store} is {st.pooling} pooling x{st.factor}"
+        )
+    t0 = time.perf_counter()
+    only_down = Pipeline(None, down).predict(ref_lr, opts)
+    seconds = time.perf_counter() - t0
+    extra = {}
+    regression = stages["regression"]
+    if regression is not None and regression.pooling == st.pooling:
+        reg = Pipeline(None, regression).predict(ref_lr, replace(opts, members=1))["precip"]
+        extra["regression-only"] = reg.isel(member=0, drop=True)
+    _, rows = verify(
+        VerificationInputs(
+            truth_hr=ref_hr,
+            src_lr=ref_lr,
+            factor=st.factor,
+            pooling=st.pooling,
+            downscaled=only_down["precip"],
+            extra_hr=extra,
+        ),
+        args.output / name,
+        seed=args.seed,
+        baselines=("nearest", "bilinear", "bicubic", "rainfarm"),
+        title=f"Skill on the MRMS test band: Stage II on the {st.pooling}-pooled radar "
+        f"({st.factor}x downscaling)",
+    )
+    return {"rows": rows, "seconds": seconds}
+
+
+def nfe_sweep(args: argparse.Namespace, stages: dict) -> list[dict]:
+    """Stage II CRPS and time against sampler steps (one time step, 4 members)."""
+    _, _, ref_lr, ref_hr = load_split(args.store, "test", args.times[:1], tuple(args.rows))
+    down = stages["downscale"]
+    out = []
+    for sampler in ("dpmpp_2m", "heun"):
+        for steps in args.nfe_steps:
+            if sampler == "heun" and steps < 2:
+                continue
+            s2 = SamplerSettings(sampler=sampler, steps=steps)
+            o2 = PredictOptions(members=4, correct=s2, downscale=s2, seed=args.seed, window=256)
+            t0 = time.perf_counter()
+            pred = Pipeline(None, down).predict(ref_lr, o2)["precip"]
+            secs = time.perf_counter() - t0
+            m = evaluate_fields(pred, ref_hr, scales_px=(1, 4, 16))
+            out.append(
+                {
+                    "sampler": sampler,
+                    "steps": steps,
+                    "nfe": down.nfe(s2),
+                    "crps_fair": m["crps_fair"],
+                    "crps_ecdf": m["crps_ecdf"],
+                    "spread_skill_ratio": m["spread_skill_ratio"],
+                    "seconds": secs,
+                }
+            )
+    return out
+
+
+EXPERIMENTS = ("chain", "downscale", "nfe", "real_pair", "downscale_mean")
 
 
 def main() -> None:
@@ -140,120 +256,109 @@ def main() -> None:
         default=None,
         help="store of a real pair (configs/prepare_mrms_gaugecorr.yaml): Stage I table",
     )
-    ap.add_argument("--skip-main", action="store_true", help="only the --real-pair experiment")
+    ap.add_argument(
+        "--weights-correct-pair",
+        type=Path,
+        default=None,
+        help="a Stage I trained on the --real-pair store (adds its row)",
+    )
+    ap.add_argument(
+        "--mean-store",
+        type=Path,
+        default=None,
+        help="mean-pooled store (configs/prepare_mrms_meanpool.yaml)",
+    )
+    ap.add_argument(
+        "--weights-downscale-mean",
+        type=Path,
+        default=None,
+        help="a Stage II trained on --mean-store (configs/stage2_downscale_meanpool.yaml)",
+    )
+    ap.add_argument(
+        "--experiments",
+        nargs="+",
+        choices=EXPERIMENTS,
+        default=None,
+        help="which experiments to run (default: every one whose inputs are given); "
+        "summary.json keeps the results of the others",
+    )
     args = ap.parse_args()
     shipped = shipped_weights()
     wc = args.weights_correct or shipped["correct"]
     wd = args.weights_downscale or shipped["downscale"]
-    correct, down = Stage.load(wc), Stage.load(wd)
-    st, src, ref_lr, ref_hr = load_split(args.store, "test", args.times, tuple(args.rows))
-    f = st.factor
+    stages = {
+        "correct": Stage.load(wc),
+        "downscale": Stage.load(wd),
+        "regression": Stage.load(args.weights_regression) if args.weights_regression else None,
+    }
+    todo = args.experiments or [
+        e
+        for e in EXPERIMENTS
+        if (e != "real_pair" or args.real_pair) and (e != "downscale_mean" or args.mean_store)
+    ]
     s = SamplerSettings(sampler="dpmpp_2m", steps=args.steps)
     opts = PredictOptions(members=args.members, correct=s, downscale=s, seed=args.seed, window=256)
-    summary: dict[str, dict] = {}
-    if args.real_pair is not None:
-        summary["real_pair"] = real_pair(args.real_pair, correct, args, opts)
-        if args.skip_main:
-            print(json.dumps(summary["real_pair"], indent=1, default=float))
-            return
-    qm, qm_fine = fit_qm(args.store, st.pooling), fit_qm(args.store, "mean")
-
-    t0 = time.perf_counter()
-    chain = Pipeline(correct, down).predict(src, opts)
-    t_chain = time.perf_counter() - t0
-    mass = Pipeline(correct, down).predict(src, replace(opts, mass_consistent=True))["precip"]
-    extra = {"precipdiff I+II, mass-consistent": mass}
-    regression = Stage.load(args.weights_regression) if args.weights_regression else None
-    if regression is not None:
-        reg = Pipeline(None, regression).predict(src, replace(opts, members=1))["precip"]
-        extra["regression-only (on raw input)"] = reg.isel(member=0, drop=True)
-    _, rows = verify(
-        VerificationInputs(
-            truth_hr=ref_hr,
-            src_lr=src,
-            factor=f,
-            pooling=st.pooling,
-            corrected_lr=chain["corrected_lr"],
-            downscaled=chain["precip"],
-            extra_hr=extra,
-        ),
-        args.output / "chain",
-        qm=qm,
-        qm_fine=qm_fine,
-        seed=args.seed,
-        baselines=("nearest", "bilinear", "bicubic", "qm", "rainfarm"),
-        title="Skill on the MRMS test band: emulated satellite -> Stage I -> Stage II",
-    )
-    summary["chain"] = {"rows": rows, "seconds": t_chain}
-
-    t0 = time.perf_counter()
-    only_down = Pipeline(None, down).predict(ref_lr, opts)
-    t_down = time.perf_counter() - t0
-    extra = {}
-    if regression is not None:
-        reg = Pipeline(None, regression).predict(ref_lr, replace(opts, members=1))["precip"]
-        extra["regression-only"] = reg.isel(member=0, drop=True)
-    _, rows = verify(
-        VerificationInputs(
-            truth_hr=ref_hr,
-            src_lr=ref_lr,
-            factor=f,
-            pooling=st.pooling,
-            downscaled=only_down["precip"],
-            extra_hr=extra,
-        ),
-        args.output / "downscale",
-        seed=args.seed,
-        baselines=("nearest", "bilinear", "bicubic", "rainfarm"),
-        title="Skill on the MRMS test band: Stage II on the max-pooled radar (10x downscaling)",
-    )
-    summary["downscale"] = {"rows": rows, "seconds": t_down}
-
-    nfe_rows = []
-    for sampler in ("dpmpp_2m", "heun"):
-        for steps in args.nfe_steps:
-            if sampler == "heun" and steps < 2:
-                continue
-            s2 = SamplerSettings(sampler=sampler, steps=steps)
-            o2 = PredictOptions(members=4, correct=s2, downscale=s2, seed=args.seed, window=256)
-            t0 = time.perf_counter()
-            pred = Pipeline(None, down).predict(ref_lr.isel(time=[0]), o2)["precip"]
-            secs = time.perf_counter() - t0
-            m = evaluate_fields(pred, ref_hr.isel(time=[0]), scales_px=(1, 4, 16))
-            nfe_rows.append(
-                {
-                    "sampler": sampler,
-                    "steps": steps,
-                    "nfe": down.nfe(s2),
-                    "crps_fair": m["crps_fair"],
-                    "crps_ecdf": m["crps_ecdf"],
-                    "spread_skill_ratio": m["spread_skill_ratio"],
-                    "seconds": secs,
-                }
+    summary_path = args.output / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    meta = summary.setdefault("meta", {})
+    for exp in todo:
+        if exp == "chain":
+            summary[exp] = chain(args, opts, stages)
+        elif exp == "downscale":
+            summary[exp] = downscale(
+                args, opts, stages, store=args.store, down=stages["downscale"], name="downscale"
             )
-    summary["nfe"] = nfe_rows
-    meta = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
-        "store": str(args.store),
-        "times": args.times,
-        "rows_lr": args.rows,
-        "members": args.members,
-        "steps": args.steps,
-        "weights": [str(wc), str(wd)],
-    }
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "summary.json").write_text(
-        json.dumps({"meta": meta, **summary}, indent=1, default=float)
-    )
-    print(json.dumps(meta))
-    print("| sampler | steps | NFE | CRPS fair | CRPS ecdf | spread-skill | s (4 members) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in nfe_rows:
-        print(
-            f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['crps_fair']:.4f} | "
-            f"{r['crps_ecdf']:.4f} | {r['spread_skill_ratio']:.2f} | {r['seconds']:.1f} |"
-        )
+        elif exp == "nfe":
+            summary[exp] = nfe_sweep(args, stages)
+        elif exp == "real_pair":
+            if args.real_pair is None:
+                raise SystemExit("--experiments real_pair needs --real-pair STORE")
+            summary[exp] = real_pair(args, opts, stages)
+        elif exp == "downscale_mean":
+            if args.mean_store is None or args.weights_downscale_mean is None:
+                raise SystemExit("downscale_mean needs --mean-store and --weights-downscale-mean")
+            summary[exp] = downscale(
+                args,
+                opts,
+                stages,
+                store=args.mean_store,
+                down=Stage.load(args.weights_downscale_mean),
+                name="downscale_mean",
+            )
+        meta[exp] = {
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+            "store": str(
+                args.mean_store
+                if exp == "downscale_mean"
+                else args.real_pair
+                if exp == "real_pair"
+                else args.store
+            ),
+            "times": args.times,
+            "rows_lr": args.rows,
+            "members": args.members,
+            "steps": args.steps,
+            "weights": [
+                str(wc),
+                str(wd),
+                str(args.weights_downscale_mean),
+                str(args.weights_correct_pair),
+            ],
+        }
+        args.output.mkdir(parents=True, exist_ok=True)
+        tmp = summary_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=1, default=float))
+        tmp.replace(summary_path)
+        print(f"{exp}: done ({meta[exp]['date']})", flush=True)
+    if "nfe" in todo:
+        print("| sampler | steps | NFE | CRPS fair | CRPS ecdf | spread-skill | s (4 members) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in summary["nfe"]:
+            print(
+                f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['crps_fair']:.4f} | "
+                f"{r['crps_ecdf']:.4f} | {r['spread_skill_ratio']:.2f} | {r['seconds']:.1f} |"
+            )
 
 
 if __name__ == "__main__":

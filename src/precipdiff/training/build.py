@@ -91,9 +91,10 @@ def load_mean_net(cfg: RunConfig, store: Any, device: torch.device) -> nn.Module
 def init_from_release(cfg: RunConfig, net: nn.Module, store: Any) -> None:
     """Start ``net`` from the release weights of ``train.init_from`` (fine-tuning).
 
-    The weights must be of the same stage, network configuration and precipitation transform;
-    the store may differ (a new region or period is the point of fine-tuning). CheckpointError
-    otherwise, naming the file and what differs.
+    The weights must be of the same stage, network configuration and kind of precipitation
+    transform; the store may differ (a new region or period is the point of fine-tuning), so the
+    transform's data-derived scale may differ too: that is logged, and the run's release carries
+    the new store's transform. CheckpointError otherwise, naming the file and what differs.
     """
     path = cfg.train.init_from
     tensors, meta = ckpt.load_weights(path)
@@ -106,10 +107,13 @@ def init_from_release(cfg: RunConfig, net: nn.Module, store: Any) -> None:
     if differ:
         raise CheckpointError(f"{path}: train.init_from network differs in "
                               + ", ".join(f"{k} ({theirs.get(k)} vs {ours[k]})" for k in differ))
-    mine = json.dumps(dict(store.attrs["transform"]), sort_keys=True)
-    if json.dumps(json.loads(meta["transform"]), sort_keys=True) != mine:
-        raise CheckpointError(f"{path}: train.init_from was trained with transform "
-                              f"{meta['transform']}, the store {store.path} uses {mine}")
+    old_t, new_t = json.loads(meta["transform"]), dict(store.attrs["transform"])
+    if old_t.get("kind") != new_t.get("kind"):
+        raise CheckpointError(f"{path}: train.init_from was trained with a {old_t.get('kind')!r} "
+                              f"transform, the store {store.path} uses {new_t.get('kind')!r}")
+    if json.dumps(old_t, sort_keys=True) != json.dumps(new_t, sort_keys=True):
+        log.warning("train.init_from: transform parameters differ (%s -> %s); the network adapts "
+                    "while fine-tuning", old_t, new_t)
     try:
         net.load_state_dict(ckpt.split_mean_net(tensors)[0])
     except RuntimeError as exc:
