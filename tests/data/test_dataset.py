@@ -193,3 +193,14 @@ def test_extras_become_cond_channels(S, tmp_path):
     no = PatchDataset(out, split="train", stage="downscale", patch=16, samples_per_epoch=4,
                       include_extras=False)
     assert no[0]["cond"].shape == (1, 16, 16)
+
+
+def test_rain_weighting_looks_at_the_input_not_the_target(small_store):
+    """Patches are chosen by the conditioning field only (choosing by the target would bias the
+    learnt conditional): with rain_weighted=1 every correct-stage patch holds a wet source cell."""
+    h = open_store(small_store)
+    T = h.transform
+    ds = PatchDataset(small_store, split="train", stage="correct", patch=2,
+                      samples_per_epoch=300, seed=3, rain_weighted=1.0, augment=False)
+    src_wet = [bool((T.inverse(ds[i]["base"]) > 0.1).any()) for i in range(300)]
+    assert all(src_wet)

@@ -52,8 +52,9 @@ class PatchLocation(NamedTuple):
 class PatchDataset(Dataset):
     """Random ``patch x patch`` samples of one split and stage; ``len = samples_per_epoch``.
 
-    ``rain_weighted``: fraction of patches centred on a wet pixel (a coarse reference cell
-    above ``wet_threshold`` mm/h; on the fine grid a random fine pixel inside it).
+    ``rain_weighted``: fraction of patches centred on a wet pixel of the network's input (a
+    source cell for ``correct``, a coarse reference cell for the fine stages, above
+    ``wet_threshold`` mm/h; on the fine grid a random fine pixel inside it).
     ``augment``: one of the 8 flips/rotations (dihedral group), the same for every tensor.
     """
 
@@ -137,14 +138,14 @@ class PatchDataset(Dataset):
         x0, x1 = self.x_lr
         return np.asarray(self._arrays[name][int(self.times[ti]), :, x0:x1])
 
-    def _centre(self, rng: np.random.Generator, ref_lr: np.ndarray, f: int) -> tuple[int, int]:
+    def _centre(self, rng: np.random.Generator, lr: np.ndarray, f: int) -> tuple[int, int]:
         """Patch centre (band-relative cells of the stage grid): wet-weighted or uniform."""
         if rng.random() < self.rain_weighted:
-            wet = np.flatnonzero(ref_lr > self.wet_threshold)
+            wet = np.flatnonzero(lr > self.wet_threshold)
             if wet.size:
-                i, j = divmod(int(wet[rng.integers(wet.size)]), ref_lr.shape[1])
+                i, j = divmod(int(wet[rng.integers(wet.size)]), lr.shape[1])
                 return i * f + int(rng.integers(f)), j * f + int(rng.integers(f))
-        return int(rng.integers(ref_lr.shape[0] * f)), int(rng.integers(ref_lr.shape[1] * f))
+        return int(rng.integers(lr.shape[0] * f)), int(rng.integers(lr.shape[1] * f))
 
     def locate(self, index: int) -> PatchLocation:
         """Where sample ``index`` comes from (without reading the patch).
@@ -162,11 +163,14 @@ class PatchDataset(Dataset):
         ti = int(rng.integers(self.times.size))
         k = int(rng.integers(8)) if self.augment else 0
         f = 1 if self.stage == "correct" else self.factor
-        ref_lr = self._lr("ref_lr", ti)
-        cy, cx = self._centre(rng, ref_lr, f)
+        # Wet-centring looks at the network's *input* only (the source for ``correct``, the
+        # coarse reference for the fine stages): choosing patches by the target would bias the
+        # conditional distribution the model learns (wetter targets than the input implies).
+        lr = self._lr("src_lr" if self.stage == "correct" else "ref_lr", ti)
+        cy, cx = self._centre(rng, lr, f)
         p = self.patch
-        y0 = min(max(cy - p // 2, 0), ref_lr.shape[0] * f - p)
-        x0 = min(max(cx - p // 2, 0), ref_lr.shape[1] * f - p)
+        y0 = min(max(cy - p // 2, 0), lr.shape[0] * f - p)
+        x0 = min(max(cx - p // 2, 0), lr.shape[1] * f - p)
         return PatchLocation(int(self.times[ti]), ti, y0, self.x_lr[0] * f + x0, k)
 
     # ------------------------------------------------------------------ samples
