@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from precipdiff.diffusion import get_sampler, karras_sigmas, nfe
@@ -35,7 +36,9 @@ log = logging.getLogger("bench_unet")
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one call (multiply-add = 2 FLOPs), as counted by FlopCounterMode."""
     counter = FlopCounterMode(display=False)
-    with counter:
+    # the unfused math path, so that attention's matmuls are counted (FlopCounterMode has no
+    # formula for the fused CPU flash kernel and would silently leave them out)
+    with counter, sdpa_kernel(SDPBackend.MATH):
         fn()
     return counter.get_total_flops()
 
