@@ -13,10 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from precipdiff.errors import ConfigError
-from precipdiff.yamlfile import read_yaml_mapping
+from precipdiff.yamlfile import apply_overrides, read_yaml_mapping
 
 POOLINGS = ("max", "mean")
 REGRID = ("none", "bilinear", "conservative")
@@ -196,26 +194,6 @@ class PrepareConfig:
             raise ConfigError(f"prepare config: {exc}") from exc
         except (ValueError, AttributeError) as exc:
             raise ConfigError(f"prepare config: invalid value ({exc})") from exc
-
-
-def apply_overrides(d: dict[str, Any], sets: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key=value`` / ``a.b=value`` overrides (values parsed as YAML) to a copy of ``d``."""
-    out = json.loads(json.dumps(d))
-    for item in sets:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
-        node, parts = out, key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p} is not a mapping")
-        node[parts[-1]] = value
-    return out
 
 
 def load_prepare_config(path: str | os.PathLike, sets: Sequence[str] = ()) -> PrepareConfig:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from precipdiff.errors import ConfigError
-from precipdiff.yamlfile import read_yaml_mapping
+from precipdiff.yamlfile import apply_overrides, parse_override, read_yaml_mapping
 
 Stage = Literal["correct", "downscale", "regression"]
 
@@ -301,36 +301,20 @@ def _resolve(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def parse_override(item: str) -> tuple[str, str, Any]:
-    """``"optim.lr=1e-4"`` → ``("optim", "lr", "1e-4")`` with the value parsed as YAML."""
-    key, sep, raw = item.partition("=")
-    parts = key.strip().split(".")
-    if not sep or len(parts) != 2 or not all(parts):
-        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. optim.lr=1e-4")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML ({exc})") from None
-    return parts[0], parts[1], value
-
-
 def load_config(path: str | Path | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read ``path`` (YAML, optional), apply ``section.key=value`` overrides, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
         raw = read_yaml_mapping(path, "run config")
-    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for item in overrides:
-        section, key, value = parse_override(item)
+        section = parse_override(item)[0][0]
         if section not in SECTIONS:
             raise ConfigError(
                 f"--set {item!r}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
+        if not isinstance(raw.get(section, {}), dict):
             raise ConfigError(f"{section}: expected a mapping, got {type(raw[section]).__name__}")
-        raw[section][key] = value
-    return RunConfig.from_dict(raw)
+    return RunConfig.from_dict(apply_overrides(raw, overrides, depth=2))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> Path:
