@@ -248,6 +248,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs=2, default=[30, 70], help="coarse rows of the band")
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--sampler", default="dpmpp_2m", help="sampler of the main experiments")
     ap.add_argument("--nfe-steps", type=int, nargs="*", default=[2, 4, 8, 16])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -296,7 +297,7 @@ def main() -> None:
         for e in EXPERIMENTS
         if (e != "real_pair" or args.real_pair) and (e != "downscale_mean" or args.mean_store)
     ]
-    s = SamplerSettings(sampler="dpmpp_2m", steps=args.steps)
+    s = SamplerSettings(sampler=args.sampler, steps=args.steps)
     opts = PredictOptions(members=args.members, correct=s, downscale=s, seed=args.seed, window=256)
     summary_path = args.output / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -338,6 +339,7 @@ def main() -> None:
             "times": args.times,
             "rows_lr": args.rows,
             "members": args.members,
+            "sampler": args.sampler,
             "steps": args.steps,
             "weights": [
                 str(wc),
