@@ -39,10 +39,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 from precipdiff.models import UNet, UNetConfig, count_parameters
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_unet import count_flops  # noqa: E402  (sibling script: one FLOP-counting rule)
 
 log = logging.getLogger("bench_peer")
 
@@ -93,15 +94,6 @@ def matched_pair(SongUNet, size: int, cfg: UNetConfig, amp_mode: bool = False):
         amp_mode=amp_mode,
     ).eval()
     return ours, theirs
-
-
-def flops_of(fn) -> int:
-    counter = FlopCounterMode(display=False)
-    # the unfused math path, so that attention's matmuls are counted (FlopCounterMode has no
-    # formula for the fused CPU flash kernel and would silently leave them out)
-    with counter, sdpa_kernel(SDPBackend.MATH):
-        fn()
-    return counter.get_total_flops()
 
 
 def bench_forward(SongUNet, size: int, batch: int, repeats: int) -> list[dict]:
@@ -168,8 +160,8 @@ def describe_pair(SongUNet, sizes: list[int], batch: int) -> dict:
             "params": {"precipdiff": count_parameters(ours),
                        "physicsnemo": sum(p.numel() for p in theirs.parameters())},
             "gflop": {
-                "precipdiff": flops_of(lambda o=ours, x=x, c=c: o(x, c, x)) / 1e9,
-                "physicsnemo": flops_of(lambda t=theirs, xc=xc, c=c: t(xc, c)) / 1e9,
+                "precipdiff": count_flops(lambda o=ours, x=x, c=c: o(x, c, x)) / 1e9,
+                "physicsnemo": count_flops(lambda t=theirs, xc=xc, c=c: t(xc, c)) / 1e9,
             },
         }
     return out
@@ -177,17 +169,6 @@ def describe_pair(SongUNet, sizes: list[int], batch: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # 2. network evaluations for the same skill
-
-
-class CountingDenoiser:
-    """Wraps a denoiser ``D(x, sigma, cond)`` and counts its calls (one call = one NFE)."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, x, sigma, cond=None):
-        self.calls += 1
-        return self.fn(x, sigma, cond)
 
 
 class _PeerNet:
@@ -223,7 +204,6 @@ def peer_sampler(stochastic_sampler, num_steps: int, sigma_max: float):
 def bench_sampler(stochastic_sampler, args) -> list[dict]:
     import precipdiff.diffusion.samplers as samplers_mod
     import precipdiff.pipeline.stage as stage_mod
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_skill import load_split  # sibling script: the same test band as the skill run
     from precipdiff.evaluation.report import evaluate_fields
     from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage

@@ -61,6 +61,15 @@ def _store_identity(store: Any) -> dict[str, str]:
             "transform": json.dumps(dict(store.attrs["transform"]), sort_keys=True)}
 
 
+def _load_net_state(net: nn.Module, tensors: dict[str, torch.Tensor], path: Any) -> None:
+    """Load the main network's tensors of a release file into ``net`` (CheckpointError if they
+    do not fit)."""
+    try:
+        net.load_state_dict(ckpt.split_mean_net(tensors)[0])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit their model config ({exc})") from None
+
+
 def load_mean_net(cfg: RunConfig, store: Any, device: torch.device) -> nn.Module:
     """The frozen regression net of ``train.mean_from``; CheckpointError if it does not fit."""
     from precipdiff.models.unet import UNet, UNetConfig
@@ -78,10 +87,7 @@ def load_mean_net(cfg: RunConfig, store: Any, device: torch.device) -> nn.Module
     fields = {k: tuple(v) if isinstance(v, list) else v
               for k, v in json.loads(meta["model"]).items()}
     net = UNet(UNetConfig(**fields))
-    try:
-        net.load_state_dict(ckpt.split_mean_net(tensors)[0])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit their model config ({exc})") from None
+    _load_net_state(net, tensors, path)
     if net.cfg.cond_channels != cfg.model.cond_channels:
         raise CheckpointError(f"{path}: regression net takes {net.cfg.cond_channels} conditioning "
                               f"channels, the store gives {cfg.model.cond_channels}")
@@ -114,10 +120,7 @@ def init_from_release(cfg: RunConfig, net: nn.Module, store: Any) -> None:
     if json.dumps(old_t, sort_keys=True) != json.dumps(new_t, sort_keys=True):
         log.warning("train.init_from: transform parameters differ (%s -> %s); the network adapts "
                     "while fine-tuning", old_t, new_t)
-    try:
-        net.load_state_dict(ckpt.split_mean_net(tensors)[0])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit their model config ({exc})") from None
+    _load_net_state(net, tensors, path)
     log.info("initialised from %s", path)
 
 
