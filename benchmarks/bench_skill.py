@@ -37,7 +37,8 @@ import xarray as xr
 from precipdiff.baselines import get_baseline
 from precipdiff.data.store import open_store
 from precipdiff.evaluation.report import evaluate_fields
-from precipdiff.evaluation.run import VerificationInputs, verify
+from precipdiff.evaluation.run import VerificationInputs, baseline_predictions, verify
+from precipdiff.evaluation.spatial import subgrid_event_fraction
 from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
 from precipdiff.pipeline.shipped import shipped_weights
 
@@ -182,6 +183,14 @@ def downscale(
     if regression is not None and regression.pooling == st.pooling:
         reg = Pipeline(None, regression).predict(ref_lr, replace(opts, members=1))["precip"]
         extra["regression-only"] = reg.isel(member=0, drop=True)
+    baselines = baseline_predictions(ref_lr, st.factor, ("bilinear", "rainfarm"), seed=args.seed)
+    subgrid = subgrid_table(
+        store,
+        {**baselines, **extra, "precipdiff Stage II": only_down["precip"]},
+        ref_lr,
+        ref_hr,
+        args.output / name / "subgrid_wet_fraction.md",
+    )
     _, rows = verify(
         VerificationInputs(
             truth_hr=ref_hr,
@@ -197,7 +206,54 @@ def downscale(
         title=f"Skill on the MRMS test band: Stage II on the {st.pooling}-pooled radar "
         f"({st.factor}x downscaling)",
     )
-    return {"rows": rows, "seconds": seconds}
+    return {"rows": rows, "seconds": seconds, "subgrid_wet_fraction": subgrid}
+
+
+SUBGRID_EDGES = (1.0, 2.0, 5.0, 20.0)  # coarse-cell bins (mm/h) of the sub-grid table
+
+
+def _fraction_row(fine: xr.DataArray, coarse: xr.DataArray, factor: int) -> list[float]:
+    lead = [d for d in fine.dims if d not in ("time", "lat", "lon")]
+    values = fine.transpose(*lead, "time", "lat", "lon").values
+    return subgrid_event_fraction(
+        values, coarse.values, factor=factor, threshold=1.0, edges=SUBGRID_EDGES
+    ).tolist()
+
+
+def subgrid_table(
+    store: Path,
+    preds: dict[str, xr.DataArray],
+    ref_lr: xr.DataArray,
+    ref_hr: xr.DataArray,
+    path: Path,
+) -> dict:
+    """Fraction of 1-km pixels >= 1 mm/h inside a coarse cell, by the cell's value.
+
+    Rows: the truth of each split band over every time step of the store (how the sub-grid
+    wet area differs between the training and the test regions), then the truth and each
+    method on the evaluated test band. Written as markdown to ``path``.
+    """
+    st = open_store(store)
+    out: dict[str, list[float]] = {}
+    for split in ("train", "val", "test"):
+        _, _, lr, hr = load_split(store, split, list(range(len(st.times))), None)
+        out[f"truth, {split} band, all {len(st.times)} times"] = _fraction_row(hr, lr, st.factor)
+    out["truth, evaluated test rows/times"] = _fraction_row(ref_hr, ref_lr, st.factor)
+    for name, pred in preds.items():
+        out[name] = _fraction_row(pred, ref_lr, st.factor)
+    bins = [f"({a:g}, {b:g}]" for a, b in zip(SUBGRID_EDGES[:-1], SUBGRID_EDGES[1:], strict=True)]
+    lines = [
+        f"Fraction of 1-km pixels >= 1 mm/h inside a {st.pooling}-pooled cell, by the cell's "
+        "value (mm/h)",
+        "",
+        "| rows | " + " | ".join(bins) + " |",
+        "|---|" + "---:|" * len(bins),
+    ]
+    lines += [f"| {k} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for k, row in out.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    return out
 
 
 def nfe_sweep(args: argparse.Namespace, stages: dict) -> list[dict]:

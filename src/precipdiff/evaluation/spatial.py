@@ -28,6 +28,7 @@ __all__ = [
     "fss",
     "fss_sums",
     "scores_from_table",
+    "subgrid_event_fraction",
 ]
 
 SPATIAL_DIMS = ("lat", "lon")
@@ -157,3 +158,36 @@ def categorical_scores(fcst: xr.DataArray, obs: xr.DataArray, *, threshold: floa
     table = contingency_table(fcst, obs, threshold=threshold, reduce_dims=reduce_dims,
                               preserve_dims=preserve_dims)
     return scores_from_table(table).assign_attrs(threshold=threshold)
+
+
+# ----------------------------------------------------------------------------- sub-grid
+def subgrid_event_fraction(fine: np.ndarray, coarse: np.ndarray, *, factor: int,
+                           threshold: float, edges: Sequence[float]) -> np.ndarray:
+    """Mean fraction of fine pixels ``>= threshold`` inside a coarse cell, binned by its value.
+
+    ``fine`` has shape ``(..., Y * factor, X * factor)`` (leading axes, e.g. members, are
+    averaged), ``coarse`` ``(T, Y, X)`` or ``(Y, X)`` matching the trailing axes of ``fine``
+    after block reduction. Coarse cells with ``edges[i] < value <= edges[i+1]`` (mm/h) fall in
+    bin ``i``; returns shape ``(len(edges) - 1,)``, NaN for an empty bin. Cells with any
+    missing fine pixel are skipped. This is the downscaler's sub-grid wet-area statistic: a
+    10x max-pooled cell of 1-2 mm/h may hold a single shower or widespread light rain.
+    """
+    fine = np.asarray(fine, dtype=np.float64)
+    coarse = np.asarray(coarse, dtype=np.float64)
+    *lead, ny, nx = fine.shape
+    if ny % factor or nx % factor or coarse.shape[-2:] != (ny // factor, nx // factor):
+        raise ValueError(f"fine {fine.shape} is not coarse {coarse.shape} x factor {factor}")
+    blocks = fine.reshape(*lead, ny // factor, factor, nx // factor, factor)
+    ok = np.isfinite(blocks).all(axis=(-3, -1))
+    frac = (np.nan_to_num(blocks, nan=-np.inf) >= threshold).mean(axis=(-3, -1))
+    n_extra = frac.ndim - coarse.ndim
+    if n_extra < 0 or frac.shape[n_extra:] != coarse.shape:
+        raise ValueError(f"fine {fine.shape} does not end with coarse {coarse.shape} x {factor}")
+    frac = np.where(ok, frac, np.nan).reshape(-1, *coarse.shape).mean(axis=0)
+    edges = np.asarray(edges, dtype=np.float64)
+    out = np.full(edges.size - 1, np.nan)
+    for i in range(edges.size - 1):
+        sel = (coarse > edges[i]) & (coarse <= edges[i + 1]) & np.isfinite(frac)
+        if sel.any():
+            out[i] = frac[sel].mean()
+    return out
