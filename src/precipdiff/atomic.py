@@ -20,6 +20,18 @@ def _umask() -> int:
     return mask
 
 
+def replace_dir(new: Path, target: Path) -> None:
+    """Put the complete directory ``new`` at ``target``; an existing ``target`` is moved aside
+    first and deleted only after the rename, so ``target`` always holds a complete tree."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
@@ -38,13 +50,7 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
     try:
         yield tmp
         if is_dir:
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
+            replace_dir(tmp, target)
         else:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())

@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 
 from precipdiff import __version__
-from precipdiff.atomic import atomic_path
+from precipdiff.atomic import atomic_path, replace_dir
 from precipdiff.data import pairing
 from precipdiff.data.frames import DONE_DIR, STAGE_DIR, done_marker, padded, run_task
 from precipdiff.data.prepare_config import PrepareConfig, apply_overrides, load_prepare_config
@@ -312,13 +312,7 @@ def _publish(partial: Path, out: Path) -> None:
     shutil.rmtree(partial / STAGE_DIR, ignore_errors=True)
     (partial / PLAN_FILE).unlink(missing_ok=True)
     zarr.open_group(str(partial), mode="r+").attrs.update({"complete": True})
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, out)
+    replace_dir(partial, out)
 
 
 def _pool(workers: int) -> cf.ProcessPoolExecutor:
