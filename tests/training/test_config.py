@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -80,13 +81,13 @@ def test_unet_config_fields():
     assert unet.cond_channels == 3 and unet.model_channels == 8
 
 
-@pytest.mark.parametrize("name", ["train_correct", "train_downscale", "train_regression",
-                                  "shipped_stage1_correct", "shipped_stage2_downscale"])
-def test_example_configs_are_valid(name):
-    from pathlib import Path
+_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-    path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
-    if not path.is_file():
-        pytest.skip(f"{path} absent")
+
+@pytest.mark.parametrize(
+    "path", sorted(p for p in _CONFIGS.glob("*.yaml") if not p.name.startswith("prepare_")),
+    ids=lambda p: p.stem,
+)
+def test_example_configs_are_valid(path):
     cfg = load_config(path, [])
     assert cfg.total_samples > 0
