@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pipeline.py     # shipped weights, 16 members, 12 steps
     python benchmarks/bench_pipeline.py --sizes 200 400 800 --scaling-members 4
+    python benchmarks/bench_pipeline.py --window 512 --tile 256 512 --members 4   # network tile
 
 Each measurement runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its
 own. The input is a synthetic scene (the demo's generator); timing does not depend on the content.
@@ -21,8 +22,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 
-def child(size: int, members: int, steps: int, window: int, out: Path) -> dict:
+
+def child(size: int, members: int, steps: int, window: int, tile: int | None, out: Path) -> dict:
     import torch
 
     from precipdiff.demo import FACTOR, demo_scene
@@ -45,7 +48,9 @@ def child(size: int, members: int, steps: int, window: int, out: Path) -> dict:
         _, src = demo_scene(0, shape=(size, size))
         size = size * size
     s = SamplerSettings(sampler="dpmpp_2m", steps=steps)
-    opts = PredictOptions(members=members, correct=s, downscale=s, window=window, member_batch=8)
+    opts = PredictOptions(
+        members=members, correct=s, downscale=s, window=window, tile=tile, member_batch=8
+    )
     t0 = time.perf_counter()
     predict_to_file(pipe, src, out, opts)
     wall = time.perf_counter() - t0
@@ -60,10 +65,12 @@ def child(size: int, members: int, steps: int, window: int, out: Path) -> dict:
         "nfe_per_stage": steps,
         "hr_pixels": size,
         "factor": FACTOR,
+        "window": window,
+        "tile": tile,
     }
 
 
-def run_child(size: int, members: int, steps: int, window: int) -> dict:
+def run_child(size: int, members: int, steps: int, window: int, tile: int | None) -> dict:
     out = Path(f"/tmp/bench_pipeline_{os.getpid()}_{size}.nc")
     cmd = [
         sys.executable,
@@ -78,6 +85,7 @@ def run_child(size: int, members: int, steps: int, window: int) -> dict:
         str(window),
         "--out",
         str(out),
+        *(["--tile", str(tile)] if tile else []),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -90,8 +98,18 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=16)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--window", type=int, default=256)
+    ap.add_argument(
+        "--tile",
+        type=int,
+        nargs="*",
+        default=None,
+        help="network tile sizes to compare (px) on a --tile-domain km domain; default: the "
+        "stage's own",
+    )
+    ap.add_argument("--tile-domain", type=int, default=512, help="domain side (km) of --tile")
     ap.add_argument("--sizes", type=int, nargs="*", default=[200, 400, 800])
     ap.add_argument("--scaling-members", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the --tile comparison")
     ap.add_argument(
         "--conus",
         action="store_true",
@@ -99,17 +117,23 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.members, args.steps, args.window, args.out)))
+        tile = args.tile[0] if args.tile else None
+        print(json.dumps(child(args.child, args.members, args.steps, args.window, tile, args.out)))
+        return
+    if args.tile:
+        tile_table(args)
         return
     if args.conus:
-        r = run_child(-1, 1, args.steps, args.window)
+        r = run_child(-1, 1, args.steps, args.window, None)
         print(
             f"CONUS 3500x7000 fine grid, 1 member, {args.steps} steps/stage, window "
             f"{args.window}: {r['wall_s']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB"
         )
         return
-    head = run_child(200, args.members, args.steps, args.window)
-    scaling = [run_child(s, args.scaling_members, args.steps, args.window) for s in args.sizes]
+    head = run_child(200, args.members, args.steps, args.window, None)
+    scaling = [
+        run_child(s, args.scaling_members, args.steps, args.window, None) for s in args.sizes
+    ]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"### Pipeline speed and memory — {now}\n")
     print(
@@ -136,6 +160,35 @@ def main() -> None:
             f"| {r['hr_pixels'] / base['hr_pixels']:.0f} | {r['wall_s'] / base['wall_s']:.2f} | "
             f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} |"
         )
+
+
+def tile_table(args: argparse.Namespace) -> None:
+    """``--tile-domain`` km square, ``--members`` members: time and memory per network tile.
+
+    Runs are interleaved (each tile size once per round, ``--rounds`` rounds) so that changes
+    in the machine's load hit every size alike; the table gives the median per size.
+    """
+    runs: dict[int, list[dict]] = {t: [] for t in args.tile}
+    for _ in range(args.rounds):
+        for t in args.tile:
+            runs[t].append(run_child(args.tile_domain, args.members, args.steps, args.window, t))
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"### Network tile size — {now}\n")
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}; threads {os.environ.get('BENCH_THREADS', '2')}; domain "
+        f"{args.tile_domain} x {args.tile_domain} km; window {args.window}; "
+        f"{args.members} members, {args.steps} steps/stage; median of "
+        f"{args.rounds}\n"
+    )
+    print("| tile (px) | wall s | time x (vs first) | peak RSS MB |")
+    print("|---:|---:|---:|---:|")
+    base = None
+    for t in args.tile:
+        wall = float(np.median([r["wall_s"] for r in runs[t]]))
+        rss = max(r["peak_rss_mb"] for r in runs[t])
+        base = base or wall
+        print(f"| {t} | {wall:.1f} | {wall / base:.2f} | {rss:.0f} |")
 
 
 if __name__ == "__main__":

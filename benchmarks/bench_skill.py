@@ -15,6 +15,8 @@ Experiments, all on the store's *test* band (never seen in training), at a few t
 * ``nfe``: Stage II CRPS and time versus sampler steps (how few steps keep the skill).
 * ``real_pair`` (with ``--real-pair``): Stage I on MRMS radar-only -> gauge-corrected.
 * ``downscale_mean`` (with ``--mean-store``): Stage II trained and scored on mean-pooled radar.
+* ``chain_mean`` (with ``--mean-store`` and ``--weights-correct-mean``): ``chain`` with both
+  stages trained on the mean-pooled radar (Stage I scored against the block mean).
 
 Weights default to the shipped ones (``--weights-correct/--weights-downscale`` to override).
 Writes ``report.md`` + CSV + figures per experiment under ``--output`` and prints a summary.
@@ -126,17 +128,32 @@ def real_pair(args: argparse.Namespace, opts: PredictOptions, stages: dict) -> d
     return rows
 
 
-def chain(args: argparse.Namespace, opts: PredictOptions, stages: dict) -> dict:
+def chain(
+    args: argparse.Namespace,
+    opts: PredictOptions,
+    stages: dict,
+    *,
+    store: Path,
+    correct: Stage,
+    down: Stage,
+    name: str,
+) -> dict:
     """Emulated satellite -> Stage I -> Stage II, against the baselines (Stage I and I+II)."""
-    st, src, _, ref_hr = load_split(args.store, "test", args.times, tuple(args.rows))
-    correct, down, regression = stages["correct"], stages["downscale"], stages["regression"]
-    qm, qm_fine = fit_qm(args.store, st.pooling), fit_qm(args.store, "mean")
+    st, src, _, ref_hr = load_split(store, "test", args.times, tuple(args.rows))
+    for stage, factor in ((correct, 1), (down, st.factor)):  # Stage I: on the coarse grid
+        if stage.pooling != st.pooling or stage.factor != factor:
+            raise SystemExit(
+                f"{stage.source}: trained for {stage.pooling} pooling x{stage.factor}, "
+                f"but {store} is {st.pooling} pooling x{st.factor}"
+            )
+    regression = stages["regression"]
+    qm, qm_fine = fit_qm(store, st.pooling), fit_qm(store, "mean")
     t0 = time.perf_counter()
     out = Pipeline(correct, down).predict(src, opts)
     seconds = time.perf_counter() - t0
     mass = Pipeline(correct, down).predict(src, replace(opts, mass_consistent=True))["precip"]
     extra = {"precipdiff I+II, mass-consistent": mass}
-    if regression is not None:
+    if regression is not None and regression.pooling == st.pooling:
         reg = Pipeline(None, regression).predict(src, replace(opts, members=1))["precip"]
         extra["regression-only (on raw input)"] = reg.isel(member=0, drop=True)
     _, rows = verify(
@@ -149,12 +166,13 @@ def chain(args: argparse.Namespace, opts: PredictOptions, stages: dict) -> dict:
             downscaled=out["precip"],
             extra_hr=extra,
         ),
-        args.output / "chain",
+        args.output / name,
         qm=qm,
         qm_fine=qm_fine,
         seed=args.seed,
         baselines=("nearest", "bilinear", "bicubic", "qm", "rainfarm"),
-        title="Skill on the MRMS test band: emulated satellite -> Stage I -> Stage II",
+        title="Skill on the MRMS test band: emulated satellite -> Stage I -> Stage II "
+        f"({st.pooling}-pooled reference)",
     )
     return {"rows": rows, "seconds": seconds}
 
@@ -292,7 +310,7 @@ def nfe_sweep(args: argparse.Namespace, stages: dict) -> list[dict]:
     return out
 
 
-EXPERIMENTS = ("chain", "downscale", "nfe", "real_pair", "downscale_mean")
+EXPERIMENTS = ("chain", "downscale", "nfe", "real_pair", "downscale_mean", "chain_mean")
 
 
 def main() -> None:
@@ -339,6 +357,12 @@ def main() -> None:
         help="a Stage II trained on --mean-store (configs/stage2_downscale_meanpool.yaml)",
     )
     ap.add_argument(
+        "--weights-correct-mean",
+        type=Path,
+        default=None,
+        help="a Stage I trained on --mean-store (configs/stage1_correct_meanpool.yaml)",
+    )
+    ap.add_argument(
         "--experiments",
         nargs="+",
         choices=EXPERIMENTS,
@@ -358,7 +382,9 @@ def main() -> None:
     todo = args.experiments or [
         e
         for e in EXPERIMENTS
-        if (e != "real_pair" or args.real_pair) and (e != "downscale_mean" or args.mean_store)
+        if (e != "real_pair" or args.real_pair)
+        and (e != "downscale_mean" or args.mean_store)
+        and (e != "chain_mean" or args.weights_correct_mean)
     ]
     s = SamplerSettings(sampler=args.sampler, steps=args.steps)
     opts = PredictOptions(members=args.members, correct=s, downscale=s, seed=args.seed, window=256)
@@ -367,7 +393,30 @@ def main() -> None:
     meta = summary.setdefault("meta", {})
     for exp in todo:
         if exp == "chain":
-            summary[exp] = chain(args, opts, stages)
+            summary[exp] = chain(
+                args,
+                opts,
+                stages,
+                store=args.store,
+                correct=stages["correct"],
+                down=stages["downscale"],
+                name="chain",
+            )
+        elif exp == "chain_mean":
+            if None in (args.mean_store, args.weights_correct_mean, args.weights_downscale_mean):
+                raise SystemExit(
+                    "chain_mean needs --mean-store, --weights-correct-mean and "
+                    "--weights-downscale-mean"
+                )
+            summary[exp] = chain(
+                args,
+                opts,
+                stages,
+                store=args.mean_store,
+                correct=Stage.load(args.weights_correct_mean),
+                down=Stage.load(args.weights_downscale_mean),
+                name="chain_mean",
+            )
         elif exp == "downscale":
             summary[exp] = downscale(
                 args, opts, stages, store=args.store, down=stages["downscale"], name="downscale"
@@ -394,7 +443,7 @@ def main() -> None:
             "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
             "store": str(
                 args.mean_store
-                if exp == "downscale_mean"
+                if exp in ("downscale_mean", "chain_mean")
                 else args.real_pair
                 if exp == "real_pair"
                 else args.store
@@ -409,6 +458,7 @@ def main() -> None:
                 str(wd),
                 str(args.weights_downscale_mean),
                 str(args.weights_correct_pair),
+                str(args.weights_correct_mean),
             ],
         }
         args.output.mkdir(parents=True, exist_ok=True)
