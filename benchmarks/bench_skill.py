@@ -6,7 +6,8 @@ max-pooled reference, disjoint train | val | test column bands), then run:
     precipdiff prepare --config configs/prepare_mrms_emulated.yaml --output stores/mrms_emul.zarr
     python benchmarks/bench_skill.py --store stores/mrms_emul.zarr --output benchmarks/results/skill
 
-Experiments, all on the store's *test* band (never seen in training), at a few time steps:
+Experiments on the store's *test* band (never seen in training; ``stage1_select`` excepted), at
+a few time steps:
 
 * ``chain``: emulated satellite source -> Stage I -> Stage II; Stage I is scored at 0.1 deg
   against the max-pooled radar, Stage I+II at 1 km against the radar; baselines: raw input,
@@ -15,6 +16,8 @@ Experiments, all on the store's *test* band (never seen in training), at a few t
 * ``nfe``: Stage II CRPS and time versus sampler steps (how few steps keep the skill).
 * ``real_pair`` (with ``--real-pair``): Stage I on MRMS radar-only -> gauge-corrected.
 * ``downscale_mean`` (with ``--mean-store``): Stage II trained and scored on mean-pooled radar.
+* ``stage1_select`` (with ``--select-correct``): Stage I candidates at 0.1 deg on the
+  *validation* band, for choosing between training runs without looking at the test band.
 * ``chain_mean`` (with ``--mean-store`` and ``--weights-correct-mean``): ``chain`` with both
   stages trained on the mean-pooled radar (Stage I scored against the block mean).
 
@@ -124,6 +127,37 @@ def real_pair(args: argparse.Namespace, opts: PredictOptions, stages: dict) -> d
         None,
         output_dir=args.output / "real_pair",
         title="MRMS radar-only vs gauge-corrected, 2021-07-06 00Z, test band",
+    )
+    return rows
+
+
+def stage1_select(args: argparse.Namespace, opts: PredictOptions) -> dict:
+    """Stage I candidates at the coarse grid on the ``--select-split`` band (model selection).
+
+    Scores each ``--select-correct`` weights file, the raw source and train-band EQM against
+    the pooled reference of ``--store`` on the *validation* band by default, so that choosing
+    between training runs never looks at the test band.
+    """
+    from precipdiff.evaluation.report import metric_table, write_report
+
+    st = open_store(args.store)
+    _, src, ref_lr, _ = load_split(args.store, args.select_split, args.times, None)
+    qm = fit_qm(args.store, st.pooling)
+    preds = {"raw input": src, "quantile mapping (EQM, train band)": qm.apply(src)}
+    for path in args.select_correct:
+        pred = Pipeline(Stage.load(path), None).predict(src, opts)["corrected_lr"]
+        preds[str(path)] = pred.rename(lat_lr="lat", lon_lr="lon").assign_coords(
+            lat=src["lat"], lon=src["lon"]
+        )
+    rows = {
+        name: evaluate_fields(p, ref_lr, scales_px=(1, 2, 4, 8), seed=args.seed, name=name)
+        for name, p in preds.items()
+    }
+    write_report(
+        {f"Stage I candidates, {args.select_split} band, coarse grid": metric_table(rows)},
+        None,
+        output_dir=args.output / f"stage1_select_{args.select_split}",
+        title=f"Stage I model selection on the {args.select_split} band of {args.store}",
     )
     return rows
 
@@ -310,7 +344,15 @@ def nfe_sweep(args: argparse.Namespace, stages: dict) -> list[dict]:
     return out
 
 
-EXPERIMENTS = ("chain", "downscale", "nfe", "real_pair", "downscale_mean", "chain_mean")
+EXPERIMENTS = (
+    "chain",
+    "downscale",
+    "nfe",
+    "real_pair",
+    "downscale_mean",
+    "chain_mean",
+    "stage1_select",
+)
 
 
 def main() -> None:
@@ -363,6 +405,19 @@ def main() -> None:
         help="a Stage I trained on --mean-store (configs/stage1_correct_meanpool.yaml)",
     )
     ap.add_argument(
+        "--select-correct",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="Stage I weights to compare in stage1_select",
+    )
+    ap.add_argument(
+        "--select-split",
+        choices=("train", "val", "test"),
+        default="val",
+        help="band of stage1_select (default: validation)",
+    )
+    ap.add_argument(
         "--experiments",
         nargs="+",
         choices=EXPERIMENTS,
@@ -385,6 +440,7 @@ def main() -> None:
         if (e != "real_pair" or args.real_pair)
         and (e != "downscale_mean" or args.mean_store)
         and (e != "chain_mean" or args.weights_correct_mean)
+        and (e != "stage1_select" or args.select_correct)
     ]
     s = SamplerSettings(sampler=args.sampler, steps=args.steps)
     opts = PredictOptions(members=args.members, correct=s, downscale=s, seed=args.seed, window=256)
@@ -402,6 +458,10 @@ def main() -> None:
                 down=stages["downscale"],
                 name="chain",
             )
+        elif exp == "stage1_select":
+            if not args.select_correct:
+                raise SystemExit("stage1_select needs --select-correct WEIGHTS [WEIGHTS ...]")
+            summary[exp] = stage1_select(args, opts)
         elif exp == "chain_mean":
             if None in (args.mean_store, args.weights_correct_mean, args.weights_downscale_mean):
                 raise SystemExit(
