@@ -219,31 +219,38 @@ def bench_sampler(stochastic_sampler, args) -> list[dict]:
             counter["n"] += 1
             return super().__call__(x, sigma, cond)
 
-    stage_mod.TiledDenoiser = CountingTiled
-    runs = [("precipdiff DPM++(2M)", "dpmpp_2m", s) for s in args.ours_steps]
-    for steps in args.peer_steps:
-        name = f"physicsnemo_{steps}"
-        samplers_mod.SAMPLERS[name] = peer_sampler(stochastic_sampler, steps, args.peer_sigma_max)
-        runs.append((f"PhysicsNeMo stochastic_sampler (σmax {args.peer_sigma_max:g})", name, steps))
-    rows, unit = [], None
-    for label, sampler, steps in runs:
-        s2 = SamplerSettings(sampler=sampler, steps=steps)
-        opts = PredictOptions(members=args.members, downscale=s2, seed=0, window=256)
-        counter["n"] = 0
-        t0 = time.perf_counter()
-        pred = Pipeline(None, down).predict(ref_lr, opts)["precip"]
-        secs = time.perf_counter() - t0
-        m = evaluate_fields(pred, ref_hr, scales_px=(1, 4, 16))
-        # The pipeline calls the denoiser once per step for every (time, window) block; NFE per
-        # sample is calls / blocks, blocks measured from the first run (DPM++(2M): NFE = steps).
-        if unit is None:
-            unit = counter["n"] / steps
-        rows.append({"sampler": label, "steps": steps, "nfe": counter["n"] / unit,
-                     "denoiser_calls": counter["n"],
-                     "crps_fair": m["crps_fair"], "spread_skill_ratio": m["spread_skill_ratio"],
-                     "rmse": m["rmse"], "seconds": secs})
-        log.info("%s steps %d: %s", label, steps, rows[-1])
-    stage_mod.TiledDenoiser = real_tiled
+    stage_mod.TiledDenoiser = CountingTiled  # restored (with the sampler registry) in finally
+    added: list[str] = []
+    try:
+        runs = [("precipdiff DPM++(2M)", "dpmpp_2m", s) for s in args.ours_steps]
+        for steps in args.peer_steps:
+            name = f"physicsnemo_{steps}"
+            smax = args.peer_sigma_max
+            samplers_mod.SAMPLERS[name] = peer_sampler(stochastic_sampler, steps, smax)
+            added.append(name)
+            runs.append((f"PhysicsNeMo stochastic_sampler (σmax {smax:g})", name, steps))
+        rows, unit = [], None
+        for label, sampler, steps in runs:
+            s2 = SamplerSettings(sampler=sampler, steps=steps)
+            opts = PredictOptions(members=args.members, downscale=s2, seed=0, window=256)
+            counter["n"] = 0
+            t0 = time.perf_counter()
+            pred = Pipeline(None, down).predict(ref_lr, opts)["precip"]
+            secs = time.perf_counter() - t0
+            m = evaluate_fields(pred, ref_hr, scales_px=(1, 4, 16))
+            # The pipeline calls the denoiser once per step for every (time, window) block; NFE per
+            # sample is calls / blocks, blocks measured from the first run (DPM++(2M): NFE = steps).
+            if unit is None:
+                unit = counter["n"] / steps
+            rows.append({"sampler": label, "steps": steps, "nfe": counter["n"] / unit,
+                         "denoiser_calls": counter["n"],
+                         "crps_fair": m["crps_fair"], "spread_skill_ratio": m["spread_skill_ratio"],
+                         "rmse": m["rmse"], "seconds": secs})
+            log.info("%s steps %d: %s", label, steps, rows[-1])
+    finally:
+        stage_mod.TiledDenoiser = real_tiled
+        for name in added:
+            samplers_mod.SAMPLERS.pop(name, None)
     return rows
 
 
