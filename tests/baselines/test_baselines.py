@@ -140,3 +140,24 @@ def test_unknown_baseline():
     with pytest.raises(ConfigError, match="bilinear"):
         get_baseline("kriging")
     assert interpolate is get_baseline("bilinear").func
+
+
+def test_pooled_mapping_round_trips_through_json(rng):
+    import json
+
+    src = _gamma_rain(rng, 6 * 8 * 8, shape=0.8, scale=2.0, p_wet=0.3).reshape(6, 8, 8)
+    ref = _gamma_rain(rng, 6 * 8 * 8, shape=0.8, scale=5.0, p_wet=0.4).reshape(6, 8, 8)
+    qm = QuantileMapping(pooled=True, n_quantiles=30).fit(_field(src), _field(ref))
+    back = QuantileMapping.from_dict(json.loads(json.dumps(qm.to_dict())))
+    new = src[:2] * 1.5
+    expected = qm.apply(_field(new)).values  # float64 here, float32 from apply_values
+    np.testing.assert_allclose(back.apply_values(new), expected, rtol=1e-6)
+    np.testing.assert_allclose(back.apply_values(new[0]), expected[0], rtol=1e-6)
+    assert (expected > 0).any() and not np.allclose(expected, new)
+    with pytest.raises(ConfigError, match="pooled"):
+        QuantileMapping(pooled=False).fit(_field(src), _field(ref)).to_dict()
+    bad = {**qm.to_dict(), "q_src": qm.to_dict()["q_src"][::-1]}
+    with pytest.raises(ConfigError, match="non-decreasing"):
+        QuantileMapping.from_dict(bad)
+    with pytest.raises(ConfigError, match="malformed"):
+        QuantileMapping.from_dict({"method": "eqm"})

@@ -204,3 +204,25 @@ def test_rain_weighting_looks_at_the_input_not_the_target(small_store):
                       samples_per_epoch=300, seed=3, rain_weighted=1.0, augment=False)
     src_wet = [bool((T.inverse(ds[i]["base"]) > 0.1).any()) for i in range(300)]
     assert all(src_wet)
+
+
+def test_source_map_changes_the_base_not_the_truth(small_store):
+    """``source_map``: base = T(map(src)); base + target is still T(ref) (Stage I only)."""
+    kw = dict(split="train", stage="correct", patch=PATCH["correct"], samples_per_epoch=12,
+              seed=2)
+    h = open_store(small_store)
+    plain, mapped = PatchDataset(small_store, **kw), PatchDataset(
+        small_store, **kw, source_map=lambda x: 2.0 * x)
+    T = h.transform  # noqa: N806 - the paper's transform symbol
+    for i in range(12):
+        a, b, loc = plain[i], mapped[i], plain.locate(i)
+        assert loc == mapped.locate(i)
+        m = a["mask"] & b["mask"]
+        want = T.forward(2.0 * T.inverse(_undo(a["base"], loc.k)[0].numpy()))
+        np.testing.assert_allclose(_undo(b["base"], loc.k)[0].numpy()[m[0]], want[m[0]],
+                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose((b["base"] + b["target"])[m], (a["base"] + a["target"])[m],
+                                   atol=1e-5)
+    with pytest.raises(ConfigError, match="correct"):
+        PatchDataset(small_store, split="train", stage="downscale", patch=16,
+                     samples_per_epoch=4, source_map=np.sqrt)

@@ -139,3 +139,36 @@ def test_init_from_must_match_stage_and_network(tiny_store, tmp_path, regression
                                                f"train.init_from={tmp_path / 'none.safetensors'}"))
     with pytest.raises(CheckpointError, match="none.safetensors"):
         train(missing, progress=False)
+
+
+def test_source_map_eqm_travels_with_the_weights(tiny_store, tmp_path):
+    """``data.source_map: eqm``: the fitted train-band EQM is in the release and applied first."""
+    import numpy as np
+
+    from precipdiff.data.store import open_store
+    from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
+    from precipdiff.training.build import fit_source_map
+
+    cfg = load_config(None, tiny_overrides(tiny_store, tmp_path / "qm", "train.steps=2",
+                                           "data.source_map=eqm",
+                                           "data.source_map_quantiles=20"))
+    stage = Stage.load(train(cfg, progress=False) / "weights.safetensors")
+    qm = fit_source_map(cfg, open_store(tiny_store))
+    assert stage.source_map is not None and stage.source_map.n_quantiles == 20
+    np.testing.assert_array_equal(stage.source_map.q_src, qm.q_src)
+    np.testing.assert_array_equal(stage.source_map.q_ref, qm.q_ref)
+    src = np.asarray(open_store(tiny_store)["src_lr"][0], np.float32)
+    opts = PredictOptions(members=2, correct=SamplerSettings(steps=2), seed=3)
+    mapped = Pipeline(stage, None).correct_step(src, 0, opts)
+    stage.source_map = None  # the same network fed the mapped field by hand
+    by_hand = Pipeline(stage, None).correct_step(qm.apply_values(src), 0, opts)
+    np.testing.assert_allclose(mapped, by_hand, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(mapped, Pipeline(stage, None).correct_step(src, 0, opts))
+
+
+def test_source_map_is_for_stage_one_only(tiny_store, tmp_path):
+    with pytest.raises(ConfigError, match="data.source_map"):
+        load_config(None, tiny_overrides(tiny_store, tmp_path / "x", "train.stage=downscale",
+                                         "data.source_map=eqm"))
+    with pytest.raises(ConfigError, match="data.source_map"):
+        load_config(None, tiny_overrides(tiny_store, tmp_path / "x", "data.source_map=qdm"))

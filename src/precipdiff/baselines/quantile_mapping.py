@@ -161,6 +161,39 @@ class QuantileMapping:
         res = da.copy(data=out.astype(src.dtype if src.dtype.kind == "f" else np.float32))
         return res.transpose(*src.dims).assign_attrs(baseline=f"quantile_mapping_{self.method}")
 
+    def apply_values(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`apply` on a bare array ``(y, x)`` or ``(time, y, x)`` (mm/h), same shape out."""
+        arr = np.asarray(x, dtype=np.float32)
+        da = xr.DataArray(arr if arr.ndim == 3 else arr[None], dims=("time", "lat", "lon"))
+        out = self.apply(da).values
+        return out if arr.ndim == 3 else out[0]
+
+    def to_dict(self) -> dict:
+        """JSON-ready parameters and fitted quantiles (pooled mappings only)."""
+        if self.q_src is None or not self.pooled:
+            raise ConfigError("QuantileMapping.to_dict needs a fitted, pooled mapping")
+        return {"method": self.method, "pooled": True, "n_quantiles": self.n_quantiles,
+                "wet_threshold": self.wet_threshold, "seed": self.seed,
+                "q_src": self.q_src[:, 0].tolist(), "q_ref": self.q_ref[:, 0].tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantileMapping:
+        """Inverse of :meth:`to_dict`; ConfigError naming the problem on a malformed dict."""
+        try:
+            q_src = np.asarray(d["q_src"], dtype=np.float64)[:, None]
+            q_ref = np.asarray(d["q_ref"], dtype=np.float64)[:, None]
+            qm = cls(method=d["method"], pooled=True, n_quantiles=int(d["n_quantiles"]),
+                     wet_threshold=d["wet_threshold"], seed=int(d["seed"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"malformed quantile mapping parameters: {err!r}") from err
+        if q_src.shape != (qm.n_quantiles, 1) or q_ref.shape != q_src.shape:
+            raise ConfigError(f"quantile mapping: {qm.n_quantiles} levels expected, got "
+                              f"{q_src.shape[0]} source and {q_ref.shape[0]} reference quantiles")
+        if np.any(np.diff(q_src[:, 0]) < 0) or np.any(np.diff(q_ref[:, 0]) < 0):
+            raise ConfigError("quantile mapping: quantiles must be non-decreasing")
+        qm.q_src, qm.q_ref = q_src, q_ref
+        return qm
+
     @staticmethod
     def _empirical_cdf(x: np.ndarray) -> np.ndarray:
         """Mid-rank empirical CDF ``(rank - 1/2) / n`` of each column (NaN ignored)."""

@@ -3,7 +3,8 @@
 Each item is a dict of tensors ``cond (C, p, p)``, ``target (1, p, p)``, ``base (1, p, p)``
 (float32) and ``mask (1, p, p)`` (bool), with ``T`` the store's :class:`PrecipTransform`:
 
-* ``correct`` (coarse grid): ``base = T(src_lr)``, ``cond = [base]``, ``target = T(ref_lr) - base``;
+* ``correct`` (coarse grid): ``base = T(src_lr)``, ``cond = [base]``, ``target = T(ref_lr) - base``
+  (with a ``source_map`` such as a fitted quantile mapping: ``base = T(map(src_lr))``);
 * ``downscale`` / ``regression`` (fine grid): ``base = up(T(ref_lr))`` (bilinear
   ``upsample_tensor`` of the split's coarse band, so a region's border never sees its
   neighbour), ``cond = [base, extras...]`` (extras standardised with the store's train-split
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -60,7 +62,8 @@ class PatchDataset(Dataset):
 
     def __init__(self, store: str | os.PathLike, *, split: str, stage: str, patch: int,
                  samples_per_epoch: int, rain_weighted: float = 0.5, augment: bool = True,
-                 seed: int = 0, include_extras: bool = True, wet_threshold: float = 0.1) -> None:
+                 seed: int = 0, include_extras: bool = True, wet_threshold: float = 0.1,
+                 source_map: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         h = open_store(store.path if isinstance(store, StoreHandle) else store)
         if stage not in STAGES:
             raise ConfigError(f"stage must be one of {list(STAGES)}, found {stage!r}")
@@ -75,6 +78,9 @@ class PatchDataset(Dataset):
         self.patch, self.samples_per_epoch = int(patch), int(samples_per_epoch)
         self.rain_weighted, self.augment, self.seed = float(rain_weighted), augment, int(seed)
         self.wet_threshold = float(wet_threshold)
+        if source_map is not None and stage != "correct":
+            raise ConfigError(f"source_map applies to the 'correct' stage only, not {stage!r}")
+        self.source_map = source_map
         self.factor = h.factor
         self.transform = h.transform
         self.times = np.asarray(splits[split]["time"], dtype=np.int64)
@@ -180,7 +186,10 @@ class PatchDataset(Dataset):
         win = (slice(loc.y0, loc.y0 + p), slice(x0, x0 + p))
         src = self._lr("src_lr", loc.split_index)[win]
         ref = self._lr("ref_lr", loc.split_index)[win]
-        base = torch.from_numpy(self.transform.forward(np.array(src, np.float32)))
+        src = np.array(src, np.float32)
+        if self.source_map is not None:
+            src = np.asarray(self.source_map(src), np.float32)
+        base = torch.from_numpy(self.transform.forward(src))
         target = torch.from_numpy(self.transform.forward(np.array(ref, np.float32))) - base
         return base[None], target[None], base[None]
 
@@ -234,20 +243,23 @@ class FixedPatches(PatchDataset):
     """``n`` fixed, non-augmented patches (a validation set that is the same every epoch)."""
 
     def __init__(self, store: str | os.PathLike, *, split: str, stage: str, n: int, patch: int,
-                 seed: int = 0, rain_weighted: float = 0.5, include_extras: bool = True) -> None:
+                 seed: int = 0, rain_weighted: float = 0.5, include_extras: bool = True,
+                 source_map: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         super().__init__(store, split=split, stage=stage, patch=patch, samples_per_epoch=n,
                          rain_weighted=rain_weighted, augment=False, seed=seed,
-                         include_extras=include_extras)
+                         include_extras=include_extras, source_map=source_map)
 
     def set_epoch(self, epoch: int) -> None:  # noqa: ARG002 - fixed by design
         """No-op: the patches do not change with the epoch."""
 
 
 def val_patches(store: str | os.PathLike | Path, split: str, stage: str, n: int, patch: int,
-                seed: int = 0, *, rain_weighted: float = 0.5,
-                include_extras: bool = True) -> dict[str, torch.Tensor]:
+                seed: int = 0, *, rain_weighted: float = 0.5, include_extras: bool = True,
+                source_map: Callable[[np.ndarray], np.ndarray] | None = None,
+                ) -> dict[str, torch.Tensor]:
     """A fixed validation batch: the :class:`FixedPatches` items stacked, ``(n, C, p, p)``."""
     ds = FixedPatches(store, split=split, stage=stage, n=n, patch=patch, seed=seed,
-                      rain_weighted=rain_weighted, include_extras=include_extras)
+                      rain_weighted=rain_weighted, include_extras=include_extras,
+                      source_map=source_map)
     items = [ds[i] for i in range(n)]
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}

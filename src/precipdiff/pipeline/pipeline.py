@@ -153,7 +153,7 @@ class Pipeline:
         if self.correct is None:
             return np.repeat(src[None].astype(np.float32), m, axis=0)
         stage = self.correct
-        x, valid = _nan_to_zero(stage.transform.forward(src))
+        x, valid = _nan_to_zero(stage.transform.forward(stage.map_source(src)))
         base = x[None, None].to(opts.device)
         out = []
         for m0 in range(0, m, opts.member_batch):

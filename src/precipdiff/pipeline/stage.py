@@ -8,7 +8,8 @@ with the wrong normalisation.
 Stage kinds (PrecipDiff, Dai & Ushijima-Mwesigwa 2025; CorrDiff, Mardani et al. 2023):
 
 * ``correct``: residual diffusion at the coarse grid, ``T(ref) = T(src) + r``,
-  ``r ~ p(r | T(src))``.
+  ``r ~ p(r | T(src))``; with a fitted ``source_map`` (quantile mapping ``Q``, trained with
+  ``data.source_map: eqm``) ``T(ref) = T(Q(src)) + r``, ``r ~ p(r | T(Q(src)))``.
 * ``downscale``: residual diffusion at the fine grid around ``base = up(T(LR))``, optionally plus a
   regression mean ``mu(cond)`` (CorrDiff), ``T(HR) = base + mu + r``.
 * ``regression``: the deterministic conditional mean alone, ``T(HR) = base + mu``.
@@ -25,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from precipdiff.baselines.quantile_mapping import QuantileMapping
 from precipdiff.data.transforms import PrecipTransform
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.diffusion.samplers import get_sampler
 from precipdiff.diffusion.schedules import karras_sigmas
-from precipdiff.errors import CheckpointError
+from precipdiff.errors import CheckpointError, ConfigError
 from precipdiff.models.unet import UNet, UNetConfig
 from precipdiff.pipeline.tiling import TiledDenoiser
 from precipdiff.training.checkpoint import load_weights, split_mean_net
@@ -85,6 +87,7 @@ class Stage:
     extra_channels: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    source_map: QuantileMapping | None = None
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> Stage:
@@ -116,7 +119,16 @@ class Stage:
             source=str(path),
         )
         stage.extra_channels = stage._cond_channels() - 1
+        if "source_map" in meta:
+            try:
+                stage.source_map = QuantileMapping.from_dict(json.loads(meta["source_map"]))
+            except (ConfigError, json.JSONDecodeError) as err:
+                raise CheckpointError(f"{path}: metadata 'source_map': {err}") from err
         return stage.to(device)
+
+    def map_source(self, src: np.ndarray) -> np.ndarray:
+        """Stage I's input map (mm/h -> mm/h): the fitted ``source_map`` if any, else identity."""
+        return src if self.source_map is None else self.source_map.apply_values(src)
 
     def standardise_extras(self, extras: np.ndarray) -> np.ndarray:
         """Extra fields (E, H, W) as the network saw them in training: ``(x - mean) / std`` with

@@ -30,16 +30,46 @@ def open_data(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any] | None]:
 
     store = open_store(cfg.data.store)
     d = cfg.data
+    qm = fit_source_map(cfg, store)
+    source_map = qm.apply_values if qm is not None else None
     train_ds = PatchDataset(store.path, split="train", stage=cfg.train.stage, patch=d.patch,
                             samples_per_epoch=d.samples_per_epoch, rain_weighted=d.rain_weighted,
-                            augment=d.augment, seed=cfg.train.seed)
+                            augment=d.augment, seed=cfg.train.seed, source_map=source_map)
     val = None
     if d.val_patches and "val" in store.splits:
         val = {"store": store.path, "split": "val", "stage": cfg.train.stage, "n": d.val_patches,
-               "patch": d.patch, "seed": cfg.train.seed, "rain_weighted": d.rain_weighted}
+               "patch": d.patch, "seed": cfg.train.seed, "rain_weighted": d.rain_weighted,
+               "source_map": source_map}
     elif d.val_patches:
         log.warning("%s has no 'val' split: no validation", store.path)
     return store, train_ds, val
+
+
+def fit_source_map(cfg: RunConfig, store: Any) -> Any:
+    """The ``data.source_map`` of a Stage-I run, fitted on the store's train split, or None.
+
+    Pooled EQM (:class:`precipdiff.baselines.QuantileMapping`) from every train time step of
+    ``src_lr`` to ``ref_lr`` over the train column band: deterministic for a given store, so the
+    loop, ``--resume`` and ``export`` refit the same mapping.
+    """
+    if cfg.data.source_map is None:
+        return None
+    import numpy as np
+    import xarray as xr
+
+    from precipdiff.baselines import QuantileMapping
+
+    split = store.splits["train"]
+    t = np.asarray(split["time"], dtype=np.int64)
+    x0, x1 = (int(v) for v in split["x_lr"])
+    dims = ("time", "lat", "lon")
+    src = xr.DataArray(np.asarray(store["src_lr"].oindex[t, :, x0:x1], np.float32), dims=dims)
+    ref = xr.DataArray(np.asarray(store["ref_lr"].oindex[t, :, x0:x1], np.float32), dims=dims)
+    qm = QuantileMapping(method="eqm", pooled=True, n_quantiles=cfg.data.source_map_quantiles,
+                         seed=cfg.train.seed).fit(src, ref)
+    log.info("data.source_map: pooled EQM with %d levels fitted on %d train steps of %s",
+             cfg.data.source_map_quantiles, t.size, store.path)
+    return qm
 
 
 def resolve_channels(cfg: RunConfig, train_ds: Any, store: Any) -> RunConfig:
@@ -135,6 +165,9 @@ def release_metadata(cfg: RunConfig, net: nn.Module, store: Any,
             "extra_names": json.dumps(list(store.extra_names)),
             "extra_stats": json.dumps(dict(store.attrs.get("extra_stats", {}))),
             "patch": str(cfg.data.patch), "version": __version__}
+    qm = fit_source_map(cfg, store)
+    if qm is not None:
+        meta["source_map"] = json.dumps(qm.to_dict())
     if mean_net is not None:
         meta["mean_model"] = json.dumps(dataclasses.asdict(mean_net.cfg))
     return meta

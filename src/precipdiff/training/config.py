@@ -33,6 +33,10 @@ class DataConfig:
     ``batch_size`` is the global batch (all ranks together); an epoch is ``samples_per_epoch``
     random patches; ``rain_weighted`` is the fraction of patches centred on a wet pixel;
     ``val_patches`` fixed patches of the ``val`` split are used for validation.
+    ``source_map="eqm"`` (Stage I only) first maps the source through a pooled empirical
+    quantile mapping fitted on the store's train split (``source_map_quantiles`` levels) and
+    learns the residual around that: ``corrected = EQM(source) + sampled residual``; the
+    mapping travels in the release metadata.
     """
 
     store: str = ""
@@ -43,6 +47,8 @@ class DataConfig:
     rain_weighted: float = 0.5
     augment: bool = True
     val_patches: int = 8
+    source_map: str | None = None
+    source_map_quantiles: int = 100
 
 
 @dataclass(frozen=True)
@@ -248,6 +254,12 @@ def _check_values(cfg: RunConfig) -> None:
         ("data.rain_weighted", 0 <= d.rain_weighted <= 1,
          f"must lie in [0, 1] (fraction of wet-centred patches), got {d.rain_weighted}"),
         ("data.val_patches", d.val_patches >= 0, f"must be >= 0, got {d.val_patches}"),
+        ("data.source_map", d.source_map in (None, "eqm"),
+         f"must be null or 'eqm' (pooled empirical quantile mapping), got {d.source_map!r}"),
+        ("data.source_map", d.source_map is None or t.stage == "correct",
+         f"applies to the 'correct' stage only, this run trains {t.stage!r}"),
+        ("data.source_map_quantiles", d.source_map_quantiles >= 2,
+         f"must be >= 2, got {d.source_map_quantiles}"),
         ("model.model_channels", m.model_channels > 0 and m.model_channels % 2 == 0,
          f"must be positive and even, got {m.model_channels}"),
         ("model.head_channels", m.head_channels > 0, f"must be positive, got {m.head_channels}"),
