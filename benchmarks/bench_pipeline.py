@@ -106,7 +106,9 @@ def main() -> None:
         help="network tile sizes to compare (px) on a --tile-domain km domain; default: the "
         "stage's own",
     )
-    ap.add_argument("--tile-domain", type=int, default=512, help="domain side (km) of --tile")
+    ap.add_argument(
+        "--tile-domain", type=int, default=500, help="domain side (km, a multiple of 10) of --tile"
+    )
     ap.add_argument("--sizes", type=int, nargs="*", default=[200, 400, 800])
     ap.add_argument("--scaling-members", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the --tile comparison")
