@@ -36,8 +36,6 @@ def child(size: int, members: int, steps: int, window: int, tile: int | None, ou
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     pipe = load_pipeline(PredictRequest(inputs=[], output=out), "cpu")
     if size < 0:  # the CONUS MRMS grid: 3500 x 7000 fine cells from a 350 x 700 coarse source
-        import numpy as np
-
         from precipdiff.data.synth import synthetic_scene
 
         src = synthetic_scene(

@@ -78,6 +78,21 @@ def load_split(store_path: Path, split: str, times: list[int], rows_lr: tuple[in
     return st, src, ref_lr, ref_hr
 
 
+def corrected_on(stage: Stage, src: xr.DataArray, opts: PredictOptions) -> xr.DataArray:
+    """Stage I members for ``src`` (time, lat, lon), on ``src``'s own coordinates."""
+    pred = Pipeline(stage, None).predict(src, opts)["corrected_lr"]
+    return pred.rename(lat_lr="lat", lon_lr="lon").assign_coords(lat=src["lat"], lon=src["lon"])
+
+
+def require_store_grid(stage: Stage, store: Path, st, *, factor: int) -> None:
+    """SystemExit unless ``stage`` was trained for ``st``'s pooling and the given factor."""
+    if stage.pooling != st.pooling or stage.factor != factor:
+        raise SystemExit(
+            f"{stage.source}: trained for {stage.pooling} pooling x{stage.factor}, "
+            f"but {store} is {st.pooling} pooling x{st.factor}"
+        )
+
+
 def fit_qm(store_path: Path, pooling_target: str, n_times: int = 12):
     """Pooled EQM fitted on the *train* band: source -> reference pooled ``pooling_target``."""
     from precipdiff.grid import coarsen
@@ -114,10 +129,7 @@ def real_pair(args: argparse.Namespace, opts: PredictOptions, stages: dict) -> d
             ("precipdiff Stage I (trained on this pair)", Stage.load(args.weights_correct_pair))
         )
     for name, stage in candidates:
-        pred = Pipeline(stage, None).predict(src, opts)["corrected_lr"]
-        preds[name] = pred.rename(lat_lr="lat", lon_lr="lon").assign_coords(
-            lat=src["lat"], lon=src["lon"]
-        )
+        preds[name] = corrected_on(stage, src, opts)
     rows = {
         name: evaluate_fields(p, ref_lr, scales_px=(1, 2, 4, 8), seed=args.seed, name=name)
         for name, p in preds.items()
@@ -145,10 +157,7 @@ def stage1_select(args: argparse.Namespace, opts: PredictOptions) -> dict:
     qm = fit_qm(args.store, st.pooling)
     preds = {"raw input": src, "quantile mapping (EQM, train band)": qm.apply(src)}
     for path in args.select_correct:
-        pred = Pipeline(Stage.load(path), None).predict(src, opts)["corrected_lr"]
-        preds[str(path)] = pred.rename(lat_lr="lat", lon_lr="lon").assign_coords(
-            lat=src["lat"], lon=src["lon"]
-        )
+        preds[str(path)] = corrected_on(Stage.load(path), src, opts)
     rows = {
         name: evaluate_fields(p, ref_lr, scales_px=(1, 2, 4, 8), seed=args.seed, name=name)
         for name, p in preds.items()
@@ -174,12 +183,8 @@ def chain(
 ) -> dict:
     """Emulated satellite -> Stage I -> Stage II, against the baselines (Stage I and I+II)."""
     st, src, _, ref_hr = load_split(store, "test", args.times, tuple(args.rows))
-    for stage, factor in ((correct, 1), (down, st.factor)):  # Stage I: on the coarse grid
-        if stage.pooling != st.pooling or stage.factor != factor:
-            raise SystemExit(
-                f"{stage.source}: trained for {stage.pooling} pooling x{stage.factor}, "
-                f"but {store} is {st.pooling} pooling x{st.factor}"
-            )
+    require_store_grid(correct, store, st, factor=1)  # Stage I works on the coarse grid
+    require_store_grid(down, store, st, factor=st.factor)
     regression = stages["regression"]
     qm, qm_fine = fit_qm(store, st.pooling), fit_qm(store, "mean")
     t0 = time.perf_counter()
@@ -222,11 +227,7 @@ def downscale(
 ) -> dict:
     """Stage II alone on the pooled radar of ``store`` (the PrecipDiff downscaling task)."""
     st, _, ref_lr, ref_hr = load_split(store, "test", args.times, tuple(args.rows))
-    if down.pooling != st.pooling or down.factor != st.factor:
-        raise SystemExit(
-            f"{down.source}: trained for {down.pooling} pooling x{down.factor}, "
-            f"but {store} is {st.pooling} pooling x{st.factor}"
-        )
+    require_store_grid(down, store, st, factor=st.factor)
     t0 = time.perf_counter()
     only_down = Pipeline(None, down).predict(ref_lr, opts)
     seconds = time.perf_counter() - t0

@@ -16,25 +16,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import warnings
-
-import numpy as np
 
 from precipdiff import io
 from precipdiff.evaluation.spatial import subgrid_event_fraction
+from precipdiff.grid import coarsen
 
 EDGES = (1.0, 2.0, 5.0, 20.0)
-
-
-def pooled(frame: np.ndarray, factor: int, how: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(fine, coarse)``: the frame cropped to multiples of ``factor`` and its block pool."""
-    ny, nx = (s // factor * factor for s in frame.shape)
-    fine = frame[:ny, :nx]
-    blocks = fine.reshape(ny // factor, factor, nx // factor, factor)
-    with warnings.catch_warnings():  # all-NaN blocks (no radar coverage) pool to NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        coarse = np.nanmax(blocks, axis=(1, 3)) if how == "max" else np.nanmean(blocks, (1, 3))
-    return fine, coarse
 
 
 def main() -> None:
@@ -45,16 +32,15 @@ def main() -> None:
     ap.add_argument("--pooling", choices=("max", "mean"), default="max")
     ap.add_argument("--bands", type=int, default=5, help="equal column bands, west to east")
     args = ap.parse_args()
-    fines, coarses = [], []
-    for path in sorted(args.files):
-        da = io.read(path, bbox=tuple(args.bbox)).squeeze()
-        frame = np.asarray(da.values, dtype=np.float64)
-        frame[frame < 0] = np.nan  # MRMS missing / no-coverage codes
-        fine, coarse = pooled(frame, args.factor, args.pooling)
-        fines.append(fine)
-        coarses.append(coarse)
-    fine, coarse = np.stack(fines), np.stack(coarses)
-    f, nxc = args.factor, coarse.shape[-1]
+    f = args.factor
+    da = io.read_many(args.files, bbox=tuple(args.bbox))  # readers mask missing values as NaN
+    fine_da = da.isel(
+        lat=slice(0, da.sizes["lat"] // f * f), lon=slice(0, da.sizes["lon"] // f * f)
+    )
+    # a block is NaN only when all of it is (the statistic itself skips partly missing cells)
+    coarse = coarsen(fine_da, f, method=args.pooling, max_missing_fraction=1.0).values
+    fine = fine_da.values
+    nxc = coarse.shape[-1]
     rows = [("whole box", fine, coarse)]
     for b in range(args.bands):
         c0, c1 = b * nxc // args.bands, (b + 1) * nxc // args.bands

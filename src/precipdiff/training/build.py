@@ -19,11 +19,13 @@ from precipdiff.training.config import RunConfig
 log = logging.getLogger(__name__)
 
 
-def open_data(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any] | None]:
-    """``(store, train_ds, val_args)``; StoreError for a missing/foreign/incomplete store.
+def open_data(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any] | None, Any]:
+    """``(store, train_ds, val_args, source_map)``; StoreError for a missing/foreign/incomplete
+    store.
 
     ``val_args`` are the keyword arguments of :func:`precipdiff.data.dataset.val_patches`
-    (``None`` without validation).
+    (``None`` without validation); ``source_map`` is :func:`fit_source_map`'s mapping (or None),
+    fitted once here for the datasets and the release metadata.
     """
     from precipdiff.data.dataset import PatchDataset
     from precipdiff.data.store import open_store
@@ -42,7 +44,7 @@ def open_data(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any] | None]:
                "source_map": source_map}
     elif d.val_patches:
         log.warning("%s has no 'val' split: no validation", store.path)
-    return store, train_ds, val
+    return store, train_ds, val, qm
 
 
 def fit_source_map(cfg: RunConfig, store: Any) -> Any:
@@ -154,9 +156,10 @@ def init_from_release(cfg: RunConfig, net: nn.Module, store: Any) -> None:
     log.info("initialised from %s", path)
 
 
-def release_metadata(cfg: RunConfig, net: nn.Module, store: Any,
-                     mean_net: nn.Module | None) -> dict[str, str]:
-    """Metadata of ``weights.safetensors`` (format in :mod:`precipdiff.training.checkpoint`)."""
+def release_metadata(cfg: RunConfig, net: nn.Module, store: Any, mean_net: nn.Module | None,
+                     source_map: Any) -> dict[str, str]:
+    """Metadata of ``weights.safetensors`` (format in :mod:`precipdiff.training.checkpoint`);
+    ``source_map`` is the run's fitted :func:`fit_source_map` (None without one)."""
     meta = {"stage": cfg.train.stage, "config": cfg.to_json(),
             "model": json.dumps(dataclasses.asdict(net.cfg)),
             "transform": json.dumps(dict(store.attrs["transform"])),
@@ -165,9 +168,8 @@ def release_metadata(cfg: RunConfig, net: nn.Module, store: Any,
             "extra_names": json.dumps(list(store.extra_names)),
             "extra_stats": json.dumps(dict(store.attrs.get("extra_stats", {}))),
             "patch": str(cfg.data.patch), "version": __version__}
-    qm = fit_source_map(cfg, store)
-    if qm is not None:
-        meta["source_map"] = json.dumps(qm.to_dict())
+    if source_map is not None:
+        meta["source_map"] = json.dumps(source_map.to_dict())
     if mean_net is not None:
         meta["mean_model"] = json.dumps(dataclasses.asdict(mean_net.cfg))
     return meta

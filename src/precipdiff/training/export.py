@@ -12,7 +12,7 @@ from pathlib import Path
 
 from precipdiff.models.unet import UNet
 from precipdiff.training import checkpoint as ckpt
-from precipdiff.training.build import load_mean_net, release_metadata
+from precipdiff.training.build import fit_source_map, load_mean_net, release_metadata
 from precipdiff.training.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def export_weights(run_dir: str | os.PathLike, output: str | os.PathLike) -> Pat
     store = open_store(cfg.data.store)
     net = UNet(cfg.model.unet_config())
     mean_net = load_mean_net(cfg, store, "cpu") if cfg.train.mean_from else None
-    meta = release_metadata(cfg, net, store, mean_net)
+    meta = release_metadata(cfg, net, store, mean_net, fit_source_map(cfg, store))
     meta["exported_from"] = f"{path.name} at {state['samples_seen']} samples"
     mean_state = mean_net.state_dict() if mean_net is not None else None
     log.info("exporting %s (%d samples) to %s", path, state["samples_seen"], output)

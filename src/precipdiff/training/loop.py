@@ -80,6 +80,7 @@ class Parts:
     store: Any
     train_ds: Any
     val_batch: dict[str, torch.Tensor] | None
+    source_map: Any  # the fitted data.source_map (QuantileMapping) or None
 
 
 def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
@@ -102,14 +103,14 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Pat
 def _train(cfg: RunConfig, info: DistInfo, *, resume: bool, progress: bool) -> Path:
     run_dir = Path(cfg.train.out_dir)
     _check_run(cfg, info, run_dir, resume)
-    store, train_ds, val_args = open_data(cfg)
+    store, train_ds, val_args, source_map = open_data(cfg)
     cfg = resolve_channels(cfg, train_ds, store)
     state = None
     if resume:
         path, state = ckpt.find_resume_checkpoint(run_dir)
         ckpt.check_resume_config(path, state["config"], cfg.to_dict())
         log.info("resuming from %s at step %d", path, state["step"])
-    parts = _build(cfg, info, store, train_ds, val_args)
+    parts = _build(cfg, info, store, train_ds, val_args, source_map)
     pos = _restore(parts, state) if state else Position()
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")
@@ -155,7 +156,7 @@ def _check_run(cfg: RunConfig, info: DistInfo, run_dir: Path, resume: bool) -> N
 
 
 def _build(cfg: RunConfig, info: DistInfo, store: Any, train_ds: Any,
-           val_args: dict[str, Any] | None) -> Parts:
+           val_args: dict[str, Any] | None, source_map: Any) -> Parts:
     from precipdiff.diffusion.precond import EDMPrecond
     from precipdiff.models.unet import UNet
 
@@ -170,7 +171,8 @@ def _build(cfg: RunConfig, info: DistInfo, store: Any, train_ds: Any,
     mean_net = load_mean_net(cfg, store, info.device) if cfg.train.mean_from else None
     val_batch = _val_batch(val_args, info.device, mean_net) if info.is_main else None
     return Parts(net=net, model=model, ema=ema, optimizer=build_optimizer(net, cfg.optim),
-                 mean_net=mean_net, store=store, train_ds=train_ds, val_batch=val_batch)
+                 mean_net=mean_net, store=store, train_ds=train_ds, val_batch=val_batch,
+                 source_map=source_map)
 
 
 
@@ -356,7 +358,7 @@ def _checkpoint_state(cfg: RunConfig, parts: Parts, pos: Position) -> dict[str, 
 
 def _save_release(cfg: RunConfig, parts: Parts, path: Path) -> Path:
     """EMA weights + metadata (format in :mod:`precipdiff.training.checkpoint`)."""
-    meta = release_metadata(cfg, parts.net, parts.store, parts.mean_net)
+    meta = release_metadata(cfg, parts.net, parts.store, parts.mean_net, parts.source_map)
     mean_state = parts.mean_net.state_dict() if parts.mean_net is not None else None
     log.info("writing %s", path)
     return ckpt.save_weights(path, parts.ema.state_dict(), metadata=meta, mean_state=mean_state)
