@@ -42,7 +42,9 @@ def read_mrms(path: Path) -> xr.DataArray:
         return read(path, bbox=BBOX)
     except ImportError:
         pass
-    import eccodes  # fallback: discipline 209/6/1 PrecipRate, -3 missing, north -> south
+    from precipdiff.io._eccodes import (
+        eccodes,  # fallback: discipline 209/6/1 PrecipRate, -3 missing, north -> south
+    )
 
     with open(path, "rb") as fh:
         h = eccodes.codes_grib_new_from_file(fh)

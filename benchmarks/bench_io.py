@@ -18,9 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-import eccodes
-
 from precipdiff import io
+from precipdiff.io._eccodes import eccodes
 
 log = logging.getLogger("bench_io")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mrms" / "2019-06-10"

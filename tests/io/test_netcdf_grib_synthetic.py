@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import eccodes
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +9,7 @@ import xarray as xr
 
 from precipdiff import io
 from precipdiff.errors import InputFileError
+from precipdiff.io._eccodes import eccodes
 
 
 def _era5_like(rng, name="tp", units="m") -> xr.Dataset:

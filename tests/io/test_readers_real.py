@@ -6,13 +6,13 @@ import gzip
 import lzma
 import tarfile
 
-import eccodes
 import h5py
 import numpy as np
 import pytest
 
 from precipdiff import io
 from precipdiff.errors import InputFileError
+from precipdiff.io._eccodes import eccodes
 
 pytestmark = pytest.mark.realdata
 

@@ -19,7 +19,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import eccodes
 import numpy as np
 import xarray as xr
 
@@ -37,6 +36,7 @@ from precipdiff.io._common import (
     lon_to_180,
     require_file,
 )
+from precipdiff.io._eccodes import eccodes
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 
-import eccodes
 import numpy as np
 import xarray as xr
 
@@ -26,6 +25,7 @@ from precipdiff.io._common import (
     read_bytes,
     require_file,
 )
+from precipdiff.io._eccodes import eccodes
 
 log = logging.getLogger(__name__)
 
