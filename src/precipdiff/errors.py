@@ -6,6 +6,7 @@ so the CLI can print them in one line and exit non-zero.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from os import PathLike
 
 
@@ -38,3 +39,25 @@ class StoreError(PrecipdiffError):
 
 class CheckpointError(PrecipdiffError):
     """A corrupt checkpoint, or weights that do not fit the requested run."""
+
+
+class UnknownMethodError(ConfigError, KeyError, ValueError):
+    """A name that no registry entry answers to (reader, sampler, baseline, metric).
+
+    Raised by every ``get_*`` registry function. The message names the kind of method, the
+    name asked for and the names available. It is a :class:`ConfigError` (a wrong name in a
+    run's options), and also a ``KeyError`` (a registry is a mapping) and a ``ValueError``
+    (what the sampler registry raised before), so older ``except`` clauses keep working.
+    """
+
+    def __init__(self, kind: str, name: object, available: Iterable[str]):
+        self.kind = kind
+        self.name = name
+        self.available = sorted(available)
+        super().__init__(f"unknown {kind} {name!r}; available: {', '.join(self.available)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+    def __reduce__(self):  # pickle (dask workers) with the constructor's arguments
+        return (type(self), (self.kind, self.name, self.available))

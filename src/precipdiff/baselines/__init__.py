@@ -6,7 +6,9 @@
 - ``"eqm" | "qdm"`` (+ ``"_pooled"``): ``f(src, ref) -> QuantileMapping`` fitted on a train
   split; call ``.apply(src)`` (:mod:`.quantile_mapping`);
 - ``"rainfarm"``: ``f(lr, factor, *, members, rng) -> (member, time, lat, lon)`` (needs the
-  ``[baselines]`` extra, pysteps).
+  ``[baselines]`` extra, pysteps, imported on the first call).
+
+An unknown name raises :class:`~precipdiff.errors.UnknownMethodError` listing the known ones.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from precipdiff.errors import ConfigError
+from precipdiff.errors import UnknownMethodError
 
 from .interpolation import INTERPOLATION_METHODS, interpolate
 from .quantile_mapping import QuantileMapping
+from .rainfarm import rainfarm
 
 __all__ = ["BASELINES", "QuantileMapping", "get_baseline", "interpolate"]
 
@@ -26,19 +29,13 @@ def _fit_qm(src, ref, *, method: str, pooled: bool, **kw) -> QuantileMapping:
     return QuantileMapping(method=method, pooled=pooled, **kw).fit(src, ref)
 
 
-def _rainfarm(*args, **kwargs):
-    from .rainfarm import rainfarm
-
-    return rainfarm(*args, **kwargs)
-
-
 BASELINES: dict[str, Callable] = {
     **{m: functools.partial(interpolate, method=m) for m in INTERPOLATION_METHODS},
     "eqm": functools.partial(_fit_qm, method="eqm", pooled=False),
     "qdm": functools.partial(_fit_qm, method="qdm", pooled=False),
     "eqm_pooled": functools.partial(_fit_qm, method="eqm", pooled=True),
     "qdm_pooled": functools.partial(_fit_qm, method="qdm", pooled=True),
-    "rainfarm": _rainfarm,
+    "rainfarm": rainfarm,
 }
 
 
@@ -46,6 +43,5 @@ def get_baseline(name: str) -> Callable:
     """The baseline callable registered as ``name`` (see the module docstring)."""
     try:
         return BASELINES[name.lower()]
-    except KeyError:
-        known = sorted(BASELINES)
-        raise ConfigError(f"unknown baseline {name!r}; expected one of {known}") from None
+    except (KeyError, AttributeError):
+        raise UnknownMethodError("baseline", name, BASELINES) from None

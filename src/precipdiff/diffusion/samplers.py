@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from precipdiff.diffusion.schedules import karras_sigmas
+from precipdiff.errors import UnknownMethodError
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +234,10 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
 
 def get_sampler(name: str) -> Callable[..., Tensor]:
     """Sampler by name: ``euler | heun | dpmpp_2m | ancestral | ddpm | ddim``."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}, expected one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name]
+    try:
+        return SAMPLERS[name]
+    except (KeyError, TypeError):
+        raise UnknownMethodError("sampler", name, SAMPLERS) from None
 
 
 def nfe(sampler: str, steps: int) -> int:

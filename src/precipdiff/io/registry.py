@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from precipdiff.errors import InputFileError
+from precipdiff.errors import InputFileError, UnknownMethodError
 from precipdiff.io import grib, imerg, mrms, netcdf, radolan
 from precipdiff.io._common import BBox, require_file, sniff
 
@@ -32,9 +32,9 @@ NETCDF3_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
 def get_reader(name: str) -> Callable[..., xr.DataArray]:
     """Reader function by name: ``imerg | mrms | grib | netcdf | radolan``."""
     try:
-        return READERS[name]
-    except KeyError:
-        raise KeyError(f"unknown reader {name!r}; available: {sorted(READERS)}") from None
+        return READERS[name.lower()]
+    except (KeyError, AttributeError):
+        raise UnknownMethodError("reader", name, READERS) from None
 
 
 def detect_reader(path: str | os.PathLike) -> str:
