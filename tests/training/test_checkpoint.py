@@ -1,4 +1,4 @@
-"""Resume checkpoints and release weights: round trips, corruption, config mismatch."""
+"""Resume checkpoints: round trips, corruption, config mismatch (release weights: test_release)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,9 @@ from precipdiff.training.checkpoint import (
     check_resume_config,
     find_resume_checkpoint,
     load_checkpoint,
-    load_weights,
     rng_state,
     save_checkpoint,
-    save_weights,
     set_rng_state,
-    split_mean_net,
 )
 from precipdiff.training.config import load_config
 
@@ -74,34 +71,3 @@ def test_config_mismatch_names_keys(tmp_path):
     with pytest.raises(CheckpointError, match="model.model_channels.*|data.patch") as err:
         check_resume_config("x.pt", saved, other)
     assert "model.model_channels" in str(err.value) and "data.patch" in str(err.value)
-
-
-def _meta() -> dict[str, str]:
-    return {"stage": "downscale", "config": "{}", "model": "{}", "transform": "{}", "factor": "10",
-            "pooling": "max", "sigma_data": "0.5", "version": "0.1.0", "mean_model": "{}"}
-
-
-def test_weights_round_trip(tmp_path):
-    net = {"a.weight": torch.randn(2, 3)}
-    mean = {"a.weight": torch.randn(2, 3)}
-    path = save_weights(tmp_path / "w.safetensors", net, metadata=_meta(), mean_state=mean)
-    tensors, meta = load_weights(path)
-    assert meta["stage"] == "downscale" and meta["format"] == "precipdiff-weights/1"
-    got_net, got_mean = split_mean_net(tensors)
-    assert torch.equal(got_net["a.weight"], net["a.weight"])
-    assert torch.equal(got_mean["a.weight"], mean["a.weight"])
-
-
-def test_bad_weights(tmp_path):
-    bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="corrupt"):
-        load_weights(bad)
-    with pytest.raises(CheckpointError, match="metadata"):
-        save_weights(tmp_path / "w.safetensors", {"x": torch.ones(1)}, metadata={"stage": "x"})
-    from safetensors.torch import save_file
-
-    foreign = tmp_path / "foreign.safetensors"
-    save_file({"x": torch.ones(1)}, str(foreign))
-    with pytest.raises(CheckpointError, match="not precipdiff weights"):
-        load_weights(foreign)

@@ -1,9 +1,9 @@
 """One trained stage: a network, its transform, grid factor and sampler settings.
 
-A stage is loaded from a release ``.safetensors`` file written by :mod:`precipdiff.training`;
-its metadata carries everything needed to apply it correctly (stage kind, network config,
-precipitation transform, grid factor, pooling, ``sigma_data``), so a model cannot be applied
-with the wrong normalisation.
+A stage is loaded from a release ``.safetensors`` file (format and checks in
+:mod:`precipdiff.release`); it carries everything needed to apply it correctly (stage kind,
+network config, precipitation transform, grid factor, pooling, input semantics, statistics of the
+extra channels, ``sigma_data``), so a model cannot be applied with the wrong normalisation.
 
 Stage kinds (PrecipDiff, Dai & Ushijima-Mwesigwa 2025; CorrDiff, Mardani et al. 2023):
 
@@ -17,11 +17,9 @@ Stage kinds (PrecipDiff, Dai & Ushijima-Mwesigwa 2025; CorrDiff, Mardani et al. 
 
 from __future__ import annotations
 
-import hashlib
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,12 +29,12 @@ from precipdiff.data.transforms import PrecipTransform
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.diffusion.samplers import get_sampler
 from precipdiff.diffusion.schedules import karras_sigmas
-from precipdiff.errors import CheckpointError, ConfigError
-from precipdiff.models.unet import UNet, UNetConfig
+from precipdiff.errors import CheckpointError
+from precipdiff.models.unet import UNet
 from precipdiff.pipeline.tiling import TiledDenoiser
-from precipdiff.training.checkpoint import load_weights, split_mean_net
+from precipdiff.release import STAGE_KINDS, InputSemantics, Release
 
-STAGE_KINDS = ("correct", "downscale", "regression")
+__all__ = ["STAGE_KINDS", "SamplerSettings", "Stage", "bf16_is_fast"]
 
 
 @dataclass(frozen=True)
@@ -50,26 +48,12 @@ class SamplerSettings:
     rho: float = 7.0
 
 
-def _module_from(state: dict[str, torch.Tensor], model_json: str) -> UNet:
-    cfg = UNetConfig(**_tuples(json.loads(model_json)))
-    net = UNet(cfg)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"weights do not fit the network config: {exc}") from exc
-    return net.eval().requires_grad_(False)
-
-
 def bf16_is_fast(device: str | torch.device) -> bool:
     """bfloat16 pays off on CUDA with native bf16 and on CPUs with oneDNN bf16 (AVX512-BF16/AMX)."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return dev.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def _tuples(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 @dataclass
@@ -88,42 +72,40 @@ class Stage:
     metadata: dict[str, str] = field(default_factory=dict)
     source: str = ""
     source_map: QuantileMapping | None = None
+    semantics: InputSemantics = field(default_factory=InputSemantics)
+    extra_names: tuple[str, ...] = ()
+    extra_stats: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> Stage:
-        """Load a stage from a ``.safetensors`` release file (``CheckpointError`` on a bad file)."""
-        tensors, meta = load_weights(path)
-        meta = {**meta, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
-        kind = meta.get("stage")
-        if kind not in STAGE_KINDS:
-            raise CheckpointError(
-                f"{path}: metadata 'stage' is {kind!r}, expected one of {STAGE_KINDS}"
-            )
-        transform = PrecipTransform.from_dict(json.loads(meta["transform"]))
-        net_state, mean_state = split_mean_net(tensors)
-        net: UNet | None = _module_from(net_state, meta["model"])
-        mean_net = _module_from(mean_state, meta["mean_model"]) if "mean_model" in meta else None
-        if kind == "regression":
+        """Load a stage from a ``.safetensors`` release file (``CheckpointError`` on a bad file;
+        the format is :mod:`precipdiff.release`)."""
+        return cls.from_release(Release.load(path), device=device)
+
+    @classmethod
+    def from_release(cls, release: Release, *, device: str | torch.device = "cpu") -> Stage:
+        """A stage ready for inference from a checked :class:`~precipdiff.release.Release`."""
+        net: UNet | None = release.build_net()
+        mean_net = release.build_mean_net()
+        if release.stage == "regression":
             net, mean_net = None, net
-        patch = int(meta.get("patch", 64))
         stage = cls(
-            kind=kind,
-            transform=transform,
-            factor=int(meta.get("factor", 1)) if kind != "correct" else 1,
-            pooling=meta.get("pooling", "max"),
+            kind=release.stage,
+            transform=release.transform,
+            factor=release.factor if release.stage != "correct" else 1,
+            pooling=release.pooling,
             net=net,
             mean_net=mean_net,
-            sigma_data=float(meta.get("sigma_data", 0.5)),
-            patch=patch,
-            metadata=meta,
-            source=str(path),
+            sigma_data=release.sigma_data,
+            patch=release.patch,
+            metadata={**release.metadata(), "sha256": release.sha256},
+            source=release.path,
+            source_map=release.source_map,
+            semantics=release.semantics,
+            extra_names=release.extra_names,
+            extra_stats=release.extra_stats,
         )
         stage.extra_channels = stage._cond_channels() - 1
-        if "source_map" in meta:
-            try:
-                stage.source_map = QuantileMapping.from_dict(json.loads(meta["source_map"]))
-            except (ConfigError, json.JSONDecodeError) as err:
-                raise CheckpointError(f"{path}: metadata 'source_map': {err}") from err
         return stage.to(device)
 
     def map_source(self, src: np.ndarray) -> np.ndarray:
@@ -133,8 +115,7 @@ class Stage:
     def standardise_extras(self, extras: np.ndarray) -> np.ndarray:
         """Extra fields (E, H, W) as the network saw them in training: ``(x - mean) / std`` with
         the training store's statistics (``extra_stats`` in the metadata); NaN -> 0."""
-        names = json.loads(self.metadata.get("extra_names", "[]"))
-        stats = json.loads(self.metadata.get("extra_stats", "{}"))
+        names, stats = self.extra_names, self.extra_stats
         if extras.shape[0] != len(names):
             raise CheckpointError(
                 f"{self.source}: the model was trained with extras {names}, got {extras.shape[0]} "

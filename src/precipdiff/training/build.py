@@ -1,10 +1,9 @@
 """A run's parts from its config: the store and datasets, the conditioning channels, the frozen
-regression mean of ``train.mean_from``, and the metadata of the release weights."""
+regression mean of ``train.mean_from``, and the release weights (:mod:`precipdiff.release`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from typing import Any
 
@@ -13,7 +12,7 @@ from torch import nn
 
 from precipdiff import __version__
 from precipdiff.errors import CheckpointError, ConfigError
-from precipdiff.training import checkpoint as ckpt
+from precipdiff.release import InputSemantics, Release
 from precipdiff.training.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -88,42 +87,30 @@ def resolve_channels(cfg: RunConfig, train_ds: Any, store: Any) -> RunConfig:
     return dataclasses.replace(cfg, model=model)
 
 
-def _store_identity(store: Any) -> dict[str, str]:
-    return {"factor": str(store.factor), "pooling": str(store.pooling),
-            "transform": json.dumps(dict(store.attrs["transform"]), sort_keys=True)}
+def _store_transform(store: Any) -> Any:
+    from precipdiff.data.transforms import PrecipTransform
 
-
-def _load_net_state(net: nn.Module, tensors: dict[str, torch.Tensor], path: Any) -> None:
-    """Load the main network's tensors of a release file into ``net`` (CheckpointError if they
-    do not fit)."""
-    try:
-        net.load_state_dict(ckpt.split_mean_net(tensors)[0])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit their model config ({exc})") from None
+    return PrecipTransform.from_dict(dict(store.attrs["transform"]))
 
 
 def load_mean_net(cfg: RunConfig, store: Any, device: torch.device) -> nn.Module:
     """The frozen regression net of ``train.mean_from``; CheckpointError if it does not fit."""
-    from precipdiff.models.unet import UNet, UNetConfig
-
     path = cfg.train.mean_from
-    tensors, meta = ckpt.load_weights(path)
-    if meta["stage"] != "regression":
+    release = Release.load(path)
+    if release.stage != "regression":
         raise CheckpointError(f"{path}: train.mean_from needs regression weights, got stage "
-                              f"{meta['stage']!r}")
-    found = {**meta, "transform": json.dumps(json.loads(meta["transform"]), sort_keys=True)}
-    differ = [k for k, v in _store_identity(store).items() if found[k] != v]
+                              f"{release.stage!r}")
+    differ = [name for name, ours, theirs in (
+        ("factor", release.factor, int(store.factor)),
+        ("pooling", release.pooling, str(store.pooling)),
+        ("transform", release.transform, _store_transform(store))) if ours != theirs]
     if differ:
         raise CheckpointError(f"{path}: regression weights were trained on another store "
                               f"({', '.join(differ)} differ from {store.path})")
-    fields = {k: tuple(v) if isinstance(v, list) else v
-              for k, v in json.loads(meta["model"]).items()}
-    net = UNet(UNetConfig(**fields))
-    _load_net_state(net, tensors, path)
-    if net.cfg.cond_channels != cfg.model.cond_channels:
-        raise CheckpointError(f"{path}: regression net takes {net.cfg.cond_channels} conditioning "
-                              f"channels, the store gives {cfg.model.cond_channels}")
-    return net.to(device).eval().requires_grad_(False)
+    if release.model.cond_channels != cfg.model.cond_channels:
+        raise CheckpointError(f"{path}: regression net takes {release.model.cond_channels} "
+                              f"conditioning channels, the store gives {cfg.model.cond_channels}")
+    return release.build_net().to(device)
 
 
 def init_from_release(cfg: RunConfig, net: nn.Module, store: Any) -> None:
@@ -135,41 +122,35 @@ def init_from_release(cfg: RunConfig, net: nn.Module, store: Any) -> None:
     the new store's transform. CheckpointError otherwise, naming the file and what differs.
     """
     path = cfg.train.init_from
-    tensors, meta = ckpt.load_weights(path)
-    if meta.get("stage") != cfg.train.stage:
-        raise CheckpointError(f"{path}: train.init_from holds stage {meta.get('stage')!r} "
+    release = Release.load(path)
+    if release.stage != cfg.train.stage:
+        raise CheckpointError(f"{path}: train.init_from holds stage {release.stage!r} "
                               f"weights, this run trains {cfg.train.stage!r}")
-    theirs = json.loads(meta["model"])
-    ours = json.loads(json.dumps(dataclasses.asdict(net.cfg)))
+    theirs, ours = dataclasses.asdict(release.model), dataclasses.asdict(net.cfg)
     differ = sorted(k for k in ours if theirs.get(k) != ours[k])
     if differ:
         raise CheckpointError(f"{path}: train.init_from network differs in "
                               + ", ".join(f"{k} ({theirs.get(k)} vs {ours[k]})" for k in differ))
-    old_t, new_t = json.loads(meta["transform"]), dict(store.attrs["transform"])
-    if old_t.get("kind") != new_t.get("kind"):
-        raise CheckpointError(f"{path}: train.init_from was trained with a {old_t.get('kind')!r} "
-                              f"transform, the store {store.path} uses {new_t.get('kind')!r}")
-    if json.dumps(old_t, sort_keys=True) != json.dumps(new_t, sort_keys=True):
+    new_t = _store_transform(store)
+    if release.transform != new_t:
         log.warning("train.init_from: transform parameters differ (%s -> %s); the network adapts "
-                    "while fine-tuning", old_t, new_t)
-    _load_net_state(net, tensors, path)
+                    "while fine-tuning", release.transform.to_dict(), new_t.to_dict())
+    net.load_state_dict(dict(release.state))
     log.info("initialised from %s", path)
 
 
-def release_metadata(cfg: RunConfig, net: nn.Module, store: Any, mean_net: nn.Module | None,
-                     source_map: Any) -> dict[str, str]:
-    """Metadata of ``weights.safetensors`` (format in :mod:`precipdiff.training.checkpoint`);
+def make_release(cfg: RunConfig, ema_state: dict[str, torch.Tensor], store: Any,
+                 mean_net: nn.Module | None, source_map: Any,
+                 notes: dict[str, str] | None = None) -> Release:
+    """The run's :class:`~precipdiff.release.Release` from its EMA state and store;
     ``source_map`` is the run's fitted :func:`fit_source_map` (None without one)."""
-    meta = {"stage": cfg.train.stage, "config": cfg.to_json(),
-            "model": json.dumps(dataclasses.asdict(net.cfg)),
-            "transform": json.dumps(dict(store.attrs["transform"])),
-            "factor": str(store.factor), "pooling": str(store.pooling),
-            "sigma_data": str(cfg.diffusion.sigma_data),
-            "extra_names": json.dumps(list(store.extra_names)),
-            "extra_stats": json.dumps(dict(store.attrs.get("extra_stats", {}))),
-            "patch": str(cfg.data.patch), "version": __version__}
-    if source_map is not None:
-        meta["source_map"] = json.dumps(source_map.to_dict())
-    if mean_net is not None:
-        meta["mean_model"] = json.dumps(dataclasses.asdict(mean_net.cfg))
-    return meta
+    pooling = str(store.pooling)
+    return Release(
+        stage=cfg.train.stage, model=cfg.model.unet_config(), state=ema_state,
+        transform=_store_transform(store), factor=int(store.factor), pooling=pooling,
+        semantics=InputSemantics.for_pooling(pooling), sigma_data=cfg.diffusion.sigma_data,
+        patch=cfg.data.patch, extra_names=tuple(store.extra_names),
+        extra_stats=dict(store.attrs.get("extra_stats", {})), source_map=source_map,
+        mean_model=mean_net.cfg if mean_net is not None else None,
+        mean_state=mean_net.state_dict() if mean_net is not None else None,
+        config=cfg.to_dict(), version=__version__, notes=notes or {})

@@ -1,4 +1,4 @@
-"""Resume checkpoints (``.pt``) and release weights (``.safetensors``).
+"""Resume checkpoints (``.pt``).
 
 Resume checkpoints
 ------------------
@@ -15,27 +15,8 @@ A new checkpoint is written to a temporary file, fsynced, re-read to verify it, 
 renamed: the old ``last.pt`` becomes ``previous.pt`` (hard link) and the new file replaces
 ``last.pt``. A crash at any point leaves at least one good checkpoint.
 
-Release weights
----------------
-One ``.safetensors`` file with the EMA weights of the trained U-Net under its own state-dict names
-(load with ``UNet(UNetConfig(**json.loads(meta["model"]))).load_state_dict(tensors)``; the EDM
-preconditioning has no weights, it is rebuilt from ``sigma_data``). For a ``downscale`` stage
-trained around a regression mean (CorrDiff style), the frozen regression U-Net's tensors are stored
-in the same file under the prefix ``mean_net.`` and its config in ``mean_model``. Metadata (all
-strings)::
-
-    format      "precipdiff-weights/1"
-    stage       "correct" | "downscale" | "regression"
-    config      resolved RunConfig as JSON
-    model       UNetConfig fields as JSON (the net that denoises, or the regression net)
-    transform   PrecipTransform.to_dict() of the store, as JSON
-    factor      grid factor LR -> HR of the store (e.g. "10")
-    pooling     "max" | "mean" (how the reference was coarsened)
-    sigma_data  EDM sigma_data (float as string; unused for regression)
-    extra_names JSON list of the extra conditioning channels (after the base channel)
-    patch       training patch size (the model applies to any size)
-    version     precipdiff version that wrote the file
-    mean_model  (only with mean_net.*) UNetConfig JSON of the regression net
+Release weights (``.safetensors``) are :mod:`precipdiff.release`; ``load_weights``,
+``save_weights`` and ``split_mean_net`` are re-exported here for existing callers.
 """
 
 from __future__ import annotations
@@ -52,13 +33,15 @@ import torch
 from precipdiff import __version__
 from precipdiff.atomic import atomic_path
 from precipdiff.errors import CheckpointError
+from precipdiff.release import load_weights, save_weights, split_mean_net
+
+__all__ = ["check_resume_config", "config_differences", "find_resume_checkpoint",
+           "load_checkpoint", "load_weights", "rng_state", "save_checkpoint", "save_weights",
+           "set_rng_state", "split_mean_net"]
 
 log = logging.getLogger(__name__)
 
 RESUME_FORMAT = "precipdiff-resume/1"
-WEIGHTS_FORMAT = "precipdiff-weights/1"
-MEAN_PREFIX = "mean_net."
-REQUIRED_METADATA = ("stage", "config", "model", "transform", "factor", "pooling", "version")
 # Config keys that must agree between a checkpoint and the run that resumes it.
 RESUME_KEYS = (
     "model.*", "train.stage", "train.mean_from", "train.seed",
@@ -217,57 +200,3 @@ def check_resume_config(path: str | os.PathLike, saved: dict[str, Any],
         more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
         raise CheckpointError(
             f"{path}: checkpoint config differs from the requested one: {shown}{more}")
-
-
-# ----------------------------------------------------------------------------- release weights
-def save_weights(path: str | os.PathLike, ema_state: dict[str, torch.Tensor], *,
-                 metadata: dict[str, str],
-                 mean_state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write release weights (see module docstring) atomically; metadata values must be strings."""
-    from safetensors.torch import save_file
-
-    bad = [k for k, v in metadata.items() if not isinstance(v, str)]
-    if bad:
-        raise CheckpointError(f"{path}: metadata values must be strings, not for {', '.join(bad)}")
-    missing = [k for k in REQUIRED_METADATA if k not in metadata]
-    if missing:
-        raise CheckpointError(f"{path}: metadata lacks {', '.join(missing)}")
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ema_state.items()}
-    if mean_state is not None:
-        if "mean_model" not in metadata:
-            raise CheckpointError(f"{path}: mean_net tensors need metadata 'mean_model'")
-        tensors.update({MEAN_PREFIX + k: v.detach().cpu().contiguous().clone()
-                        for k, v in mean_state.items()})
-    meta = {"format": WEIGHTS_FORMAT, **metadata}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return Path(path)
-
-
-def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read release weights: ``(tensors, metadata)``; CheckpointError for a bad or foreign file."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            metadata = dict(fh.metadata() or {})
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise CheckpointError(
-            f"{path}: corrupt or not a safetensors file ({str(exc)[:200]})") from None
-    missing = [k for k in REQUIRED_METADATA if k not in metadata]
-    if missing:
-        raise CheckpointError(
-            f"{path}: not precipdiff weights (metadata lacks {', '.join(missing)})")
-    return tensors, metadata
-
-
-def split_mean_net(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
-                                                              dict[str, torch.Tensor]]:
-    """Separate ``mean_net.*`` tensors from the main net's: ``(net, mean_net)``."""
-    net = {k: v for k, v in tensors.items() if not k.startswith(MEAN_PREFIX)}
-    mean = {k[len(MEAN_PREFIX):]: v for k, v in tensors.items() if k.startswith(MEAN_PREFIX)}
-    return net, mean

@@ -36,8 +36,8 @@ from precipdiff.training.batches import BatchPlan, epoch_batches
 from precipdiff.training.build import (
     init_from_release,
     load_mean_net,
+    make_release,
     open_data,
-    release_metadata,
     resolve_channels,
 )
 from precipdiff.training.config import RunConfig, save_config
@@ -357,11 +357,11 @@ def _checkpoint_state(cfg: RunConfig, parts: Parts, pos: Position) -> dict[str, 
 
 
 def _save_release(cfg: RunConfig, parts: Parts, path: Path) -> Path:
-    """EMA weights + metadata (format in :mod:`precipdiff.training.checkpoint`)."""
-    meta = release_metadata(cfg, parts.net, parts.store, parts.mean_net, parts.source_map)
-    mean_state = parts.mean_net.state_dict() if parts.mean_net is not None else None
+    """EMA weights + metadata (format in :mod:`precipdiff.release`)."""
+    release = make_release(cfg, parts.ema.state_dict(), parts.store, parts.mean_net,
+                           parts.source_map)
     log.info("writing %s", path)
-    return ckpt.save_weights(path, parts.ema.state_dict(), metadata=meta, mean_state=mean_state)
+    return release.save(path)
 
 
 def _stop(info: DistInfo, parts: Parts, pos: Position, cfg: RunConfig, run_dir: Path,
