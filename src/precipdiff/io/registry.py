@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 
 from precipdiff.errors import InputFileError, UnknownMethodError
-from precipdiff.io import grib, imerg, mrms, netcdf, radolan
+from precipdiff.io import fmi, grib, imerg, meteoswiss, mrms, netcdf, odim, radolan
 from precipdiff.io._common import BBox, require_file, sniff
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,9 @@ READERS: dict[str, Callable[..., xr.DataArray]] = {
     "grib": grib.read_grib,
     "netcdf": netcdf.read_netcdf,
     "radolan": radolan.read_radolan,
+    "odim": odim.read_odim,
+    "meteoswiss": meteoswiss.read_meteoswiss,
+    "fmi": fmi.read_fmi,
 }
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -42,7 +45,8 @@ def detect_reader(path: str | os.PathLike) -> str:
 
     HDF5 → ``imerg`` when it holds an IMERG field, else ``netcdf``; netCDF-3 and zarr
     directories → ``netcdf``; GRIB (plain, .gz, .xz) → ``mrms`` for discipline 209, else
-    ``grib``; ESRI ASCII grids and tar archives of them → ``radolan``.
+    ``grib``; ESRI ASCII grids and tar archives of them → ``radolan``; ODIM_H5 (HDF5) →
+    ``odim``; GIF → ``meteoswiss``; binary PGM (plain, .gz) → ``fmi``.
     """
     path = require_file(path)
     if path.is_dir():
@@ -53,6 +57,8 @@ def detect_reader(path: str | os.PathLike) -> str:
     if head.startswith(HDF5_MAGIC):
         try:
             with h5py.File(path, "r") as h5:
+                if odim.is_odim(h5):
+                    return "odim"
                 return "imerg" if imerg.is_imerg(h5) else "netcdf"
         except OSError as exc:
             raise InputFileError(path, f"HDF5 signature but unreadable (truncated?): "
@@ -65,8 +71,13 @@ def detect_reader(path: str | os.PathLike) -> str:
         return "mrms" if edition == 2 and head[pos + 6] == 209 else "grib"
     if radolan.is_esri_ascii(head) or head[257:262] == b"ustar":
         return "radolan"
+    if head[:6] in meteoswiss.GIF_MAGIC:
+        return "meteoswiss"
+    if fmi.is_pgm(head):
+        return "fmi"
     raise InputFileError(path, f"unrecognised file content (starts with {head[:8]!r}); expected "
-                         "HDF5/NetCDF, zarr, GRIB (optionally .gz/.xz) or ESRI ASCII")
+                         "HDF5/NetCDF/ODIM, zarr, GRIB (optionally .gz/.xz), ESRI ASCII, GIF "
+                         "or PGM")
 
 
 def read(
