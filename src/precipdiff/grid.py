@@ -6,6 +6,10 @@ coarse cell ``(i, j)`` whose coordinates are the block centres; refining is the 
 Fields are ``DataArray`` with spatial dims ``(lat, lon)`` or, for projected grids, ``(y, x)``
 as the last two dims; NaN marks missing data.
 
+Projected grids keep their CRS: :func:`grid_crs` reads it from the field's ``crs`` attribute
+(PROJ string, WKT or the JSON of CF grid-mapping attributes, as the readers store it) and
+:func:`cf_grid_mapping` writes it back as a CF ``grid_mapping`` variable (pyproj for the maths).
+
 Max pooling for the reference follows PrecipDiff (Ling et al. 2025, arXiv:2501.07447).
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +38,10 @@ __all__ = [
     "upsample_tensor",
     "regrid",
     "spatial_dims",
+    "grid_crs",
+    "xy_units",
+    "cell_bounds",
+    "cf_grid_mapping",
 ]
 
 log = logging.getLogger(__name__)
@@ -204,6 +213,73 @@ def _to_last(da: xr.DataArray) -> tuple[xr.DataArray, str, str]:
 def _other_coords(da: xr.DataArray, ydim: str, xdim: str) -> dict:
     """Coords of ``da`` that do not depend on the spatial dims (kept as they are)."""
     return {k: v for k, v in da.coords.items() if not set(v.dims) & {ydim, xdim}}
+
+
+def cell_bounds(centres: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` cell edges of a regular axis of cell centres (CF ``bounds`` variable)."""
+    c0, d, n = _regular_axis(centres, "coordinate")
+    edges = c0 + d * (np.arange(n + 1) - 0.5)
+    return np.stack([edges[:-1], edges[1:]], axis=-1)
+
+
+# ----------------------------------------------------------------------------- CRS
+
+
+def grid_crs(da: xr.DataArray):
+    """The field's CRS as a :class:`pyproj.CRS`.
+
+    ``(lat, lon)`` fields: WGS 84 (EPSG:4326). ``(y, x)`` fields: the ``crs_wkt`` attribute, else
+    ``crs`` — a PROJ string, WKT, EPSG code or the JSON of CF grid-mapping attributes;
+    :class:`GridError` when it is absent or unreadable (metres must never be taken for degrees).
+    """
+    import json
+
+    import pyproj
+
+    if spatial_dims(da) == ("lat", "lon"):
+        return pyproj.CRS.from_epsg(4326)
+    text = da.attrs.get("crs_wkt") or da.attrs.get("crs")
+    if not text:
+        raise GridError(
+            f"field {da.name!r} is on a projected (y, x) grid but has no 'crs' attribute; expected "
+            "a PROJ string, WKT or CF grid-mapping attributes"
+        )
+    try:
+        if str(text).lstrip().startswith("{"):
+            return pyproj.CRS.from_cf(json.loads(text))
+        return pyproj.CRS.from_user_input(str(text))
+    except (pyproj.exceptions.CRSError, ValueError, TypeError) as exc:
+        raise GridError(
+            f"field {da.name!r}: cannot read its CRS {str(text)[:80]!r}: {exc}"
+        ) from exc
+
+
+def xy_units(da: xr.DataArray) -> str:
+    """Units of a projected field's ``x``/``y`` coordinates: the coordinate's ``units``, else the
+    field's ``xy_units`` attribute (readers set it), else metres (CF's usual unit)."""
+    units = da["x"].attrs.get("units") or da.attrs.get("xy_units") or "m"
+    return {"metre": "m", "meter": "m", "metres": "m", "meters": "m"}.get(str(units), str(units))
+
+
+def cf_grid_mapping(crs) -> dict:
+    """CF grid-mapping attributes (``grid_mapping_name``, parameters, ``crs_wkt``) of ``crs``.
+
+    ``pyproj.CRS.from_cf(attrs)`` recovers the CRS; regular lat/lon grids get
+    ``latitude_longitude``.
+    """
+    attrs = {k: v for k, v in crs.to_cf().items() if v is not None}
+    if (
+        attrs.get("grid_mapping_name") == "polar_stereographic"
+        and "latitude_of_projection_origin" not in attrs
+    ):  # required by CF (Appendix F); pyproj writes only the standard parallel
+        with warnings.catch_warnings():  # "may lose information": we read one parameter
+            warnings.simplefilter("ignore", UserWarning)
+            lat_0 = crs.to_dict().get("lat_0")
+        if lat_0 is None:
+            lat_0 = 90.0 if float(attrs.get("standard_parallel", 90.0)) >= 0 else -90.0
+        attrs["latitude_of_projection_origin"] = float(lat_0)
+    attrs.setdefault("crs_wkt", crs.to_wkt())
+    return attrs
 
 
 # ----------------------------------------------------------------------------- crop

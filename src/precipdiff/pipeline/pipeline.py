@@ -11,6 +11,12 @@ factor). Stage II runs window by window (:func:`precipdiff.pipeline.tiling.windo
 noise that depends on the global pixel only, and the windows are blended into an accumulator that
 lives in memory for small domains and in a temporary zarr array on disk for large ones, so peak
 memory is set by the window and the member batch, not by the domain.
+
+Inputs are checked before any work (:func:`precipdiff.pipeline.inputs.check_input`), and every
+output obeys the wet/dry rule of :mod:`precipdiff.pipeline.dry` (dry stays dry, no trace values).
+Projected ``(time, y, x)`` inputs stay projected: the output has ``y``/``x`` (fine) and
+``y_lr``/``x_lr`` (coarse) in the input's units and CRS; lat/lon inputs get ``lat``/``lon`` and
+``lat_lr``/``lon_lr``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,15 @@ import torch
 import xarray as xr
 
 from precipdiff.errors import GridError
-from precipdiff.grid import Grid, upsample_tensor
+from precipdiff.grid import Grid, spatial_dims, upsample_tensor
+from precipdiff.pipeline.dry import (
+    DEFAULT_HALO,
+    DEFAULT_TRACE_MM_H,
+    dry_cells,
+    dry_coarse,
+    dry_fine,
+)
+from precipdiff.pipeline.inputs import check_input
 from precipdiff.pipeline.stage import SamplerSettings, Stage, bf16_is_fast
 from precipdiff.pipeline.tiling import position_noise, windows
 
@@ -47,6 +61,9 @@ class PredictOptions:
     tile/overlap : network tile size and overlap (pixels; default from the stage's patch size);
     mass_consistent : rescale each fine block so that pooling it (the Stage-II model's pooling)
     reproduces the corrected coarse value.
+    trace_threshold : mm/h below which outputs are 0 (:mod:`precipdiff.pipeline.dry`); None: the
+    weights' ``trace_threshold`` metadata if present, else 0.1 mm/h. dry_halo : coarse cells of
+    the dry-neighbourhood rule.
     """
 
     members: int = 16
@@ -62,6 +79,8 @@ class PredictOptions:
     mass_consistent: bool = False
     device: str = "cpu"
     precision: str = "auto"
+    trace_threshold: float | None = None
+    dry_halo: int = DEFAULT_HALO
 
     @property
     def bf16(self) -> bool:
@@ -146,12 +165,23 @@ class Pipeline:
     def factor(self) -> int:
         return self.downscale.factor if self.downscale is not None else 1
 
+    def trace(self, opts: PredictOptions) -> float:
+        """The trace threshold (mm/h): ``opts``, else the weights' metadata, else the default."""
+        if opts.trace_threshold is not None:
+            return float(opts.trace_threshold)
+        for stage in (self.downscale, self.correct):
+            if stage is not None and "trace_threshold" in stage.metadata:
+                return float(stage.metadata["trace_threshold"])
+        return DEFAULT_TRACE_MM_H
+
     # ---------------------------------------------------------------- Stage I
     def correct_step(self, src: np.ndarray, t: int, opts: PredictOptions) -> np.ndarray:
         """Corrected coarse members (M, Y, X) in mm/h for one source field ``src`` (Y, X) mm/h."""
         m = opts.members
+        trace = self.trace(opts)
         if self.correct is None:
-            return np.repeat(src[None].astype(np.float32), m, axis=0)
+            repeated = np.repeat(src[None].astype(np.float32), m, axis=0)
+            return dry_coarse(repeated, src, trace=trace, halo=opts.dry_halo)
         stage = self.correct
         x, valid = _nan_to_zero(stage.transform.forward(stage.map_source(src)))
         base = x[None, None].to(opts.device)
@@ -176,7 +206,7 @@ class Pipeline:
             out.append(stage.transform.inverse(y[:, 0].cpu().numpy()))
         corrected = np.concatenate(out).astype(np.float32)
         corrected[:, ~valid] = np.nan
-        return corrected
+        return dry_coarse(corrected, src, trace=trace, halo=opts.dry_halo)
 
     # ---------------------------------------------------------------- Stage II
     def downscale_step(
@@ -198,6 +228,8 @@ class Pipeline:
         m, ny, nx = corrected.shape
         h, w = ny * f, nx * f
         tcor, valid = _nan_to_zero(stage.transform.forward(corrected))
+        trace = self.trace(opts)
+        dry_lr = dry_cells(corrected, trace=trace, halo=opts.dry_halo)
         acc = _Accumulator(m, h, w, scratch)
         for win in windows(h, w, opts.window, opts.halo, multiple=f):
             ly0, ly1, lx0, lx1 = win.y0 // f, -(-win.y1 // f), win.x0 // f, -(-win.x1 // f)
@@ -247,6 +279,7 @@ class Pipeline:
         for y0 in range(0, h, band):
             y1 = min(h, y0 + band)
             hr = stage.transform.inverse(acc.band(y0, y1)).astype(np.float32)
+            hr = dry_fine(hr, dry_lr[:, y0 // f : -(-y1 // f)], f, trace=trace)
             if opts.mass_consistent:
                 hr = mass_consistent(hr, corrected[:, y0 // f : y1 // f], f, stage.pooling)
             band_valid = valid[:, y0 // f : -(-y1 // f)]
@@ -266,9 +299,11 @@ class Pipeline:
         """Run the pipeline on ``src`` (time, lat, lon) in mm/h and return an in-memory Dataset.
 
         Variables: ``precip`` (member, time, lat, lon) on the fine grid and ``corrected_lr``
-        (member, time, lat_lr, lon_lr). For domains that do not fit in memory use
-        :func:`precipdiff.pipeline.output.predict_to_file`.
+        (member, time, lat_lr, lon_lr); ``(y, x)`` / ``(y_lr, x_lr)`` for projected inputs. The
+        input is checked first (:func:`~precipdiff.pipeline.inputs.check_input`). For domains
+        that do not fit in memory use :func:`precipdiff.pipeline.output.predict_to_file`.
         """
+        src = check_input(src)
         grid = Grid.from_dataarray(src)
         fine = grid.refine(self.factor)
         times = src["time"].values
@@ -288,35 +323,45 @@ class Pipeline:
 
     def _dataset(self, src, grid, fine, lr, hr, opts) -> xr.Dataset:
         time = src["time"].values
+        ydim, xdim = spatial_dims(src)
+        keep = ("crs", "crs_wkt", "xy_units") if ydim == "y" else ()
+        extra = {k: src.attrs[k] for k in keep if k in src.attrs}
         data = {
             "corrected_lr": _member_field(
                 lr,
                 time,
-                ("lat_lr", grid.lat),
-                ("lon_lr", grid.lon),
+                (f"{ydim}_lr", grid.lat),
+                (f"{xdim}_lr", grid.lon),
                 "Stage-I corrected precipitation rate (coarse grid)",
-            )
+            ).assign_attrs(extra)
         }
         if hr is not None:
             data["precip"] = _member_field(
                 hr,
                 time,
-                ("lat", fine.lat),
-                ("lon", fine.lon),
+                (ydim, fine.lat),
+                (xdim, fine.lon),
                 "downscaled precipitation rate ensemble",
-            )
+            ).assign_attrs(extra)
         return xr.Dataset(data, attrs=self.provenance(opts))
 
-    def provenance(self, opts: PredictOptions) -> dict[str, str | int]:
+    def provenance(self, opts: PredictOptions) -> dict[str, str | int | float]:
         """Attributes that say which models, sampler, steps and seed made an output."""
         from precipdiff import __version__
 
-        attrs: dict[str, str | int] = {
+        attrs: dict[str, str | int | float] = {
             "precipdiff_version": __version__,
             "seed": opts.seed,
             "precision": "bf16" if opts.bf16 else "fp32",
             "members": opts.members,
             "mass_consistent": int(opts.mass_consistent),
+            "trace_threshold": self.trace(opts),
+            "trace_threshold_units": "mm h-1",
+            "dry_rule": (
+                f"values below trace_threshold are 0; a coarse cell (fine pixel) is 0 where the "
+                f"source (corrected) coarse cells within {opts.dry_halo} cell(s) are all below it"
+            ),
+            "dry_halo_cells": opts.dry_halo,
         }
         for name, stage, s in (
             ("correct", self.correct, opts.correct),
@@ -325,7 +370,11 @@ class Pipeline:
             if stage is None:
                 attrs[f"{name}_model"] = "none"
                 continue
-            attrs[f"{name}_model"] = stage.source
+            attrs[f"{name}_model"] = Path(stage.source).name
+            attrs[f"{name}_pooling"] = stage.pooling
+            semantics = getattr(stage, "semantics", None)
+            if semantics is not None:
+                attrs[f"{name}_input_semantics"] = f"{semantics.aggregation} {semantics.quantity}"
             attrs[f"{name}_weights_sha256"] = stage.metadata.get("sha256", "")
             attrs[f"{name}_sampler"] = s.sampler
             attrs[f"{name}_steps"] = s.steps
