@@ -2,7 +2,9 @@
 
 Layout (docs/interfaces.md, "Store layout"): arrays ``src_lr``, ``ref_lr`` (time, Y, X),
 ``ref_hr`` (time, y, x), optional ``extra_hr`` (time, var, y, x), ``time`` (int64 seconds since
-1970-01-01 UTC) and the 1-D cell centres ``lat_hr``, ``lon_hr``, ``lat_lr``, ``lon_lr``.
+1970-01-01 UTC) and the 1-D cell centres ``lat_hr``, ``lon_hr``, ``lat_lr``, ``lon_lr`` — or, on
+a projected grid (a corpus network, ``data.corpus``), ``y_hr``, ``x_hr``, ``y_lr``, ``x_lr`` in
+metres with the CRS in attribute ``crs``.
 All fields are float32 mm/h with NaN for missing, one time step per chunk (the fine grid is
 additionally tiled in ``HR_TILE`` x ``HR_TILE`` chunks so that a patch reads only its window).
 Every array carries zarr v3 ``dimension_names``, so ``xarray.open_zarr`` opens the store too.
@@ -133,11 +135,19 @@ class StoreHandle:
 
         return PrecipTransform.from_dict(dict(self.group.attrs["transform"]))
 
+    @property
+    def crs(self) -> str | None:
+        """CRS (PROJ string or WKT) of a projected store (axes ``y_*``/``x_*`` in metres);
+        None for a lat/lon store."""
+        return self.group.attrs.get("crs") if "y_hr" in self.group else None
+
     def _grid(self, suffix: str):
+        """Grid of ``lat_*``/``lon_*`` (degrees) or, in a projected store, ``y_*``/``x_*``."""
         from precipdiff.grid import Grid
 
-        lat = np.asarray(self.group[f"lat_{suffix}"][:])
-        lon = np.asarray(self.group[f"lon_{suffix}"][:])
+        y, x = ("y", "x") if "y_hr" in self.group else ("lat", "lon")
+        lat = np.asarray(self.group[f"{y}_{suffix}"][:])
+        lon = np.asarray(self.group[f"{x}_{suffix}"][:])
         dlat = float((lat[-1] - lat[0]) / (lat.size - 1)) if lat.size > 1 else float("nan")
         dlon = float((lon[-1] - lon[0]) / (lon.size - 1)) if lon.size > 1 else float("nan")
         return Grid(lat0=float(lat[0]), lon0=float(lon[0]), dlat=dlat, dlon=dlon,
@@ -169,6 +179,9 @@ def open_store(path: str | os.PathLike) -> StoreHandle:
     except Exception as exc:  # zarr raises several types for damaged metadata
         raise StoreError(f"{p}: cannot open as a zarr v3 group: {exc}") from exc
     attrs = g.attrs
+    if "precipdiff_corpus" in attrs:
+        raise StoreError(f"{p}: a corpus store of several networks; open one network's store "
+                         f"{p}/networks/<name> or use data.corpus_dataset.CorpusPatchDataset")
     if "precipdiff_store" not in attrs:
         raise StoreError(f"{p}: not a precipdiff store (no 'precipdiff_store' attribute)")
     if attrs["precipdiff_store"] != STORE_FORMAT:
@@ -176,8 +189,9 @@ def open_store(path: str | os.PathLike) -> StoreHandle:
                          f"format {STORE_FORMAT}; rerun prepare")
     if attrs.get("complete") is not True:
         raise StoreError(f"{p}: incomplete store (attribute complete is not true); rerun prepare")
-    missing = [n for n in ("src_lr", "ref_lr", "ref_hr", "time", "lat_hr", "lon_hr", "lat_lr",
-                           "lon_lr") if n not in g]
+    axes = ("y_hr", "x_hr", "y_lr", "x_lr") if "y_hr" in g else ("lat_hr", "lon_hr", "lat_lr",
+                                                                     "lon_lr")  # projected
+    missing = [n for n in ("src_lr", "ref_lr", "ref_hr", "time", *axes) if n not in g]
     for key in ("factor", "pooling", "transform", "splits"):
         if key not in attrs:
             missing.append(f"attribute {key}")
