@@ -76,3 +76,14 @@ def test_deterministic_prediction_has_no_ensemble_scores(case):
     out = acc.compute()
     assert "crps_ecdf" not in out and "rmse" in out
     assert acc.rank_histogram() is None
+
+
+def test_members_equal_to_the_truth_have_undefined_spread_skill(case):
+    """Identical members matching the truth (a downscale-only run's Stage-I copy of a source
+    that pools the truth exactly): spread-skill is NaN, not a ZeroDivisionError."""
+    _, obs = case
+    ens = obs.expand_dims(member=2).fillna(0.0)  # the mean of 2 equal values is exact
+    acc = Accumulator(thresholds=(1.0,), scales_px=(1,))
+    acc.accumulate(ens, obs)
+    out = acc.compute()
+    assert np.isnan(out["spread_skill_ratio"]) and out["crps_fair"] == 0 and out["rmse"] == 0

@@ -24,7 +24,14 @@ from precipdiff.errors import GridError
 
 from .streaming import Accumulator
 
-__all__ = ["check_alignment", "evaluate_fields", "metric_table", "perfect_value", "write_report"]
+__all__ = [
+    "check_alignment",
+    "coordinate_tolerance",
+    "evaluate_fields",
+    "metric_table",
+    "perfect_value",
+    "write_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +45,35 @@ def perfect_value(metric: str) -> float:
     return 1.0 if _PERFECT_ONE.match(metric) else 0.0
 
 
+CELL_TOLERANCE = 1e-3  # coordinates agree when they differ by less than this fraction of a cell
+
+
+def coordinate_tolerance(values: np.ndarray) -> float:
+    """Largest difference (in the coordinate's units) at which two grids count as the same:
+    :data:`CELL_TOLERANCE` of the median spacing (``1e-9`` for a single cell).
+
+    Real products store their axes with float noise or rounded origins (MRMS differs from an
+    exact 0.01-degree grid by about 1e-6 degrees), so a fixed absolute tolerance is either too
+    tight for fine grids or too loose for coarse ones.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    steps = np.abs(np.diff(v))
+    return float(CELL_TOLERANCE * np.median(steps)) if steps.size else 1e-9
+
+
 def _coords_equal(a: xr.DataArray, b: xr.DataArray, dim: str) -> bool:
     ca, cb = a[dim].values, b[dim].values
     if ca.shape != cb.shape:
         return False
     if np.issubdtype(ca.dtype, np.number) and np.issubdtype(cb.dtype, np.number):
-        return bool(np.allclose(ca, cb, rtol=0.0, atol=1e-6))
+        return bool(np.allclose(ca, cb, rtol=0.0, atol=coordinate_tolerance(cb)))
     return bool(np.array_equal(ca, cb))
 
 
 def check_alignment(pred: xr.DataArray, truth: xr.DataArray, *, member_dim: str = "member",
                     name: str = "prediction") -> None:
     """Raise :class:`GridError` unless ``pred`` (minus ``member_dim``) and ``truth`` share dims,
-    shape and coordinates (lat/lon within 1e-6 degrees, times exactly)."""
+    shape and coordinates (spatial ones within :func:`coordinate_tolerance`, times exactly)."""
     pdims = tuple(d for d in pred.dims if d != member_dim)
     if set(pdims) != set(truth.dims):
         raise GridError(f"{name} has dims {pdims} but truth has {tuple(truth.dims)}")
@@ -59,7 +82,12 @@ def check_alignment(pred: xr.DataArray, truth: xr.DataArray, *, member_dim: str 
             raise GridError(f"{name} has {pred.sizes[dim]} {dim!r} values, truth has "
                             f"{truth.sizes[dim]}")
         if dim in pred.coords and dim in truth.coords and not _coords_equal(pred, truth, dim):
-            diff = np.flatnonzero(np.asarray(pred[dim].values != truth[dim].values))
+            a, b = pred[dim].values, truth[dim].values
+            if np.issubdtype(a.dtype, np.number) and np.issubdtype(b.dtype, np.number):
+                off = np.abs(a.astype(np.float64) - b) > coordinate_tolerance(b)
+            else:
+                off = np.asarray(a != b)
+            diff = np.flatnonzero(off)
             first = int(diff[0]) if diff.size else 0
             raise GridError(
                 f"{name} and truth differ in coordinate {dim!r} (first at index {first}: "

@@ -3,32 +3,50 @@
 Used by ``precipdiff evaluate``, ``precipdiff demo`` and the skill benchmark, so every table in the
 docs comes from the same code. Following PrecipDiff (Dai & Ushijima-Mwesigwa 2025), Stage I is
 scored at the coarse grid against the reference pooled the way the model was trained (max or mean)
-and Stage II at the fine grid against the fine truth; "raw input" is the coarse source (for
-Stage II: nearest-neighbour upsampled, i.e. the coarse values on the fine grid).
+and Stage II at the fine grid against the fine truth. The reference row of the Stage-I table is
+the coarse source itself ("raw input"); that of the Stage-II table is the source
+nearest-neighbour upsampled ("nearest-neighbour (raw input upsampled)": the coarse values on the
+fine grid).
+
+A report is assembled in a hidden staging folder beside the output and moved into place only when
+complete, so a failure never leaves an empty or half-written report behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from precipdiff.atomic import replace_dir
 from precipdiff.baselines import get_baseline
 from precipdiff.baselines.quantile_mapping import QuantileMapping
-from precipdiff.errors import ConfigError, GridError
+from precipdiff.errors import ConfigError, GridError, UnknownMethodError
 from precipdiff.evaluation import plots
 from precipdiff.evaluation.metrics import rank_histogram
-from precipdiff.evaluation.report import evaluate_fields, metric_table, write_report
+from precipdiff.evaluation.report import (
+    CELL_TOLERANCE,
+    coordinate_tolerance,
+    evaluate_fields,
+    metric_table,
+    write_report,
+)
 from precipdiff.evaluation.spectra import rapsd
 from precipdiff.grid import coarsen
 
 log = logging.getLogger(__name__)
 
+EVALUATION_BASELINES = ("nearest", "bilinear", "bicubic", "rainfarm", "qm")
 RAW = "raw input"
+NEAREST = "nearest-neighbour (raw input upsampled)"
 OURS_I = "precipdiff Stage I"
 OURS_II = "precipdiff Stage I+II"
 OURS_II_ONLY = "precipdiff Stage II"
@@ -70,7 +88,9 @@ def baseline_predictions(
     """Fine-grid baseline predictions from the coarse source (names from ``get_baseline``)."""
     out: dict[str, xr.DataArray] = {}
     for name in names:
-        if name in ("nearest", "bilinear", "bicubic"):
+        if name == "nearest":
+            out[NEAREST] = get_baseline(name)(src_lr, factor)
+        elif name in ("bilinear", "bicubic"):
             out[f"{name} interpolation"] = get_baseline(name)(src_lr, factor)
         elif name == "rainfarm":
             try:
@@ -82,23 +102,35 @@ def baseline_predictions(
             out["quantile mapping + bilinear"] = get_baseline("bilinear")(qm.apply(src_lr), factor)
         elif name == "qm":
             log.info("quantile-mapping baseline skipped: no fitted mapping given")
-        elif name != "qm":
-            raise ConfigError(
-                f"unknown baseline {name!r}: use nearest, bilinear, bicubic, rainfarm, qm"
-            )
+        else:
+            raise UnknownMethodError("baseline", name, EVALUATION_BASELINES)
     return out
 
 
-def _align_to(da: xr.DataArray, ref: xr.DataArray) -> xr.DataArray:
-    """Take ``ref``'s coordinates when they agree within 1e-6 deg (float noise), else GridError."""
+def _align_to(
+    da: xr.DataArray, ref: xr.DataArray, names: tuple[str, str] = ("prediction", "truth")
+) -> xr.DataArray:
+    """Take ``ref``'s coordinates when they agree within :func:`coordinate_tolerance` (a
+    thousandth of a cell: float noise and rounded origins), else :class:`GridError`."""
     for dim in ("lat", "lon"):
-        a, b = da[dim].values, ref[dim].values
-        if a.shape != b.shape or not np.allclose(a, b, atol=1e-6, rtol=0):
-            raise GridError(
-                f"{dim} of the prediction ({a.size} cells, {a[0]:.4f}..{a[-1]:.4f}) does not match "
-                f"the truth ({b.size} cells, {b[0]:.4f}..{b[-1]:.4f})"
-            )
+        a, b = da[dim].values.astype(np.float64), ref[dim].values.astype(np.float64)
+        tol = coordinate_tolerance(b)
+        if a.shape == b.shape and np.allclose(a, b, atol=tol, rtol=0):
+            continue
+        worst = f"; largest difference {np.abs(a - b).max():.3g}" if a.shape == b.shape else ""
+        raise GridError(
+            f"{dim} of the {names[0]} ({_axis(a)}) does not match the {names[1]} ({_axis(b)})"
+            f"{worst}; expected agreement within {tol:.3g} (1/{1 / CELL_TOLERANCE:.0f} of a cell)"
+        )
     return da.assign_coords(lat=ref["lat"], lon=ref["lon"])
+
+
+def _axis(values: np.ndarray) -> str:
+    """``"24 cells, 40.0125..40.5875 step 0.025"`` with digits enough to tell axes apart."""
+    if values.size == 0:
+        return "0 cells"
+    step = f" step {np.median(np.diff(values)):.6g}" if values.size > 1 else ""
+    return f"{values.size} cells, {values[0]:.8g}..{values[-1]:.8g}{step}"
 
 
 def verify(
@@ -122,8 +154,8 @@ def verify(
     ``{"stage1"|"stage2": {method: {metric: value}}}``.
     """
     out = Path(output_dir)
-    fig_dir = out / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: output exists and is not a directory; expected a folder")
     truth_hr, f = inp.truth_hr, inp.factor
     truth_lr = coarsen(truth_hr, f, method=inp.pooling)
     src = _align_to(inp.src_lr, truth_lr)
@@ -142,11 +174,8 @@ def verify(
         )
         for k, v in lr_preds.items()
     }
-    hr_preds: dict[str, xr.DataArray] = {RAW: get_baseline("nearest")(src, f)}
-    hr_preds.update(
-        baseline_predictions(
-            src, f, [b for b in baselines if b != "nearest"], qm=qm_fine, seed=seed
-        )
+    hr_preds = baseline_predictions(
+        src, f, ["nearest", *(b for b in baselines if b != "nearest")], qm=qm_fine, seed=seed
     )
     hr_preds.update({k: _align_to(v, truth_hr) for k, v in inp.extra_hr.items()})
     ours_ii = OURS_II if inp.corrected_lr is not None else OURS_II_ONLY
@@ -159,14 +188,39 @@ def verify(
         )
         for k, v in hr_preds.items()
     }
-    tables = {"Stage II: fine grid, vs fine truth": metric_table(rows2)}
+    tables = {"Stage II: fine grid, vs fine truth": metric_table(rows2, reference=NEAREST)}
     if len(rows1) > 1:  # a Stage-I table needs something besides the raw input to compare
         stage1 = f"Stage I: coarse grid, vs the reference {inp.pooling}-pooled {f}x"
-        tables = {stage1: metric_table(rows1), **tables}
-    if figures:
-        _figures(inp, truth_hr, truth_lr, lr_preds, hr_preds, rows2, fig_dir, thresholds, seed)
-    report = write_report(tables, fig_dir, output_dir=out, title=title)
-    return report, {"stage1": rows1, "stage2": rows2}
+        tables = {stage1: metric_table(rows1, reference=RAW), **tables}
+    with staging_dir(out) as stage:
+        fig_dir = stage / "figures"
+        if figures:
+            fig_dir.mkdir()
+            _figures(inp, truth_hr, truth_lr, lr_preds, hr_preds, rows2, fig_dir, thresholds, seed)
+        write_report(tables, fig_dir if figures else None, output_dir=stage, title=title)
+    return out / "report.md", {"stage1": rows1, "stage2": rows2}
+
+
+@contextlib.contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A hidden folder beside ``out`` to assemble a report in; on success its entries replace
+    those of ``out`` (created if missing; a subfolder is swapped whole, as ``figures/``), so
+    ``out`` never holds a half-written report. On an error the staging folder is removed."""
+    target = out.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield stage
+        if not target.exists():
+            os.replace(stage, target)
+            return
+        for entry in sorted(stage.iterdir()):
+            if entry.is_dir():
+                replace_dir(entry, target / entry.name)
+            else:
+                os.replace(entry, target / entry.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _figures(
@@ -187,7 +241,7 @@ def _figures(
     corrected = lr_preds.get(OURS_I, lr_preds[RAW])
     corrected0 = corrected.isel(member=0) if "member" in corrected.dims else corrected
     ours = OURS_II if OURS_II in first else OURS_II_ONLY
-    downscaled0 = first.get(ours, first[RAW])
+    downscaled0 = first.get(ours, first[NEAREST])
     plots.four_panel_maps(
         lr_preds[RAW].isel(time=t),
         corrected0.isel(time=t),
@@ -245,12 +299,27 @@ def _open_prediction(path: Path) -> xr.Dataset:
         ds = xr.open_dataset(path)
     except (OSError, ValueError) as exc:
         raise InputFileError(path, f"cannot open as NetCDF ({exc})") from None
+    if "precip" not in ds and "corrected_lr" in ds:
+        raise InputFileError(
+            path, "a Stage-I-only prediction (no fine-grid 'precip'); evaluate scores the "
+            "fine-grid ensemble: predict with --stages correct,downscale or downscale"
+        )
     missing = [v for v in ("precip", "corrected_lr", "source_lr") if v not in ds]
     if missing:
         raise InputFileError(
             path, f"not a precipdiff prediction: lacks {', '.join(missing)} (write it with predict)"
         )
     return ds
+
+
+def _stage1_ran(ds: xr.Dataset) -> bool:
+    """Whether ``corrected_lr`` holds a Stage-I correction, not the source copied per member
+    (``predict --stages downscale``): from the ``correct_model`` attribute, else the values."""
+    model = ds.attrs.get("correct_model")
+    if model is not None:
+        return str(model) != "none"
+    corrected, src = ds["corrected_lr"].values, ds["source_lr"].values
+    return not np.array_equal(corrected, np.broadcast_to(src, corrected.shape), equal_nan=True)
 
 
 def run_evaluate(
@@ -293,11 +362,11 @@ def run_evaluate(
     truth_da = truth_da.sel(time=times)
     src = read(source, variable=variable) if source else _as_latlon(pred["source_lr"])
     inputs = VerificationInputs(
-        truth_hr=_align_to(truth_da, pred["precip"]),
+        truth_hr=_align_to(truth_da, pred["precip"], names=("truth", "prediction")),
         src_lr=src,
         factor=factor,
         pooling=pooling,
-        corrected_lr=pred["corrected_lr"],
+        corrected_lr=pred["corrected_lr"] if _stage1_ran(pred) else None,
         downscaled=pred["precip"],
     )
     report, _ = verify(

@@ -165,9 +165,11 @@ class Accumulator:
         if self.crps["n"]:
             out["crps_ecdf"] = self.crps["ecdf"] / self.crps["n"]
             out["crps_fair"] = self.crps["fair"] / self.crps["n"]
-            m = self.members
-            out["spread_skill_ratio"] = float(
-                np.sqrt((m + 1) / m) * np.sqrt(self.spread["var"] / self.spread["err2"]))
+            m, err2 = self.members, self.spread["err2"]
+            # undefined (NaN) for an error-free ensemble mean, e.g. members copying the truth
+            out["spread_skill_ratio"] = (
+                float(np.sqrt((m + 1) / m) * np.sqrt(self.spread["var"] / err2))
+                if err2 > 0 else float("nan"))
             hist = self.ranks / self.ranks.sum()
             out["rank_histogram_deviation"] = float(np.abs(hist - 1.0 / (m + 1)).sum())
         for t, counts in self.table.items():
