@@ -72,6 +72,16 @@ def prepare(
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
 ) -> None:
     """Build a paired training store (zarr v3) from source and reference files."""
+    from precipdiff.data.corpus_config import is_corpus_file
+
+    if is_corpus_file(config):  # several radar networks (a `sources:` list): data.corpus
+        from precipdiff.data.corpus import load_corpus_config, prepare_corpus
+        from precipdiff.progress import progress_bar
+
+        with progress_bar("prepare corpus") as cb:
+            path = prepare_corpus(load_corpus_config(config, sets or []), output, progress=cb)
+        typer.echo(f"corpus store written: {path}")
+        return
     from precipdiff.data.prepare import load_prepare_config, prepare_store
     from precipdiff.progress import progress_bar
 

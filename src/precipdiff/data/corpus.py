@@ -432,8 +432,13 @@ def prepare_corpus(cfg: CorpusConfig, out: str | os.PathLike, *,
         if partial.exists():
             log.warning("discarding %s: written with another config or file list", partial)
             shutil.rmtree(partial)
-        zarr.open_group(str(partial), mode="w", zarr_format=3).attrs.update(
-            {"precipdiff_corpus": CORPUS_FORMAT, "complete": False})
+        try:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            zarr.open_group(str(partial), mode="w", zarr_format=3).attrs.update(
+                {"precipdiff_corpus": CORPUS_FORMAT, "complete": False})
+        except OSError as exc:
+            raise StoreError(f"{out}: cannot write the store here ({exc.strerror or exc})") \
+                from exc
         with atomic_path(partial / KEY_FILE) as tmp:
             tmp.write_text(json.dumps(key))
     total, done = sum(len(f) for f in files.values()), 0

@@ -274,3 +274,8 @@ def load_corpus_config(path: str | os.PathLike, sets: Sequence[str] = ()) -> Cor
         return CorpusConfig.from_dict(apply_overrides(d, sets))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def is_corpus_file(path: str | os.PathLike) -> bool:
+    """True when the YAML prepare config at ``path`` is a corpus config (a ``sources`` list)."""
+    return is_corpus_config(read_yaml_mapping(path, "prepare config"))
