@@ -171,3 +171,74 @@ def test_disk_accumulator_gives_the_same_file(pipeline: Pipeline, tmp_path, monk
     on_disk = predict_to_file(pipeline, src, tmp_path / "disk.nc", opts)
     a, b = xr.open_dataset(in_memory)["precip"].values, xr.open_dataset(on_disk)["precip"].values
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- dry stays dry
+
+
+def _dry_field(ny: int = 8, nx: int = 10) -> xr.DataArray:
+    src = coarse_field(ny=ny, nx=nx, n_time=1)
+    return src.copy(data=np.zeros_like(src.values))
+
+
+def test_all_zero_input_gives_all_zero_output(pipeline: Pipeline) -> None:
+    """Before the rule, random residual noise left drizzle on most pixels of a dry input."""
+    ds = pipeline.predict(_dry_field(), _opts())
+    assert np.all(ds["corrected_lr"].values == 0)
+    assert np.all(ds["precip"].values == 0)
+
+
+def test_no_trace_values_and_rain_only_near_wet_cells(pipeline: Pipeline) -> None:
+    src = _dry_field(ny=10, nx=10)
+    src.values[0, 4:6, 4:6] = 3.0  # one wet 2 x 2 patch of coarse cells
+    ds = pipeline.predict(src, _opts(trace_threshold=0.2))
+    for name in ("corrected_lr", "precip"):
+        v = ds[name].values
+        assert not ((v > 0) & (v < 0.2)).any(), name
+    # Stage I: only within one coarse cell of the wet source cells
+    lr = ds["corrected_lr"].values[:, 0]
+    assert lr[:, :3].max() == 0 and lr[:, 7:].max() == 0 and lr[:, :, :3].max() == 0
+    # Stage II: only over (or next to) wet corrected cells of the same member
+    hr = ds["precip"].values[:, 0]
+    for m in range(hr.shape[0]):
+        wet_lr = lr[m] >= 0.2
+        near = np.zeros_like(wet_lr)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                near |= np.roll(np.roll(wet_lr, dy, 0), dx, 1)
+        far = ~np.repeat(np.repeat(near, FACTOR, 0), FACTOR, 1)
+        assert hr[m][far].max() == 0
+    assert ds.attrs["trace_threshold"] == 0.2
+
+
+def test_trace_threshold_default_and_from_weights(pipeline: Pipeline) -> None:
+    from precipdiff.pipeline.dry import DEFAULT_TRACE_MM_H
+
+    assert pipeline.trace(_opts()) == DEFAULT_TRACE_MM_H == 0.1
+    stage = pipeline.downscale
+    stage.metadata["trace_threshold"] = "0.3"
+    try:
+        assert pipeline.trace(_opts()) == 0.3
+        assert pipeline.trace(_opts(trace_threshold=0.05)) == 0.05
+    finally:
+        del stage.metadata["trace_threshold"]
+
+
+def test_dry_rule_functions() -> None:
+    from precipdiff.pipeline.dry import dry_cells, dry_coarse, dry_fine
+
+    lr = np.zeros((1, 5, 5), np.float32)
+    lr[0, 2, 2] = 1.0
+    dry = dry_cells(lr, trace=0.1, halo=1)
+    assert not dry[0, 1:4, 1:4].any() and dry[0].sum() == 25 - 9
+    assert dry_cells(lr, trace=0.1, halo=0)[0].sum() == 24
+    src = np.zeros((5, 5), np.float32)
+    src[0, 0] = np.nan
+    members = np.full((2, 5, 5), 0.5, np.float32)
+    members[:, 0, 0] = np.nan
+    out = dry_coarse(members, src, trace=0.1)
+    assert np.isnan(out[:, 0, 0]).all() and np.nansum(out) == 0
+    hr = np.full((1, 10, 10), 0.05, np.float32)
+    hr[0, 4:6, 4:6] = 2.0
+    out = dry_fine(hr.copy(), dry, 2, trace=0.1)
+    assert out[0, 4:6, 4:6].min() == 2.0 and (out[0] == 0).sum() == 96
