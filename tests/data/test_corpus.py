@@ -278,8 +278,19 @@ def test_bad_inputs_name_the_file(tmp_path):
     d["sources"][0]["options"] = {"colour": "red"}
     with pytest.raises(ConfigError, match="reader 'netcdf' has no option"):
         prepare_corpus(CorpusConfig.from_dict(d), tmp_path / "e.zarr")
-    (tmp_path / "beta" / "ll_02.nc").write_bytes(b"CDF\x01 truncated")
     d["sources"][0]["options"] = {}
+    d["sources"][0]["files"] = [str(tmp_path / "nowhere" / "*.nc")]
+    with pytest.raises(InputFileError, match="nowhere/\\*.nc: no network 'alpha' file"):
+        prepare_corpus(CorpusConfig.from_dict(d), tmp_path / "g.zarr")
+    d = config(tmp_path / "dup")
+    beta = tmp_path / "dup" / "beta"
+    (beta / "zz_copy.nc").write_bytes((beta / "ll_01.nc").read_bytes())
+    with pytest.raises(InputFileError, match="zz_copy.nc: network 'beta': duplicate valid time "
+                                             "2019-06-10T00:02:00 \\(also in .*ll_01.nc\\)"):
+        prepare_corpus(CorpusConfig.from_dict(d), tmp_path / "h.zarr")
+    assert not (tmp_path / "h.zarr").exists()
+    d = config(tmp_path)
+    (tmp_path / "beta" / "ll_02.nc").write_bytes(b"CDF\x01 truncated")
     d["sources"][0]["files"] = str(tmp_path / "beta" / "*.nc")
     with pytest.raises(InputFileError, match="ll_02.nc"):
         prepare_corpus(CorpusConfig.from_dict(d), tmp_path / "f.zarr")
@@ -372,3 +383,19 @@ def test_real_five_networks(shared_data, tmp_path):
     assert c.open("mch").attrs["input_semantics"]["accumulation"] == "5min"
     assert c.splits["mch"] == {"train": ["spring", "winter"], "test": ["summer-night"]}
     assert c.open("radolan")["ref_hr"].shape[0] == 23  # 24 hours less the 11:50 gap
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_cli_exit_status_zero(shared_data, tmp_path):
+    """ecCodes (MRMS) and the projected readers in one process: exit status 0 on success."""
+    d = yaml.safe_load((REPO / "configs" / "prepare_corpus.yaml").read_text())
+    d["sources"] = [s for s in d["sources"] if s["network"] in ("mrms", "fmi")]
+    for s in d["sources"]:
+        s["files"] = [str(shared_data / f) for f in REAL_FILES[s["network"]]]
+    d["sources"][0]["region"] = REAL_REGIONS["mrms"]
+    p = tmp_path / "corpus.yaml"
+    p.write_text(yaml.safe_dump(d))
+    r = _cli("prepare", "--config", str(p), "--output", "real.zarr", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert open_corpus(tmp_path / "real.zarr").networks == ["mrms", "fmi"]
