@@ -406,3 +406,13 @@ def test_gif_written_in_memory_is_detected(tmp_path):
     p.write_bytes(buf.getvalue())
     assert io.detect_reader(p) == "meteoswiss"
     assert fmi.is_pgm(b"P5\n# x") and not fmi.is_pgm(b"P6\n")
+
+
+def test_latlon_computed_once_per_grid(tmp_path, dbz_raw):
+    """Frames on one grid share one read-only lat/lon pair (no per-frame copy of 2-D coords)."""
+    a = io.read(write_odim(tmp_path / "a.h5", dbz_raw))
+    b = io.read(write_odim(tmp_path / "b.h5", dbz_raw[::-1].copy(), end="010500"))
+    assert np.shares_memory(a.lat.values, b.lat.values)
+    assert not a.lon.values.flags.writeable
+    both = io.read_many([tmp_path / "a.h5", tmp_path / "b.h5"])
+    assert both.sizes["time"] == 2 and both.lat.shape == (12, 16)

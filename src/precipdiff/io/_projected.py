@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import pyproj
+import xarray as xr
 
 from precipdiff.errors import InputFileError
 
@@ -59,20 +60,23 @@ def _latlon(crs_wkt: str, x0: float, y0: float, dx: float, dy: float, nx: int, n
 def grid_coords(
     crs: pyproj.CRS, definition: str, *, x0: float, y0: float, dx: float, dy: float, nx: int,
     ny: int,
-) -> tuple[dict, dict]:
+) -> tuple[dict, dict, dict]:
     """Coordinates and attrs of an ``ny`` × ``nx`` grid whose south-west cell's outer corner is
     (``x0``, ``y0``) metres and whose cells are ``dx`` × ``dy`` metres.
 
-    Returns ``(coords, attrs)``: ``coords`` has ``y``, ``x`` (centres, metres, ascending, rounded to
-    1 mm) and 2-D ``lat``/``lon``; ``attrs`` has ``crs`` (``definition``: the file's PROJ string or
-    an EPSG code), ``crs_wkt``, ``grid_mapping_name``, ``grid_mapping_attrs`` (the CF
-    ``grid_mapping`` variable's attributes, a dict) and ``xy_units="m"``.
+    Returns ``(coords, latlon, attrs)``: ``coords`` has ``y``, ``x`` (centres, metres, ascending,
+    rounded to 1 mm); ``latlon`` the 2-D ``lat``/``lon`` (read-only arrays shared by all frames on
+    the grid: attach them with :func:`attach_latlon`, which does not copy them); ``attrs`` has
+    ``crs`` (``definition``: the file's PROJ string or an EPSG code), ``crs_wkt``,
+    ``grid_mapping_name``, ``grid_mapping_attrs`` (the CF ``grid_mapping`` variable's attributes,
+    a dict) and ``xy_units="m"``.
     """
     x = np.round(x0 + dx * (np.arange(nx) + 0.5), 3)
     y = np.round(y0 + dy * (np.arange(ny) + 0.5), 3)
     wkt = crs.to_wkt()
     lat, lon = _latlon(wkt, float(x0), float(y0), float(dx), float(dy), int(nx), int(ny))
-    coords = {"y": y, "x": x, "lat": (("y", "x"), lat), "lon": (("y", "x"), lon)}
+    coords = {"y": y, "x": x}
+    latlon = {"lat": (("y", "x"), lat), "lon": (("y", "x"), lon)}
     with warnings.catch_warnings():  # e.g. oblique Mercator: a parameter CF has no name for
         warnings.simplefilter("ignore", UserWarning)
         cf = {k: (float(v) if isinstance(v, np.floating) else v) for k, v in crs.to_cf().items()
@@ -80,4 +84,13 @@ def grid_coords(
     attrs = {"crs": definition, "crs_wkt": wkt,
              "grid_mapping_name": str(cf.get("grid_mapping_name", "unknown")),
              "grid_mapping_attrs": cf, "xy_units": "m"}
-    return coords, attrs
+    return coords, latlon, attrs
+
+
+def attach_latlon(da: xr.DataArray, latlon: dict) -> xr.DataArray:
+    """``da`` with the 2-D ``lat``/``lon`` coordinates of :func:`grid_coords`.
+
+    ``assign_coords`` keeps the cached arrays as they are; passing them to the ``DataArray``
+    constructor would deep-copy them (2 × 67 MB for the OPERA grid, per frame).
+    """
+    return da.assign_coords(latlon)

@@ -101,7 +101,7 @@ def _floats(header: dict, key: str, n: int, path) -> list[float]:
     return values
 
 
-def _grid(header: dict, shape: tuple[int, int], path) -> tuple[dict, dict]:
+def _grid(header: dict, shape: tuple[int, int], path) -> tuple[dict, dict, dict]:
     missing = [k for k in _PROJECTION_KEYS if k not in header]
     if missing:
         raise InputFileError(path, f"PGM header has no projection ({', '.join(missing)} missing); "
@@ -158,7 +158,8 @@ def read_fmi(
     except (KeyError, ValueError):
         raise InputFileError(path, f"PGM header obstime {header.get('obstime')!r}; expected "
                              "YYYYMMDDhhmm") from None
-    coords, attrs = _grid(header, pixels.shape, path)
+    coords, latlon, attrs = _grid(header, pixels.shape, path)
+    pixels = pixels[::-1]  # rows south → north
     dbz = pixels.astype(np.float32) * np.float32(DBZ_GAIN) + np.float32(DBZ_OFFSET)
     dbz[pixels == int(header["maxval"][0])] = np.nan
     relation = reflectivity.resolve_zr(zr, "fmi")
@@ -167,7 +168,7 @@ def read_fmi(
     attrs.update(semantics="instantaneous", time_label="observation time (obstime)",
                  fmi_param=param, fmi_product=" ".join(header.get("productname", [])),
                  **reflectivity.zr_attrs(relation, noise_floor_dbz, max_dbz, "reflectivity"))
-    da = finalize(np.ascontiguousarray(rate[::-1])[None], {"time": [time], **coords},
-                  ("time", "y", "x"), path=path, variable=param, units="mm/h",
-                  product="FMI radar composite", attrs=attrs, allow_all_nan=allow_all_nan)
-    return crop_2d(da, bbox, path)
+    da = finalize(rate[None], {"time": [time], **coords}, ("time", "y", "x"), path=path,
+                  variable=param, units="mm/h", product="FMI radar composite", attrs=attrs,
+                  allow_all_nan=allow_all_nan)
+    return crop_2d(_projected.attach_latlon(da, latlon), bbox, path)

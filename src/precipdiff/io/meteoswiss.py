@@ -161,14 +161,15 @@ def read_meteoswiss(
                              "of minutes") from None
     if minutes <= 0:
         raise InputFileError(path, f"ACCUm={minutes} minutes; expected a positive period")
-    coords, grid_attrs = _projected.grid_coords(_projected.parse_crs(CRS, path), CRS, **CCS4)
+    coords, latlon, grid_attrs = _projected.grid_coords(_projected.parse_crs(CRS, path), CRS,
+                                                        **CCS4)
     zr = reflectivity.NETWORK_ZR["meteoswiss"]
     attrs = {"accumulation": f"{minutes}min", "semantics": "accumulation",
              "time_label": "end of the accumulation period", "mch_product": product,
              "mch_scale": meta.get("SCALE", ""), "mch_palette": color,
              "class_coding": f"dBZ = (n - 71.5)/2, Z = {zr.a:g} R^{zr.b:g} "
                              "(MeteoSwiss 8-bit scale)", **grid_attrs}
-    return crop_2d(finalize(np.ascontiguousarray(amounts[::-1])[None],
-                            {"time": [time], **coords}, ("time", "y", "x"), path=path,
-                            variable=product, units="mm", product=f"MeteoSwiss {product}",
-                            attrs=attrs, allow_all_nan=allow_all_nan), bbox, path)
+    da = finalize(np.ascontiguousarray(amounts[::-1])[None], {"time": [time], **coords},
+                  ("time", "y", "x"), path=path, variable=product, units="mm",
+                  product=f"MeteoSwiss {product}", attrs=attrs, allow_all_nan=allow_all_nan)
+    return crop_2d(_projected.attach_latlon(da, latlon), bbox, path)

@@ -134,7 +134,7 @@ def _choose(h5: h5py.File, path, variable: str | None) -> tuple[str, str, str]:
                          f"{list(QUANTITIES)} (precipitation rate, accumulation or reflectivity)")
 
 
-def _grid(h5: h5py.File, ds: str, shape: tuple[int, int], path) -> tuple[dict, dict]:
+def _grid(h5: h5py.File, ds: str, shape: tuple[int, int], path) -> tuple[dict, dict, dict]:
     where = {**_attrs(h5, "where"), **_attrs(h5[ds], "where")}
     missing = [k for k in ("projdef", "LL_lon", "LL_lat", "UR_lon", "UR_lat") if k not in where]
     if missing:
@@ -162,7 +162,8 @@ def _grid(h5: h5py.File, ds: str, shape: tuple[int, int], path) -> tuple[dict, d
 
 
 def _decode(raw: np.ndarray, what: dict, path, qty: str) -> tuple[np.ndarray, np.ndarray]:
-    """Physical values (float32) and the undetect mask; nodata → NaN."""
+    """Physical values (float32, C-contiguous even for a flipped view) and the undetect mask;
+    nodata → NaN."""
     gain, offset = float(what.get("gain", 1.0)), float(what.get("offset", 0.0))
     nodata_mask = raw == what["nodata"] if "nodata" in what else np.zeros(raw.shape, bool)
     undetect = raw == what["undetect"] if "undetect" in what else np.zeros(raw.shape, bool)
@@ -223,7 +224,7 @@ def _read_open(h5, path, variable, conversion, allow_all_nan) -> xr.DataArray:
     raw = h5[ds][d]["data"][...]
     if raw.ndim != 2:
         raise InputFileError(path, f"{ds}/{d}/data has shape {raw.shape}; expected 2-D")
-    values, undetect = _decode(raw, what, path, qty)
+    values, undetect = _decode(raw[::-1], what, path, qty)  # rows south → north
     window = None
     dsw = _attrs(h5[ds])
     if all(k in dsw for k in ("startdate", "starttime", "enddate", "endtime")):
@@ -266,10 +267,10 @@ def _read_open(h5, path, variable, conversion, allow_all_nan) -> xr.DataArray:
             attrs.update(reflectivity.zr_attrs(relation, noise_floor_dbz, max_dbz, qty))
         else:
             values[undetect] = 0.0
-    coords, grid_attrs = _grid(h5, ds, values.shape, path)
+    coords, latlon, grid_attrs = _grid(h5, ds, values.shape, path)
     attrs.update(grid_attrs)
-    coords = {"time": [time], **coords}
     product = f"ODIM {qty}" + (f" ({attrs['odim_product']})" if attrs["odim_product"] else "")
-    return finalize(np.ascontiguousarray(values[::-1])[None], coords, ("time", "y", "x"),
-                    path=path, variable=qty, units=units, product=product, attrs=attrs,
-                    allow_all_nan=allow_all_nan)
+    da = finalize(values[None], {"time": [time], **coords}, ("time", "y", "x"), path=path,
+                  variable=qty, units=units, product=product, attrs=attrs,
+                  allow_all_nan=allow_all_nan)
+    return _projected.attach_latlon(da, latlon)

@@ -94,16 +94,19 @@ def dbz_to_rate(
     ``max_dbz`` (hail cap; ``None``: no cap).
     """
     dbz = np.asarray(dbz, dtype=np.float32)
+    if max_dbz is not None and max_dbz < noise_floor_dbz:
+        raise ValueError(f"max_dbz={max_dbz} is below noise_floor_dbz={noise_floor_dbz}")
+    rate = np.zeros(dbz.shape, np.float32)
+    wet = dbz >= np.float32(noise_floor_dbz)  # NaN compares False
+    level = dbz[wet]  # only the (few) echoes above the floor go through exp
     if max_dbz is not None:
-        if max_dbz < noise_floor_dbz:
-            raise ValueError(f"max_dbz={max_dbz} is below noise_floor_dbz={noise_floor_dbz}")
-        dbz = np.minimum(dbz, np.float32(max_dbz))  # NaN stays NaN
-    # log10 R = (dBZ/10 - log10 a) / b, evaluated as one exp in float32
+        np.minimum(level, np.float32(max_dbz), out=level)
+    # ln R = ln(10) / (10 b) · (dBZ − 10 log10 a), evaluated in float32
     scale = np.float32(np.log(10.0) / (10.0 * zr.b))
     shift = np.float32(10.0 * np.log10(zr.a))
-    with np.errstate(over="ignore", invalid="ignore"):
-        rate = np.exp((dbz - shift) * scale)
-    rate[dbz < np.float32(noise_floor_dbz)] = 0.0
+    with np.errstate(over="ignore"):
+        rate[wet] = np.exp((level - shift) * scale)
+    rate[np.isnan(dbz)] = np.nan
     return rate
 
 
