@@ -223,6 +223,9 @@ def test_samples_carry_network_and_event(built):
     # weighting by frames: 3 alpha train frames vs 4 beta ones
     assert CorpusPatchDataset(out, split="train", stage="correct", patch=4,
                               samples_per_epoch=4).weights.tolist() == pytest.approx([3 / 7, 4 / 7])
+    loader = torch.utils.data.DataLoader(ds, batch_size=30, num_workers=1)
+    first = next(iter(loader))
+    assert first["network"].tolist() == [int(ds[i]["network"]) for i in range(30)]
     batch = corpus_val_patches(out, "train", "downscale", n=6, patch=16)
     assert batch["cond"].shape == (6, 1, 16, 16) and batch["network"].shape == (6,)
     # one network's store works with the plain PatchDataset
