@@ -46,6 +46,20 @@ def test_regression_flag_follows_stage():
         ("data.augment=maybe", "data.augment"),
         ("nosection.x=1", "nosection"),
         ("lr=1", "lr"),
+        ("diffusion.val_sampler=foo", "diffusion.val_sampler"),
+        ("optim.lr=.inf", "optim.lr"),
+        ("optim.lr=.nan", "optim.lr"),
+        ("optim.grad_clip=-.inf", "optim.grad_clip"),
+        ("diffusion.sigma_data=1e999", "diffusion.sigma_data"),
+        ("diffusion.val_sampler=[heun]", "diffusion.val_sampler"),
+        ("model.model_channels=1000000", "model.model_channels"),
+        ("model.channel_mult=[1, 100000]", "model.channel_mult"),
+        ("model.num_blocks=100000", "model.num_blocks"),
+        ("model.cond_channels=100000", "model.cond_channels"),
+        ("data.patch=1048576", "data.patch"),
+        ("data.batch_size=100000000", "data.batch_size"),
+        ("diffusion.val_members=100000000", "diffusion.val_members"),
+        ("diffusion.val_steps=100000000", "diffusion.val_steps"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -53,6 +67,12 @@ def test_bad_values_name_the_key(override, key):
         load_config(None, [*BASE, override])
     message = str(err.value)
     assert key in message and "\n" not in message
+
+
+@pytest.mark.parametrize("sampler", ["heun", "euler", "dpmpp_2m", "ancestral"])
+def test_known_val_samplers_accepted(sampler):
+    assert load_config(None, [*BASE, f"diffusion.val_sampler={sampler}"]).diffusion.val_sampler \
+        == sampler
 
 
 def test_missing_store_and_file(tmp_path):

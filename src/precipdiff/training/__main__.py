@@ -1,7 +1,8 @@
 """``python -m precipdiff.training --config run.yaml [--set k=v ...] [--resume]``.
 
 Also the entry point for DDP: ``torchrun --nproc_per_node=N -m precipdiff.training ...``.
-User errors (:class:`~precipdiff.errors.PrecipdiffError`) print one line and exit with 2.
+User errors (:class:`~precipdiff.errors.PrecipdiffError`) print one line and exit with 2; Ctrl-C
+exits with 130 and SIGTERM with 143, both after saving a checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     except PrecipdiffError as exc:
         logging.getLogger("precipdiff").error("%s", exc)
         return 2
+    except KeyboardInterrupt:
+        logging.getLogger("precipdiff").error("interrupted")
+        return 130
     logging.getLogger("precipdiff").info("run finished: %s", run_dir)
     return 0
 

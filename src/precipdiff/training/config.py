@@ -223,13 +223,18 @@ def _coerce_scalar(key: str, value: Any, tp: type) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None and math.isfinite(number):
+            return number
+        if number is not None:
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -237,31 +242,66 @@ def _coerce_scalar(key: str, value: Any, tp: type) -> Any:
     raise ConfigError(f"{key}: expected {tp.__name__}, got {got}")
 
 
+def _known_sampler(name: str) -> bool:
+    from precipdiff.diffusion.samplers import SAMPLERS
+
+    return name in SAMPLERS
+
+
+def _sampler_names() -> str:
+    from precipdiff.diffusion.samplers import SAMPLERS
+
+    return ", ".join(sorted(SAMPLERS))
+
+
 def _check_values(cfg: RunConfig) -> None:
-    """Impossible values → ConfigError naming the key."""
+    """Impossible values → ConfigError naming the key; sizes beyond the release format's
+    :data:`~precipdiff.release.LIMITS` are refused before anything is allocated."""
+    from precipdiff.release import LIMITS
+
     d, m, o, t, f = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.diffusion
     levels = len(m.channel_mult)
+    width = m.model_channels * max(m.channel_mult, default=1)
     checks = [
         ("data.store", bool(d.store), "must name a prepared store"),
         ("data.patch", d.patch > 0 and d.patch % 8 == 0,
          f"must be a positive multiple of 8, got {d.patch}"),
         ("data.patch", d.patch % 2 ** (levels - 1) == 0,
          f"must be a multiple of 2**(len(model.channel_mult)-1) = {2 ** (levels - 1)}"),
-        ("data.batch_size", d.batch_size > 0, f"must be positive, got {d.batch_size}"),
+        ("data.batch_size", 0 < d.batch_size <= 65536,
+         f"must lie in [1, 65536], got {d.batch_size}"),
         ("data.num_workers", d.num_workers >= 0, f"must be >= 0, got {d.num_workers}"),
         ("data.samples_per_epoch", d.samples_per_epoch >= d.batch_size,
          f"must be >= data.batch_size, got {d.samples_per_epoch}"),
         ("data.rain_weighted", 0 <= d.rain_weighted <= 1,
          f"must lie in [0, 1] (fraction of wet-centred patches), got {d.rain_weighted}"),
-        ("data.val_patches", d.val_patches >= 0, f"must be >= 0, got {d.val_patches}"),
+        ("data.val_patches", 0 <= d.val_patches <= 4096,
+         f"must lie in [0, 4096], got {d.val_patches}"),
         ("data.source_map", d.source_map in (None, "eqm"),
          f"must be null or 'eqm' (pooled empirical quantile mapping), got {d.source_map!r}"),
         ("data.source_map", d.source_map is None or t.stage == "correct",
          f"applies to the 'correct' stage only, this run trains {t.stage!r}"),
         ("data.source_map_quantiles", d.source_map_quantiles >= 2,
          f"must be >= 2, got {d.source_map_quantiles}"),
+        ("data.patch", d.patch <= LIMITS["patch"],
+         f"must be <= {LIMITS['patch']}, got {d.patch}"),
         ("model.model_channels", m.model_channels > 0 and m.model_channels % 2 == 0,
          f"must be positive and even, got {m.model_channels}"),
+        ("model.model_channels", m.model_channels <= LIMITS["model_channels"],
+         f"must be <= {LIMITS['model_channels']}, got {m.model_channels}"),
+        ("model.channel_mult", levels <= LIMITS["levels"] and width <= LIMITS["width"],
+         f"at most {LIMITS['levels']} levels and model_channels * max(channel_mult) <= "
+         f"{LIMITS['width']}, got {levels} levels and {width}"),
+        ("model.num_blocks", m.num_blocks <= LIMITS["num_blocks"],
+         f"must be <= {LIMITS['num_blocks']}, got {m.num_blocks}"),
+        ("model.head_channels", m.head_channels <= LIMITS["head_channels"],
+         f"must be <= {LIMITS['head_channels']}, got {m.head_channels}"),
+        ("model.cond_channels", (m.cond_channels or 1) <= LIMITS["cond_channels"],
+         f"must be <= {LIMITS['cond_channels']}, got {m.cond_channels}"),
+        ("model.in_channels", 0 < m.in_channels <= LIMITS["in_channels"],
+         f"must lie in [1, {LIMITS['in_channels']}], got {m.in_channels}"),
+        ("model.out_channels", 0 < m.out_channels <= LIMITS["out_channels"],
+         f"must lie in [1, {LIMITS['out_channels']}], got {m.out_channels}"),
         ("model.head_channels", m.head_channels > 0, f"must be positive, got {m.head_channels}"),
         ("model.channel_mult", levels > 0 and min(m.channel_mult) > 0,
          "must be non-empty and positive"),
@@ -272,9 +312,12 @@ def _check_values(cfg: RunConfig) -> None:
         ("model.cond_channels", m.cond_channels is None or m.cond_channels > 0, "must be positive"),
         ("diffusion.sigma_data", f.sigma_data > 0, f"must be positive, got {f.sigma_data}"),
         ("diffusion.P_std", f.P_std > 0, f"must be positive, got {f.P_std}"),
-        ("diffusion.val_steps", f.val_steps > 0, f"must be positive, got {f.val_steps}"),
-        ("diffusion.val_members", f.val_members >= 2,
-         f"must be >= 2 for CRPS, got {f.val_members}"),
+        ("diffusion.val_steps", 0 < f.val_steps <= 1000,
+         f"must lie in [1, 1000], got {f.val_steps}"),
+        ("diffusion.val_sampler", _known_sampler(f.val_sampler),
+         f"unknown sampler {f.val_sampler!r} (known: {_sampler_names()})"),
+        ("diffusion.val_members", 2 <= f.val_members <= 256,
+         f"must lie in [2, 256] (>= 2 for CRPS), got {f.val_members}"),
         ("optim.lr", o.lr > 0, f"must be positive, got {o.lr}"),
         ("optim.betas", all(0 <= b < 1 for b in o.betas), f"must lie in [0, 1), got {o.betas}"),
         ("optim.weight_decay", o.weight_decay >= 0, f"must be >= 0, got {o.weight_decay}"),

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from precipdiff.errors import ConfigError
+from precipdiff.errors import ConfigError, PrecipdiffError
 from precipdiff.training import checkpoint as ckpt
 from precipdiff.training.batches import BatchPlan, epoch_batches
 from precipdiff.training.build import (
@@ -53,9 +53,14 @@ from precipdiff.training.ema import EMA
 from precipdiff.training.monitor import Monitor, StepMeter, require_tensorboard, truncate_metrics
 from precipdiff.training.objective import crps_fair, draw_noise, edm_loss_sum, regression_loss_sum
 from precipdiff.training.optim import build_optimizer, lr_at, set_lr
-from precipdiff.training.signals import StopSignals, exit_for
+from precipdiff.training.rundir import RunLock
+from precipdiff.training.signals import StopSignals, exit_for, terminate_raises
 
 log = logging.getLogger(__name__)
+
+
+class DivergedError(PrecipdiffError):
+    """The loss, the gradients or the parameters became NaN or infinite."""
 
 
 @dataclass
@@ -102,7 +107,14 @@ def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Pat
 
 def _train(cfg: RunConfig, info: DistInfo, *, resume: bool, progress: bool) -> Path:
     run_dir = Path(cfg.train.out_dir)
-    _check_run(cfg, info, run_dir, resume)
+    _check_setup(cfg, info)
+    with terminate_raises(), RunLock(run_dir, enabled=info.is_main):
+        return _train_locked(cfg, info, run_dir, resume=resume, progress=progress)
+
+
+def _train_locked(cfg: RunConfig, info: DistInfo, run_dir: Path, *, resume: bool,
+                  progress: bool) -> Path:
+    _check_existing_run(run_dir, resume)
     store, train_ds, val_args, source_map = open_data(cfg)
     cfg = resolve_channels(cfg, train_ds, store)
     state = None
@@ -138,8 +150,8 @@ def _train(cfg: RunConfig, info: DistInfo, *, resume: bool, progress: bool) -> P
 
 
 # ----------------------------------------------------------------------------- set-up
-def _check_run(cfg: RunConfig, info: DistInfo, run_dir: Path, resume: bool) -> None:
-    """Cheap checks before any work: world size, TensorBoard, an existing run."""
+def _check_setup(cfg: RunConfig, info: DistInfo) -> None:
+    """Cheap checks before any work: world size, TensorBoard."""
     micro = cfg.data.batch_size // cfg.optim.accumulate
     if micro % info.world_size:
         raise ConfigError(f"data.batch_size: {cfg.data.batch_size} / optim.accumulate "
@@ -147,6 +159,10 @@ def _check_run(cfg: RunConfig, info: DistInfo, run_dir: Path, resume: bool) -> N
                           f"{info.world_size} processes")
     if cfg.train.tensorboard and info.is_main:
         require_tensorboard()
+
+
+def _check_existing_run(run_dir: Path, resume: bool) -> None:
+    """A run directory with checkpoints is continued with ``resume`` only."""
     has_run = any((ckpt.checkpoint_dir(run_dir) / n).exists() for n in ("last.pt", "previous.pt"))
     if has_run and not resume:
         raise ConfigError(f"train.out_dir: {run_dir} already holds a run; pass --resume to "
@@ -249,14 +265,32 @@ def _train_step(cfg: RunConfig, info: DistInfo, parts: Parts, pos: Position,
         (term * (info.world_size / total_valid).float()).backward()
         loss_sum += term.detach().double()
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(parts.net.parameters(), clip)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(parts.net.parameters(), clip))
+    loss = float(gather_sum(loss_sum, info) / total_valid)
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        _diverged(cfg, pos, f"loss {loss}, gradient norm {grad_norm}")
     set_lr(parts.optimizer, lr_at(pos.samples_seen, cfg.optim, cfg.total_samples))
     parts.optimizer.step()
     parts.optimizer.zero_grad(set_to_none=True)
+    if not _all_finite(parts.net):
+        _diverged(cfg, pos, "parameters became NaN or infinite in the update")
     parts.ema.update(parts.net, batch_size=cfg.data.batch_size,
                      samples_seen=pos.samples_seen + cfg.data.batch_size)
-    loss = gather_sum(loss_sum, info) / total_valid
-    return float(loss), float(grad_norm)
+    return loss, grad_norm
+
+
+def _all_finite(net: nn.Module) -> bool:
+    """Every parameter finite (one reduction per tensor, one host sync)."""
+    flags = [torch.isfinite(p.detach()).all() for p in net.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _diverged(cfg: RunConfig, pos: Position, what: str) -> None:
+    """Stop before anything non-finite is written: the last checkpoint stays the good one."""
+    raise DivergedError(
+        f"training diverged at step {pos.step + 1} ({pos.samples_seen} samples): {what}; "
+        f"nothing was written after the last checkpoint of {cfg.train.out_dir}; lower optim.lr "
+        f"(now {cfg.optim.lr:g}) or set optim.grad_clip")
 
 
 def _prepare(batch: dict[str, torch.Tensor], device: torch.device,

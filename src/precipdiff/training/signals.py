@@ -1,10 +1,17 @@
-"""SIGINT/SIGTERM during training: finish the step, save a checkpoint, then leave."""
+"""SIGINT/SIGTERM during training: finish the step, save a checkpoint, then leave.
+
+Outside the steps (opening the store, building, writing the release weights) SIGTERM raises
+``SystemExit(143)`` at once, as Ctrl-C raises ``KeyboardInterrupt``: the ``with`` blocks of
+atomic writes remove their temporary files either way (:func:`terminate_raises`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from precipdiff.training.distributed import DistInfo, any_rank
@@ -52,3 +59,21 @@ def exit_for(signum: int | None) -> BaseException:
     if signum == signal.SIGINT:
         return KeyboardInterrupt()
     return SystemExit(128 + (signum or signal.SIGTERM))
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def terminate_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``SystemExit(143)`` in the main thread (elsewhere
+    nothing changes); the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
