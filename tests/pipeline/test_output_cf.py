@@ -11,6 +11,7 @@ import pytest
 import xarray as xr
 
 from precipdiff import io
+from precipdiff.errors import GridError
 from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
 from precipdiff.pipeline.output import predict_to_file
 
@@ -140,3 +141,16 @@ def test_own_output_reads_back_in_mm_per_hour(outputs) -> None:
         np.testing.assert_array_equal(back.values, ds["ensemble_mean"].values)
     proj = io.read(outputs["km"], variable="ensemble_mean")
     assert proj.dims == ("time", "y", "x") and pyproj.CRS(proj.attrs["crs"]) == pyproj.CRS(STERE)
+    assert proj.attrs["xy_units"] == "km"  # the reader keeps the units of x/y (io/netcdf.py)
+
+
+def test_latlon_extras_on_a_projected_input_are_refused(tiny_weights) -> None:
+    from .conftest import write_tiny_weights
+
+    w = write_tiny_weights(Path(tiny_weights["correct"]).parent / "x850.safetensors",
+                           "downscale", seed=5, extras=("t850",))
+    src = _projected("km").isel(time=[0])
+    fine = np.full((1, 1, 6 * FACTOR, 8 * FACTOR), 285.0, np.float32)
+    extras = xr.DataArray(fine, dims=("time", "var", "lat", "lon"))
+    with pytest.raises(GridError, match="on the output grid"):
+        Pipeline(None, Stage.load(w)).predict(src, OPTS, extras=extras)

@@ -128,6 +128,7 @@ def read_netcdf(
                 raise InputFileError(path, "projected x/y grid without a CRS (no grid_mapping "
                                      "variable or crs attribute)", variable=name)
             attrs["crs"] = crs
+            attrs["xy_units"] = str(da["x"].attrs.get("units", "m"))
             da = da.sortby("y")
         else:
             lon = da["lon"].values

@@ -37,7 +37,7 @@ from precipdiff import __version__
 from precipdiff.atomic import atomic_path
 from precipdiff.grid import Grid, cell_bounds, cf_grid_mapping, grid_crs, spatial_dims, xy_units
 from precipdiff.pipeline.inputs import check_input
-from precipdiff.pipeline.pipeline import Pipeline, PredictOptions, scratch_dir
+from precipdiff.pipeline.pipeline import Pipeline, PredictOptions, check_extras, scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,8 @@ def predict_to_file(
     src = check_input(src)
     layout = _Layout(src, pipeline)
     fine = layout.fine
+    if fine is not None:
+        check_extras(src, extras, fine)
     times = src["time"].values
     with atomic_path(path) as tmp, scratch_dir() as scratch:
         with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:

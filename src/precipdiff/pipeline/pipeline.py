@@ -306,6 +306,7 @@ class Pipeline:
         src = check_input(src)
         grid = Grid.from_dataarray(src)
         fine = grid.refine(self.factor)
+        check_extras(src, extras, fine)
         times = src["time"].values
         m = opts.members
         hr = np.full((m, len(times), fine.nlat, fine.nlon), np.nan, np.float32)
@@ -380,6 +381,22 @@ class Pipeline:
             attrs[f"{name}_steps"] = s.steps
             attrs[f"{name}_nfe"] = stage.nfe(s)
         return attrs
+
+
+def check_extras(src: xr.DataArray, extras: xr.DataArray | None, fine: Grid) -> None:
+    """Extras must lie on the output grid: same spatial dims as ``src`` and the fine shape.
+
+    (Extras are regridded in lat/lon; on a projected input they would be misplaced.)
+    """
+    if extras is None:
+        return
+    dims = spatial_dims(src)
+    if tuple(extras.dims[-2:]) != dims or tuple(extras.shape[-2:]) != fine.shape:
+        raise GridError(
+            f"extra fields have dims {extras.dims} and shape {extras.shape}; expected "
+            f"(time, var, {dims[0]}, {dims[1]}) on the output grid {fine.shape} (extras are "
+            "supported for lat/lon inputs only)"
+        )
 
 
 def _member_field(
