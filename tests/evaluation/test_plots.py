@@ -62,3 +62,31 @@ if __name__ == "__main__":  # python tests/evaluation/test_plots.py /tmp/figs
 
     for p in make_all(Path(sys.argv[1]), np.random.default_rng(0)):
         print(p)
+
+
+def _texts(fig) -> dict[str, list[str]]:
+    """Titles and axis labels of every axes of a figure (colour bars are axes too)."""
+    return {
+        "titles": [ax.get_title() for ax in fig.axes],
+        "labels": [ax.get_ylabel() for ax in fig.axes] + [ax.get_xlabel() for ax in fig.axes],
+    }
+
+
+def test_maps_name_members_and_units(tmp_path, rng, monkeypatch):
+    seen = []
+    real_save = plots._save
+
+    def save(fig, path):
+        seen.append(_texts(fig))
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save)
+    make_all(tmp_path, rng)
+    maps, ensemble = seen[0], seen[4]
+    assert any("member 0" in t for t in maps["titles"]) and "truth (fine)" in maps["titles"]
+    assert "precipitation rate (mm h⁻¹)" in maps["labels"]
+    assert any(t.startswith("ensemble mean (6 members)") for t in ensemble["titles"])
+    assert any(t.startswith("truth") for t in ensemble["titles"])
+    units = [lab for lab in ensemble["labels"] if "mm h⁻¹" in lab]
+    assert len(units) >= 3  # mean, spread and truth colour bars
+    assert all("mm/h" not in lab for fig in seen for lab in fig["labels"] + fig["titles"])

@@ -11,7 +11,13 @@ from eval_helpers import as_field, rain
 
 from precipdiff.errors import GridError
 from precipdiff.evaluation import metrics
-from precipdiff.evaluation.report import evaluate_fields, metric_table, write_report
+from precipdiff.evaluation.report import (
+    evaluate_fields,
+    metric_label,
+    metric_table,
+    skill_score,
+    write_report,
+)
 
 
 @pytest.fixture
@@ -52,18 +58,61 @@ def test_mismatched_grid_or_time_raises(case, change):
         evaluate_fields(bad, truth)
 
 
-def test_metric_table_improvement():
+def test_metric_table_skill_where_defined():
     rows = {"raw input": {"rmse": 2.0, "pearson": 0.5, "multiplicative_bias": 1.5},
             "model": {"rmse": 1.0, "pearson": 0.75, "multiplicative_bias": 0.75}}
     markdown, text = metric_table(rows)
-    assert "| model |" in markdown and "Relative improvement" in markdown
+    assert "| model |" in markdown and "Skill relative to raw input" in markdown
     table = list(csv.DictReader(io.StringIO(text)))
     model = table[1]
     assert float(model["rmse"]) == 1.0
-    assert float(model["rmse impr%"]) == pytest.approx(50.0)
-    assert float(model["pearson impr%"]) == pytest.approx(50.0)
-    assert float(model["multiplicative_bias impr%"]) == pytest.approx(50.0)
-    assert float(table[0]["rmse impr%"]) == 0.0
+    assert float(model["rmse skill%"]) == pytest.approx(50.0)
+    assert float(model["pearson skill%"]) == pytest.approx(50.0)
+    assert "multiplicative_bias skill%" not in model  # a signed bias has no skill reference
+    assert float(table[0]["rmse skill%"]) == 0.0
+
+
+def test_no_relative_change_against_a_near_zero_reference():
+    """A tiny reference bias turned a small change into "-398 %"; signed metrics get no skill,
+    and a reference error that is negligible next to the others gets none either."""
+    rows = {"raw input": {"mean_bias": 0.002, "rmse": 1e-7, "mae": 1.0},
+            "model": {"mean_bias": 0.00996, "rmse": 1.0, "mae": 0.5}}
+    markdown, text = metric_table(rows)
+    assert "398" not in markdown and "398" not in text
+    model = list(csv.DictReader(io.StringIO(text)))[1]
+    assert "mean_bias skill%" not in model and model["rmse skill%"] == "nan"
+    assert float(model["mae skill%"]) == pytest.approx(50.0)
+    assert skill_score(0.00996, 0.002, "mean_bias") != skill_score(0.00996, 0.002, "mean_bias")
+
+
+def test_tables_are_split_with_units_and_rounded(case):
+    pred, truth = case
+    rows = {"raw input": evaluate_fields(pred.isel(member=0), truth),
+            "ensemble": evaluate_fields(pred, truth)}
+    markdown, text = metric_table(rows)
+    assert len(text.splitlines()[0].split(",")) > 37  # the CSV keeps every metric
+    tables = [line for line in markdown.splitlines() if line.startswith("| method |")]
+    assert len(tables) >= 6 and max(line.count("|") - 1 for line in tables) <= 8
+    for header in ("RMSE (mm h⁻¹)", "CRPS, fair (mm h⁻¹)", "POD", "1 px",
+                   "log-spectral distance (dB)", "EMD (mm h⁻¹)"):
+        assert header in markdown
+    for title in ("Deterministic", "Probabilistic", "Categorical", "Fractions skill score",
+                  "Spatial structure", "Intensity distribution"):
+        assert f"**{title}" in markdown
+    cells = [c.strip() for line in markdown.splitlines() if line.startswith("| raw input")
+             for c in line.split("|")[2:-1]]
+    assert all(len(c.lstrip("+-").replace(".", "").lstrip("0")) <= 3 for c in cells if c != "–")
+
+
+@pytest.mark.parametrize("metric, section, label", [
+    ("rmse", "deterministic", "RMSE (mm h⁻¹)"),
+    ("FSS@5/16px", "fss@5", "16 px"),
+    ("ETS@1", "categorical@1", "ETS"),
+    ("p99.9_error", "distribution", "99.9th-percentile error (mm h⁻¹)"),
+    ("new_metric", "other", "new_metric"),
+])
+def test_metric_labels(metric, section, label):
+    assert metric_label(metric) == (section, label)
 
 
 def test_write_report(tmp_path):

@@ -2,8 +2,9 @@
 
 Every function takes the data, a target ``path`` and keyword options, writes one PNG of a
 fixed size, closes the figure and returns the path. Rain maps use a logarithmic colour scale
-from 0.1 mm/h with dry pixels white and missing pixels grey, so light and heavy rain are both
-readable.
+from 0.1 mm h⁻¹ with dry pixels white and missing pixels grey, so light and heavy rain are both
+readable; every colour bar and axis names its quantity and unit, every map title says which
+member (or the ensemble mean, or the truth) it shows.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RAIN_MIN = 0.1  # mm/h, lower end of the colour scale; below is "dry"
+RATE = "mm h⁻¹"  # unit of every rain-rate axis and colour bar
 DPI = 110
 
 
@@ -71,29 +73,35 @@ def _rain_image(ax: plt.Axes, da: xr.DataArray, norm: LogNorm, title: str):
                      interpolation="nearest", aspect="auto")
 
 
+PANEL_TITLES = ("source (coarse)", "Stage I corrected, member 0 (coarse)",
+                "Stage II downscaled, member 0 (fine)", "truth (fine)")
+
+
 def four_panel_maps(source: xr.DataArray, corrected_lr: xr.DataArray, downscaled: xr.DataArray,
                     truth: xr.DataArray, path: str | Path, *, title: str = "",
-                    units: str = "mm/h") -> Path:
-    """Source, corrected LR, downscaled and truth (2-D lat/lon fields) on one log colour scale."""
+                    units: str = RATE, panel_titles: Sequence[str] = PANEL_TITLES) -> Path:
+    """Source, corrected LR, downscaled and truth (2-D lat/lon fields) on one log colour scale.
+
+    ``panel_titles`` name what each panel shows (which member, or the ensemble mean).
+    """
     fields = [source, corrected_lr, downscaled, truth]
     vmax = max(float(np.nanmax(f.values)) if np.isfinite(f.values).any() else 1.0
                for f in fields)
     norm = LogNorm(vmin=RAIN_MIN, vmax=max(vmax, 10 * RAIN_MIN))
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.4), sharex=True, sharey=True,
                              constrained_layout=True)
-    names = ["source (LR)", "corrected (LR)", "downscaled (HR)", "truth (HR)"]
-    for ax, da, name in zip(axes, fields, names, strict=True):
+    for ax, da, name in zip(axes, fields, panel_titles, strict=True):
         im = _rain_image(ax, da, norm, name)
-        ax.set_xlabel("longitude")
-    axes[0].set_ylabel("latitude")
-    fig.colorbar(im, ax=axes, shrink=0.9, label=units, extend="both")
+        ax.set_xlabel("longitude (°E)")
+    axes[0].set_ylabel("latitude (°N)")
+    fig.colorbar(im, ax=axes, shrink=0.9, label=f"precipitation rate ({units})", extend="both")
     if title:
         fig.suptitle(title)
     return _save(fig, path)
 
 
 def error_violins(errors: Mapping[str, np.ndarray | xr.DataArray], path: str | Path, *,
-                  title: str = "pixel errors (prediction - truth)", units: str = "mm/h",
+                  title: str = "pixel errors (prediction - truth)", units: str = RATE,
                   max_points: int = 200_000, seed: int = 0) -> Path:
     """Violin plot of pixel errors per method (finite values; subsampled to ``max_points``)."""
     rng = np.random.default_rng(seed)
@@ -115,7 +123,8 @@ def error_violins(errors: Mapping[str, np.ndarray | xr.DataArray], path: str | P
 
 
 def psd_curves(psds: Mapping[str, xr.DataArray], path: str | Path, *,
-               dx_km: float = 1.0, title: str = "radially averaged power spectrum") -> Path:
+               dx_km: float = 1.0, title: str = "radially averaged power spectrum",
+               units: str = RATE) -> Path:
     """Log-log RAPSD curves (outputs of :func:`spectra.rapsd`) against wavelength in km."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
     for name, psd in psds.items():
@@ -125,7 +134,7 @@ def psd_curves(psds: Mapping[str, xr.DataArray], path: str | Path, *,
                   lw=2.2 if name.lower().startswith("truth") else 1.4,
                   color="k" if name.lower().startswith("truth") else None)
     ax.set_xlabel("wavenumber (cycles / km)")
-    ax.set_ylabel("power")
+    ax.set_ylabel(f"power (({units})²)")
     sec = ax.secondary_xaxis("top", functions=(lambda k: 1 / np.maximum(k, 1e-12),
                                                lambda w: 1 / np.maximum(w, 1e-12)))
     sec.set_xlabel("wavelength (km)")
@@ -136,7 +145,7 @@ def psd_curves(psds: Mapping[str, xr.DataArray], path: str | Path, *,
 
 
 def intensity_histograms(fields: Mapping[str, np.ndarray | xr.DataArray], path: str | Path, *,
-                         bins: int = 60, vmin: float = RAIN_MIN, units: str = "mm/h") -> Path:
+                         bins: int = 60, vmin: float = RAIN_MIN, units: str = RATE) -> Path:
     """Log-log frequency of rain intensities ``>= vmin`` per method (density per mm/h)."""
     values = {k: np.asarray(v, dtype=float).ravel() for k, v in fields.items()}
     vmax = max(float(np.nanmax(v)) if np.isfinite(v).any() else vmin * 10 for v in values.values())
@@ -162,7 +171,7 @@ def intensity_histograms(fields: Mapping[str, np.ndarray | xr.DataArray], path: 
 
 def ensemble_maps(ensemble: xr.DataArray, path: str | Path, *, threshold: float = 1.0,
                   member_dim: str = "member", truth: xr.DataArray | None = None,
-                  units: str = "mm/h") -> Path:
+                  units: str = RATE) -> Path:
     """Ensemble mean, spread (member std) and ``P(x >= threshold)`` maps of a 2-D ensemble."""
     mean = ensemble.mean(member_dim)
     spread = ensemble.std(member_dim, ddof=1)
@@ -173,17 +182,20 @@ def ensemble_maps(ensemble: xr.DataArray, path: str | Path, *, threshold: float 
     vmax = float(np.nanmax(ensemble.values))
     norm = LogNorm(vmin=RAIN_MIN, vmax=max(vmax, 10 * RAIN_MIN))
     im = _rain_image(axes[0], mean, norm, f"ensemble mean ({ensemble.sizes[member_dim]} members)")
-    fig.colorbar(im, ax=axes[0], shrink=0.8, label=units, extend="both")
+    fig.colorbar(im, ax=axes[0], shrink=0.8, label=f"precipitation rate ({units})",
+                 extend="both")
     snorm = LogNorm(vmin=RAIN_MIN / 10, vmax=max(float(np.nanmax(spread.values)), RAIN_MIN))
-    im = _rain_image(axes[1], spread, snorm, "ensemble spread (std)")
-    fig.colorbar(im, ax=axes[1], shrink=0.8, label=units, extend="both")
+    im = _rain_image(axes[1], spread, snorm, "ensemble spread (member std)")
+    fig.colorbar(im, ax=axes[1], shrink=0.8, label=f"standard deviation ({units})", extend="both")
     cmap = matplotlib.colormaps["Blues"].with_extremes(bad="0.75")
     axes[2].set_title(f"P(rain >= {threshold:g} {units})", fontsize=10)
     im = axes[2].imshow(prob.values, origin="lower", extent=_extent(prob), cmap=cmap, vmin=0,
                         vmax=1, interpolation="nearest", aspect="auto")
-    fig.colorbar(im, ax=axes[2], shrink=0.8, label="probability")
+    fig.colorbar(im, ax=axes[2], shrink=0.8, label="fraction of members")
     if truth is not None:
-        im = _rain_image(axes[3], truth, norm, "truth")
+        im = _rain_image(axes[3], truth, norm, f"truth (red: ≥ {threshold:g} {units})")
+        fig.colorbar(im, ax=axes[3], shrink=0.8, label=f"precipitation rate ({units})",
+                     extend="both")
         axes[3].contour(np.asarray(truth.values >= threshold, float), levels=[0.5],
                         colors="r", linewidths=0.6, origin="lower", extent=_extent(truth))
     return _save(fig, path)
@@ -207,7 +219,7 @@ def rank_histogram_plot(hists: Mapping[str, np.ndarray | xr.DataArray], path: st
 
 
 def fss_curves(fss: Mapping[str, Mapping[int, float]], path: str | Path, *, threshold: float,
-               dx_km: float = 1.0, base_rate: float | None = None, units: str = "mm/h") -> Path:
+               dx_km: float = 1.0, base_rate: float | None = None, units: str = RATE) -> Path:
     """FSS against neighbourhood size per method; optional ``0.5 + f0/2`` usefulness line."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
     for name, curve in fss.items():

@@ -28,8 +28,11 @@ __all__ = [
     "check_alignment",
     "coordinate_tolerance",
     "evaluate_fields",
+    "has_skill",
+    "metric_label",
     "metric_table",
     "perfect_value",
+    "skill_score",
     "write_report",
 ]
 
@@ -128,29 +131,122 @@ def evaluate_fields(pred: xr.DataArray, truth: xr.DataArray, *,
     return result
 
 
-def _fmt(value: float) -> str:
+RATE = "mm h⁻¹"
+_GROUPS = {
+    "deterministic": "Deterministic scores of the ensemble mean",
+    "probabilistic": "Probabilistic scores of the ensemble",
+    "categorical": "Categorical scores of the ensemble mean, events ≥ {t} " + RATE,
+    "fss": "Fractions skill score, events ≥ {t} " + RATE + ", by neighbourhood size",
+    "structure": "Spatial structure",
+    "distribution": "Intensity distribution (all members pooled)",
+}
+_LABELS = {  # metric -> (group, column header with unit)
+    "rmse": ("deterministic", f"RMSE ({RATE})"),
+    "mae": ("deterministic", f"MAE ({RATE})"),
+    "mean_bias": ("deterministic", f"mean bias ({RATE})"),
+    "multiplicative_bias": ("deterministic", "multiplicative bias (ratio, 1 = none)"),
+    "pearson": ("deterministic", "Pearson r"),
+    "spearman": ("deterministic", "Spearman ρ"),
+    "crps_ecdf": ("probabilistic", f"CRPS, ecdf ({RATE})"),
+    "crps_fair": ("probabilistic", f"CRPS, fair ({RATE})"),
+    "spread_skill_ratio": ("probabilistic", "spread / skill (1 = reliable)"),
+    "rank_histogram_deviation": ("probabilistic", "rank-histogram deviation (0 = flat)"),
+    "log_spectral_distance_db": ("structure", "log-spectral distance (dB)"),
+    "spectral_slope_error": ("structure", "spectral slope error (1)"),
+    "spatial_autocorrelation_error": ("structure", "autocorrelation error (1)"),
+    "emd": ("distribution", f"EMD ({RATE})"),
+}
+_CATEGORICAL = {"POD": "POD", "FAR": "FAR", "CSI": "CSI", "ETS": "ETS",
+                "frequency_bias": "frequency bias (1 = none)"}
+
+# Skill relative to a reference method is reported only for scores with a fixed perfect value
+# and a non-negative distance to it; signed biases and percentile errors have no such
+# reference (a near-zero reference bias turns any change into hundreds of percent).
+_SKILL = re.compile(r"^(rmse|mae|crps_ecdf|crps_fair|rank_histogram_deviation|pearson|spearman|"
+                    r"emd|log_spectral_distance_db|spatial_autocorrelation_error|"
+                    r"(POD|FAR|CSI|ETS)@.*|FSS@.*)$")
+NEGLIGIBLE = 1e-3  # a reference error below this fraction of the largest error has no skill
+
+
+def metric_label(metric: str) -> tuple[str, str]:
+    """``(section, column header with unit)`` of a metric key from :func:`evaluate_fields`.
+
+    The section is one of ``deterministic | probabilistic | categorical@<t> | fss@<t> |
+    structure | distribution | other``.
+    """
+    if metric in _LABELS:
+        return _LABELS[metric]
+    name, _, rest = metric.partition("@")
+    if name in _CATEGORICAL and rest:
+        return f"categorical@{rest}", _CATEGORICAL[name]
+    if name == "FSS" and "/" in rest:
+        t, scale = rest.split("/", 1)
+        return f"fss@{t}", scale.replace("px", " px")
+    m = re.fullmatch(r"p([0-9.]+)_error", metric)
+    if m:
+        return "distribution", f"{m.group(1)}th-percentile error ({RATE})"
+    return "other", metric
+
+
+def _rank(section: str, order: list[str]) -> int:
+    group = section.partition("@")[0]
+    return order.index(group) if group in order else len(order)
+
+
+def _section_title(section: str) -> str:
+    group, _, t = section.partition("@")
+    return _GROUPS.get(group, "Other scores").format(t=t)
+
+
+def _fmt(value: float | None) -> str:
+    """Three significant digits (whole numbers from 1000 on); ``–`` for missing."""
     if value is None or not np.isfinite(value):
-        return "nan"
-    return f"{value:.4g}"
+        return "–"
+    if abs(value) >= 1e3:
+        return f"{value:.0f}"
+    text = f"{value:.3g}"
+    return "0" if text in ("-0", "0") else text
 
 
-def _improvement(value: float, ref: float, metric: str) -> float:
-    """``100 (1 - |v - perfect| / |ref - perfect|)``: % of the reference's error removed."""
+def has_skill(metric: str) -> bool:
+    """Whether a skill score relative to a reference method is defined for ``metric``."""
+    return bool(_SKILL.match(metric))
+
+
+def skill_score(value: float, ref: float, metric: str, *, scale: float | None = None) -> float:
+    """Skill in % relative to a reference method: ``100 (1 - |v - p| / |v_ref - p|)``.
+
+    ``p`` is the perfect value (:func:`perfect_value`): 100 = perfect, 0 = as good as the
+    reference, negative = worse. NaN where undefined: for metrics without a fixed reference
+    (:func:`has_skill`), missing values, or a reference error at or below ``NEGLIGIBLE *
+    scale`` (``scale``: the largest error among the compared methods), where a ratio would
+    only magnify noise.
+    """
+    if not has_skill(metric) or not (np.isfinite(value) and np.isfinite(ref)):
+        return float("nan")
     target = perfect_value(metric)
     ref_err = abs(ref - target)
-    if not np.isfinite(value) or not np.isfinite(ref) or ref_err == 0:
+    floor = NEGLIGIBLE * (scale if scale is not None else ref_err)
+    if ref_err == 0 or ref_err <= floor:
         return float("nan")
     return 100.0 * (1.0 - abs(value - target) / ref_err)
 
 
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
 def metric_table(rows: Mapping[str, Mapping[str, float]], *, reference: str = "raw input",
                  metrics: Sequence[str] | None = None) -> tuple[str, str]:
-    """Markdown and CSV tables: one row per method, one column per metric.
+    """Markdown tables (one per kind of score, units in the headers) and one CSV of everything.
 
-    With ``reference`` among the rows, a second Markdown table (and ``<metric> impr%``
-    CSV columns) gives the relative improvement over it,
-    ``100 * (1 - |m - perfect| / |m_ref - perfect|)`` (positive = closer to a perfect score,
-    100 = perfect; ``perfect`` from :func:`perfect_value`).
+    The Markdown splits the metrics into deterministic, probabilistic, categorical (per
+    threshold), FSS (per threshold, by scale), spatial-structure and distribution tables,
+    rounded to three significant digits; with ``reference`` among the rows a last table gives
+    each method's skill relative to it (:func:`skill_score`, only where defined). The CSV
+    keeps the metric keys and full precision, plus ``<metric> skill%`` columns.
     """
     if metrics is None:
         metrics = list(dict.fromkeys(k for row in rows.values() for k in row))
@@ -158,29 +254,58 @@ def metric_table(rows: Mapping[str, Mapping[str, float]], *, reference: str = "r
     ref = rows.get(reference)
     if ref is None:
         log.warning("metric_table: reference %r not among methods %s", reference, list(rows))
-    header = "| method | " + " | ".join(metrics) + " |"
-    rule = "|---|" + "---:|" * len(metrics)
-    lines = [header, rule] + [
-        f"| {method} | " + " | ".join(_fmt(row.get(m, nan)) for m in metrics) + " |"
-        for method, row in rows.items()
-    ]
+    sections: dict[str, list[str]] = {}
+    for m in metrics:
+        sections.setdefault(metric_label(m)[0], []).append(m)
+    order = list(_GROUPS)
+    lines: list[str] = []
+    for section, names in sorted(sections.items(), key=lambda kv: _rank(kv[0], order)):
+        if not any(np.isfinite(row.get(m, nan)) for row in rows.values() for m in names):
+            continue
+        lines += [f"**{_section_title(section)}**", ""]
+        lines += _markdown(["method", *(metric_label(m)[1] for m in names)],
+                           [[method, *(_fmt(row.get(m, nan)) for m in names)]
+                            for method, row in rows.items()])
+        lines.append("")
+    skills = _skills(rows, ref, metrics) if ref is not None else {}
+    shown = [m for m in metrics if metric_label(m)[0] in _SKILL_SECTIONS
+             and any(np.isfinite(v[m]) for v in skills.values())]
+    if shown:
+        lines += [f"**Skill relative to {reference}** (%: 100 = perfect, 0 = as good as the "
+                  "reference, negative = worse; – = not defined)", ""]
+        lines += _markdown(["method", *(metric_label(m)[1].split(" (")[0] for m in shown)],
+                           [[method, *("–" if not np.isfinite(v[m]) else f"{v[m]:+.0f}"
+                                       for m in shown)] for method, v in skills.items()])
+        lines.append("")
+    return "\n".join(lines), _csv(rows, metrics, skills)
+
+
+_SKILL_SECTIONS = ("deterministic", "probabilistic", "structure", "distribution")
+
+
+def _skills(rows: Mapping[str, Mapping[str, float]], ref: Mapping[str, float],
+            metrics: Sequence[str]) -> dict[str, dict[str, float]]:
+    nan = float("nan")
+    scale = {}
+    for m in metrics:
+        errs = [abs(r.get(m, nan) - perfect_value(m)) for r in rows.values()]
+        errs = [e for e in errs if np.isfinite(e)]
+        scale[m] = max(errs) if errs else nan
+    return {method: {m: skill_score(row.get(m, nan), ref.get(m, nan), m, scale=scale[m])
+                     for m in metrics} for method, row in rows.items()}
+
+
+def _csv(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str],
+         skills: Mapping[str, Mapping[str, float]]) -> str:
+    nan = float("nan")
+    skill_cols = [m for m in metrics if has_skill(m)] if skills else []
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    impr_cols = [f"{m} impr%" for m in metrics] if ref is not None else []
-    writer.writerow(["method", *metrics, *impr_cols])
+    writer.writerow(["method", *metrics, *(f"{m} skill%" for m in skill_cols)])
     for method, row in rows.items():
-        values = [row.get(m, nan) for m in metrics]
-        imprs = [_improvement(row.get(m, nan), ref.get(m, nan), m) for m in metrics] if ref else []
-        writer.writerow([method, *(repr(float(v)) for v in values),
-                         *(f"{v:.2f}" for v in imprs)])
-    if ref is not None:
-        lines += ["", f"Relative improvement over **{reference}** (%, 100 = perfect):", "",
-                  header, rule]
-        for method, row in rows.items():
-            imprs = [_improvement(row.get(m, nan), ref.get(m, nan), m) for m in metrics]
-            lines.append(f"| {method} | " + " | ".join(
-                "nan" if not np.isfinite(v) else f"{v:+.1f}" for v in imprs) + " |")
-    return "\n".join(lines) + "\n", buf.getvalue()
+        writer.writerow([method, *(repr(float(row.get(m, nan))) for m in metrics),
+                         *(f"{skills[method][m]:.2f}" for m in skill_cols)])
+    return buf.getvalue()
 
 
 def _slug(title: str) -> str:

@@ -242,16 +242,28 @@ def _figures(
     corrected0 = corrected.isel(member=0) if "member" in corrected.dims else corrected
     ours = OURS_II if OURS_II in first else OURS_II_ONLY
     downscaled0 = first.get(ours, first[NEAREST])
+    when = str(truth_hr["time"].values[t])[:16].replace("T", " ")
     plots.four_panel_maps(
         lr_preds[RAW].isel(time=t),
         corrected0.isel(time=t),
         downscaled0,
         truth_hr.isel(time=t),
         fig_dir / "maps_four_panel.png",
-        title="source | corrected (member 0) | downscaled | truth",
+        title=f"{when} UTC",
+        panel_titles=(
+            "source (coarse)",
+            f"{OURS_I}, member 0 (coarse)" if OURS_I in lr_preds else "no Stage I: source",
+            f"{ours}, member 0 (fine)" if ours in first else f"{NEAREST} (fine)",
+            "truth (fine)",
+        ),
     )
     errors = {k: (v - truth_hr).values for k, v in hr_preds.items()}
-    plots.error_violins(errors, fig_dir / "errors_violin_stage2.png", seed=seed)
+    plots.error_violins(
+        errors,
+        fig_dir / "errors_violin_stage2.png",
+        seed=seed,
+        title="Stage II pixel errors (prediction - truth; ensembles: all members)",
+    )
     lr_errors = {k: (v - truth_lr).values for k, v in lr_preds.items()}
     plots.error_violins(
         lr_errors,
@@ -259,7 +271,8 @@ def _figures(
         seed=seed,
         title="Stage I pixel errors (prediction - pooled reference)",
     )
-    psds = {k: rapsd(v) for k, v in hr_preds.items()}
+    psds = {k + (" (mean over members)" if "member" in v.dims else ""): rapsd(v)
+            for k, v in hr_preds.items()}
     psds["truth"] = rapsd(truth_hr)
     plots.psd_curves(psds, fig_dir / "psd_stage2.png")
     hist = {k: v.values for k, v in hr_preds.items()}
