@@ -179,6 +179,14 @@ def test_odim_zr_override_and_floor(tmp_path, dbz_raw):
     assert da.attrs["zr_name"] == "user" and da.attrs["max_dbz"] == "none"
 
 
+@pytest.mark.parametrize(("source", "name", "a"), [
+    ("ORG:247", "marshall_palmer", 200.0), ("NOD:fikor,PLC:Korpo", "fmi", 223.0),
+    ("ORG:215", "meteoswiss", 316.0), ("WMO:06260", "marshall_palmer", 200.0)])
+def test_odim_zr_default_from_source(tmp_path, dbz_raw, source, name, a):
+    da = io.read(write_odim(tmp_path / "comp.h5", dbz_raw, source=source))
+    assert (da.attrs["zr_name"], da.attrs["zr_a"]) == (name, a)
+
+
 def test_odim_rate_and_acrr(tmp_path, rng):
     raw = rng.integers(0, 5000, size=(8, 10)).astype(np.uint16)
     raw[0, 0], raw[1, 1] = 65535, 0
