@@ -9,11 +9,14 @@ writes into ``cfg.train.out_dir``::
     config.yaml            resolved config
     metrics.jsonl          every metric (see :mod:`precipdiff.training.monitor`)
     checkpoints/last.pt    resume state (and previous.pt), see :mod:`precipdiff.training.checkpoint`
-    weights.safetensors    release weights (EMA) with self-describing metadata
+    weights.safetensors    release weights (EMA), format in :mod:`precipdiff.release`
+    .lock                  held while a training runs (:mod:`precipdiff.training.rundir`)
 
 The loss of a step is the masked mean over the whole global batch, with per-sample noise seeded
 by the sample's serial number, so a run is a pure function of (config, step): a resumed run and
 a DDP run reach the same weights as one uninterrupted process (up to float summation order).
+A NaN/Inf loss, gradient norm or parameter stops the run with :class:`DivergedError` before the
+EMA, a checkpoint or the weights see it.
 """
 
 from __future__ import annotations
