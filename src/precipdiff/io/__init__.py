@@ -1,8 +1,12 @@
-"""Readers (IMERG, MRMS, GRIB, NetCDF/zarr, RADOLAN) and CF writers.
+"""Readers (IMERG, MRMS, GRIB, NetCDF/zarr, RADOLAN; radar composites: ODIM HDF5, MeteoSwiss
+GIF, FMI PGM) and CF writers.
 
 Every reader returns a float32 ``xarray.DataArray`` (time, lat, lon) — or (time, y, x) for
 projected grids — with attrs ``units`` (``mm/h``, or ``mm`` plus ``accumulation``),
-``source_file`` and ``product``, and NaN for missing data.
+``source_file`` and ``product``, and NaN for missing data. The radar readers keep the network's
+own grid (x/y in metres, CRS in ``crs``/``crs_wkt``/``grid_mapping_attrs``), declare
+``semantics`` (``instantaneous`` or ``accumulation``) and record the Z–R relation used to turn
+reflectivity into rain rate (:mod:`precipdiff.io.reflectivity`).
 """
 
 from precipdiff.io.grib import read_grib_levels
