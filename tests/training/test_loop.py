@@ -172,3 +172,17 @@ def test_source_map_is_for_stage_one_only(tiny_store, tmp_path):
                                          "data.source_map=eqm"))
     with pytest.raises(ConfigError, match="data.source_map"):
         load_config(None, tiny_overrides(tiny_store, tmp_path / "x", "data.source_map=qdm"))
+
+
+def test_export_writes_a_release_of_the_newest_checkpoint(regression_run, tmp_path):
+    from precipdiff.release import Release
+    from precipdiff.training.export import export_weights
+
+    out = export_weights(regression_run, tmp_path / "exported.safetensors")
+    release = Release.load(out)
+    state = load_checkpoint(regression_run / "checkpoints" / "last.pt")
+    assert release.stage == "regression" and release.pooling == "max" and release.factor == 4
+    assert release.semantics.aggregation == "block_maximum"
+    assert release.notes["exported_from"] == f"last.pt at {state['samples_seen']} samples"
+    assert all(torch.equal(release.state[k], v) for k, v in state["ema"].items())
+    assert [p.name for p in tmp_path.iterdir()] == ["exported.safetensors"]
