@@ -205,3 +205,17 @@ def test_cli_train_signal_saves_cleans_and_exits(tiny_store, tmp_path, signum, s
     assert _leftovers(out) == []
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "stopped" for e in events)
+
+
+def test_second_signal_stops_at_once_with_its_own_status():
+    """The first SIGTERM only asks for a checkpoint; a second one ends with 143, not 130."""
+    from precipdiff.training.distributed import DistInfo
+    from precipdiff.training.signals import StopSignals
+
+    with pytest.raises(SystemExit) as exit_info, StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        assert stop.requested(DistInfo()) and stop.signum == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert exit_info.value.code == 128 + signal.SIGTERM

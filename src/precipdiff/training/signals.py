@@ -37,8 +37,8 @@ class StopSignals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
+        if self.signum is not None:  # a second signal: stop now (temporary files are removed)
+            raise exit_for(signum)
         self.signum = signum
         log.warning("signal %d received: saving a checkpoint after this step", signum)
 
