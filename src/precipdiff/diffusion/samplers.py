@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from precipdiff.diffusion.schedules import karras_sigmas
+from precipdiff.diffusion.schedules import karras_sigmas, trig_sigmas
 from precipdiff.errors import UnknownMethodError
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,69 @@ def sample_ancestral(
     return x
 
 
+def trig_u(x: Tensor, sigma: float, sigma_data: float) -> Tensor:
+    """TrigFlow state ``u = x / sqrt(sigma^2 + sigma_data^2)`` (= EDM's ``c_in x``)."""
+    return x / math.sqrt(sigma**2 + sigma_data**2)
+
+
+def trig_velocity(denoised: Tensor, x: Tensor, sigma: float, sigma_data: float) -> Tensor:
+    """Network output ``F = (D - c_skip x) / c_out`` recovered from the denoiser (EDM Table 1)."""
+    s2 = sigma**2 + sigma_data**2
+    c_skip, c_out = sigma_data**2 / s2, sigma * sigma_data / math.sqrt(s2)
+    return (denoised - c_skip * x) / c_out
+
+
+@torch.no_grad()
+def sample_trig_pc(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    sigma_data: float = 0.5,
+) -> Tensor:
+    """Second-order predictor-corrector on the TrigFlow form of the probability-flow ODE.
+
+    With EDM preconditioning ``D = c_skip x + c_out F`` (Karras et al. 2022, Table 1) and the
+    change of variables ``u = x / sqrt(sigma^2 + sigma_data^2)``,
+    ``theta = arctan(sigma / sigma_data)``, the ODE ``dx/dsigma = (x - D) / sigma`` becomes
+    ``du/dtheta = -F`` (the TrigFlow ODE of Lu & Song 2024). The Gaussian part of the data is
+    integrated exactly (``F = 0`` for Gaussian data of std ``sigma_data``); what remains is
+    smooth in ``theta``. Each step predicts with two-step Adams–Bashforth,
+    ``u' = u_i - h (F_i + (F_i - F_{i-1}) h / (2 h_{i-1}))``, evaluates ``F`` at ``u'`` and
+    corrects with the trapezoidal rule ``u_{i+1} = u_i - h (F_i + F(u')) / 2``; the evaluation
+    at ``u'`` is reused by the next step (the UniPC idea of Zhao et al. 2023), so ``N`` steps
+    cost ``N`` network evaluations. Use it with :func:`~precipdiff.diffusion.schedules.
+    trig_sigmas` (uniform in ``theta``) and the ``sigma_data`` the network was trained with.
+    """
+    sig = _sigma_list(sigmas)
+    theta = [math.atan(s / sigma_data) for s in sig]
+    u = trig_u(x, sig[0], sigma_data)
+    denoised = denoise(denoiser, x, sig[0], cond)
+    f = trig_velocity(denoised, x, sig[0], sigma_data)
+    f_old: Tensor | None = None
+    h_old = 0.0
+    for i, s_next in enumerate(sig[1:]):
+        h = theta[i + 1] - theta[i]
+        f_pred = f if f_old is None else f + (f - f_old) * (h / (2.0 * h_old))
+        u_pred = u - h * f_pred
+        if s_next == 0:
+            u = u_pred
+            _report(callback, i, u * sigma_data, sig[i], denoised)
+            break
+        scale_next = math.sqrt(s_next**2 + sigma_data**2)
+        x_pred = u_pred * scale_next
+        denoised_next = denoise(denoiser, x_pred, s_next, cond)
+        f_next = trig_velocity(denoised_next, x_pred, s_next, sigma_data)
+        u = u - h * 0.5 * (f + f_next)
+        _report(callback, i, u * scale_next, sig[i], denoised)
+        f_old, f, h_old, denoised = f, f_next, h, denoised_next
+    return u * math.sqrt(sig[-1] ** 2 + sigma_data**2)
+
+
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "euler": sample_euler,
     "heun": sample_heun,
@@ -229,11 +292,12 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ancestral": sample_ancestral,
     "ddpm": functools.partial(sample_ancestral, eta=1.0),
     "ddim": functools.partial(sample_ancestral, eta=0.0),
+    "trig_pc": sample_trig_pc,
 }
 
 
 def get_sampler(name: str) -> Callable[..., Tensor]:
-    """Sampler by name: ``euler | heun | dpmpp_2m | ancestral | ddpm | ddim``."""
+    """Sampler by name: ``euler | heun | dpmpp_2m | ancestral | ddpm | ddim | trig_pc``."""
     try:
         return SAMPLERS[name]
     except (KeyError, TypeError):
@@ -246,6 +310,32 @@ def nfe(sampler: str, steps: int) -> int:
     return 2 * steps - 1 if sampler == "heun" else steps
 
 
+def sampler_sigmas(
+    sampler: str,
+    steps: int,
+    *,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    sigma_data: float = 0.5,
+) -> Tensor:
+    """The noise levels ``sampler`` is meant for (float64, decreasing, trailing 0).
+
+    ``trig_pc`` steps uniformly in ``arctan(sigma / sigma_data)``
+    (:func:`~precipdiff.diffusion.schedules.trig_sigmas`); every other sampler uses the EDM
+    schedule (Karras et al. 2022, Eq. 5) with ``rho``.
+    """
+    get_sampler(sampler)
+    if sampler == "trig_pc":
+        return trig_sigmas(steps, sigma_min, sigma_max, sigma_data, dtype=torch.float64)
+    return karras_sigmas(steps, sigma_min, sigma_max, rho, dtype=torch.float64)
+
+
+def sampler_options(sampler: str, sigma_data: float) -> dict[str, float]:
+    """Keyword options a sampler needs from the network's preconditioning (``sigma_data``)."""
+    return {"sigma_data": sigma_data} if sampler == "trig_pc" else {}
+
+
 def sample(
     denoiser: Denoiser,
     shape: Sequence[int],
@@ -256,6 +346,7 @@ def sample(
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
     rho: float = 7.0,
+    sigma_data: float = 0.5,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -263,16 +354,20 @@ def sample(
     disable: bool | None = None,
     **opts,
 ) -> Tensor:
-    """Draw samples: ``x_T = sigma_max * N(0, I)``, then ``sampler`` on the Karras schedule (Eq. 5).
+    """Draw samples: ``x_T = sigma_max * N(0, I)``, then ``sampler`` on its schedule.
 
-    The same ``generator`` state gives the same samples. ``cond`` must have ``shape[0]`` rows
-    (repeat it for an ensemble). ``opts`` go to the sampler (e.g. ``S_churn`` for Heun, ``eta``).
+    The schedule is :func:`sampler_sigmas` (EDM Eq. 5, or uniform in ``theta`` for
+    ``trig_pc``, which also receives ``sigma_data``). The same ``generator`` state gives the same
+    samples. ``cond`` must have ``shape[0]`` rows (repeat it for an ensemble). ``opts`` go to the
+    sampler (e.g. ``S_churn`` for Heun, ``eta``).
     """
     fn = get_sampler(sampler)
-    sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho, dtype=torch.float64)
+    sigmas = sampler_sigmas(sampler, steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
+                            sigma_data=sigma_data)
     if not disable:
         log.debug("sampling %s with %s: %d steps, %d NFE", tuple(shape), sampler, steps,
                   nfe(sampler, steps))
     x = randn(shape, generator, device=device, dtype=dtype) * sigma_max
+    opts = {**sampler_options(sampler, sigma_data), **opts}
     return fn(denoiser, x, sigmas, cond=cond, generator=generator, callback=callback,
               disable=disable, **opts)
