@@ -183,6 +183,33 @@ def test_resume_after_crash_does_not_rewrite_frames(tmp_path, monkeypatch):
                                           open_store(clean / "networks" / net)[name][:])
 
 
+def test_transform_fit_holds_one_frame_at_a_time(tmp_path, monkeypatch):
+    """The fit keeps a sample of each train frame, never the frames themselves."""
+    import tracemalloc
+
+    projected_files(tmp_path / "big", n_time=12, shape=(200, 200))
+    cfg = CorpusConfig.from_dict({"factor": 10, "sources": [
+        {"network": "big", "files": str(tmp_path / "big" / "*.nc"),
+         "events": {"a": ["2020-03-01T10:00", "2020-03-01T10:30"],
+                    "b": ["2020-03-01T10:35", "2020-03-01T11:00"]}, "held_out": "b"}]})
+    monkeypatch.setattr(corpus, "FIT_VALUES", 1000)
+    real, peaks = corpus._finish, []
+
+    def traced(partial, c):
+        tracemalloc.start()
+        try:
+            return real(partial, c)
+        finally:
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+
+    monkeypatch.setattr(corpus, "_finish", traced)
+    prepare_corpus(cfg, tmp_path / "c.zarr")
+    frame = 200 * 200 * 4
+    assert open_corpus(tmp_path / "c.zarr").attrs["frames"]["big"] == {"train": 7, "test": 5}
+    assert peaks[0] < 5 * frame, peaks  # 7 train frames kept whole would be > 7 frames
+
+
 def test_changing_the_held_out_event_keeps_written_frames(tmp_path, monkeypatch):
     d = config(tmp_path)
     calls = []
@@ -354,7 +381,7 @@ REAL_FILES = {  # two or three files per network, at least one in a train and a 
     "opera": ["radar/opera-cirrus/20241126/T_PABV21_C_EUOC_20241126010000.hdf",
               "radar/opera-cirrus/20241126/T_PABV21_C_EUOC_20241126015000.hdf"],
 }
-REAL_REGIONS = {"mrms": [-84.0, 26.0, -80.0, 30.0],
+REAL_REGIONS = {"mrms": [-84.0, 26.0, -80.0, 30.0], "fmi": [22.0, 60.0, 28.0, 64.0],
                 "opera": [1500000.0, -3000000.0, 2500000.0, -2000000.0]}
 
 
@@ -386,6 +413,8 @@ def test_real_five_networks(shared_data, tmp_path):
     assert c.open("mch").attrs["input_semantics"]["accumulation"] == "5min"
     assert c.splits["mch"] == {"train": ["spring", "winter"], "test": ["summer-night"]}
     assert c.open("radolan")["ref_hr"].shape[0] == 23  # 24 hours less the 11:50 gap
+    fmi = c.open("fmi")  # a lon/lat region on a projected grid: the rows/columns holding it
+    assert 200 < fmi["ref_hr"].shape[1] < 700 and 200 < fmi["ref_hr"].shape[2] < 500
 
 
 @pytest.mark.slow

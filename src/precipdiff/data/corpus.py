@@ -71,8 +71,9 @@ def _read(src: SourceConfig, path: str, accumulation: str) -> tuple[xr.DataArray
         if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             raise ConfigError(f"source {src.network!r}: reader {name!r} has no option(s) "
                               f"{unknown}; it takes {sorted(set(params) - {'path'})}")
-    # A region in degrees (every |value| <= 360) is also the reader's lon/lat bbox, so that a
-    # lat/lon network (MRMS CONUS) is cropped while decoding; metres are cropped below.
+    # A region in degrees (every |value| <= 360) is the reader's lon/lat bbox (a lat/lon grid
+    # such as MRMS CONUS is then cropped while decoding; a projected reader keeps the rows and
+    # columns that hold the box); a region in metres crops the projected grid below.
     degrees = src.region is not None and max(abs(v) for v in src.region) <= 360.0
     da = pairing._call_reader(path, io.read, src.variable, reader=name, variable=src.variable,
                               bbox=src.region if degrees else None, **src.options)
@@ -94,7 +95,7 @@ def _read(src: SourceConfig, path: str, accumulation: str) -> tuple[xr.DataArray
     for d in (ydim, xdim):
         if da.sizes[d] > 1 and da[d].values[1] < da[d].values[0]:
             da = da.isel({d: slice(None, None, -1)})
-    if src.region is not None:
+    if src.region is not None and not (degrees and (ydim, xdim) == ("y", "x")):
         from precipdiff.grid import crop
 
         try:
@@ -394,7 +395,8 @@ def _finish(partial: Path, cfg: CorpusConfig) -> dict[str, Any]:
         for t in times:
             a = np.asarray(g["ref_hr"][t])
             v = a[np.isfinite(a)]
-            values.append(v[:: max(1, math.ceil(v.size / budget))])
+            values.append(v[:: max(1, math.ceil(v.size / budget))].copy())  # not a view: it
+            # would keep the frame's whole array alive (memory ~ every train frame)
     transform = PrecipTransform.fit(np.concatenate(values), scale=cfg.transform_scale).to_dict()
     created = dt.datetime.now(dt.timezone.utc).isoformat()
     for g, splits in groups.values():

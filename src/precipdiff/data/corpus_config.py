@@ -12,7 +12,8 @@ single-store :class:`~precipdiff.data.prepare_config.PrepareConfig`)::
         files: ../shared/data/radar/mch/*/*.gif
         reader: null           # io reader (null: detected from content)
         options: {}            # reader keyword options (e.g. Z-R coefficients)
-        region: null           # [x_min, y_min, x_max, y_max] of cell centres, native units
+        region: null           # [x_min, y_min, x_max, y_max] of cell centres: metres on a
+                               # projected grid, or lon/lat degrees (the reader's bbox)
         events: {spring: [2015-05-15T15:45, 2015-05-15T19:00], ...}
         held_out: spring       # event(s) of the "test" split
         validation: null       # event(s) of the "val" split; the other events are "train"
