@@ -27,8 +27,7 @@ import torch
 from precipdiff.baselines.quantile_mapping import QuantileMapping
 from precipdiff.data.transforms import PrecipTransform
 from precipdiff.diffusion.precond import EDMPrecond
-from precipdiff.diffusion.samplers import get_sampler
-from precipdiff.diffusion.schedules import karras_sigmas
+from precipdiff.diffusion.samplers import get_sampler, sampler_options, sampler_sigmas
 from precipdiff.errors import CheckpointError
 from precipdiff.models.unet import UNet
 from precipdiff.pipeline.tiling import TiledDenoiser
@@ -197,10 +196,13 @@ class Stage:
                 return precond(x, s, c).float()
 
             denoiser = TiledDenoiser(as_float, tile=tile, overlap=overlap, batch_size=tile_batch)
-            sigmas = karras_sigmas(
-                settings.steps, settings.sigma_min, settings.sigma_max, settings.rho
-            ).to(base.device)
+            sigmas = sampler_sigmas(
+                settings.sampler, settings.steps, sigma_min=settings.sigma_min,
+                sigma_max=settings.sigma_max, rho=settings.rho, sigma_data=self.sigma_data,
+            ).to(device=base.device, dtype=torch.float32)
             x = noise.to(base) * float(sigmas[0])
             sample_fn = get_sampler(settings.sampler)
-            out = out + sample_fn(denoiser, x, sigmas, cond=cond, generator=generator).float()
+            opts = sampler_options(settings.sampler, self.sigma_data)
+            out = out + sample_fn(denoiser, x, sigmas, cond=cond, generator=generator,
+                                  **opts).float()
         return out
