@@ -1,52 +1,98 @@
-"""Command line: ``precipdiff prepare | train | predict | evaluate | demo | info``.
+"""Command line: ``precipdiff prepare | train | export | predict | evaluate | demo | info``.
 
-User errors (:class:`precipdiff.errors.PrecipdiffError`) are printed in one line and the command
-exits with status 2; no traceback. Heavy imports happen inside the commands, so ``--help`` and
-``info`` are quick.
+Every failure the user can act on ends in one line on stderr: user errors
+(:class:`precipdiff.errors.PrecipdiffError`), usage errors (unknown option or command, missing or
+malformed argument) and allocations that do not fit in memory exit with status 2; Ctrl-C exits
+130 and SIGTERM 143 (128 + signal), after the temporary files are removed. No traceback for any
+of these. Log lines go to stdout unwrapped (``-q`` keeps only warnings). Heavy imports happen
+inside the commands, so ``--help`` and ``--version`` are quick.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
-from precipdiff.errors import PrecipdiffError
+from precipdiff.defaults import PREDICT
+from precipdiff.errors import ConfigError, PrecipdiffError
+from precipdiff.interrupts import Terminated, raise_on_termination
+
+#: Help text width: the terminal's (120 when it is not a terminal), never cut below 80.
+HELP_WIDTH = max(80, shutil.get_terminal_size((120, 24)).columns)
+
+
+class _Command(TyperCommand):
+    """A command whose help names arguments by their metavar only (no ``<list[Path]>``)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for param in self.params:
+            if getattr(param, "param_type_name", "") == "argument":
+                param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+        super().format_help(ctx, formatter)
+
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Bias-corrected, 1-km precipitation ensembles with residual diffusion models.",
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"max_content_width": HELP_WIDTH, "terminal_width": HELP_WIDTH},
 )
+command = app.command(cls=_Command)
 
 Sets = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a config value, e.g. --set model.model_channels=64."),
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a config value, e.g. --set model.model_channels=64 (repeatable).",
+    ),
 ]
 
 
-def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
+class _StdoutHandler(logging.StreamHandler):
+    """Plain, unwrapped log lines on the current ``sys.stdout`` (a progress bar may swap it)."""
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(show_path=False, show_time=False, rich_tracebacks=False)],
-    )
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+def _setup_logging(level: int) -> None:
+    handler = _StdoutHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from precipdiff import __version__
+
+        typer.echo(f"precipdiff {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_version,
+                     is_eager=True),
+    ] = False,
 ) -> None:
-    _setup_logging(verbose)
+    _setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
-@app.command()
+@command
 def info() -> None:
     """Print the version, the torch device and the available readers."""
     import torch
@@ -64,14 +110,20 @@ def info() -> None:
         typer.echo(f"shipped weights [{name}]: {path.name if path else 'not installed'}")
 
 
-@app.command()
+@command
 def prepare(
-    config: Annotated[Path, typer.Option(help="Prepare config (YAML).", exists=True)],
-    output: Annotated[Path, typer.Option(help="Zarr store to write.")],
+    config: Annotated[
+        Path, typer.Option(help="Prepare config (YAML).", exists=True, metavar="FILE")
+    ],
+    output: Annotated[Path, typer.Option(help="Zarr store to write.", metavar="DIR")],
     sets: Sets = None,
-    workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(help="Parallel worker processes.", metavar="N")] = 1,
 ) -> None:
-    """Build a paired training store (zarr v3) from source and reference files."""
+    """Build a paired training store (zarr v3) from source and reference files.
+
+    An interrupted run (Ctrl-C, SIGTERM, a crash) leaves OUTPUT.partial; the same command
+    resumes it.
+    """
     from precipdiff.data.corpus_config import is_corpus_file
 
     if is_corpus_file(config):  # several radar networks (a `sources:` list): data.corpus
@@ -82,16 +134,20 @@ def prepare(
             path = prepare_corpus(load_corpus_config(config, sets or []), output, progress=cb)
         typer.echo(f"corpus store written: {path}")
         return
+    from precipdiff.atomic import check_writable
     from precipdiff.data.prepare import load_prepare_config, prepare_store
     from precipdiff.progress import progress_bar
 
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
     cfg = load_prepare_config(config, sets or [])
+    check_writable(output, directory=True, what="store")
     with progress_bar("prepare") as cb:
         path = prepare_store(cfg, output, workers=workers, progress=cb)
     typer.echo(f"store written: {path}")
 
 
-@app.command()
+@command
 def train(
     config: Annotated[Path | None, typer.Option(help="Run config (YAML).")] = None,
     sets: Sets = None,
@@ -105,7 +161,7 @@ def train(
     typer.echo(f"run directory: {run_dir}")
 
 
-@app.command()
+@command
 def export(
     run: Annotated[Path, typer.Option(help="Run directory with checkpoints/.")],
     output: Annotated[Path, typer.Option(help="Release weights to write (.safetensors).")],
@@ -124,55 +180,103 @@ def _parse_bbox(bbox: str | None) -> tuple[float, float, float, float] | None:
     except ValueError:
         parts = ()
     if len(parts) != 4:
-        raise PrecipdiffError(f"--bbox must be 'lon_min,lat_min,lon_max,lat_max', got {bbox!r}")
+        raise ConfigError(f"--bbox must be 'lon_min,lat_min,lon_max,lat_max', got {bbox!r}")
     return parts  # type: ignore[return-value]
 
 
-@app.command()
+def _parse_thresholds(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--thresholds must be comma-separated numbers in mm/h (e.g. 1,5,10), got {text!r}"
+        ) from None
+
+
+_Path = Annotated[Path | None, typer.Option(metavar="FILE")]
+
+
+@command
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="Coarse input files (any reader).")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Coarse input files (any reader).", metavar="INPUT...")
+    ],
     output: Annotated[
-        Path, typer.Option(help="Output NetCDF file, or a directory in --archive mode.")
+        Path,
+        typer.Option(help="Output NetCDF file, or a directory in --archive mode.", metavar="PATH"),
     ],
     weights_correct: Annotated[
-        Path | None, typer.Option(help="Stage-I weights (.safetensors); default: shipped.")
+        Path | None,
+        typer.Option(help="Stage-I weights (.safetensors); default: shipped.", metavar="FILE"),
     ] = None,
     weights_downscale: Annotated[
-        Path | None, typer.Option(help="Stage-II weights (.safetensors); default: shipped.")
+        Path | None,
+        typer.Option(help="Stage-II weights (.safetensors); default: shipped.", metavar="FILE"),
     ] = None,
-    stages: Annotated[str, typer.Option(help="'correct,downscale', 'correct' or 'downscale'.")] = (
-        "correct,downscale"
-    ),
-    members: Annotated[int, typer.Option(help="Ensemble members.")] = 16,
-    sampler: Annotated[str, typer.Option(help="heun | euler | dpmpp_2m | ancestral.")] = "dpmpp_2m",
-    steps: Annotated[int, typer.Option(help="Sampler steps per stage.")] = 12,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same ensemble.")] = 0,
-    bbox: Annotated[str | None, typer.Option(help="lon_min,lat_min,lon_max,lat_max.")] = None,
-    reader: Annotated[str | None, typer.Option(help="Force a reader (default: detect).")] = None,
-    variable: Annotated[str | None, typer.Option(help="Variable name for generic files.")] = None,
-    member_batch: Annotated[int, typer.Option(help="Members sampled together.")] = 8,
+    stages: Annotated[
+        str, typer.Option(help="'correct,downscale', 'correct' or 'downscale'.", metavar="LIST")
+    ] = "correct,downscale",
+    members: Annotated[int, typer.Option(help="Ensemble members.", metavar="N")] = PREDICT.members,
+    sampler: Annotated[
+        str, typer.Option(help="heun | euler | dpmpp_2m | ancestral.", metavar="NAME")
+    ] = PREDICT.sampler,
+    steps: Annotated[
+        int, typer.Option(help="Sampler steps per stage.", metavar="N")
+    ] = PREDICT.steps,
+    seed: Annotated[
+        int, typer.Option(help="Seed: the same seed gives the same ensemble.", metavar="N")
+    ] = PREDICT.seed,
+    bbox: Annotated[
+        str | None, typer.Option(help="Crop: lon_min,lat_min,lon_max,lat_max.", metavar="BOX")
+    ] = None,
+    reader: Annotated[
+        str | None, typer.Option(help="Force a reader (default: detect).", metavar="NAME")
+    ] = None,
+    variable: Annotated[
+        str | None, typer.Option(help="Variable name for generic files.", metavar="NAME")
+    ] = None,
+    member_batch: Annotated[
+        int, typer.Option(help="Members sampled together.", metavar="N")
+    ] = PREDICT.member_batch,
     window: Annotated[
-        int, typer.Option(help="Fine-grid window (pixels) for bounded memory.")
-    ] = 512,
-    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
+        int,
+        typer.Option(
+            help=f"Fine-grid window (pixels, >= {PREDICT.min_window}) for bounded memory.",
+            metavar="N",
+        ),
+    ] = PREDICT.window,
+    device: Annotated[
+        str, typer.Option(help="auto | cpu | cuda | cuda:N.", metavar="NAME")
+    ] = PREDICT.device,
     precision: Annotated[
-        str, typer.Option(help="auto (bf16 where the hardware is fast at it) | fp32 | bf16.")
-    ] = "auto",
+        str,
+        typer.Option(
+            help="auto (bf16 where the hardware is fast at it) | fp32 | bf16.", metavar="NAME"
+        ),
+    ] = PREDICT.precision,
     mass_consistent: Annotated[
         bool, typer.Option(help="Pooled output reproduces Stage I.")
     ] = False,
-    thresholds: Annotated[str, typer.Option(help="Exceedance thresholds, mm/h.")] = "1,5,10",
+    thresholds: Annotated[
+        str, typer.Option(help="Exceedance thresholds, mm/h.", metavar="LIST")
+    ] = ",".join(f"{t:g}" for t in PREDICT.thresholds),
     archive: Annotated[
         bool,
         typer.Option(
-            help="One output per time step in OUTPUT (a directory); "
+            help="One output per input file in OUTPUT (a directory), named "
+            "<input file name>.precipdiff.nc (two inputs with one file name are refused); "
             "skips complete outputs, reports and skips bad inputs."
         ),
     ] = False,
-    workers: Annotated[int, typer.Option(help="Processes across files in --archive mode.")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Processes across files in --archive mode.", metavar="N")
+    ] = PREDICT.workers,
     extras: Annotated[
         list[Path] | None,
-        typer.Option(help="Pressure-level GRIB/NetCDF files with the Stage-II model's extras."),
+        typer.Option(
+            help="Pressure-level GRIB/NetCDF files with the Stage-II model's extras.",
+            metavar="FILE",
+        ),
     ] = None,
 ) -> None:
     """Correct and downscale coarse precipitation into a fine-grid ensemble (CF-NetCDF)."""
@@ -198,14 +302,14 @@ def predict(
         workers=workers,
         extras=tuple(extras or ()),
         mass_consistent=mass_consistent,
-        thresholds=tuple(float(v) for v in thresholds.split(",") if v.strip()),
+        thresholds=_parse_thresholds(thresholds),
         archive=archive,
     )
     for path in run_predict(req):
         typer.echo(f"written: {path}")
 
 
-@app.command()
+@command
 def evaluate(
     prediction: Annotated[Path, typer.Option(help="Prediction NetCDF (from predict or demo).")],
     truth: Annotated[Path, typer.Option(help="Truth file (any reader) on the prediction's grid.")],
@@ -234,37 +338,93 @@ def evaluate(
     typer.echo(f"report written: {out}")
 
 
-@app.command()
+@command
 def demo(
-    output: Annotated[Path, typer.Option(help="Output directory.")] = Path("demo_output"),
-    members: Annotated[int, typer.Option(help="Ensemble members.")] = 16,
-    steps: Annotated[int, typer.Option(help="Sampler steps per stage.")] = 12,
-    seed: Annotated[int, typer.Option(help="Scene and sampling seed.")] = 0,
+    output: Annotated[Path, typer.Option(help="Output directory.", metavar="DIR")] = Path(
+        "demo_output"
+    ),
+    members: Annotated[int, typer.Option(help="Ensemble members.", metavar="N")] = PREDICT.members,
+    steps: Annotated[
+        int, typer.Option(help="Sampler steps per stage.", metavar="N")
+    ] = PREDICT.steps,
+    seed: Annotated[int, typer.Option(help="Scene and sampling seed.", metavar="N")] = 0,
 ) -> None:
     """Synthetic scene -> both stages with the shipped weights -> NetCDF, metric table, figures."""
+    from precipdiff.atomic import check_writable
     from precipdiff.demo import run_demo
 
+    for name, value in (("--members", members), ("--steps", steps)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    check_writable(output, directory=True, what="demo output")
     out = run_demo(output, members=members, steps=steps, seed=seed)
     typer.echo(f"demo written to {out}")
 
 
-def main() -> None:
-    """Console entry point: one-line errors and exit status 2 for user errors."""
-    try:
-        app(standalone_mode=False)
-    except PrecipdiffError as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(2)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code or 0)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", fg="red", err=True)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
+def _fail(message: str, code: int) -> None:
+    """One line on stderr (newlines folded), then exit with ``code``."""
+    typer.secho(" ".join(f"error: {message}".split()), fg="red", err=True)
+    sys.exit(code)
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """numpy/Python ``MemoryError``, torch's ``OutOfMemoryError`` or a failed CPU allocation."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "not enough memory" in text
+    )
+
+
+_MEMORY_HINTS = {
+    "predict": "lower --members, --member-batch or --window, or crop with --bbox",
+    "demo": "lower --members",
+    "prepare": "crop with bbox or use fewer --workers",
+    "train": "lower the batch or patch size",
+}
+
+
+def _command_name(argv: list[str]) -> str:
+    return next((a for a in argv if a in _MEMORY_HINTS or a in ("evaluate", "export")), "")
+
+
+def _usage_error(exc: Any) -> None:
+    """A click usage error (unknown option or command, missing or bad value) in one line."""
+    if type(exc).__name__ == "NoArgsIsHelpError" and getattr(exc, "ctx", None) is not None:
+        typer.echo(exc.ctx.get_help())
+        sys.exit(0)
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    _fail(f"{exc.format_message()}{where}", 2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors; exit 2 for user errors, 130 Ctrl-C, 143 SIGTERM."""
+    raise_on_termination()
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        rc = app(args=args, prog_name="precipdiff", standalone_mode=False)
+    except Terminated as exc:
+        _fail(f"{exc}; stopped, temporary files removed", int(exc.code or 143))
+    except KeyboardInterrupt:
+        _fail("interrupted (Ctrl-C); stopped, temporary files removed", 130)
+    except PrecipdiffError as exc:
+        _fail(str(exc), 2)
+    except SystemExit:
         raise
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            cmd = _command_name(args)
+            hint = _MEMORY_HINTS.get(cmd, "use a smaller problem")
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no detail"
+            _fail(f"out of memory{' in ' + cmd if cmd else ''}: {first}; {hint}", 2)
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            _usage_error(exc)
+        if type(exc).__name__ == "Abort":  # older click: Ctrl-C arrives as Abort
+            _fail("interrupted (Ctrl-C); stopped, temporary files removed", 130)
+        raise
+    if isinstance(rc, int) and rc == 130:  # typer turns KeyboardInterrupt into Exit(130)
+        _fail("interrupted (Ctrl-C); stopped, temporary files removed", 130)
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)

@@ -329,7 +329,10 @@ def prepare_store(cfg: PrepareConfig, out: str | os.PathLike, *, workers: int = 
     """Write the paired store for ``cfg`` at ``out`` and return ``out``.
 
     Resumable: an unfinished ``<out>.partial`` with the same config is continued (written
-    frames are skipped); one with another config is discarded. ``workers > 1`` scans and
+    frames are skipped); one with another config is discarded. A run that stops before its
+    plan is written (a config or input error found while scanning, an interrupt) or whose
+    finishing step fails with a user error leaves no ``<out>.partial``: there is nothing a rerun
+    could resume. ``workers > 1`` scans and
     writes in that many processes. ``progress(done, total)`` is called as files are scanned
     and frames written (``total`` = files to scan + frames; a resumed run starts at the
     steps already done).
@@ -347,9 +350,14 @@ def prepare_store(cfg: PrepareConfig, out: str | os.PathLike, *, workers: int = 
                 log.warning("discarding %s: written with another config or unfinished setup",
                             partial)
                 shutil.rmtree(partial)
-            (partial / STAGE_DIR).mkdir(parents=True)
-            plan = _make_plan(cfg, pool, str(partial / STAGE_DIR), steps)
-            _create(partial, cfg, plan)
+            try:
+                (partial / STAGE_DIR).mkdir(parents=True)
+                plan = _make_plan(cfg, pool, str(partial / STAGE_DIR), steps)
+                _create(partial, cfg, plan)
+            except BaseException:
+                # without a plan nothing is resumable (a rerun discards it): leave no .partial
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
         total = len(plan["frames"])
         todo = [fr for fr in plan["frames"] if not done_marker(partial, fr["index"]).exists()]
         done = total - len(todo)
@@ -365,7 +373,12 @@ def prepare_store(cfg: PrepareConfig, out: str | os.PathLike, *, workers: int = 
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    _finish_attrs(partial, cfg, plan)
+    try:
+        _finish_attrs(partial, cfg, plan)
+    except PrecipdiffError:
+        # the frames are complete, so a rerun would fail the same way: leave no .partial
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     _publish(partial, out)
     log.info("store written: %s (%d frames)", out, total)
     return out

@@ -1,15 +1,43 @@
-"""``precipdiff predict``: files in, CF-NetCDF ensembles out (single file or archive mode)."""
+"""``precipdiff predict``: files in, CF-NetCDF ensembles out (single file or archive mode).
+
+Everything is checked before any work: the request (:meth:`PredictRequest.validate`, one
+:class:`~precipdiff.errors.ConfigError` per impossible value), the inputs' existence and the
+output's writability.
+
+Archive mode writes ``OUTPUT/<input file name>.precipdiff.nc`` per input:
+
+* two inputs with the same file name (in different folders) would write one output; they are
+  refused before any work, naming both (rename them or run them into separate folders);
+* an existing output is complete (writes are atomic) and is skipped, unless its global
+  attribute ``precipdiff_input_id`` (a hash of the input's absolute path: no local path is
+  written into the file) says it was made from another input: then that input fails
+  (reported, the run exits 2) instead of being silently skipped;
+* each file gets its own seed, derived from ``--seed`` and the input's valid times and grid
+  (:func:`file_seed`): a rerun of the same input gives the same ensemble, different inputs
+  (e.g. two dry frames) get different noise, and the result does not depend on the order of the
+  inputs or on ``--workers``. The output's ``seed`` attribute is that file's seed
+  (``archive_base_seed`` the ``--seed``), so ``predict FILE --seed <seed>`` reproduces it;
+* worker processes (``--workers``) die with the parent, even when it is SIGKILLed.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import math
+import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from precipdiff.errors import CheckpointError, PrecipdiffError
+from precipdiff.atomic import check_writable
+from precipdiff.defaults import PRECISIONS, PREDICT
+from precipdiff.errors import CheckpointError, ConfigError, PrecipdiffError
 from precipdiff.pipeline.output import predict_to_file
 from precipdiff.pipeline.pipeline import Pipeline, PredictOptions
 from precipdiff.pipeline.shipped import shipped_weights
@@ -18,47 +46,97 @@ from precipdiff.pipeline.stage import SamplerSettings, Stage
 log = logging.getLogger(__name__)
 
 
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+ARCHIVE_SUFFIX = ".precipdiff.nc"
+INPUT_ATTR = "precipdiff_input_id"
+
+
 @dataclass(frozen=True)
 class PredictRequest:
-    """Everything ``precipdiff predict`` was asked to do."""
+    """Everything ``precipdiff predict`` was asked to do (defaults: :data:`~precipdiff.defaults.
+    PREDICT`); checked on construction (:meth:`validate`)."""
 
     inputs: Sequence[Path]
     output: Path
     weights_correct: Path | None = None
     weights_downscale: Path | None = None
     stages: tuple[str, ...] = ("correct", "downscale")
-    members: int = 16
-    sampler: str = "dpmpp_2m"
-    steps: int = 12
-    seed: int = 0
+    members: int = PREDICT.members
+    sampler: str = PREDICT.sampler
+    steps: int = PREDICT.steps
+    seed: int = PREDICT.seed
     bbox: tuple[float, float, float, float] | None = None
     reader: str | None = None
     variable: str | None = None
-    member_batch: int = 8
-    window: int = 512
-    device: str = "auto"
+    member_batch: int = PREDICT.member_batch
+    window: int = PREDICT.window
+    device: str = PREDICT.device
     mass_consistent: bool = False
-    thresholds: tuple[float, ...] = (1.0, 5.0, 10.0)
+    thresholds: tuple[float, ...] = PREDICT.thresholds
     archive: bool = False
-    precision: str = "auto"
-    workers: int = 1
+    precision: str = PREDICT.precision
+    workers: int = PREDICT.workers
     extras: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the option, the value and what is expected."""
+        from precipdiff.diffusion.samplers import SAMPLERS
+        from precipdiff.io.registry import READERS
+
+        for name in ("members", "steps", "member_batch", "workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, "
+                                  f"got {value!r}")
+        if not isinstance(self.window, int) or self.window < PREDICT.min_window:
+            raise ConfigError(f"--window must be >= {PREDICT.min_window} fine-grid pixels (the "
+                              f"windows overlap by {2 * PREDICT.halo}), got {self.window!r}")
+        if not self.stages or set(self.stages) - {"correct", "downscale"}:
+            raise ConfigError("--stages must name 'correct' and/or 'downscale' "
+                              f"(comma-separated), got {','.join(self.stages)!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"--sampler {self.sampler!r} is unknown; expected one of "
+                              f"{', '.join(sorted(SAMPLERS))}")
+        if self.reader is not None and self.reader not in READERS:
+            raise ConfigError(f"--reader {self.reader!r} is unknown; expected one of "
+                              f"{', '.join(sorted(READERS))}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision!r} is unknown; expected one of "
+                              f"{', '.join(PRECISIONS)}")
+        if not _DEVICE.match(str(self.device)):
+            raise ConfigError(f"--device {self.device!r} is unknown; expected auto, cpu, "
+                              "cuda, cuda:N or mps")
+        bad = [t for t in self.thresholds if not math.isfinite(t) or t < 0]
+        if bad:
+            raise ConfigError(f"--thresholds must be finite rates >= 0 mm/h, got {bad}")
+        if self.bbox is not None:
+            x0, y0, x1, y1 = self.bbox
+            if not all(map(math.isfinite, self.bbox)) or x0 >= x1 or y0 >= y1:
+                raise ConfigError("--bbox must be finite lon_min,lat_min,lon_max,lat_max with "
+                                  f"min < max, got {','.join(f'{v:g}' for v in self.bbox)}")
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a CUDA device must exist."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PrecipdiffError(f"--device {device} requested but no CUDA device is available")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device} requested but no CUDA device is available")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
+                              "device(s) are available")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps requested but no MPS device is available")
     return device
 
 
 def load_pipeline(req: PredictRequest, device: str) -> Pipeline:
     """Load the requested stages (the shipped weights where no path is given)."""
-    unknown = set(req.stages) - {"correct", "downscale"}
-    if unknown or not req.stages:
-        raise PrecipdiffError(f"--stages must name 'correct' and/or 'downscale', got {req.stages}")
     shipped = shipped_weights()
     stages: dict[str, Stage | None] = {"correct": None, "downscale": None}
     for name, given in (("correct", req.weights_correct), ("downscale", req.weights_downscale)):
@@ -89,9 +167,54 @@ def _options(req: PredictRequest, device: str) -> PredictOptions:
 
 
 def check_inputs(paths: Sequence[Path]) -> None:
+    """Every input exists (:class:`PrecipdiffError` listing the missing ones)."""
+    if not paths:
+        raise ConfigError("no input files given")
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
         raise PrecipdiffError(f"input file(s) not found: {', '.join(missing)}")
+
+
+def archive_targets(inputs: Sequence[Path], output: Path) -> list[tuple[Path, Path]]:
+    """``(input, OUTPUT/<file name>.precipdiff.nc)`` per input; :class:`ConfigError` when two
+    different inputs would write the same output (the same file repeated is kept once)."""
+    seen: dict[Path, Path] = {}
+    for path in map(Path, inputs):
+        target = output / f"{path.name}{ARCHIVE_SUFFIX}"
+        first = seen.setdefault(target, path)
+        if first != path and first.resolve() != path.resolve():
+            raise ConfigError(
+                f"--archive: inputs {first} and {path} have the same file name and would both "
+                f"write {target}; rename one or run them into separate output folders"
+            )
+    return [(path, target) for target, path in seen.items()]
+
+
+def input_id(path: Path) -> str:
+    """Identity of an input file in archive outputs: sha256 of its absolute path (16 hex)."""
+    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+
+
+def _made_from(target: Path) -> str | None:
+    """The input id recorded in an existing archive output (None when not recorded)."""
+    import netCDF4
+
+    try:
+        with netCDF4.Dataset(target) as ds:
+            return str(ds.getncattr(INPUT_ATTR)) if INPUT_ATTR in ds.ncattrs() else None
+    except OSError:
+        return None
+
+
+def file_seed(seed: int, src) -> int:
+    """The seed of one archive file: a hash of ``seed``, the input's valid times and its grid
+    (first and last coordinate of each spatial axis), as a non-negative 63-bit integer."""
+    h = hashlib.sha256(f"precipdiff-archive:{int(seed)}".encode())
+    h.update(np.asarray(src["time"].values, "datetime64[ns]").astype(np.int64).tobytes())
+    for dim in src.dims[-2:]:
+        c = np.asarray(src[dim].values, np.float64)
+        h.update(np.round(c[[0, -1]], 6).tobytes())
+    return int.from_bytes(h.digest()[:8], "little") >> 1
 
 
 def _extras_for(pipeline: Pipeline, req: PredictRequest, src) -> object:
@@ -118,6 +241,8 @@ def run_predict(req: PredictRequest) -> Iterator[Path]:
     from precipdiff.io import read, read_many
 
     check_inputs(req.inputs)
+    check_writable(req.output, directory=req.archive)
+    targets = archive_targets(req.inputs, req.output) if req.archive else []
     device = resolve_device(req.device)
     pipeline = load_pipeline(req, device)
     opts = _options(req, device)
@@ -131,13 +256,19 @@ def run_predict(req: PredictRequest) -> Iterator[Path]:
         return
     req.output.mkdir(parents=True, exist_ok=True)
     todo = []
-    for path in req.inputs:
-        target = req.output / f"{Path(path).name}.precipdiff.nc"
-        if target.exists():
-            log.info("skip %s: output exists and is complete", path)
-        else:
-            todo.append((Path(path), target))
     failed: list[str] = []
+    for path, target in targets:
+        if not target.exists():
+            todo.append((path, target))
+            continue
+        made_from = _made_from(target)
+        if made_from is not None and made_from != input_id(path):
+            error = (f"{target} exists but was made from another input named {path.name} "
+                     "(in another folder); move it away or write into another folder")
+            log.error("skipped %s: %s", path, error)
+            failed.append(f"{path} ({error})")
+        else:
+            log.info("skip %s: output exists and is complete", path)
     if req.workers > 1 and len(todo) > 1:
         results = _archive_parallel(req, todo)
     else:
@@ -163,7 +294,11 @@ def _archive_one(
     try:
         src = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
         extras = _extras_for(pipeline, req, src)
-        predict_to_file(pipeline, src, target, opts, thresholds=req.thresholds, extras=extras)
+        own = dataclasses.replace(opts, seed=file_seed(opts.seed, src))
+        attrs = {INPUT_ATTR: input_id(path), "archive_base_seed": int(opts.seed)}
+        predict_to_file(
+            pipeline, src, target, own, thresholds=req.thresholds, extras=extras, attrs=attrs
+        )
         return path, target, None
     except PrecipdiffError as exc:
         return path, target, str(exc)
@@ -172,7 +307,16 @@ def _archive_one(
 _WORKER: dict = {}
 
 
-def _worker_init(req: PredictRequest, device: str) -> None:
+def _worker_init(req: PredictRequest, device: str, parent: int) -> None:
+    """Set up one archive worker: SIGTERM cleans up and exits, the parent's death is a SIGTERM,
+    Ctrl-C is left to the parent (which then stops the workers)."""
+    import signal
+
+    from precipdiff.interrupts import die_with_parent, raise_on_termination
+
+    raise_on_termination()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
     torch.set_num_threads(1)  # one process per core beats threads on a shared CPU
     _WORKER["pipeline"] = load_pipeline(req, device)
     _WORKER["opts"] = _options(req, device)
@@ -180,7 +324,12 @@ def _worker_init(req: PredictRequest, device: str) -> None:
 
 
 def _worker_run(job: tuple[Path, Path]) -> tuple[Path, Path, str | None]:
-    return _archive_one(_WORKER["pipeline"], _WORKER["opts"], _WORKER["req"], *job)
+    from precipdiff.interrupts import Terminated
+
+    try:
+        return _archive_one(_WORKER["pipeline"], _WORKER["opts"], _WORKER["req"], *job)
+    except Terminated as exc:  # temporary files are gone (the with-blocks ran): leave now
+        os._exit(int(exc.code))
 
 
 def _archive_parallel(
@@ -192,7 +341,25 @@ def _archive_parallel(
 
     ctx = multiprocessing.get_context("spawn")
     device = resolve_device(req.device)
-    with cf.ProcessPoolExecutor(
-        req.workers, mp_context=ctx, initializer=_worker_init, initargs=(req, device)
-    ) as pool:
+    pool = cf.ProcessPoolExecutor(
+        req.workers, mp_context=ctx, initializer=_worker_init, initargs=(req, device, os.getpid())
+    )
+    try:
         yield from pool.map(_worker_run, todo)
+    except BaseException:
+        _stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop_workers(pool, timeout_s: float = 10.0) -> None:
+    """Cancel pending files and SIGTERM the workers (they remove their temporary files)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(timeout_s)
+        if p.is_alive():
+            p.kill()

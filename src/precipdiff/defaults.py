@@ -1,0 +1,47 @@
+"""Predict defaults in one place: the CLI, :class:`~precipdiff.pipeline.run.PredictRequest`,
+:class:`~precipdiff.pipeline.pipeline.PredictOptions`, the sampler settings and the demo read them.
+
+Importing this module is cheap (no torch), so the CLI's ``--help`` can show the values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PredictDefaults:
+    """Defaults of ``precipdiff predict``.
+
+    members : ensemble size. sampler / steps : diffusion sampler name and steps per stage (EDM
+    Karras schedule). seed : base seed. member_batch : members sampled together. window / halo :
+    fine-grid window and its halo (pixels); neighbouring windows overlap by ``2 * halo``, so a
+    window below :attr:`min_window` would be mostly overlap (and the number of windows explodes).
+    device : ``auto`` (CUDA when available) | ``cpu`` | ``cuda[:N]``. precision : ``auto`` |
+    ``fp32`` | ``bf16``. thresholds : exceedance thresholds (mm/h). workers : processes across
+    files in archive mode.
+    """
+
+    members: int = 16
+    sampler: str = "dpmpp_2m"
+    steps: int = 12
+    seed: int = 0
+    member_batch: int = 8
+    window: int = 512
+    halo: int = 32
+    device: str = "auto"
+    precision: str = "auto"
+    thresholds: tuple[float, ...] = (1.0, 5.0, 10.0)
+    workers: int = 1
+
+    @property
+    def min_window(self) -> int:
+        """Smallest ``window`` accepted (pixels): four halos, so at most half a window overlaps."""
+        return 4 * self.halo
+
+
+#: The one instance everybody reads.
+PREDICT = PredictDefaults()
+
+#: Accepted ``precision`` values.
+PRECISIONS = ("auto", "fp32", "bf16")
