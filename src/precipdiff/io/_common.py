@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import logging
 import lzma
 import os
+import struct
+import tarfile
 import tempfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import xarray as xr
 
-from precipdiff.errors import InputFileError
+from precipdiff.errors import InputFileError, PrecipdiffError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,50 @@ for _names, _factor, _out in [
 
 # Packing noise tolerated below zero (mm or mm/h) before values count as negative.
 NEGATIVE_TOLERANCE = 1e-4
+
+
+# What a library raises on malformed content: h5py/netCDF4 (OSError, KeyError, RuntimeError,
+# ValueError), ecCodes (GribInternalError, added by the GRIB readers), zlib/lzma/tar, numpy
+# (ValueError on reshape, MemoryError for absurd sizes read from a header), struct unpacking.
+CONTENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, EOFError, ValueError, KeyError, IndexError, TypeError, RuntimeError,
+    ArithmeticError, MemoryError, struct.error, zlib.error, lzma.LZMAError, tarfile.TarError,
+)
+
+F = TypeVar("F", bound=Callable[..., xr.DataArray])
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` as one line of at most ``limit`` characters (library messages span lines)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def content_errors(kind: str, extra: tuple[type[BaseException], ...] = ()) -> Callable[[F], F]:
+    """Decorate a reader ``f(path, ...)`` so that a library error raised by malformed content
+    becomes an :class:`InputFileError` naming the file (``PrecipdiffError`` passes through).
+
+    ``kind`` names the expected format in the message; ``extra`` adds library exception types.
+    """
+    caught = CONTENT_ERRORS + tuple(extra)
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def reader(path, *args, **kwargs):
+            try:
+                return func(path, *args, **kwargs)
+            except PrecipdiffError:
+                raise
+            except caught as exc:
+                detail = one_line(exc) or type(exc).__name__
+                raise InputFileError(
+                    path, f"cannot read as {kind} (corrupt, truncated or not {kind}?): "
+                    f"{type(exc).__name__}: {detail}"
+                ) from exc
+
+        return reader  # type: ignore[return-value]
+
+    return decorate
 
 
 def require_file(path: str | os.PathLike) -> Path:
@@ -130,10 +179,15 @@ def to_datetime64(values: np.ndarray, units: str, path: str | os.PathLike) -> np
     return epoch + offset.astype("timedelta64[ns]")
 
 
-def grib_time(ymd: int, hhmm: int) -> np.datetime64:
+def grib_time(ymd: int, hhmm: int, path: str | os.PathLike | None = None) -> np.datetime64:
     """``datetime64[ns]`` from GRIB ``validityDate`` (YYYYMMDD) and ``validityTime`` (HHMM)."""
+    ymd, hhmm = int(ymd), int(hhmm)
     date = f"{ymd // 10000:04d}-{ymd // 100 % 100:02d}-{ymd % 100:02d}"
-    return np.datetime64(f"{date}T{hhmm // 100:02d}:{hhmm % 100:02d}", "ns")
+    try:
+        return np.datetime64(f"{date}T{hhmm // 100:02d}:{hhmm % 100:02d}", "ns")
+    except ValueError:
+        raise InputFileError(path or "GRIB message", f"invalid validity date/time {ymd} "
+                             f"{hhmm:04d}; expected YYYYMMDD and HHMM", variable="time") from None
 
 
 def lon_to_180(lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -183,8 +237,8 @@ def sniff(path: str | os.PathLike, n: int = 512) -> bytes:
     try:
         with opener(path, "rb") as fh:
             return fh.read(n)
-    except (OSError, EOFError, lzma.LZMAError) as exc:
-        raise InputFileError(path, f"cannot decompress: {exc}") from exc
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        raise InputFileError(path, f"cannot decompress: {one_line(exc)}") from exc
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -195,15 +249,17 @@ def read_bytes(path: str | os.PathLike) -> bytes:
             return gzip.decompress(data)
         if data[:6] == XZ_MAGIC:
             return lzma.decompress(data)
-    except (OSError, EOFError, lzma.LZMAError) as exc:
-        raise InputFileError(path, f"truncated or corrupt compressed file: {exc}") from exc
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        raise InputFileError(path, f"truncated or corrupt compressed file: {one_line(exc)}"
+                             ) from exc
     return data
 
 
 @contextlib.contextmanager
 def decompressed(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a plain-file path: ``path`` itself, or a temporary decompressed copy (gz/xz)."""
-    head = Path(path).open("rb").read(6)
+    with open(path, "rb") as fh:
+        head = fh.read(6)
     if head[:2] != GZIP_MAGIC and head != XZ_MAGIC:
         yield Path(path)
         return

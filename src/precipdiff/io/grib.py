@@ -28,12 +28,14 @@ from precipdiff.io._common import (
     BBox,
     bbox_slices,
     check_nonempty_crop,
+    content_errors,
     convert_units,
     crop_2d,
     decompressed,
     finalize,
     grib_time,
     lon_to_180,
+    one_line,
     require_file,
 )
 from precipdiff.io._eccodes import eccodes
@@ -72,16 +74,22 @@ def _scan(path: os.PathLike, fh) -> list[_Message]:
         except eccodes.GribInternalError as exc:
             for m in msgs:
                 eccodes.codes_release(m.handle)
-            raise InputFileError(path, f"corrupt or truncated GRIB message: {exc}") from exc
+            raise InputFileError(path, f"corrupt or truncated GRIB message: {one_line(exc)}"
+                                 ) from exc
         if h is None:
             break
-        ymd, hhmm = _get(h, "validityDate", 0), _get(h, "validityTime", 0)
-        msgs.append(_Message(
-            index=len(msgs), handle=h, short_name=str(_get(h, "shortName", "unknown")),
-            grid=tuple(_get(h, k) for k in _GRID_KEYS),
-            time=grib_time(ymd, hhmm),
-            level_type=str(_get(h, "typeOfLevel", "")), level=int(_get(h, "level", 0)),
-        ))
+        try:
+            ymd, hhmm = _get(h, "validityDate", 0), _get(h, "validityTime", 0)
+            msgs.append(_Message(
+                index=len(msgs), handle=h, short_name=str(_get(h, "shortName", "unknown")),
+                grid=tuple(_get(h, k) for k in _GRID_KEYS),
+                time=grib_time(ymd, hhmm, path),
+                level_type=str(_get(h, "typeOfLevel", "")), level=int(_get(h, "level", 0)),
+            ))
+        except BaseException:
+            for m in [*msgs, None]:
+                eccodes.codes_release(h if m is None else m.handle)
+            raise
     if not msgs:
         raise InputFileError(path, "no GRIB message found; expected a GRIB1/GRIB2 file")
     return msgs
@@ -93,8 +101,11 @@ def _decode(h: int, path: os.PathLike, name: str) -> np.ndarray:
     try:
         values = eccodes.codes_get_values(h)
     except eccodes.GribInternalError as exc:
-        raise InputFileError(path, f"cannot decode data: {exc}", variable=name) from exc
+        raise InputFileError(path, f"cannot decode data: {one_line(exc)}", variable=name) from exc
     ni, nj = _get(h, "Ni") or _get(h, "Nx"), _get(h, "Nj") or _get(h, "Ny")
+    if not ni or not nj or values.size != ni * nj:
+        raise InputFileError(path, f"{values.size} values for a {nj}x{ni} grid; expected "
+                             "one value per grid point", variable=name)
     field = values.astype(np.float32).reshape(nj, ni)
     field[values.reshape(nj, ni) >= _MISSING] = np.nan
     if not _get(h, "jScansPositively", 0):
@@ -183,6 +194,7 @@ def _accumulation(h: int) -> str:
     return f"{end - start if end > start else end}h"
 
 
+@content_errors("GRIB", (eccodes.GribInternalError,))
 def read_grib(
     path: str | os.PathLike,
     *,
@@ -227,6 +239,7 @@ def read_grib(
     return crop_2d(da, bbox, path) if dims[1] == "y" else da
 
 
+@content_errors("GRIB", (eccodes.GribInternalError,))
 def read_grib_levels(
     path: str | os.PathLike,
     *,

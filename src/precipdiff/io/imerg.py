@@ -21,8 +21,10 @@ from precipdiff.io._common import (
     BBox,
     bbox_slices,
     check_nonempty_crop,
+    content_errors,
     convert_units,
     finalize,
+    one_line,
     require_file,
     to_datetime64,
 )
@@ -46,6 +48,7 @@ def is_imerg(h5: h5py.File) -> bool:
     return any(v in g for v in VARIABLES) and "lat" in g and "lon" in g
 
 
+@content_errors("IMERG HDF5")
 def read_imerg(
     path: str | os.PathLike,
     *,
@@ -66,7 +69,8 @@ def read_imerg(
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
-        raise InputFileError(path, f"not a readable HDF5 file (truncated?): {exc}") from exc
+        raise InputFileError(path, f"not a readable HDF5 file (truncated?): {one_line(exc)}"
+                             ) from exc
     with h5:
         g = _group(h5)
         name = variable or next((v for v in VARIABLES if v in g), None)
@@ -80,7 +84,7 @@ def read_imerg(
         try:
             return _read_group(g, name, path, bbox, allow_all_nan)
         except (OSError, KeyError) as exc:
-            raise InputFileError(path, f"cannot read data (corrupt file?): {exc}",
+            raise InputFileError(path, f"cannot read data (corrupt file?): {one_line(exc)}",
                                  variable=name) from exc
 
 

@@ -20,8 +20,10 @@ from precipdiff.io._common import (
     BBox,
     bbox_slices,
     check_nonempty_crop,
+    content_errors,
     finalize,
     grib_time,
+    one_line,
     read_bytes,
     require_file,
 )
@@ -52,7 +54,7 @@ def _new_handle(path: os.PathLike) -> int:
     try:
         return eccodes.codes_new_from_message(data[start:])
     except eccodes.GribInternalError as exc:
-        raise InputFileError(path, f"corrupt or truncated GRIB message: {exc}") from exc
+        raise InputFileError(path, f"corrupt or truncated GRIB message: {one_line(exc)}") from exc
 
 
 def _grid_axes(h: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -69,6 +71,7 @@ def _grid_axes(h: int) -> tuple[np.ndarray, np.ndarray, bool]:
     return lat, lon, north_to_south
 
 
+@content_errors("MRMS GRIB2", (eccodes.GribInternalError,))
 def read_mrms(
     path: str | os.PathLike,
     *,
@@ -110,7 +113,7 @@ def read_mrms(
         try:
             values = eccodes.codes_get_values(h)
         except eccodes.GribInternalError as exc:
-            raise InputFileError(path, f"cannot decode data section: {exc}") from exc
+            raise InputFileError(path, f"cannot decode data section: {one_line(exc)}") from exc
     finally:
         eccodes.codes_release(h)
     if values.size != lat.size * lon.size:
@@ -126,7 +129,7 @@ def read_mrms(
     field = grid[si, sj].astype(np.float32)
     check_nonempty_crop(field.shape, bbox, path)
     field[field < 0] = np.nan  # −3 (no coverage) and −999 (missing) sentinels
-    time = grib_time(ymd, hhmm)
+    time = grib_time(ymd, hhmm, path)
     attrs = {"mrms_product": product}
     if accumulation:
         attrs["accumulation"] = accumulation

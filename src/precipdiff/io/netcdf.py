@@ -21,7 +21,16 @@ import numpy as np
 import xarray as xr
 
 from precipdiff.errors import InputFileError
-from precipdiff.io._common import UNITS, BBox, convert_units, crop_2d, finalize, require_file
+from precipdiff.io._common import (
+    UNITS,
+    BBox,
+    content_errors,
+    convert_units,
+    crop_2d,
+    finalize,
+    one_line,
+    require_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +54,7 @@ def open_dataset(path: str | os.PathLike) -> xr.Dataset:
         return xr.open_dataset(path)
     except Exception as exc:  # netCDF4/h5py/zarr raise a zoo of exception types
         raise InputFileError(path, f"cannot open as NetCDF/zarr (truncated or corrupt?): "
-                             f"{type(exc).__name__}: {exc}") from exc
+                             f"{type(exc).__name__}: {one_line(exc)}") from exc
 
 
 def _normalise(ds: xr.Dataset) -> xr.Dataset:
@@ -98,6 +107,7 @@ def _accumulation(ds: xr.Dataset, da: xr.DataArray, name: str) -> str:
     return "unknown"
 
 
+@content_errors("NetCDF/zarr")
 def read_netcdf(
     path: str | os.PathLike,
     *,
@@ -145,7 +155,7 @@ def read_netcdf(
         try:
             values = da.values.astype(np.float32)
         except Exception as exc:
-            raise InputFileError(path, f"cannot read data: {exc}", variable=name) from exc
+            raise InputFileError(path, f"cannot read data: {one_line(exc)}", variable=name) from exc
         values, units, is_amount = convert_units(values, da.attrs.get("units"), path, name)
         if is_amount:
             attrs["accumulation"] = _accumulation(ds, da, name)
@@ -155,6 +165,7 @@ def read_netcdf(
                     product=f"NetCDF {name}", attrs=attrs, allow_all_nan=allow_all_nan)
 
 
+@content_errors("NetCDF/zarr")
 def read_netcdf_levels(
     path: str | os.PathLike,
     *,

@@ -25,7 +25,15 @@ import xarray as xr
 
 from precipdiff.errors import InputFileError
 from precipdiff.io import _stereo
-from precipdiff.io._common import GZIP_MAGIC, BBox, crop_2d, finalize, require_file
+from precipdiff.io._common import (
+    GZIP_MAGIC,
+    BBox,
+    content_errors,
+    crop_2d,
+    finalize,
+    one_line,
+    require_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +62,7 @@ def parse_asc(text: bytes, source: str) -> tuple[dict[str, float], np.ndarray]:
     try:
         values = np.loadtxt(io.BytesIO(lines[6]), dtype=np.float32).ravel()
     except ValueError as exc:
-        raise InputFileError(source, f"malformed grid values: {exc}") from exc
+        raise InputFileError(source, f"malformed grid values: {one_line(exc)}") from exc
     nrows, ncols = int(header["nrows"]), int(header["ncols"])
     if values.size != nrows * ncols:
         raise InputFileError(source, f"{values.size} values, expected {nrows}x{ncols} "
@@ -83,9 +91,10 @@ def _members(path: os.PathLike, members: Sequence[str] | None) -> list[tuple[str
                 names = [n for n in names if n in set(members)]
             return [(n, tar.extractfile(n).read()) for n in names]
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise InputFileError(path, f"truncated or corrupt tar archive: {exc}") from exc
+        raise InputFileError(path, f"truncated or corrupt tar archive: {one_line(exc)}") from exc
 
 
+@content_errors("RADOLAN ESRI ASCII")
 def read_radolan(
     path: str | os.PathLike,
     *,

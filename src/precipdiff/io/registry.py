@@ -13,7 +13,7 @@ import xarray as xr
 
 from precipdiff.errors import InputFileError, UnknownMethodError
 from precipdiff.io import fmi, grib, imerg, meteoswiss, mrms, netcdf, odim, radolan
-from precipdiff.io._common import BBox, require_file, sniff
+from precipdiff.io._common import BBox, one_line, require_file, sniff
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,9 @@ def detect_reader(path: str | os.PathLike) -> str:
                 if odim.is_odim(h5):
                     return "odim"
                 return "imerg" if imerg.is_imerg(h5) else "netcdf"
-        except OSError as exc:
+        except (OSError, KeyError, RuntimeError, ValueError) as exc:
             raise InputFileError(path, f"HDF5 signature but unreadable (truncated?): "
-                                 f"{exc}") from exc
+                                 f"{one_line(exc)}") from exc
     if head.startswith(NETCDF3_MAGIC):
         return "netcdf"
     pos = head.find(b"GRIB")
