@@ -424,3 +424,14 @@ def test_latlon_computed_once_per_grid(tmp_path, dbz_raw):
     assert not a.lon.values.flags.writeable
     both = io.read_many([tmp_path / "a.h5", tmp_path / "b.h5"])
     assert both.sizes["time"] == 2 and both.lat.shape == (12, 16)
+
+
+def test_bbox_crops_projected_grid(tmp_path, dbz_raw):
+    p = write_odim(tmp_path / "comp.h5", dbz_raw)
+    full = io.read(p)
+    lat, lon = full.lat.values, full.lon.values
+    bbox = (float(lon[3, 4]), float(lat[3, 4]), float(lon[8, 10]), float(lat[8, 10]))
+    crop = io.read(p, bbox=bbox)
+    assert 0 < crop.sizes["y"] < 12 and 0 < crop.sizes["x"] < 16
+    np.testing.assert_array_equal(crop.values, full.sel(y=crop.y, x=crop.x).values)
+    assert crop.attrs["crs"] == LAEA
