@@ -33,7 +33,8 @@ import json
 import os
 import platform
 import time
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,16 @@ from precipdiff.evaluation.run import VerificationInputs, baseline_predictions, 
 from precipdiff.evaluation.spatial import subgrid_event_fraction
 from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
 from precipdiff.pipeline.shipped import shipped_weights
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every experiment receives: the parsed options, the sampler options and the
+    default stages (``correct``, ``downscale``, ``regression`` or None)."""
+
+    args: argparse.Namespace
+    opts: PredictOptions
+    stages: dict[str, Stage | None]
 
 
 def _da(values: np.ndarray, grid, times: np.ndarray) -> xr.DataArray:
@@ -108,7 +119,7 @@ def fit_qm(store_path: Path, pooling_target: str, n_times: int = 12):
     return get_baseline("eqm_pooled")(src, ref.assign_coords(lat=src["lat"], lon=src["lon"]))
 
 
-def real_pair(args: argparse.Namespace, opts: PredictOptions, stages: dict) -> dict:
+def real_pair(ctx: Context) -> dict:
     """Stage I on a real radar-only -> gauge-corrected pair (test band), against raw and EQM.
 
     Rows: the shipped Stage I (trained on *emulated satellite* errors: an out-of-distribution
@@ -117,6 +128,7 @@ def real_pair(args: argparse.Namespace, opts: PredictOptions, stages: dict) -> d
     """
     from precipdiff.evaluation.report import metric_table, write_report
 
+    args, opts, stages = ctx.args, ctx.opts, ctx.stages
     store = args.real_pair
     st = open_store(store)
     t = list(range(len(st.times)))
@@ -143,7 +155,7 @@ def real_pair(args: argparse.Namespace, opts: PredictOptions, stages: dict) -> d
     return rows
 
 
-def stage1_select(args: argparse.Namespace, opts: PredictOptions) -> dict:
+def stage1_select(ctx: Context) -> dict:
     """Stage I candidates at the coarse grid on the ``--select-split`` band (model selection).
 
     Scores each ``--select-correct`` weights file, the raw source and train-band EQM against
@@ -152,6 +164,7 @@ def stage1_select(args: argparse.Namespace, opts: PredictOptions) -> dict:
     """
     from precipdiff.evaluation.report import metric_table, write_report
 
+    args, opts = ctx.args, ctx.opts
     st = open_store(args.store)
     _, src, ref_lr, _ = load_split(args.store, args.select_split, args.times, None)
     qm = fit_qm(args.store, st.pooling)
@@ -171,17 +184,9 @@ def stage1_select(args: argparse.Namespace, opts: PredictOptions) -> dict:
     return rows
 
 
-def chain(
-    args: argparse.Namespace,
-    opts: PredictOptions,
-    stages: dict,
-    *,
-    store: Path,
-    correct: Stage,
-    down: Stage,
-    name: str,
-) -> dict:
+def chain(ctx: Context, *, store: Path, correct: Stage, down: Stage, name: str) -> dict:
     """Emulated satellite -> Stage I -> Stage II, against the baselines (Stage I and I+II)."""
+    args, opts, stages = ctx.args, ctx.opts, ctx.stages
     st, src, _, ref_hr = load_split(store, "test", args.times, tuple(args.rows))
     require_store_grid(correct, store, st, factor=1)  # Stage I works on the coarse grid
     require_store_grid(down, store, st, factor=st.factor)
@@ -216,16 +221,9 @@ def chain(
     return {"rows": rows, "seconds": seconds}
 
 
-def downscale(
-    args: argparse.Namespace,
-    opts: PredictOptions,
-    stages: dict,
-    *,
-    store: Path,
-    down: Stage,
-    name: str,
-) -> dict:
+def downscale(ctx: Context, *, store: Path, down: Stage, name: str) -> dict:
     """Stage II alone on the pooled radar of ``store`` (the PrecipDiff downscaling task)."""
+    args, opts, stages = ctx.args, ctx.opts, ctx.stages
     st, _, ref_lr, ref_hr = load_split(store, "test", args.times, tuple(args.rows))
     require_store_grid(down, store, st, factor=st.factor)
     t0 = time.perf_counter()
@@ -316,8 +314,9 @@ def subgrid_table(
     return out
 
 
-def nfe_sweep(args: argparse.Namespace, stages: dict) -> list[dict]:
+def nfe_sweep(ctx: Context) -> list[dict]:
     """Stage II CRPS and time against sampler steps (one time step, 4 members)."""
+    args, stages = ctx.args, ctx.stages
     _, _, ref_lr, ref_hr = load_split(args.store, "test", args.times[:1], tuple(args.rows))
     down = stages["downscale"]
     out = []
@@ -345,29 +344,83 @@ def nfe_sweep(args: argparse.Namespace, stages: dict) -> list[dict]:
     return out
 
 
-EXPERIMENTS = (
-    "chain",
-    "downscale",
-    "nfe",
-    "real_pair",
-    "downscale_mean",
-    "chain_mean",
-    "stage1_select",
-)
+@dataclass(frozen=True)
+class Experiment:
+    """One row of the experiment table: ``run(ctx, **arguments)``.
+
+    ``arguments`` maps each keyword of ``run`` to where its value comes from: ``arg:<name>``
+    (a command-line option), ``stage:<key>`` (a default stage), ``load:<name>`` (weights from
+    an option, loaded) or ``text:<value>``. ``needs`` are the options it requires; the first
+    one, when given, also selects the experiment by default. ``store`` names the option whose
+    store the summary records.
+    """
+
+    run: Callable[..., object]
+    arguments: Mapping[str, str] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+    store: str = "store"
 
 
-def main() -> None:
+EXPERIMENTS: dict[str, Experiment] = {
+    "chain": Experiment(
+        chain,
+        {"store": "arg:store", "correct": "stage:correct", "down": "stage:downscale",
+         "name": "text:chain"},
+    ),
+    "downscale": Experiment(
+        downscale, {"store": "arg:store", "down": "stage:downscale", "name": "text:downscale"}
+    ),
+    "nfe": Experiment(nfe_sweep),
+    "real_pair": Experiment(real_pair, needs=("real_pair",), store="real_pair"),
+    "downscale_mean": Experiment(
+        downscale,
+        {"store": "arg:mean_store", "down": "load:weights_downscale_mean",
+         "name": "text:downscale_mean"},
+        needs=("mean_store", "weights_downscale_mean"),
+        store="mean_store",
+    ),
+    "chain_mean": Experiment(
+        chain,
+        {"store": "arg:mean_store", "correct": "load:weights_correct_mean",
+         "down": "load:weights_downscale_mean", "name": "text:chain_mean"},
+        needs=("weights_correct_mean", "mean_store", "weights_downscale_mean"),
+        store="mean_store",
+    ),
+    "stage1_select": Experiment(stage1_select, needs=("select_correct",)),
+}
+
+
+def _resolve(spec: str, ctx: Context) -> object:
+    source, _, name = spec.partition(":")
+    if source == "arg":
+        return getattr(ctx.args, name)
+    if source == "stage":
+        return ctx.stages[name]
+    if source == "load":
+        return Stage.load(getattr(ctx.args, name))
+    if source == "text":
+        return name
+    raise ValueError(f"unknown argument source {spec!r}")
+
+
+def run_experiment(name: str, ctx: Context) -> object:
+    """Check the options ``name`` needs, resolve its arguments and run it."""
+    exp = EXPERIMENTS[name]
+    missing = [n for n in exp.needs if not getattr(ctx.args, n)]
+    if missing:
+        flags = ", ".join("--" + n.replace("_", "-") for n in missing)
+        raise SystemExit(f"{name} needs {flags}")
+    return exp.run(ctx, **{k: _resolve(v, ctx) for k, v in exp.arguments.items()})
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path, default=Path("stores/mrms_emul.zarr"))
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/skill"))
     ap.add_argument("--weights-correct", type=Path, default=None)
     ap.add_argument("--weights-downscale", type=Path, default=None)
-    ap.add_argument(
-        "--weights-regression",
-        type=Path,
-        default=None,
-        help="a regression (CorrDiff mean) stage: adds the regression-only rows",
-    )
+    ap.add_argument("--weights-regression", type=Path, default=None,
+                    help="a regression (CorrDiff mean) stage: adds the regression-only rows")
     ap.add_argument("--times", type=int, nargs="*", default=[5, 20, 35])
     ap.add_argument("--rows", type=int, nargs=2, default=[30, 70], help="coarse rows of the band")
     ap.add_argument("--members", type=int, default=8)
@@ -375,166 +428,82 @@ def main() -> None:
     ap.add_argument("--sampler", default="dpmpp_2m", help="sampler of the main experiments")
     ap.add_argument("--nfe-steps", type=int, nargs="*", default=[2, 4, 8, 16])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--real-pair",
-        type=Path,
-        default=None,
-        help="store of a real pair (configs/prepare_mrms_gaugecorr.yaml): Stage I table",
-    )
-    ap.add_argument(
-        "--weights-correct-pair",
-        type=Path,
-        default=None,
-        help="a Stage I trained on the --real-pair store (adds its row)",
-    )
-    ap.add_argument(
-        "--mean-store",
-        type=Path,
-        default=None,
-        help="mean-pooled store (configs/prepare_mrms_meanpool.yaml)",
-    )
-    ap.add_argument(
-        "--weights-downscale-mean",
-        type=Path,
-        default=None,
-        help="a Stage II trained on --mean-store (configs/stage2_downscale_meanpool.yaml)",
-    )
-    ap.add_argument(
-        "--weights-correct-mean",
-        type=Path,
-        default=None,
-        help="a Stage I trained on --mean-store (configs/stage1_correct_meanpool.yaml)",
-    )
-    ap.add_argument(
-        "--select-correct",
-        type=Path,
-        nargs="*",
-        default=[],
-        help="Stage I weights to compare in stage1_select",
-    )
-    ap.add_argument(
-        "--select-split",
-        choices=("train", "val", "test"),
-        default="val",
-        help="band of stage1_select (default: validation)",
-    )
-    ap.add_argument(
-        "--experiments",
-        nargs="+",
-        choices=EXPERIMENTS,
-        default=None,
-        help="which experiments to run (default: every one whose inputs are given); "
-        "summary.json keeps the results of the others",
-    )
-    args = ap.parse_args()
+    ap.add_argument("--real-pair", type=Path, default=None,
+                    help="store of a real pair (configs/prepare_mrms_gaugecorr.yaml): "
+                    "Stage I table")
+    ap.add_argument("--weights-correct-pair", type=Path, default=None,
+                    help="a Stage I trained on the --real-pair store (adds its row)")
+    ap.add_argument("--mean-store", type=Path, default=None,
+                    help="mean-pooled store (configs/prepare_mrms_meanpool.yaml)")
+    ap.add_argument("--weights-downscale-mean", type=Path, default=None,
+                    help="a Stage II trained on --mean-store "
+                    "(configs/stage2_downscale_meanpool.yaml)")
+    ap.add_argument("--weights-correct-mean", type=Path, default=None,
+                    help="a Stage I trained on --mean-store (configs/stage1_correct_meanpool.yaml)")
+    ap.add_argument("--select-correct", type=Path, nargs="*", default=[],
+                    help="Stage I weights to compare in stage1_select")
+    ap.add_argument("--select-split", choices=("train", "val", "test"), default="val",
+                    help="band of stage1_select (default: validation)")
+    ap.add_argument("--experiments", nargs="+", choices=tuple(EXPERIMENTS), default=None,
+                    help="which experiments to run (default: every one whose inputs are given); "
+                    "summary.json keeps the results of the others")
+    return ap.parse_args(argv)
+
+
+def _meta(name: str, args: argparse.Namespace, weights: tuple[Path, Path]) -> dict:
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+        "store": str(getattr(args, EXPERIMENTS[name].store)),
+        "times": args.times,
+        "rows_lr": args.rows,
+        "members": args.members,
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "weights": [str(w) for w in (*weights, args.weights_downscale_mean,
+                                     args.weights_correct_pair, args.weights_correct_mean)],
+    }
+
+
+def _print_nfe(rows: list[dict]) -> None:
+    print("| sampler | steps | NFE | CRPS fair | CRPS ecdf | spread-skill | s (4 members) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['crps_fair']:.4f} | "
+            f"{r['crps_ecdf']:.4f} | {r['spread_skill_ratio']:.2f} | {r['seconds']:.1f} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     shipped = shipped_weights()
-    wc = args.weights_correct or shipped["correct"]
-    wd = args.weights_downscale or shipped["downscale"]
+    weights = (args.weights_correct or shipped["correct"],
+               args.weights_downscale or shipped["downscale"])
     stages = {
-        "correct": Stage.load(wc),
-        "downscale": Stage.load(wd),
+        "correct": Stage.load(weights[0]),
+        "downscale": Stage.load(weights[1]),
         "regression": Stage.load(args.weights_regression) if args.weights_regression else None,
     }
     todo = args.experiments or [
-        e
-        for e in EXPERIMENTS
-        if (e != "real_pair" or args.real_pair)
-        and (e != "downscale_mean" or args.mean_store)
-        and (e != "chain_mean" or args.weights_correct_mean)
-        and (e != "stage1_select" or args.select_correct)
+        n for n, e in EXPERIMENTS.items() if not e.needs or getattr(args, e.needs[0])
     ]
     s = SamplerSettings(sampler=args.sampler, steps=args.steps)
-    opts = PredictOptions(members=args.members, correct=s, downscale=s, seed=args.seed, window=256)
+    ctx = Context(args, PredictOptions(members=args.members, correct=s, downscale=s,
+                                       seed=args.seed, window=256), stages)
     summary_path = args.output / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     meta = summary.setdefault("meta", {})
-    for exp in todo:
-        if exp == "chain":
-            summary[exp] = chain(
-                args,
-                opts,
-                stages,
-                store=args.store,
-                correct=stages["correct"],
-                down=stages["downscale"],
-                name="chain",
-            )
-        elif exp == "stage1_select":
-            if not args.select_correct:
-                raise SystemExit("stage1_select needs --select-correct WEIGHTS [WEIGHTS ...]")
-            summary[exp] = stage1_select(args, opts)
-        elif exp == "chain_mean":
-            if None in (args.mean_store, args.weights_correct_mean, args.weights_downscale_mean):
-                raise SystemExit(
-                    "chain_mean needs --mean-store, --weights-correct-mean and "
-                    "--weights-downscale-mean"
-                )
-            summary[exp] = chain(
-                args,
-                opts,
-                stages,
-                store=args.mean_store,
-                correct=Stage.load(args.weights_correct_mean),
-                down=Stage.load(args.weights_downscale_mean),
-                name="chain_mean",
-            )
-        elif exp == "downscale":
-            summary[exp] = downscale(
-                args, opts, stages, store=args.store, down=stages["downscale"], name="downscale"
-            )
-        elif exp == "nfe":
-            summary[exp] = nfe_sweep(args, stages)
-        elif exp == "real_pair":
-            if args.real_pair is None:
-                raise SystemExit("--experiments real_pair needs --real-pair STORE")
-            summary[exp] = real_pair(args, opts, stages)
-        elif exp == "downscale_mean":
-            if args.mean_store is None or args.weights_downscale_mean is None:
-                raise SystemExit("downscale_mean needs --mean-store and --weights-downscale-mean")
-            summary[exp] = downscale(
-                args,
-                opts,
-                stages,
-                store=args.mean_store,
-                down=Stage.load(args.weights_downscale_mean),
-                name="downscale_mean",
-            )
-        meta[exp] = {
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
-            "store": str(
-                args.mean_store
-                if exp in ("downscale_mean", "chain_mean")
-                else args.real_pair
-                if exp == "real_pair"
-                else args.store
-            ),
-            "times": args.times,
-            "rows_lr": args.rows,
-            "members": args.members,
-            "sampler": args.sampler,
-            "steps": args.steps,
-            "weights": [
-                str(wc),
-                str(wd),
-                str(args.weights_downscale_mean),
-                str(args.weights_correct_pair),
-                str(args.weights_correct_mean),
-            ],
-        }
+    for name in todo:
+        summary[name] = run_experiment(name, ctx)
+        meta[name] = _meta(name, args, weights)
         args.output.mkdir(parents=True, exist_ok=True)
         tmp = summary_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=1, default=float))
         tmp.replace(summary_path)
-        print(f"{exp}: done ({meta[exp]['date']})", flush=True)
+        print(f"{name}: done ({meta[name]['date']})", flush=True)
     if "nfe" in todo:
-        print("| sampler | steps | NFE | CRPS fair | CRPS ecdf | spread-skill | s (4 members) |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for r in summary["nfe"]:
-            print(
-                f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['crps_fair']:.4f} | "
-                f"{r['crps_ecdf']:.4f} | {r['spread_skill_ratio']:.2f} | {r['seconds']:.1f} |"
-            )
+        _print_nfe(summary["nfe"])
 
 
 if __name__ == "__main__":
