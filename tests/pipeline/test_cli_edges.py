@@ -228,7 +228,7 @@ def test_signal_stops_predict_cleanly(tiny_weights, slow_src, sig, code, tmp_pat
     res = subprocess.CompletedProcess(args, proc.returncode, "", stderr)
     line = one_line_error(res, code)
     assert ("interrupted" if sig == signal.SIGINT else "SIGTERM") in line
-    assert not list(out.iterdir()) and not list(scratch.iterdir())
+    assert not list(out.iterdir()) and not list(scratch.glob("precipdiff-*"))
 
 
 def test_stale_temp_files_swept(tiny_weights, src, tmp_path) -> None:
