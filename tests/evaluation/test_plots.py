@@ -90,3 +90,16 @@ def test_maps_name_members_and_units(tmp_path, rng, monkeypatch):
     units = [lab for lab in ensemble["labels"] if "mm h⁻¹" in lab]
     assert len(units) >= 3  # mean, spread and truth colour bars
     assert all("mm/h" not in lab for fig in seen for lab in fig["labels"] + fig["titles"])
+
+
+def test_dry_scene_renders(tmp_path):
+    """No rain anywhere (a dry real scene): every figure still renders, none raises."""
+    dry = as_field(np.zeros((1, 32, 32)))
+    ens = as_field(np.zeros((3, 1, 32, 32)), member=True)
+    paths = [
+        plots.intensity_histograms({"truth": dry, "ensemble": ens}, tmp_path / "hist.png"),
+        plots.psd_curves({"truth": spectra.rapsd(dry), "ensemble": spectra.rapsd(ens)},
+                         tmp_path / "psd.png"),
+        plots.ensemble_maps(ens.isel(time=0), tmp_path / "ens.png", truth=dry.isel(time=0)),
+    ]
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in paths)

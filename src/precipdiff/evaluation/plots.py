@@ -151,16 +151,22 @@ def intensity_histograms(fields: Mapping[str, np.ndarray | xr.DataArray], path: 
     vmax = max(float(np.nanmax(v)) if np.isfinite(v).any() else vmin * 10 for v in values.values())
     edges = np.logspace(np.log10(vmin), np.log10(max(vmax, vmin * 10)), bins + 1)
     fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+    wet = False
     for name, v in values.items():
         v = v[np.isfinite(v)]
         counts, _ = np.histogram(v, edges)
+        wet = wet or bool(counts.any())
         dens = counts / max(v.size, 1) / np.diff(edges)
         centres = np.sqrt(edges[:-1] * edges[1:])
         is_truth = name.lower().startswith("truth")
         ax.step(centres, np.where(dens > 0, dens, np.nan), where="mid", label=name,
                 lw=2.2 if is_truth else 1.4, color="k" if is_truth else None)
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    if wet:  # a log axis needs one positive density: a dry scene keeps a linear one
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, f"no intensity >= {vmin:g} {units}", transform=ax.transAxes,
+                ha="center", va="center")
     ax.set_xlabel(f"intensity ({units})")
     ax.set_ylabel(f"frequency density (per {units})")
     ax.grid(True, which="both", alpha=0.3)
