@@ -3,18 +3,24 @@ and the problem, in the library and through the CLI (exit 2, one stderr line, no
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from precipdiff import io
-from precipdiff.errors import InputFileError
+from precipdiff.errors import InputFileError, PrecipdiffError
 from precipdiff.io import meteoswiss
 
 LAEA = "+proj=laea +lat_0=55 +lon_0=10 +x_0=1950000 +y_0=-2100000 +units=m +ellps=WGS84"
@@ -141,6 +147,16 @@ def test_gif_truncated(tmp_path, keep):
     _one_line(e, p)
 
 
+def test_gif_header_with_huge_size(tmp_path):
+    p = _gif(tmp_path / "AQC151351545F_00005.801.gif")
+    data = bytearray(p.read_bytes())
+    data[6:10] = b"\xff\xff\xff\xff"  # logical screen 65535 x 65535
+    p.write_bytes(bytes(data))
+    with pytest.raises(InputFileError, match="implausible size") as e:
+        io.read(p)
+    _one_line(e, p)
+
+
 def test_gif_unknown_palette(tmp_path):
     rainbow = np.stack([np.arange(256), np.arange(256)[::-1], np.full(256, 7)], axis=1)
     p = _gif(tmp_path / "AQC151351545F_00005.801.gif", palette=rainbow)
@@ -217,6 +233,49 @@ def test_real_files_truncated(shared_data, tmp_path):
         with pytest.raises(InputFileError, match="truncated") as e:
             io.read(p)
         _one_line(e, p)
+
+
+# ---------------------------------------------------------------- fuzzing
+FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
+MUTATIONS = st.one_of(
+    st.tuples(st.just("truncate"), st.floats(0.0, 1.0)),
+    st.tuples(st.just("flip"), st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 255)),
+                                        min_size=1, max_size=8)),
+)
+
+
+@functools.cache
+def _valid_bytes(kind: str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = {"odim": lambda: _odim(Path(tmp) / "c.h5"),
+                "gif": lambda: _gif(Path(tmp) / "AQC151351545F_00005.801.gif"),
+                "pgm": lambda: _pgm(Path(tmp) / "f.pgm", gz=False),
+                "pgm.gz": lambda: _pgm(Path(tmp) / "f.pgm.gz")}[kind]()
+        return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["odim", "gif", "pgm", "pgm.gz"])
+@FUZZ
+@given(mutation=MUTATIONS)
+def test_fuzzed_radar_file(kind, mutation):
+    """Truncated or bit-flipped files: a valid field or a PrecipdiffError, never a traceback."""
+    data = bytearray(_valid_bytes(kind))
+    how, arg = mutation
+    if how == "truncate":
+        data = data[: int(arg * len(data))]
+    else:
+        for where, xor in arg:
+            data[min(int(where * len(data)), len(data) - 1)] ^= xor
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"fuzzed.{kind}"
+        path.write_bytes(bytes(data))
+        try:
+            out = io.read(path)
+        except PrecipdiffError as exc:
+            assert "\n" not in str(exc)
+        else:
+            assert isinstance(out, xr.DataArray) and out.dtype == np.float32
 
 
 # ---------------------------------------------------------------- through the CLI

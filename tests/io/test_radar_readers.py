@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from precipdiff import io
+from precipdiff.errors import ConfigError
 from precipdiff.io import fmi, meteoswiss, reflectivity
 
 LAEA = ("+proj=laea +lat_0=55.0 +lon_0=10.0 +x_0=1950000.0 +y_0=-2100000.0 +units=m "
@@ -135,10 +136,21 @@ def test_resolve_zr():
     assert reflectivity.resolve_zr("FMI", "opera").b == 1.53
     user = reflectivity.resolve_zr((300, 1.4), "fmi")
     assert (user.a, user.b, user.name) == (300.0, 1.4, "user")
-    with pytest.raises(ValueError, match="unknown Z-R"):
+    with pytest.raises(ConfigError, match="unknown Z-R"):
         reflectivity.resolve_zr("nope", "fmi")
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ConfigError, match="positive"):
         reflectivity.resolve_zr((0, 1.6), "fmi")
+
+
+def test_bad_zr_keyword_is_a_config_error(tmp_path, dbz_raw):
+    """A wrong reader option is the user's setting, not a corrupt file."""
+    p = write_odim(tmp_path / "comp.h5", dbz_raw)
+    with pytest.raises(ConfigError, match="neither a name nor an"):
+        io.read(p, zr=(200.0,))
+    with pytest.raises(ConfigError, match="unknown Z-R relation 'mp'"):
+        io.read(p, zr="mp")
+    with pytest.raises(ConfigError, match="max_dbz=5.0 is below"):
+        io.read(p, max_dbz=5.0)
 
 
 # ---------------------------------------------------------------- ODIM (synthetic)

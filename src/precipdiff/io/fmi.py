@@ -33,7 +33,14 @@ import xarray as xr
 
 from precipdiff.errors import InputFileError
 from precipdiff.io import _projected, reflectivity
-from precipdiff.io._common import BBox, crop_2d, finalize, read_bytes, require_file
+from precipdiff.io._common import (
+    BBox,
+    content_errors,
+    crop_2d,
+    finalize,
+    read_bytes,
+    require_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +134,7 @@ def _grid(header: dict, shape: tuple[int, int], path) -> tuple[dict, dict, dict]
     return _projected.grid_coords(crs, definition, x0=x_ll, y0=y_ll, dx=dx, dy=dy, nx=nx, ny=ny)
 
 
+@content_errors("FMI PGM")
 def read_fmi(
     path: str | os.PathLike,
     *,

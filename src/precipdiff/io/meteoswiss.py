@@ -43,7 +43,7 @@ from PIL import Image, UnidentifiedImageError
 
 from precipdiff.errors import InputFileError
 from precipdiff.io import _projected, reflectivity
-from precipdiff.io._common import BBox, crop_2d, finalize, require_file
+from precipdiff.io._common import BBox, content_errors, crop_2d, finalize, require_file
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def _decode(img: Image.Image, path: os.PathLike) -> np.ndarray:
     return class_values()[classes[index]]
 
 
+@content_errors("MeteoSwiss GIF")
 def read_meteoswiss(
     path: str | os.PathLike,
     *,
@@ -139,6 +140,9 @@ def read_meteoswiss(
             img.load()
             meta = _comment(img.info)
             amounts = _decode(img, path)
+    except Image.DecompressionBombError as exc:  # a corrupt header claiming a huge image
+        raise InputFileError(path, f"GIF header gives an implausible size ({exc}); expected "
+                             f"{CCS4['nx']}x{CCS4['ny']}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputFileError(path, f"unreadable GIF (truncated or corrupt?): "
                              f"{' '.join(str(exc).split())[:160]}") from exc

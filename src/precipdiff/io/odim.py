@@ -39,7 +39,7 @@ import xarray as xr
 
 from precipdiff.errors import InputFileError
 from precipdiff.io import _projected, reflectivity
-from precipdiff.io._common import BBox, crop_2d, finalize, require_file
+from precipdiff.io._common import BBox, content_errors, crop_2d, finalize, require_file
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ def _decode(raw: np.ndarray, what: dict, path, qty: str) -> tuple[np.ndarray, np
     return values, undetect
 
 
+@content_errors("ODIM HDF5")
 def read_odim(
     path: str | os.PathLike,
     *,

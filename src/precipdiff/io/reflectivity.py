@@ -22,7 +22,8 @@ Per-network defaults (``NETWORK_ZR``), each with its reference:
   Precipitation Measurements in Switzerland*, vdf ETH Zürich; Germann, U. et al. (2006), Q. J. R.
   Meteorol. Soc. 132, 1669–1692 (the relation behind MeteoSwiss's 8-bit precipitation scale).
 
-A reader's ``zr`` keyword overrides the default: a network name above or an ``(a, b)`` pair. The
+A reader's ``zr`` keyword overrides the default: a network name above or an ``(a, b)`` pair (an
+unknown name or non-positive coefficients raise :class:`~precipdiff.errors.ConfigError`). The
 relation used is written to the output's attrs (:func:`zr_attrs`), so every converted field says
 how it was made.
 """
@@ -32,6 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from precipdiff.errors import ConfigError
 
 DEFAULT_NOISE_FLOOR_DBZ = 7.0
 DEFAULT_MAX_DBZ = 55.0
@@ -48,7 +51,7 @@ class ZR:
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.a) and np.isfinite(self.b) and self.a > 0 and self.b > 0):
-            raise ValueError(f"Z-R coefficients must be positive and finite, found a={self.a}, "
+            raise ConfigError(f"Z-R coefficients must be positive and finite, found a={self.a}, "
                              f"b={self.b}")
 
 
@@ -72,12 +75,12 @@ def resolve_zr(zr: str | tuple[float, float] | ZR | None, default: str) -> ZR:
         try:
             return NETWORK_ZR[zr.lower()]
         except KeyError:
-            raise ValueError(f"unknown Z-R relation {zr!r}; expected one of {sorted(NETWORK_ZR)} "
+            raise ConfigError(f"unknown Z-R relation {zr!r}; expected one of {sorted(NETWORK_ZR)} "
                              "or an (a, b) pair") from None
     try:
         a, b = (float(v) for v in zr)
     except (TypeError, ValueError):
-        raise ValueError(f"Z-R relation {zr!r} is neither a name nor an (a, b) pair") from None
+        raise ConfigError(f"Z-R relation {zr!r} is neither a name nor an (a, b) pair") from None
     return ZR(a, b, "user", "user override")
 
 
@@ -95,7 +98,7 @@ def dbz_to_rate(
     """
     dbz = np.asarray(dbz, dtype=np.float32)
     if max_dbz is not None and max_dbz < noise_floor_dbz:
-        raise ValueError(f"max_dbz={max_dbz} is below noise_floor_dbz={noise_floor_dbz}")
+        raise ConfigError(f"max_dbz={max_dbz} is below noise_floor_dbz={noise_floor_dbz}")
     rate = np.zeros(dbz.shape, np.float32)
     wet = dbz >= np.float32(noise_floor_dbz)  # NaN compares False
     level = dbz[wet]  # only the (few) echoes above the floor go through exp
