@@ -316,3 +316,120 @@ def test_real_radar_to_gauge_pair(shared_data, tmp_path):
     ok = np.isfinite(src) & np.isfinite(ref)
     assert ok.mean() > 0.9 and np.nanmax(ref) > 1.0  # mm/h after the 1-h conversion
     assert np.corrcoef(src[ok], ref[ok])[0, 1] > 0.5  # a real but biased pair
+
+
+# ----------------------------------------------------------------------------- the CLI's edges
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    return subprocess.Popen([sys.executable, "-m", "precipdiff", "-q", "prepare", *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, **kw)
+
+
+def _one_line(proc: subprocess.Popen, code: int, timeout: float = 120) -> str:
+    _, err = proc.communicate(timeout=timeout)
+    lines = err.strip().splitlines()
+    assert proc.returncode == code and len(lines) == 1, (proc.returncode, err)
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def _write_config(path: Path, **cfg) -> Path:
+    path.write_text(yaml.safe_dump({k: [str(p) for p in v] if isinstance(v, list) else v
+                                    for k, v in cfg.items()}))
+    return path
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_while_scanning_leaves_nothing(S, pair_files, sig, code, tmp_path):
+    """Interrupted before its plan exists, prepare has nothing to resume: no .partial is left.
+    (A FIFO among the references blocks the scan deterministically.)"""
+    _, refs, srcs = pair_files
+    fifo = tmp_path / "in" / "ref_99.nc"
+    os.mkfifo(fifo)
+    cfg = _write_config(tmp_path / "c.yaml", reference=[*refs, fifo.with_name("ref_9*.nc")],
+                        source=srcs)
+    out = tmp_path / "out" / "s.zarr"
+    proc = _cli("--config", str(cfg), "--output", str(out))
+    staged = out.with_name("s.zarr.partial") / "_staged"
+    deadline = time.monotonic() + 120
+    while not (staged.is_dir() and len(os.listdir(staged)) >= len(refs)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    assert ("interrupted" if sig == signal.SIGINT else "SIGTERM") in _one_line(proc, code)
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+def test_interrupt_mid_frames_keeps_partial_then_resumes(S, tmp_path):
+    """Ctrl-C while frames are written: exit 130, one line, no temp files; the .partial is kept
+    and the same command resumes it."""
+    ref = S.scene(n_time=40, shape=(100, 200))
+    refs = S.write_frames(ref, tmp_path / "in", "r")
+    srcs = S.write_frames(S.biased_source(ref), tmp_path / "in", "s")
+    cfg = _write_config(tmp_path / "c.yaml", reference=refs, source=srcs, split="space")
+    out = tmp_path / "out" / "s.zarr"
+    partial = out.with_name("s.zarr.partial")
+    proc = _cli("--config", str(cfg), "--output", str(out))
+    deadline = time.monotonic() + 180
+    while not ((partial / "_done").is_dir() and os.listdir(partial / "_done")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert "interrupted" in _one_line(proc, 130)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["s.zarr.partial"]
+    assert not [p for p in partial.rglob("*") if ".tmp-" in p.name]
+    done = len(os.listdir(partial / "_done"))
+    assert 1 <= done < 40
+    proc = _cli("--config", str(cfg), "--output", str(out))
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["s.zarr"]
+    np.testing.assert_allclose(open_store(out)["ref_hr"][:], ref.values)
+
+
+def test_error_found_after_scanning_leaves_no_partial(pair_files, tmp_path):
+    """A split that cannot be made is found only after every file was scanned: one line,
+    exit 2, and no .partial (a rerun could never succeed)."""
+    _, refs, srcs = pair_files
+    cfg = _write_config(tmp_path / "c.yaml", reference=refs, source=srcs, split="space",
+                        fractions={"train": 1.0, "val": 0.001})
+    out = tmp_path / "out" / "s.zarr"
+    assert "gets no coarse columns" in _one_line(_cli("--config", str(cfg), "--output", str(out)),
+                                                 2)
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+def test_yaml_alias_bomb_refused(tmp_path):
+    """A "billion laughs" config is refused before it is expanded (address space capped at
+    2 GiB, so a regression fails fast instead of exhausting the machine)."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [{','.join([f'*{prev}'] * 9)}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\nreference: r.nc\nemulate: true\n")
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+
+    start = time.monotonic()
+    proc = _cli("--config", str(bomb), "--output", str(tmp_path / "s.zarr"), preexec_fn=limit)
+    assert "more than 100000 nodes" in _one_line(proc, 2, timeout=60)
+    assert time.monotonic() - start < 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.yaml"]
+
+
+def test_yaml_anchors_still_allowed(tmp_path):
+    from precipdiff.yamlfile import read_yaml_mapping
+
+    p = tmp_path / "c.yaml"
+    p.write_text("base: &b {factor: 10}\nother: *b\nlist: [&x 1, *x]\n")
+    assert read_yaml_mapping(p, "config") == {"base": {"factor": 10}, "other": {"factor": 10},
+                                               "list": [1, 1]}
+    p.write_text("x: &x [*x]\n")
+    with pytest.raises(ConfigError, match="refers to the node that contains it"):
+        read_yaml_mapping(p, "config")
