@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from precipdiff.defaults import PREDICT
 from precipdiff.errors import GridError
 from precipdiff.grid import Grid, spatial_dims, upsample_tensor
 from precipdiff.pipeline.dry import (
@@ -66,13 +67,13 @@ class PredictOptions:
     the dry-neighbourhood rule.
     """
 
-    members: int = 16
+    members: int = PREDICT.members
     correct: SamplerSettings = SamplerSettings()
     downscale: SamplerSettings = SamplerSettings()
     seed: int = 0
-    member_batch: int = 8
-    window: int = 512
-    halo: int = 32
+    member_batch: int = PREDICT.member_batch
+    window: int = PREDICT.window
+    halo: int = PREDICT.halo
     tile: int | None = None
     overlap: int | None = None
     tile_batch: int = 8
