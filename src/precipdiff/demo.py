@@ -18,6 +18,7 @@ import xarray as xr
 from precipdiff.baselines import get_baseline
 from precipdiff.data.emulate import emulate_satellite
 from precipdiff.data.synth import synthetic_scene
+from precipdiff.defaults import PREDICT
 from precipdiff.evaluation.run import VerificationInputs, verify
 from precipdiff.grid import coarsen
 from precipdiff.io import write_netcdf
@@ -60,8 +61,8 @@ def _fit_quantile_mappings(seed: int, pooling: str):
 def run_demo(
     output: str | Path,
     *,
-    members: int = 16,
-    steps: int = 12,
+    members: int = PREDICT.members,
+    steps: int = PREDICT.steps,
     seed: int = 0,
     weights_correct: Path | None = None,
     weights_downscale: Path | None = None,
@@ -87,13 +88,13 @@ def run_demo(
     write_netcdf(
         src.rename("precip"), out / "demo_source.nc", attrs={"source": "emulated satellite"}
     )
-    settings = SamplerSettings(sampler="dpmpp_2m", steps=steps)
+    settings = SamplerSettings(sampler=PREDICT.sampler, steps=steps)
     opts = PredictOptions(
         members=members,
         correct=settings,
         downscale=settings,
         seed=seed,
-        member_batch=8,
+        member_batch=PREDICT.member_batch,
         window=256,
         device=device,
     )

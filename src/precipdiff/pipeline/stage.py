@@ -26,6 +26,7 @@ import torch
 
 from precipdiff.baselines.quantile_mapping import QuantileMapping
 from precipdiff.data.transforms import PrecipTransform
+from precipdiff.defaults import PREDICT
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.diffusion.samplers import get_sampler, sampler_options, sampler_sigmas
 from precipdiff.errors import CheckpointError
@@ -40,8 +41,8 @@ __all__ = ["STAGE_KINDS", "SamplerSettings", "Stage", "bf16_is_fast"]
 class SamplerSettings:
     """How a diffusion stage is sampled: sampler name, steps and the Karras schedule (EDM eq. 5)."""
 
-    sampler: str = "dpmpp_2m"
-    steps: int = 12
+    sampler: str = PREDICT.sampler
+    steps: int = PREDICT.steps
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
