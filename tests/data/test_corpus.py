@@ -3,9 +3,12 @@ samples with network/event, config errors, the CLI, and the five real networks."
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +184,67 @@ def test_resume_after_crash_does_not_rewrite_frames(tmp_path, monkeypatch):
         for name in ("src_lr", "ref_lr", "ref_hr", "time", "event"):
             np.testing.assert_array_equal(open_store(out / "networks" / net)[name][:],
                                           open_store(clean / "networks" / net)[name][:])
+
+
+KILL_SCRIPT = """
+import json, sys, time
+from precipdiff.data.corpus import CorpusConfig, prepare_corpus
+cfg = CorpusConfig.from_dict(json.loads(sys.argv[1]))
+prepare_corpus(cfg, sys.argv[2], progress=lambda done, total: time.sleep(0.4))
+"""
+
+
+def test_sigkill_then_resume(tmp_path, caplog):
+    d = config(tmp_path)
+    out, partial = tmp_path / "c.zarr", tmp_path / "c.zarr.partial"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, json.dumps(d), str(out)],
+                            env=env)
+    ledger = partial / "_ledger" / "alpha"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ledger.is_dir() and len(list(ledger.glob("*.json"))) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "prepare finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and partial.is_dir()
+    done = len(list(ledger.glob("*.json")))
+    real, again = corpus._write_frame, []
+    corpus._write_frame = lambda g, index, *a, **kw: (again.append(g.attrs["network"]),
+                                                      real(g, index, *a, **kw))
+    try:
+        prepare_corpus(CorpusConfig.from_dict(d), out)
+    finally:
+        corpus._write_frame = real
+    assert again.count("alpha") <= 6 - done + 1 and again.count("beta") == 5
+    clean = prepare_corpus(CorpusConfig.from_dict(d), tmp_path / "clean.zarr")
+    for name in ("ref_hr", "src_lr", "time", "event"):
+        np.testing.assert_array_equal(open_store(out / "networks" / "alpha")[name][:],
+                                      open_store(clean / "networks" / "alpha")[name][:])
+
+
+def test_damaged_group_after_a_crash_is_written_again(tmp_path, monkeypatch, caplog):
+    cfg = CorpusConfig.from_dict(config(tmp_path))
+    out, partial = tmp_path / "c.zarr", tmp_path / "c.zarr.partial"
+    real, n = corpus._write_frame, []
+
+    def crashing(g, index, *a, **kw):
+        if len(n) == 3:
+            raise KeyboardInterrupt("killed")
+        real(g, index, *a, **kw)
+        n.append(index)
+
+    monkeypatch.setattr(corpus, "_write_frame", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_corpus(cfg, out)
+    (partial / "networks" / "alpha" / "ref_hr" / "zarr.json").write_text('{"zarr_fo')
+    monkeypatch.setattr(corpus, "_write_frame", real)
+    with caplog.at_level("WARNING", logger="precipdiff.data.corpus"):
+        prepare_corpus(cfg, out)
+    assert "unreadable" in caplog.text
+    assert open_store(out / "networks" / "alpha")["ref_hr"].shape == (6, 40, 60)
 
 
 def test_transform_fit_holds_one_frame_at_a_time(tmp_path, monkeypatch):

@@ -252,17 +252,32 @@ def _write_frame(g: zarr.Group, index: int, t_s: int, ref_hr: np.ndarray, geo: d
     g["time"][index] = t_s
 
 
+def _resume_geometry(gpath: Path, ledger: _Ledger) -> dict | None:
+    """The grid of a network written in part by an earlier run, or None if its group cannot
+    be read back (arrays shorter than the ledger's frames, damaged metadata)."""
+    try:
+        g = zarr.open_group(str(gpath), mode="r")
+        a = g.attrs
+        if any(g[n].shape[0] < ledger.n_frames for n in ("src_lr", "ref_lr", "ref_hr", "time")):
+            return None
+        return {"grid_hr": a["grid_hr"], "grid_lr": a["grid_lr"], "crs": a["crs"],
+                "dims": ["y", "x"] if a["grid_kind"] == "projected" else ["lat", "lon"],
+                "semantics": a["input_semantics"]}
+    except Exception:  # zarr raises several types for damaged metadata
+        return None
+
+
 def _write_network(partial: Path, cfg: CorpusConfig, src: SourceConfig, files: list[str],
                    steps: Callable[[], None]) -> None:
     """Read ``files`` one at a time and write their frames (skipping those already written)."""
     ledger = _Ledger(partial / LEDGER_DIR / src.network)
     gpath = partial / NETWORKS / src.network
-    geo = None
-    if (gpath / "zarr.json").is_file() and ledger.records:
-        a = zarr.open_group(str(gpath), mode="r").attrs
-        geo = {"grid_hr": a["grid_hr"], "grid_lr": a["grid_lr"], "crs": a["crs"],
-               "dims": ["y", "x"] if a["grid_kind"] == "projected" else ["lat", "lon"],
-               "semantics": a["input_semantics"]}
+    geo = _resume_geometry(gpath, ledger) if ledger.records else None
+    if geo is None and ledger.records:
+        log.warning("%s: the unfinished network group is unreadable (killed while writing its "
+                    "metadata?); writing network %s again", gpath, src.network)
+        shutil.rmtree(ledger.folder)
+        ledger = _Ledger(partial / LEDGER_DIR / src.network)
     skipped = 0
     for i, path in enumerate(files):
         rec = ledger.records.get(i)
@@ -379,7 +394,7 @@ def _finish(partial: Path, cfg: CorpusConfig) -> dict[str, Any]:
         ev = g.create_array("event", shape=(n,), dtype="int16", dimension_names=("time",),
                             overwrite=True)
         ev[:] = label
-        ev.attrs.update({"flag_values": list(range(len(names))), "flag_meanings": names})
+        ev.attrs.update({"long_name": "event index", "event_names": names})
         splits, events = _splits(src, names, label, int(g["ref_lr"].shape[2]))
         groups[src.network] = (g, splits)
         info[src.network] = {"events": names, "splits": events,
