@@ -69,6 +69,7 @@ def _setup_logging(level: int) -> None:
     handler = _StdoutHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)  # Python warnings become log lines too: stderr is for errors
 
 
 def _version(value: bool) -> None:
