@@ -200,7 +200,8 @@ _Path = Annotated[Path | None, typer.Option(metavar="FILE")]
 @command
 def predict(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Coarse input files (any reader).", metavar="INPUT...")
+        list[Path],
+        typer.Argument(help="Coarse input files, one or more (any reader).", metavar="INPUT"),
     ],
     output: Annotated[
         Path,
@@ -219,7 +220,7 @@ def predict(
     ] = "correct,downscale",
     members: Annotated[int, typer.Option(help="Ensemble members.", metavar="N")] = PREDICT.members,
     sampler: Annotated[
-        str, typer.Option(help="heun | euler | dpmpp_2m | ancestral.", metavar="NAME")
+        str, typer.Option(help="dpmpp_2m | heun | euler | ancestral | ...", metavar="NAME")
     ] = PREDICT.sampler,
     steps: Annotated[
         int, typer.Option(help="Sampler steps per stage.", metavar="N")
