@@ -433,3 +433,13 @@ def test_yaml_anchors_still_allowed(tmp_path):
     p.write_text("x: &x [*x]\n")
     with pytest.raises(ConfigError, match="refers to the node that contains it"):
         read_yaml_mapping(p, "config")
+
+
+@pytest.mark.parametrize("kw", [{"time_tolerance_s": float("nan")},
+                                {"transform_scale": float("inf")},
+                                {"fractions": {"train": float("inf"), "val": 1.0}},
+                                {"fractions": {"train": 1.0, "val": float("nan")}}])
+def test_non_finite_config_values_refused(kw):
+    """NaN/inf numbers would pass ``< 0`` checks and fail (or pair nothing) much later."""
+    with pytest.raises(ConfigError, match="finite"):
+        PrepareConfig.from_dict({"reference": "a.nc", "emulate": True, **kw})

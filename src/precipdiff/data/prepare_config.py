@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -150,13 +151,14 @@ class PrepareConfig:
             bad(f"source_pooling must be null, 'max' or 'mean', found {self.source_pooling!r}")
         if not 0.0 <= self.max_missing_fraction <= 1.0:
             bad(f"max_missing_fraction must be in [0, 1], found {self.max_missing_fraction}")
-        if self.time_tolerance_s < 0:
-            bad(f"time_tolerance_s must be >= 0, found {self.time_tolerance_s}")
-        if not self.transform_scale > 0:
-            bad(f"transform_scale must be > 0, found {self.transform_scale}")
-        if "train" not in self.fractions or any(v < 0 for v in self.fractions.values()) \
+        if not 0 <= self.time_tolerance_s < math.inf:
+            bad(f"time_tolerance_s must be a finite number >= 0, found {self.time_tolerance_s}")
+        if not 0 < self.transform_scale < math.inf:
+            bad(f"transform_scale must be a finite number > 0, found {self.transform_scale}")
+        if "train" not in self.fractions \
+                or not all(0 <= v < math.inf for v in self.fractions.values()) \
                 or self.fractions["train"] <= 0:
-            bad(f"fractions need a positive 'train' and no negative weight, found "
+            bad(f"fractions need a positive 'train' and finite weights >= 0, found "
                 f"{dict(self.fractions)}")
         if int(self.split_gap) != self.split_gap or self.split_gap < 0:
             bad(f"split_gap must be an integer >= 0, found {self.split_gap!r}")
