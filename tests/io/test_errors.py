@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from precipdiff import io
-from precipdiff.errors import InputFileError
+from precipdiff.errors import InputFileError, UnknownMethodError
 
 
 def _one_line(exc: pytest.ExceptionInfo, path) -> str:
@@ -93,8 +93,9 @@ def test_read_many_different_grids(field, tmp_path):
 
 
 def test_unknown_reader_name():
-    with pytest.raises(KeyError, match="available"):
+    with pytest.raises(UnknownMethodError, match="unknown reader 'hdf4'; available: .*netcdf"):
         io.get_reader("hdf4")
+    assert io.get_reader("NetCDF") is io.get_reader("netcdf")  # names are case-insensitive
 
 
 # --- truncated copies of real files (written to tmp_path only) ---
