@@ -49,3 +49,59 @@ def tiny_overrides(store: Path, out: Path, *extra: str) -> list[str]:
             "train.ema_halflife_samples=16", "train.checkpoint_every_samples=8",
             "train.val_every_samples=12", "train.log_every_steps=2",
             "diffusion.val_steps=2", "diffusion.val_members=2", *extra]
+
+
+def make_corpus(folder: Path, *, factor: int = 2, seed: int = 0) -> Path:
+    """A tiny two-network corpus store (``precipdiff prepare`` with ``sources:``), mean pooling.
+
+    ``alpha``: a 1-km LAEA grid (40 x 60), events early (train), mid (val), late (test);
+    ``beta``: a 0.01 deg lat/lon grid (30 x 50), events day1 (train) and day2 (test).
+    """
+    import xarray as xr
+
+    from precipdiff.data.corpus import prepare_corpus
+    from precipdiff.data.corpus_config import CorpusConfig
+
+    laea = "+proj=laea +lat_0=55 +lon_0=10 +x_0=1950000 +y_0=-2100000 +ellps=WGS84 +units=m"
+    t0, step = np.datetime64("2020-03-01T10:00", "ns"), np.timedelta64(5, "m")
+    rng = np.random.default_rng(seed)
+    specs = {"alpha": ((40, 60), [t0 + k * step for k in (0, 1, 2, 8, 9, 16, 17)], True),
+             "beta": ((30, 50), [t0 + np.timedelta64(1, "D") + k * step for k in (0, 1, 2)]
+                      + [t0 + np.timedelta64(2, "D")], False)}
+    for name, (shape, times, projected) in specs.items():
+        rain = synthetic_rain(len(times), *shape, rng=rng, wet_fraction=0.4).astype(np.float32)
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for k, t in enumerate(times):
+            if projected:
+                x = -499500.0 + 1000.0 * np.arange(shape[1])
+                y = 200500.0 + 1000.0 * np.arange(shape[0])
+                ds = xr.Dataset(
+                    {"rainrate": (("time", "y", "x"), rain[k:k + 1],
+                                  {"units": "mm/h", "grid_mapping": "crs"}),
+                     "crs": ((), np.int32(0), {"grid_mapping_name":
+                                               "lambert_azimuthal_equal_area", "proj4": laea})},
+                    coords={"time": [t], "x": ("x", x, {"units": "m"}),
+                            "y": ("y", y, {"units": "m"})})
+            else:
+                lat = 35.005 + 0.01 * np.arange(shape[0])
+                lon = -100.995 + 0.01 * np.arange(shape[1])
+                ds = xr.Dataset({"precip": (("time", "lat", "lon"), rain[k:k + 1],
+                                            {"units": "mm/h"})},
+                                coords={"time": [t],
+                                        "lat": ("lat", lat, {"units": "degrees_north"}),
+                                        "lon": ("lon", lon, {"units": "degrees_east"})})
+            ds.to_netcdf(folder / name / f"f{k:02d}.nc")
+    day = "2020-03-02"
+    cfg = CorpusConfig.from_dict({
+        "factor": factor, "pooling": "mean", "seed": 7,
+        "sources": [
+            {"network": "alpha", "files": str(folder / "alpha" / "*.nc"),
+             "events": {"early": ["2020-03-01T10:00", "2020-03-01T10:10"],
+                        "mid": ["2020-03-01T10:40", "2020-03-01T10:45"],
+                        "late": ["2020-03-01T11:20", "2020-03-01T11:25"]},
+             "held_out": "late", "validation": "mid"},
+            {"network": "beta", "files": str(folder / "beta" / "*.nc"),
+             "events": {"day1": [f"{day}T10:00", f"{day}T10:10"],
+                        "day2": ["2020-03-03T10:00", "2020-03-03T10:00"]},
+             "held_out": "day2"}]})
+    return prepare_corpus(cfg, folder / "corpus.zarr")

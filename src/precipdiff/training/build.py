@@ -4,6 +4,7 @@ regression mean of ``train.mean_from``, and the release weights (:mod:`precipdif
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from typing import Any
 
@@ -18,32 +19,95 @@ from precipdiff.training.config import RunConfig
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class CorpusView:
+    """A corpus store (:mod:`precipdiff.data.corpus`) seen as a run's store: the attributes the
+    run and its release read (``path``, ``factor``, ``pooling``, ``attrs["transform"]``,
+    ``extra_names``, ``splits``). Corpus samples carry no extras; ``splits`` names the splits
+    that at least one network has (whole events: ``train``, ``test``, optionally ``val``)."""
+
+    path: Any
+    factor: int
+    pooling: str
+    attrs: dict[str, Any]
+    splits: tuple[str, ...]
+    networks: tuple[str, ...]
+    extra_names: tuple[str, ...] = ()
+
+    @classmethod
+    def open(cls, path: Any) -> CorpusView:
+        from precipdiff.data.corpus import open_corpus
+
+        corpus = open_corpus(path)
+        names = sorted({s for per in corpus.splits.values() for s in per})
+        attrs = {"transform": dict(corpus.attrs["transform"]), "extra_stats": {},
+                 "event_ids": corpus.event_ids, "frames": dict(corpus.attrs.get("frames", {}))}
+        return cls(path=corpus.path, factor=corpus.factor, pooling=corpus.pooling, attrs=attrs,
+                   splits=tuple(names), networks=tuple(corpus.networks))
+
+
+def open_store_or_corpus(path: Any) -> Any:
+    """The paired store (:func:`precipdiff.data.store.open_store`) or a :class:`CorpusView`
+    when ``path`` is a corpus store; StoreError for a missing/foreign/incomplete one."""
+    from precipdiff.data.corpus import is_corpus
+    from precipdiff.data.store import open_store
+
+    return CorpusView.open(path) if is_corpus(path) else open_store(path)
+
+
 def open_data(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any] | None, Any]:
     """``(store, train_ds, val_args, source_map)``; StoreError for a missing/foreign/incomplete
     store.
 
-    ``val_args`` are the keyword arguments of :func:`precipdiff.data.dataset.val_patches`
-    (``None`` without validation); ``source_map`` is :func:`fit_source_map`'s mapping (or None),
-    fitted once here for the datasets and the release metadata.
+    ``data.store`` may be a paired store (:class:`~precipdiff.data.dataset.PatchDataset`) or a
+    corpus store (:class:`~precipdiff.data.corpus_dataset.CorpusPatchDataset` across its
+    networks, drawn with ``data.weighting``; the store is then a :class:`CorpusView`).
+    Either way the train split trains and the ``val`` split (whole events) validates; the
+    corpus's held-out ``test`` events are never touched. ``val_args`` are the keyword arguments
+    of :func:`validation_patches` (``None`` without validation); ``source_map`` is
+    :func:`fit_source_map`'s mapping (or None), fitted once here for the datasets and the
+    release metadata.
     """
+    from precipdiff.data.corpus_dataset import CorpusPatchDataset
     from precipdiff.data.dataset import PatchDataset
-    from precipdiff.data.store import open_store
 
-    store = open_store(cfg.data.store)
+    store = open_store_or_corpus(cfg.data.store)
     d = cfg.data
+    corpus = isinstance(store, CorpusView)
+    if corpus and d.source_map is not None:
+        raise ConfigError(f"data.source_map: {d.source_map!r} is fitted on one paired store; "
+                          f"{store.path} is a corpus of {len(store.networks)} networks "
+                          "(set data.source_map: null)")
     qm = fit_source_map(cfg, store)
     source_map = qm.apply_values if qm is not None else None
-    train_ds = PatchDataset(store.path, split="train", stage=cfg.train.stage, patch=d.patch,
-                            samples_per_epoch=d.samples_per_epoch, rain_weighted=d.rain_weighted,
-                            augment=d.augment, seed=cfg.train.seed, source_map=source_map)
+    common = {"split": "train", "stage": cfg.train.stage, "patch": d.patch,
+              "samples_per_epoch": d.samples_per_epoch, "rain_weighted": d.rain_weighted,
+              "augment": d.augment, "seed": cfg.train.seed}
+    if corpus:
+        train_ds = CorpusPatchDataset(store.path, weighting=d.weighting, **common)
+        log.info("corpus %s: networks %s (weighting %s), factor %d, pooling %s", store.path,
+                 ", ".join(train_ds.networks), d.weighting, store.factor, store.pooling)
+    else:
+        train_ds = PatchDataset(store.path, source_map=source_map, **common)
     val = None
     if d.val_patches and "val" in store.splits:
         val = {"store": store.path, "split": "val", "stage": cfg.train.stage, "n": d.val_patches,
-               "patch": d.patch, "seed": cfg.train.seed, "rain_weighted": d.rain_weighted,
-               "source_map": source_map}
+               "patch": d.patch, "seed": cfg.train.seed, "rain_weighted": d.rain_weighted}
+        val.update({"weighting": d.weighting} if corpus else {"source_map": source_map})
     elif d.val_patches:
         log.warning("%s has no 'val' split: no validation", store.path)
     return store, train_ds, val, qm
+
+
+def validation_patches(**val_args: Any) -> dict[str, torch.Tensor]:
+    """The fixed validation patches of ``open_data``'s ``val_args``: ``data.dataset.val_patches``
+    on a paired store, ``data.corpus_dataset.corpus_val_patches`` on a corpus."""
+    from precipdiff.data.corpus import is_corpus
+    from precipdiff.data.corpus_dataset import corpus_val_patches
+    from precipdiff.data.dataset import val_patches
+
+    fn = corpus_val_patches if is_corpus(val_args["store"]) else val_patches
+    return fn(**val_args)
 
 
 def fit_source_map(cfg: RunConfig, store: Any) -> Any:
@@ -145,6 +209,11 @@ def make_release(cfg: RunConfig, ema_state: dict[str, torch.Tensor], store: Any,
     """The run's :class:`~precipdiff.release.Release` from its EMA state and store;
     ``source_map`` is the run's fitted :func:`fit_source_map` (None without one)."""
     pooling = str(store.pooling)
+    notes = dict(notes or {})
+    if isinstance(store, CorpusView):
+        notes.setdefault("training_corpus", json.dumps(
+            {"networks": list(store.networks), "frames": store.attrs["frames"],
+             "weighting": cfg.data.weighting}, sort_keys=True))
     return Release(
         stage=cfg.train.stage, model=cfg.model.unet_config(), state=ema_state,
         transform=_store_transform(store), factor=int(store.factor), pooling=pooling,
@@ -153,4 +222,4 @@ def make_release(cfg: RunConfig, ema_state: dict[str, torch.Tensor], store: Any,
         extra_stats=dict(store.attrs.get("extra_stats", {})), source_map=source_map,
         mean_model=mean_net.cfg if mean_net is not None else None,
         mean_state=mean_net.state_dict() if mean_net is not None else None,
-        config=cfg.to_dict(), version=__version__, notes=notes or {})
+        config=cfg.to_dict(), version=__version__, notes=notes)

@@ -46,7 +46,7 @@ RESUME_FORMAT = "precipdiff-resume/1"
 RESUME_KEYS = (
     "model.*", "train.stage", "train.mean_from", "train.seed",
     "data.store", "data.patch", "data.batch_size", "data.samples_per_epoch",
-    "data.rain_weighted", "data.augment", "data.source_map",
+    "data.rain_weighted", "data.augment", "data.source_map", "data.weighting",
     "diffusion.sigma_data", "diffusion.P_mean", "diffusion.P_std", "optim.accumulate",
 )
 
@@ -178,8 +178,12 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_differences(saved: dict[str, Any], requested: dict[str, Any],
                        keys: tuple[str, ...] = RESUME_KEYS) -> list[str]:
-    """Keys (from ``keys``; ``section.*`` = whole section) whose values differ."""
-    a, b = _flatten(saved), _flatten(requested)
+    """Keys (from ``keys``; ``section.*`` = whole section) whose values differ. A key that a
+    checkpoint of an older version lacks counts as its default (``RunConfig()``)."""
+    from precipdiff.training.config import RunConfig
+
+    defaults = _flatten(RunConfig().to_dict())
+    a, b = {**defaults, **_flatten(saved)}, {**defaults, **_flatten(requested)}
     names = sorted(set(a) | set(b))
     wanted = [n for n in names
               if any(n == k or (k.endswith(".*") and n.startswith(k[:-1])) for k in keys)]

@@ -36,7 +36,9 @@ class DataConfig:
     ``source_map="eqm"`` (Stage I only) first maps the source through a pooled empirical
     quantile mapping fitted on the store's train split (``source_map_quantiles`` levels) and
     learns the residual around that: ``corrected = EQM(source) + sampled residual``; the
-    mapping travels in the release metadata.
+    mapping travels in the release metadata. ``store`` may also be a corpus store
+    (``precipdiff prepare`` with ``sources:``): ``weighting`` then says how often each network
+    is drawn, ``"frames"`` (in proportion to its train frames) or ``"equal"``.
     """
 
     store: str = ""
@@ -49,6 +51,7 @@ class DataConfig:
     val_patches: int = 8
     source_map: str | None = None
     source_map_quantiles: int = 100
+    weighting: Literal["frames", "equal"] = "frames"
 
 
 @dataclass(frozen=True)

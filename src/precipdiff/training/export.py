@@ -11,7 +11,12 @@ import os
 from pathlib import Path
 
 from precipdiff.training import checkpoint as ckpt
-from precipdiff.training.build import fit_source_map, load_mean_net, make_release
+from precipdiff.training.build import (
+    fit_source_map,
+    load_mean_net,
+    make_release,
+    open_store_or_corpus,
+)
 from precipdiff.training.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -19,11 +24,9 @@ log = logging.getLogger(__name__)
 
 def export_weights(run_dir: str | os.PathLike, output: str | os.PathLike) -> Path:
     """Write ``output`` (.safetensors) from the EMA state of ``run_dir``'s newest checkpoint."""
-    from precipdiff.data.store import open_store
-
     path, state = ckpt.find_resume_checkpoint(run_dir)
     cfg = RunConfig.from_dict(state["config"])
-    store = open_store(cfg.data.store)
+    store = open_store_or_corpus(cfg.data.store)
     mean_net = load_mean_net(cfg, store, "cpu") if cfg.train.mean_from else None
     notes = {"exported_from": f"{path.name} at {state['samples_seen']} samples"}
     release = make_release(cfg, state["ema"], store, mean_net, fit_source_map(cfg, store), notes)

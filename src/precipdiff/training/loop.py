@@ -198,12 +198,12 @@ def _build(cfg: RunConfig, info: DistInfo, store: Any, train_ds: Any,
 
 def _val_batch(val_args: dict[str, Any] | None, device: torch.device,
                mean_net: nn.Module | None) -> dict[str, torch.Tensor] | None:
-    """The fixed validation patches (:func:`precipdiff.data.dataset.val_patches`)."""
-    from precipdiff.data.dataset import val_patches
+    """The fixed validation patches (:func:`precipdiff.training.build.validation_patches`)."""
+    from precipdiff.training.build import validation_patches
 
     if val_args is None:
         return None
-    batch = val_patches(**val_args)
+    batch = validation_patches(**val_args)
     return _prepare({k: batch[k] for k in ("cond", "target", "mask")}, device, mean_net)
 
 
