@@ -6,9 +6,11 @@ over dry land, and an all-zero input came out with rain on most pixels. The rule
 1. **Stage I** may move and rescale rain, not create it far from any: a corrected coarse cell is
    0 when its *source* cell and the source cells within ``halo`` coarse cells of it are all dry.
 2. **Stage II** likewise: a fine pixel is 0 when its *corrected* coarse cell and the corrected
-   cells within ``halo`` of it are all dry. Under either pooling (block mean or block maximum) a
-   dry coarse cell holds only dry fine pixels; the halo allows for coarse cells that are slightly
-   misplaced (satellite geolocation, parallax), so rain may spill one cell across a rain edge.
+   cells within ``halo`` of it are all dry. Under max pooling a dry coarse cell holds only dry
+   fine pixels; under mean pooling it may hold a shower whose block mean is below ``trace``
+   (at most ``trace`` mm/h of areal mean, lost with this rule). The halo allows for coarse cells
+   that are slightly misplaced (satellite geolocation, parallax), so rain may spill one cell
+   across a rain edge.
 3. **No trace values**: anything below ``trace`` (mm/h) is 0, at both grids. The default
    :data:`DEFAULT_TRACE_MM_H` = 0.1 mm/h is the usual wet/dry threshold of radar and gauge
    verification (and the smallest non-zero step of most radar products). Weights may carry a
