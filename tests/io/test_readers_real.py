@@ -175,7 +175,9 @@ def test_stage4_projected(shared_data):
     assert da.shape == (1, 881, 1121)
     assert da.attrs["units"] == "mm" and da.attrs["accumulation"] == "1h"
     assert "+proj=stere" in da.attrs["crs"] and "+lon_0=-105" in da.attrs["crs"]
-    assert np.allclose(np.diff(da.x), 4.763) and np.allclose(np.diff(da.y), 4.763)
+    assert da.attrs["xy_units"] == "m" and "+units=m" in da.attrs["crs"]  # metres, like radar
+    assert da.attrs["grid_mapping_name"] == "polar_stereographic" and da.attrs["crs_wkt"]
+    assert np.allclose(np.diff(da.x), 4763.0) and np.allclose(np.diff(da.y), 4763.0)
     lats = _raw_grib(shared_data / ST4, "latitudes").reshape(881, 1121)
     lons = _raw_grib(shared_data / ST4, "longitudes").reshape(881, 1121)
     np.testing.assert_allclose(da.lat.values, lats, atol=2e-3)
@@ -215,7 +217,10 @@ def test_radolan_tarball(radolan_day):
     assert times[0] == np.datetime64("2022-10-18T00:50") and times[-1] == np.datetime64(
         "2022-10-18T05:50")
     assert np.all(np.diff(times) == np.timedelta64(1, "h"))
-    assert float(da.x[1] - da.x[0]) == pytest.approx(1.0)
+    assert float(da.x[1] - da.x[0]) == pytest.approx(1000.0)  # metres, cell centres
+    assert da.attrs["xy_units"] == "m" and "+units=m" in da.attrs["crs"]
+    # the header's lower-left corner (xllcorner -523462, yllcorner -4658645) is the cells' edge
+    assert (float(da.x[0]), float(da.y[0])) == pytest.approx((-523462 + 500, -4658645 + 500))
     # DWD's documented corner of the 900x900 grid: 46.9526 N, 3.5889 E (lower left)
     assert float(da.lat[0, 0]) == pytest.approx(46.9526, abs=0.01)
     assert float(da.lon[0, 0]) == pytest.approx(3.5889, abs=0.01)

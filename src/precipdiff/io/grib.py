@@ -4,9 +4,11 @@
   (``stepRange`` length in hours; ECMWF's ``tp`` coded with one step counts from the forecast
   start). Rates (``tprate``, kg m-2 s-1) are returned in ``mm/h`` (×3600).
 * Regular lat/lon grids → (time, lat, lon), lat ascending, lon −180…180.
-* Polar-stereographic grids (e.g. NCEP Stage IV on HRAP) → (time, y, x) with ``x``/``y`` in km
-  (cell centres, projection of the file's own sphere) and 2-D ``lat``/``lon`` coordinates, plus a
-  ``crs`` (PROJ string) attribute. Other projections raise :class:`InputFileError`.
+* Polar-stereographic grids (e.g. NCEP Stage IV on HRAP) → (time, y, x) with ``x``/``y`` in
+  metres (cell centres, projection of the file's own sphere, ``xy_units="m"``) and 2-D
+  ``lat``/``lon`` coordinates, plus the CRS as the radar readers keep it (``crs`` PROJ string,
+  ``crs_wkt``, ``grid_mapping_name``, ``grid_mapping_attrs``; pyproj for the maths). Other
+  projections raise :class:`InputFileError`.
 * Files whose precipitation messages lie on different grids need ``message=`` (0-based index in
   the file); messages on one grid are stacked along time.
 * ``.gz``/``.xz`` files are decompressed to a temporary file first.
@@ -23,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from precipdiff.errors import InputFileError
-from precipdiff.io import _stereo
+from precipdiff.io import _projected, _stereo
 from precipdiff.io._common import (
     BBox,
     bbox_slices,
@@ -145,22 +147,20 @@ def _stack_polar(msgs, path, name, bbox) -> tuple[np.ndarray, dict, tuple, dict]
     radius = float(_get(h, "radius", 6367470.0))
     if _get(h, "projectionCentreFlag", 0) not in (0, None):
         raise InputFileError(path, "south-polar stereographic grid is not supported", variable=name)
-    x0, y0 = _stereo.forward(
-        _get(h, "latitudeOfFirstGridPointInDegrees"), _get(h, "longitudeOfFirstGridPointInDegrees"),
-        lon_0=lon_0, lat_ts=lat_ts, radius=radius,
-    )
+    definition = _stereo.proj4(lon_0=lon_0, lat_ts=lat_ts, radius_m=radius)
+    crs = _projected.parse_crs(definition, path)
+    x0, y0 = _projected.project(crs, _get(h, "longitudeOfFirstGridPointInDegrees"),
+                                _get(h, "latitudeOfFirstGridPointInDegrees"))
     dx, dy = float(_get(h, "DxInMetres")), float(_get(h, "DyInMetres"))
-    x = (x0 + dx * np.arange(nx) * (-1 if _get(h, "iScansNegatively", 0) else 1)) / 1000.0
-    y = (y0 + dy * np.arange(ny) * (1 if _get(h, "jScansPositively", 0) else -1)) / 1000.0
-    xs, ys = np.sort(x), np.sort(y)
-    lat2, lon2 = _stereo.inverse(*np.meshgrid(xs * 1000.0, ys * 1000.0),
-                                 lon_0=lon_0, lat_ts=lat_ts, radius=radius)
+    if not (dx > 0 and dy > 0 and nx and ny):
+        raise InputFileError(path, f"polar-stereographic grid {nx}x{ny} with cells {dx:g} x "
+                             f"{dy:g} m; expected positive sizes", variable=name)
+    x_first = x0 - dx * (nx - 1) if _get(h, "iScansNegatively", 0) else x0  # western centre
+    y_first = y0 if _get(h, "jScansPositively", 0) else y0 - dy * (ny - 1)  # southern centre
+    xy, latlon, attrs = _projected.grid_coords(crs, definition, x0=x_first - dx / 2,
+                                               y0=y_first - dy / 2, dx=dx, dy=dy, nx=nx, ny=ny)
     data = np.stack([_decode(m.handle, path, name) for m in msgs])
-    coords = {"time": [m.time for m in msgs], "y": np.round(ys, 4), "x": np.round(xs, 4),
-              "lat": (("y", "x"), lat2.astype(np.float32)),
-              "lon": (("y", "x"), lon2.astype(np.float32))}
-    attrs = {"crs": _stereo.proj4(lon_0=lon_0, lat_ts=lat_ts, radius_m=radius),
-             "grid_mapping_name": "polar_stereographic", "xy_units": "km"}
+    coords = {"time": [m.time for m in msgs], **xy, **latlon}
     return data, coords, ("time", "y", "x"), attrs
 
 

@@ -8,7 +8,9 @@ is in metres on the RADOLAN polar-stereographic projection (sphere R = 6370.04 k
 60° N, central meridian 10° E); the file name's time is the end of the hour (HH:50 UTC).
 
 Returned: float32 DataArray (time, y, x), ``units="mm"``, ``accumulation="1h"``, ``x``/``y`` cell
-centres in km ascending, 2-D ``lat``/``lon`` coordinates and a ``crs`` PROJ string attribute.
+centres in metres ascending (``xy_units="m"``), 2-D ``lat``/``lon`` coordinates and the CRS as the
+radar readers keep it (:func:`precipdiff.io._projected.grid_coords`: ``crs`` PROJ string,
+``crs_wkt``, ``grid_mapping_name``, ``grid_mapping_attrs``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from precipdiff.errors import InputFileError
-from precipdiff.io import _stereo
+from precipdiff.io import _projected, _stereo
 from precipdiff.io._common import (
     GZIP_MAGIC,
     BBox,
@@ -131,17 +133,18 @@ def read_radolan(
     data = np.stack(frames)
     data[data == np.float32(header["nodata_value"])] = np.nan
     data *= np.float32(VALUE_SCALE)
+    definition = _stereo.proj4(**PROJECTION)
     cell = header["cellsize"]
-    x = (header["xllcorner"] + cell * (np.arange(int(header["ncols"])) + 0.5)) / 1000.0
-    y = (header["yllcorner"] + cell * (np.arange(int(header["nrows"])) + 0.5)) / 1000.0
-    lat, lon = _stereo.inverse(*np.meshgrid(x * 1000.0, y * 1000.0), lon_0=PROJECTION["lon_0"],
-                               lat_ts=PROJECTION["lat_ts"], radius=PROJECTION["radius_m"])
-    coords = {"time": times, "y": y, "x": x,
-              "lat": (("y", "x"), lat.astype(np.float32)),
-              "lon": (("y", "x"), lon.astype(np.float32))}
-    da = finalize(data, coords, ("time", "y", "x"), path=path, variable="RW", units="mm",
-                  product="RADOLAN RW", allow_all_nan=allow_all_nan,
-                  attrs={"accumulation": "1h", "crs": _stereo.proj4(**PROJECTION),
-                         "grid_mapping_name": "polar_stereographic", "xy_units": "km",
-                         "time_label": "end of the hourly accumulation"})
+    if not cell > 0:
+        raise InputFileError(path, f"cellsize {cell:g} in the ESRI ASCII header; expected a "
+                             "positive cell size in metres")
+    coords, latlon, grid_attrs = _projected.grid_coords(
+        _projected.parse_crs(definition, path), definition, x0=header["xllcorner"],
+        y0=header["yllcorner"], dx=cell, dy=cell, nx=int(header["ncols"]),
+        ny=int(header["nrows"]))
+    da = finalize(data, {"time": times, **coords}, ("time", "y", "x"), path=path, variable="RW",
+                  units="mm", product="RADOLAN RW", allow_all_nan=allow_all_nan,
+                  attrs={"accumulation": "1h",
+                         "time_label": "end of the hourly accumulation", **grid_attrs})
+    da = _projected.attach_latlon(da, latlon)
     return crop_2d(da, bbox, path)
