@@ -23,8 +23,8 @@ from precipdiff.defaults import PREDICT
 from precipdiff.errors import ConfigError, PrecipdiffError
 from precipdiff.interrupts import Terminated, raise_on_termination
 
-#: Help text width: the terminal's (120 when it is not a terminal), never cut below 80.
-HELP_WIDTH = max(80, shutil.get_terminal_size((120, 24)).columns)
+#: Help text width: the terminal's (``COLUMNS``; 120 when output is not a terminal), at most 160.
+HELP_WIDTH = min(160, shutil.get_terminal_size((120, 24)).columns)
 
 
 class _Command(TyperCommand):
