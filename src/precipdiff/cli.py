@@ -72,6 +72,11 @@ def _setup_logging(level: int) -> None:
     logging.captureWarnings(True)  # Python warnings become log lines too: stderr is for errors
 
 
+def _quiet() -> bool:
+    """``-q`` was given: no progress bars either."""
+    return logging.getLogger().getEffectiveLevel() > logging.INFO
+
+
 def _version(value: bool) -> None:
     if value:
         from precipdiff import __version__
@@ -143,7 +148,7 @@ def prepare(
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     cfg = load_prepare_config(config, sets or [])
     check_writable(output, directory=True, what="store")
-    with progress_bar("prepare") as cb:
+    with progress_bar("prepare", disable=_quiet()) as cb:
         path = prepare_store(cfg, output, workers=workers, progress=cb)
     typer.echo(f"store written: {path}")
 
@@ -359,7 +364,7 @@ def demo(
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
     check_writable(output, directory=True, what="demo output")
-    out = run_demo(output, members=members, steps=steps, seed=seed)
+    out = run_demo(output, members=members, steps=steps, seed=seed, progress=not _quiet())
     typer.echo(f"demo written to {out}")
 
 
