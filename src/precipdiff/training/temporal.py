@@ -1,0 +1,232 @@
+"""Training the spatiotemporal Stage II on clips (:mod:`precipdiff.models.temporal`).
+
+``train_temporal(cfg)`` is a small single-process loop beside :func:`precipdiff.training.loop.
+train` that reuses its pieces (the run config's ``data``/``model``/``diffusion``/``optim``/
+``train`` sections, AdamW and the learning-rate schedule, the EMA, per-sample noise seeded by
+the sample's serial number, the EDM loss sum): the denoiser sees the ``B*T`` frames of ``B``
+clips folded into the batch, with each clip's frame time offsets.
+
+Noise level (``noise``): ``"clip"`` (default) draws one ``sigma`` per clip, broadcast to its
+frames, as video diffusion models do; ``"frame"`` draws one per frame (STVD's option). The
+unit-normal noise is independent per frame either way.
+
+``train.init_from`` names a per-frame ``downscale`` release: the temporal model then starts as
+exactly that model (zero-initialised temporal blocks) and ``freeze_spatial`` trains the
+temporal blocks only. Not yet here (see issue 17): DDP, resume, a CorrDiff regression mean,
+validation, and a release format for temporal weights (a ``.pt`` of plain containers is
+written instead, :func:`load_temporal`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from precipdiff.atomic import atomic_path
+from precipdiff.errors import CheckpointError, ConfigError
+from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig, fold_clips
+from precipdiff.models.unet import UNetConfig
+from precipdiff.training.config import RunConfig
+from precipdiff.training.objective import draw_noise, edm_loss_sum, sample_generator
+
+log = logging.getLogger(__name__)
+
+NoiseMode = Literal["clip", "frame"]
+CHECKPOINT_FORMAT = "precipdiff-temporal/0"
+
+
+@dataclass(frozen=True)
+class TemporalRunConfig:
+    """A temporal run: the per-frame run config plus the temporal network and noise mode."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    noise: NoiseMode = "clip"
+    freeze_spatial: bool = False
+
+    def __post_init__(self) -> None:
+        if self.noise not in ("clip", "frame"):
+            raise ConfigError(f"temporal noise: got {self.noise!r}, expected 'clip' or 'frame'")
+        if self.run.train.stage != "downscale":
+            raise ConfigError(f"train.stage: the temporal model is a 'downscale' stage, got "
+                              f"{self.run.train.stage!r}")
+        if self.run.train.mean_from:
+            raise ConfigError("train.mean_from: a regression mean is not supported by the "
+                              "temporal training yet")
+
+
+@dataclass
+class TemporalResult:
+    """What a run gives back: the trained net, its EMA copy and the loss of every step."""
+
+    net: SpatioTemporalUNet
+    ema: nn.Module
+    losses: list[float]
+    path: Path | None = None
+
+
+def clip_noise(serials: list[int], frames: int, shape: tuple[int, ...], *, seed: int,
+               mode: NoiseMode, P_mean: float, P_std: float) -> tuple[Tensor, Tensor]:
+    """Per-frame ``sigma (B*T,)`` and unit noise ``(B*T, *shape)`` of clips ``serials``.
+
+    ``mode="clip"``: the clip's ``sigma`` (EDM, ``ln sigma ~ N(P_mean, P_std^2)``) repeated
+    over its frames; ``"frame"``: ``T`` independent draws per clip (an extra stream).
+    Everything about clip ``i`` depends only on ``(seed, serials[i])``.
+    """
+    sigma, noise = draw_noise(serials, (frames, *shape), seed=seed, P_mean=P_mean, P_std=P_std)
+    if mode == "frame":
+        sig = [torch.exp(torch.randn(frames, generator=sample_generator(seed, s, 2)) * P_std
+                         + P_mean) for s in serials]
+        per_frame = torch.cat(sig)
+    else:
+        per_frame = sigma.repeat_interleave(frames)
+    return per_frame, fold_clips(noise)
+
+
+def clip_loss_sum(model: nn.Module, batch: dict[str, Tensor], sigma: Tensor, noise: Tensor,
+                  *, sigma_data: float) -> Tensor:
+    """EDM loss sum over the valid pixels of a batch of clips ``(B, T, ...)``."""
+    offsets = batch["time_offsets"]
+    y, cond, mask = (fold_clips(batch[k]) for k in ("target", "cond", "mask"))
+
+    def denoiser(x: Tensor, s: Tensor, c: Tensor) -> Tensor:
+        return model(x, s, c, time_offsets=offsets)
+
+    return edm_loss_sum(denoiser, y, cond, mask, sigma, noise, sigma_data=sigma_data)
+
+
+def open_clips(cfg: TemporalRunConfig, split: str = "train") -> Any:
+    """The clip dataset of ``data.store``: a corpus (:class:`CorpusClipDataset`) or a paired
+    store with an ``event`` array or one event (:class:`ClipDataset`)."""
+    from precipdiff.data.clips import ClipDataset, CorpusClipDataset
+    from precipdiff.data.corpus import is_corpus
+
+    d, frames = cfg.run.data, cfg.temporal.frames
+    common = {"split": split, "stage": "downscale", "patch": d.patch,
+              "samples_per_epoch": d.samples_per_epoch, "frames": frames,
+              "rain_weighted": d.rain_weighted, "augment": d.augment, "seed": cfg.run.train.seed}
+    if is_corpus(d.store):
+        return CorpusClipDataset(d.store, **common)
+    return ClipDataset(d.store, **common)
+
+
+def build_temporal_net(cfg: TemporalRunConfig, cond_channels: int) -> SpatioTemporalUNet:
+    """The network of ``cfg`` (started from ``train.init_from`` when set)."""
+    unet = cfg.run.model.unet_config(cond_channels)
+    torch.manual_seed(cfg.run.train.seed)
+    net = SpatioTemporalUNet(unet, cfg.temporal)
+    if cfg.run.train.init_from:
+        from precipdiff.release import Release
+
+        release = Release.load(cfg.run.train.init_from)
+        if release.stage != "downscale" or release.mean_state is not None:
+            raise CheckpointError(f"{cfg.run.train.init_from}: a temporal model starts from "
+                                  f"plain 'downscale' weights, got stage {release.stage!r}"
+                                  + (" with a regression mean" if release.mean_state else ""))
+        if release.model != unet:
+            raise CheckpointError(f"{cfg.run.train.init_from}: network {release.model} differs "
+                                  f"from model {unet}")
+        net.load_per_frame(release.state)
+    if cfg.freeze_spatial:
+        for name, p in net.named_parameters():
+            p.requires_grad_(name.startswith("temporal."))
+    return net
+
+
+def train_temporal(cfg: TemporalRunConfig, *, dataset: Any = None,
+                   out: str | Path | None = None) -> TemporalResult:
+    """Train the temporal model for ``cfg.run.total_steps`` steps; see the module docstring.
+
+    ``dataset``: clips (items as :mod:`precipdiff.data.clips`), default :func:`open_clips`.
+    ``out``: where to write the EMA checkpoint (``.pt``, :func:`load_temporal`), or nothing.
+    """
+    from precipdiff.diffusion.precond import EDMPrecond
+    from precipdiff.training.ema import EMA
+    from precipdiff.training.optim import build_optimizer, lr_at, set_lr
+
+    run = cfg.run
+    ds = dataset if dataset is not None else open_clips(cfg)
+    first = ds[0]
+    frames = int(first["target"].shape[0])
+    if frames != cfg.temporal.frames:
+        raise ConfigError(f"temporal.frames: {cfg.temporal.frames}, the clips have {frames}")
+    net = build_temporal_net(cfg, int(first["cond"].shape[1]))
+    model = EDMPrecond(net, run.diffusion.sigma_data)
+    ema = EMA(net, halflife_samples=run.train.ema_halflife_samples,
+              rampup_ratio=run.train.ema_rampup_ratio)
+    optimizer = build_optimizer(net, run.optim)
+    b, d = run.data.batch_size, run.diffusion
+    shape = tuple(first["target"].shape[1:])
+    losses: list[float] = []
+    serial = 0
+    for step in range(run.total_steps):
+        epoch, start = divmod(step * b, len(ds))
+        ds.set_epoch(epoch)
+        order = np.random.default_rng([run.train.seed, epoch]).permutation(len(ds))
+        idx = [int(order[(start + i) % len(ds)]) for i in range(b)]
+        batch = {k: torch.stack([ds[i][k] for i in idx]) for k in
+                 ("cond", "target", "mask", "time_offsets")}
+        serials = list(range(serial, serial + b))
+        sigma, noise = clip_noise(serials, frames, shape, seed=run.train.seed, mode=cfg.noise,
+                                  P_mean=d.P_mean, P_std=d.P_std)
+        valid = batch["mask"].sum().clamp_min(1).float()
+        loss = clip_loss_sum(model, batch, sigma, noise, sigma_data=d.sigma_data) / valid
+        loss.backward()
+        clip = run.optim.grad_clip if run.optim.grad_clip > 0 else math.inf
+        torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], clip)
+        set_lr(optimizer, lr_at(serial, run.optim, run.total_samples))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        serial += b
+        ema.update(net, batch_size=b, samples_seen=serial)
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):
+            raise ConfigError(f"temporal training diverged at step {step + 1} (loss "
+                              f"{losses[-1]}); lower optim.lr")
+        if (step + 1) % run.train.log_every_steps == 0:
+            log.info("step %d loss %.4f", step + 1, losses[-1])
+    path = save_temporal(out, cfg, ema.module, ds) if out is not None else None
+    return TemporalResult(net=net, ema=ema.module, losses=losses, path=path)
+
+
+def save_temporal(path: str | Path, cfg: TemporalRunConfig, net: nn.Module, ds: Any) -> Path:
+    """Write ``net``'s state with its configs and transform (plain containers, atomic)."""
+    transform = ds.transform.to_dict()
+    state = {"format": CHECKPOINT_FORMAT, "model": net.state_dict(),
+             "unet": json.dumps(dataclasses.asdict(net.cfg)),
+             "temporal": json.dumps(dataclasses.asdict(cfg.temporal)),
+             "transform": json.dumps(transform), "factor": int(ds.factor),
+             "noise": cfg.noise, "config": cfg.run.to_json()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def load_temporal(path: str | Path) -> tuple[SpatioTemporalUNet, dict[str, Any]]:
+    """A :func:`save_temporal` file: the network and its metadata (``transform``, ``factor``,
+    ``noise``, ``config``). CheckpointError naming the file when it is not one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        unet = json.loads(state["unet"])
+        unet_cfg = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in unet.items()})
+        temporal = {k: tuple(v) if isinstance(v, list) else v
+                    for k, v in json.loads(state["temporal"]).items()}
+        net = SpatioTemporalUNet(unet_cfg, TemporalConfig(**temporal))
+        net.load_state_dict(state["model"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: not a temporal checkpoint ({exc})") from exc
+    meta = {"transform": json.loads(state["transform"]), "factor": state["factor"],
+            "noise": state["noise"], "config": json.loads(state["config"])}
+    return net.eval(), meta

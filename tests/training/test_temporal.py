@@ -1,0 +1,130 @@
+"""Temporal training: clip/frame noise levels, a smoke run that learns, per-frame start."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from precipdiff.data.transforms import PrecipTransform
+from precipdiff.errors import CheckpointError, ConfigError
+from precipdiff.models.temporal import TemporalConfig
+from precipdiff.models.unet import UNet
+from precipdiff.release import Release
+from precipdiff.training.config import RunConfig
+from precipdiff.training.temporal import (
+    TemporalRunConfig,
+    clip_loss_sum,
+    clip_noise,
+    load_temporal,
+    train_temporal,
+)
+
+FRAMES, PATCH = 3, 8
+
+
+class MovingBlobs(torch.utils.data.Dataset):
+    """Clips of a Gaussian blob moving one pixel a frame; ``cond`` is the blob blurred."""
+
+    transform, factor = PrecipTransform(), 4
+
+    def __init__(self, n: int = 16, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        yy, xx = torch.meshgrid(torch.arange(PATCH), torch.arange(PATCH), indexing="ij")
+        self.items = []
+        for _ in range(n):
+            y0, x0 = torch.randint(0, PATCH, (2,), generator=g).tolist()
+            frames = torch.stack([torch.exp(-((yy - y0) ** 2 + (xx - x0 - t) ** 2) / 4.0)
+                                  for t in range(FRAMES)])[:, None]
+            cond = torch.nn.functional.avg_pool2d(frames, 4).repeat_interleave(4, -1) \
+                .repeat_interleave(4, -2)
+            self.items.append({"cond": cond, "target": frames - cond,
+                               "mask": torch.ones_like(frames, dtype=torch.bool),
+                               "time_offsets": torch.arange(FRAMES) * 300.0})
+
+    def set_epoch(self, epoch: int) -> None:  # noqa: ARG002 - fixed items
+        pass
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.items[i]
+
+
+def _cfg(**train) -> TemporalRunConfig:
+    run = RunConfig.from_dict({
+        "data": {"store": "synthetic", "batch_size": 4, "patch": PATCH},
+        "model": {"model_channels": 8, "channel_mult": [1, 2], "attn_levels": [1],
+                  "head_channels": 8},
+        "optim": {"lr": 3e-3, "warmup_samples": 0},
+        "train": {"stage": "downscale", "steps": 40, "ema_halflife_samples": 8,
+                  "log_every_steps": 10, **train}})
+    return TemporalRunConfig(run=run, temporal=TemporalConfig(frames=FRAMES, head_channels=8))
+
+
+def test_clip_noise_per_clip_or_per_frame():
+    sig, noise = clip_noise([5, 6], FRAMES, (1, 4, 4), seed=0, mode="clip", P_mean=-1.2,
+                            P_std=1.2)
+    assert sig.shape == (6,) and noise.shape == (6, 1, 4, 4)
+    assert torch.all(sig[:3] == sig[0]) and torch.all(sig[3:] == sig[3]) and sig[0] != sig[3]
+    sig_f, noise_f = clip_noise([5, 6], FRAMES, (1, 4, 4), seed=0, mode="frame", P_mean=-1.2,
+                                P_std=1.2)
+    assert len(set(sig_f.tolist())) == 6 and torch.equal(noise_f, noise)
+    again, _ = clip_noise([6], FRAMES, (1, 4, 4), seed=0, mode="frame", P_mean=-1.2, P_std=1.2)
+    assert torch.equal(again, sig_f[3:])  # a clip's draws depend on its serial only
+    with pytest.raises(ConfigError, match="temporal noise"):
+        TemporalRunConfig(run=_cfg().run, noise="pixel")
+
+
+@pytest.mark.parametrize("mode", ["clip", "frame"])
+def test_smoke_training_lowers_the_loss(mode, tmp_path):
+    import dataclasses
+
+    from precipdiff.diffusion.precond import EDMPrecond
+
+    cfg = dataclasses.replace(_cfg(), noise=mode)
+    ds = MovingBlobs()
+    batch = {k: torch.stack([ds[i][k] for i in range(8)]) for k in ds[0]}
+    sigma, noise = clip_noise(list(range(1000, 1008)), FRAMES, (1, PATCH, PATCH), seed=9,
+                              mode="clip", P_mean=-1.2, P_std=1.2)
+
+    def fixed_loss(net) -> float:
+        with torch.no_grad():
+            return float(clip_loss_sum(EDMPrecond(net), batch, sigma, noise, sigma_data=0.5))
+
+    result = train_temporal(cfg, dataset=ds, out=tmp_path / "t.pt")
+    torch.manual_seed(0)
+    from precipdiff.training.temporal import build_temporal_net
+
+    start = fixed_loss(build_temporal_net(cfg, 1))
+    assert fixed_loss(result.net) < 0.8 * start
+    loaded, meta = load_temporal(result.path)
+    assert meta["factor"] == 4 and meta["noise"] == mode
+    for a, b in zip(loaded.state_dict().values(), result.ema.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_init_from_per_frame_release_and_freeze_spatial(tmp_path):
+    cfg = _cfg()
+    unet = cfg.run.model.unet_config(1)
+    torch.manual_seed(3)
+    per_frame = UNet(unet)
+    with torch.no_grad():
+        per_frame.conv_out.weight.normal_(0, 0.1)
+    path = Release(stage="downscale", model=unet, state=per_frame.state_dict(),
+                   transform=PrecipTransform(), factor=4).save(tmp_path / "w.safetensors")
+    import dataclasses
+
+    frozen = dataclasses.replace(_cfg(init_from=str(path), steps=3), freeze_spatial=True)
+    result = train_temporal(frozen, dataset=MovingBlobs(n=8))
+    for name, p in result.net.named_parameters():
+        if not name.startswith("temporal."):
+            torch.testing.assert_close(p, per_frame.state_dict()[name], rtol=0, atol=0)
+    assert any(p.abs().sum() > 0 for n, p in result.net.named_parameters()
+               if n.endswith("proj.weight") and n.startswith("temporal."))
+    bad = Release(stage="correct", model=unet, state=per_frame.state_dict(),
+                  transform=PrecipTransform()).save(tmp_path / "c.safetensors")
+    with pytest.raises(CheckpointError, match="plain 'downscale' weights"):
+        train_temporal(_cfg(init_from=str(bad), steps=1), dataset=MovingBlobs(n=4))
+    with pytest.raises(CheckpointError, match="not a temporal checkpoint"):
+        load_temporal(path)
