@@ -1,0 +1,219 @@
+"""Sequence inference: long records in overlapping temporal windows, fused at every step.
+
+The spatial tiler (:mod:`precipdiff.pipeline.tiling`) gains a time axis: a record of ``N``
+frames is cut into windows of ``window`` frames (the clip length the temporal model was trained
+on) overlapping by ``overlap_frames``, and the domain into spatial tiles. At *every* denoising
+step the temporal denoiser runs on each window x tile (``members x window`` frames of one tile
+at once) and the outputs are averaged where windows and tiles overlap, with separable raised-
+cosine weights in time and space (MultiDiffusion, Bar-Tal et al. 2023; CorrDiff patching). A
+member is one sampler state across the whole record, so it is one trajectory: the windows
+cannot drift apart, and frames in a window's overlap see the same noise from every window.
+
+Memory: the network sees at most ``tile_batch`` windows of ``window`` frames of one ``tile``
+(activations bounded by window x tile); the sampler state is ``members x chunk x H x W``
+where ``chunk`` (default: the whole record) cuts very long records into chunks of frames
+with a halo, each sampled on its own from starting noise that depends on ``(seed, member,
+global frame, pixel)`` only (:func:`~precipdiff.pipeline.tiling.position_noise`), then
+blended in time, as the spatial windows of :func:`~precipdiff.pipeline.tiling.windows` are.
+
+Layout: sampler tensors hold the frames of each member consecutively, ``(M*N, C, H, W)``
+(row ``m*N + t``), the clip layout of :class:`~precipdiff.models.temporal.SpatioTemporalUNet`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from precipdiff.diffusion.samplers import get_sampler, sampler_options, sampler_sigmas
+from precipdiff.pipeline.tiling import make_tiles, position_noise, ramp_weights, tile_starts
+
+log = logging.getLogger(__name__)
+
+#: ``D(x, sigma, cond, *, time_offsets)`` on clips ``(B*T, C, h, w)``, offsets ``(B, T)`` s.
+TemporalDenoiser = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class FrameWindow:
+    """Frames ``[t0, t1)`` of a record and their blending weights in time ``(t1 - t0,)``."""
+
+    t0: int
+    t1: int
+    weight: Tensor
+
+
+def frame_windows(n: int, window: int, overlap: int) -> list[FrameWindow]:
+    """Windows of ``window`` frames covering ``n`` frames with at least ``overlap`` shared."""
+    window = min(window, n)
+    overlap = min(overlap, window - 1) if window < n else 0
+    out = []
+    for t0 in tile_starts(n, window, overlap):
+        t1 = t0 + window
+        out.append(FrameWindow(t0, t1, ramp_weights(window, overlap, at_start=t0 == 0,
+                                                    at_end=t1 == n).float()))
+    return out
+
+
+class SpaceTimeDenoiser:
+    """A temporal denoiser applied on overlapping windows x tiles, blended at every call.
+
+    Parameters
+    ----------
+    denoiser : ``D(x, sigma, cond, *, time_offsets)`` on clips (see module docstring).
+    frames : record length ``N`` (every call gets ``(M*N, C, H, W)``).
+    time_s : ``(N,)`` valid times in seconds; each window sees offsets from its first frame.
+    window, overlap_frames : temporal window and overlap (frames).
+    tile, overlap : spatial tile and overlap (pixels).
+    tile_batch : windows (members x tiles) per network call.
+    """
+
+    def __init__(self, denoiser: TemporalDenoiser, *, frames: int, time_s: np.ndarray,
+                 window: int, overlap_frames: int, tile: int, overlap: int,
+                 tile_batch: int = 4) -> None:
+        if len(time_s) != frames:
+            raise ValueError(f"time_s has {len(time_s)} values for {frames} frames")
+        self.denoiser, self.frames = denoiser, int(frames)
+        self.time_s = torch.as_tensor(np.asarray(time_s, np.float64))
+        self.windows = frame_windows(self.frames, window, overlap_frames)
+        self.tile, self.overlap, self.tile_batch = tile, overlap, max(1, tile_batch)
+        self.calls = 0  # network calls (for tests and cost accounting)
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
+        n = self.frames
+        if x.shape[0] % n:
+            raise ValueError(f"batch {x.shape[0]} is not members x {n} frames")
+        members, (h, w) = x.shape[0] // n, x.shape[-2:]
+        xs = x.reshape(members, n, *x.shape[1:])
+        ss = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(
+            x.shape[0]).reshape(members, n)
+        cs = None if cond is None else cond.reshape(members, n, *cond.shape[1:])
+        tiles = make_tiles(h, w, self.tile, self.overlap)
+        out = torch.zeros_like(xs)
+        norm = torch.zeros((n, h, w), dtype=x.dtype, device=x.device)
+        jobs = [(m, win, t) for win in self.windows for t in tiles for m in range(members)]
+        for k in range(0, len(jobs), self.tile_batch):
+            chunk = jobs[k:k + self.tile_batch]
+            d = self._run(chunk, xs, ss, cs)
+            for (m, win, t), dm in zip(chunk, d, strict=True):
+                wt = self._weight(win, t, x)
+                out[m, win.t0:win.t1, :, t.y0:t.y0 + t.h, t.x0:t.x0 + t.w] += dm * wt[:, None]
+        for win in self.windows:
+            for t in tiles:
+                norm[win.t0:win.t1, t.y0:t.y0 + t.h, t.x0:t.x0 + t.w] += self._weight(win, t, x)
+        return (out / norm[None, :, None]).reshape(x.shape)
+
+    @staticmethod
+    def _weight(win: FrameWindow, t, x: Tensor) -> Tensor:
+        wt = win.weight.to(x)[:, None, None] * t.weight.to(x)[None]
+        return wt  # (T, h, w)
+
+    def _run(self, chunk, xs: Tensor, ss: Tensor, cs: Tensor | None) -> Tensor:
+        """One network call on the clips of ``chunk``: (len, T, C, h, w)."""
+        def cut(a: Tensor, m: int, win: FrameWindow, t) -> Tensor:
+            return a[m, win.t0:win.t1, ..., t.y0:t.y0 + t.h, t.x0:t.x0 + t.w]
+
+        frames = chunk[0][1].t1 - chunk[0][1].t0
+        xb = torch.cat([cut(xs, m, win, t) for m, win, t in chunk])
+        sb = torch.cat([ss[m, win.t0:win.t1] for m, win, _ in chunk])
+        cb = None if cs is None else torch.cat([cut(cs, m, win, t) for m, win, t in chunk])
+        offsets = torch.stack([self.time_s[win.t0:win.t1] - self.time_s[win.t0]
+                               for _, win, _ in chunk]).to(device=xs.device, dtype=xs.dtype)
+        self.calls += 1
+        d = self.denoiser(xb, sb, cb, time_offsets=offsets)
+        return d.reshape(len(chunk), frames, *d.shape[1:])
+
+
+@dataclass(frozen=True)
+class SequenceOptions:
+    """How a record is sampled: members, seed, sampler, windows, tiles and chunks.
+
+    ``chunk`` frames (with ``chunk_halo`` frames shared by neighbouring chunks) bound the
+    sampler state; ``None`` samples the whole record as one state.
+    """
+
+    members: int = 4
+    seed: int = 0
+    sampler: str = "heun"
+    steps: int = 18
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    window: int = 6
+    overlap_frames: int = 2
+    tile: int = 256
+    overlap: int = 64
+    tile_batch: int = 4
+    chunk: int | None = None
+    chunk_halo: int = 2
+
+
+def sequence_noise(members: int, t0: int, t1: int, h: int, w: int, *, seed: int,
+                   channels: int = 1) -> Tensor:
+    """Starting noise ``(M*(t1-t0), C, h, w)`` of frames ``[t0, t1)``: each value depends on
+    ``(seed, member, global frame, pixel)`` only."""
+    return torch.stack([position_noise(0, 0, h, w, seed=seed, member=m, time_index=t,
+                                       channels=channels)
+                        for m in range(members) for t in range(t0, t1)])
+
+
+@torch.no_grad()
+def sample_sequence(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray,
+                    opts: SequenceOptions = SequenceOptions(), *, sigma_data: float = 0.5,
+                    channels: int = 1) -> Tensor:
+    """Sample ``(M, N, channels, H, W)`` for a record's conditioning ``cond (N, C, H, W)``.
+
+    The same seed gives the same members; a member is one trajectory over the record (see
+    the module docstring for windows, tiles and chunks).
+    """
+    n, (h, w) = cond.shape[0], cond.shape[-2:]
+    m = opts.members
+    sigmas = sampler_sigmas(opts.sampler, opts.steps, sigma_min=opts.sigma_min,
+                            sigma_max=opts.sigma_max, rho=opts.rho,
+                            sigma_data=sigma_data).to(device=cond.device, dtype=torch.float32)
+    sample_fn = get_sampler(opts.sampler)
+    extra = sampler_options(opts.sampler, sigma_data)
+    if opts.chunk is None or opts.chunk >= n:
+        chunks = [FrameWindow(0, n, torch.ones(n))]
+    else:
+        chunks = frame_windows(n, opts.chunk, 2 * opts.chunk_halo)
+    out = torch.zeros((m, n, channels, h, w), dtype=torch.float32, device=cond.device)
+    norm = torch.zeros(n, dtype=torch.float32, device=cond.device)
+    for c in chunks:
+        length = c.t1 - c.t0
+        st = SpaceTimeDenoiser(denoiser, frames=length, time_s=np.asarray(time_s)[c.t0:c.t1],
+                               window=opts.window, overlap_frames=opts.overlap_frames,
+                               tile=opts.tile, overlap=opts.overlap, tile_batch=opts.tile_batch)
+        x = sequence_noise(m, c.t0, c.t1, h, w, seed=opts.seed, channels=channels)
+        x = x.to(cond.device) * float(sigmas[0])
+        cc = cond[c.t0:c.t1].repeat(m, 1, 1, 1)
+        gen = torch.Generator(device=cond.device).manual_seed(opts.seed)
+        y = sample_fn(st, x, sigmas, cond=cc, generator=gen, **extra).float()
+        wt = c.weight.to(out)
+        out[:, c.t0:c.t1] += y.reshape(m, length, channels, h, w) * wt[None, :, None, None, None]
+        norm[c.t0:c.t1] += wt
+        log.debug("frames %d-%d sampled with %d network calls", c.t0, c.t1, st.calls)
+    return out / norm[None, :, None, None, None]
+
+
+def downscale_sequence(net: torch.nn.Module, lr_t: Tensor, time_s: np.ndarray, factor: int,
+                       opts: SequenceOptions = SequenceOptions(), *,
+                       sigma_data: float = 0.5) -> Tensor:
+    """Stage II over a record in transformed space: ``up(T(LR)) + r`` members.
+
+    ``lr_t (N, Y, X)`` is the transformed coarse field (NaN-free); returns ``(M, N, Y*f,
+    X*f)``, still transformed (apply the transform's inverse for mm/h). ``net`` is a
+    :class:`~precipdiff.models.temporal.SpatioTemporalUNet` with one conditioning channel.
+    """
+    from precipdiff.diffusion.precond import EDMPrecond
+    from precipdiff.grid import upsample_tensor
+
+    base = upsample_tensor(lr_t[:, None].float(), factor, method="bilinear")
+    precond = EDMPrecond(net, sigma_data=sigma_data)
+    r = sample_sequence(precond, base, time_s, opts, sigma_data=sigma_data)
+    return base[None, :, 0] + r[:, :, 0]
