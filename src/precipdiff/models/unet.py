@@ -9,6 +9,7 @@ Inputs of any size are padded (reflect, or replicate where reflect is impossible
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -49,6 +50,13 @@ class UNetConfig:
         ``2 * coord_channels * coord_frequencies`` input channels; forward then needs ``coords``.
     coord_channels: number of coordinate channels passed as ``coords`` (e.g. 2 for lat, lon).
     head_channels: channels per attention head.
+    attn_window: span of self-attention in input pixels, 0 = global. With ``P > 0`` a query at
+        level ``l`` attends to the ``P / 2**l`` tokens per side around it (neighbourhood
+        attention, :mod:`precipdiff.models.attention`): set it to the training patch so that
+        larger tiles at inference see what the network saw in training, at a cost per pixel
+        that does not grow with the tile. Inputs no larger than ``P`` are unaffected. Older
+        weight files lack the field and load as global; :meth:`UNet.set_attention_window`
+        changes it on a built net (the weights do not depend on it).
     """
 
     in_channels: int = 1
@@ -64,6 +72,7 @@ class UNetConfig:
     coord_frequencies: int = 0
     coord_channels: int = 2
     head_channels: int = 64
+    attn_window: int = 0
 
     def __post_init__(self) -> None:
         if self.noise_embedding not in ("fourier", "positional"):
@@ -84,12 +93,26 @@ class UNetConfig:
             raise ConfigError(
                 f"model.model_channels: got {self.model_channels}, expected even >= 2"
             )
+        if self.attn_window < 0:
+            raise ConfigError(
+                f"model.attn_window: got {self.attn_window}, expected 0 (global) or a positive "
+                "span in pixels"
+            )
         if self.regression and self.cond_channels < 1:
             raise ConfigError("model.cond_channels: a regression net needs >= 1 cond channel")
 
     @property
     def levels(self) -> int:
         return len(self.channel_mult)
+
+    def attention_tokens(self, level: int) -> int:
+        """Tokens per side of the attention span at ``level`` (0 = global): ``attn_window``
+        padded as the net pads its inputs (to a multiple of ``2 ** (levels - 1)``), over
+        ``2 ** level``."""
+        if self.attn_window <= 0:
+            return 0
+        multiple = 2 ** (self.levels - 1)
+        return -(-self.attn_window // multiple) * multiple // 2**level
 
     @property
     def input_channels(self) -> int:
@@ -121,7 +144,7 @@ class UNet(nn.Module):
                 ch = mc * mult
                 skips.append(ch)
         self.mid = nn.ModuleList([
-            self._block(ch, ch, emb_ch, attention=True),
+            self._block(ch, ch, emb_ch, cfg.levels - 1, attention=True),
             ResBlock(ch, ch, emb_ch, dropout=cfg.dropout),
         ])
         self.dec = nn.ModuleList()
@@ -154,8 +177,19 @@ class UNet(nn.Module):
         """A residual block, followed by self-attention on attention levels."""
         res = ResBlock(cin, cout, emb_ch, dropout=self.cfg.dropout)
         if attention or level in self.cfg.attn_levels:
-            return _BlockWithAttention(res, SelfAttention(cout, self.cfg.head_channels))
+            window = self.cfg.attention_tokens(level)
+            attn = SelfAttention(cout, self.cfg.head_channels, window, level=level)
+            return _BlockWithAttention(res, attn)
         return _BlockWithAttention(res, None)
+
+    def set_attention_window(self, pixels: int) -> UNet:
+        """Set the span of every attention layer to ``pixels`` input pixels (0 = global), in
+        place; ``cfg.attn_window`` follows. Returns the net."""
+        self.cfg = dataclasses.replace(self.cfg, attn_window=int(pixels))
+        for module in self.modules():
+            if isinstance(module, SelfAttention):
+                module.window = self.cfg.attention_tokens(module.level)
+        return self
 
     def _inputs(
         self, x: Tensor | None, cond: Tensor | None, coords: Tensor | None

@@ -34,7 +34,7 @@ from precipdiff.models.unet import UNet
 from precipdiff.pipeline.tiling import TiledDenoiser
 from precipdiff.release import STAGE_KINDS, InputSemantics, Release
 
-__all__ = ["STAGE_KINDS", "SamplerSettings", "Stage", "bf16_is_fast"]
+__all__ = ["STAGE_KINDS", "SamplerSettings", "Stage", "bf16_is_fast", "inference_attention_window"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,18 @@ def bf16_is_fast(device: str | torch.device) -> bool:
     if dev.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return dev.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def inference_attention_window(release: Release) -> int:
+    """Attention span (pixels, 0 = global) a stage applies by default: the span the net was
+    trained with (``model.attn_window``) if any, else for ``downscale`` and ``regression`` stages
+    the training patch, so that every query attends over as many tokens as in training
+    (neighbourhood attention, :mod:`precipdiff.models.attention`; BENCHMARKS.md, "Attention
+    span"). ``correct`` stages keep global attention: their coarse tiles are small and their
+    skill with a window has not been measured."""
+    if release.model.attn_window > 0:
+        return release.model.attn_window
+    return release.patch if release.stage in ("downscale", "regression") else 0
 
 
 @dataclass
@@ -77,16 +89,26 @@ class Stage:
     extra_stats: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> Stage:
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu",
+             attn_window: int | None = None) -> Stage:
         """Load a stage from a ``.safetensors`` release file (``CheckpointError`` on a bad file;
         the format is :mod:`precipdiff.release`)."""
-        return cls.from_release(Release.load(path), device=device)
+        return cls.from_release(Release.load(path), device=device, attn_window=attn_window)
 
     @classmethod
-    def from_release(cls, release: Release, *, device: str | torch.device = "cpu") -> Stage:
-        """A stage ready for inference from a checked :class:`~precipdiff.release.Release`."""
+    def from_release(cls, release: Release, *, device: str | torch.device = "cpu",
+                     attn_window: int | None = None) -> Stage:
+        """A stage ready for inference from a checked :class:`~precipdiff.release.Release`.
+
+        ``attn_window``: span of the nets' self-attention in pixels (0 = global); None takes
+        :func:`inference_attention_window` of the release.
+        """
         net: UNet | None = release.build_net()
         mean_net = release.build_mean_net()
+        window = inference_attention_window(release) if attn_window is None else attn_window
+        for n in (net, mean_net):
+            if n is not None:
+                n.set_attention_window(window)
         if release.stage == "regression":
             net, mean_net = None, net
         stage = cls(
