@@ -8,6 +8,11 @@ the coarse source itself ("raw input"); that of the Stage-II table is the source
 nearest-neighbour upsampled ("nearest-neighbour (raw input upsampled)": the coarse values on the
 fine grid).
 
+Predictions on a projected grid (``predict`` on radar in metres: dims ``(member, time, y, x)``
+and coarse ``(y_lr, x_lr)``, with a ``crs`` grid-mapping variable) are scored the same way on
+their own grid: the truth must be on the same CRS (checked with pyproj) and its x/y (in metres;
+km are converted) must match within a thousandth of a cell.
+
 A report is assembled in a hidden staging folder beside the output and moved into place only when
 complete, so a failure never leaves an empty or half-written report behind.
 """
@@ -40,7 +45,7 @@ from precipdiff.evaluation.report import (
     write_report,
 )
 from precipdiff.evaluation.spectra import rapsd
-from precipdiff.grid import coarsen
+from precipdiff.grid import coarsen, spatial_dims, xy_units
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +61,10 @@ OURS_II_ONLY = "precipdiff Stage II"
 class VerificationInputs:
     """Everything a verification needs, on nested grids.
 
-    truth_hr (time, lat, lon) fine truth; src_lr (time, lat, lon) coarse source; corrected_lr and
-    downscaled are (member, time, ...) ensembles (either may be None); extra rows are any further
-    fine-grid predictions to score (e.g. a regression-only mean).
+    truth_hr (time, lat, lon) fine truth; src_lr (time, lat, lon) coarse source (or (time, y, x)
+    for both, on a projected grid); corrected_lr and downscaled are (member, time, ...)
+    ensembles (either may be None); extra rows are any further fine-grid predictions to score
+    (e.g. a regression-only mean).
     """
 
     truth_hr: xr.DataArray
@@ -71,9 +77,25 @@ class VerificationInputs:
     extra_lr: dict[str, xr.DataArray] = field(default_factory=dict)
 
 
-def _as_latlon(da: xr.DataArray) -> xr.DataArray:
-    ren = {k: v for k, v in (("lat_lr", "lat"), ("lon_lr", "lon")) if k in da.dims}
+_COARSE_DIMS = (("lat_lr", "lat"), ("lon_lr", "lon"), ("y_lr", "y"), ("x_lr", "x"))
+
+
+def _as_grid_dims(da: xr.DataArray) -> xr.DataArray:
+    """The prediction file's coarse dims (``lat_lr``/``lon_lr`` or ``y_lr``/``x_lr``) renamed to
+    the plain grid dims (``lat``/``lon`` or ``y``/``x``)."""
+    ren = {k: v for k, v in _COARSE_DIMS if k in da.dims}
     return da.rename(ren) if ren else da
+
+
+def _rainfarm(src_lr: xr.DataArray, factor: int, *, members: int, rng) -> xr.DataArray:
+    """RainFARM on either grid kind. It works on pixels (a pysteps call per field), so a projected
+    field passes through it under the (lat, lon) dim names it expects and is renamed straight
+    back: the x/y values in metres are never written or read as degrees."""
+    if spatial_dims(src_lr) == ("lat", "lon"):
+        return get_baseline("rainfarm")(src_lr, factor, members=members, rng=rng)
+    out = get_baseline("rainfarm")(src_lr.rename(y="lat", x="lon"), factor, members=members,
+                                   rng=rng)
+    return out.rename(lat="y", lon="x")
 
 
 def baseline_predictions(
@@ -95,7 +117,7 @@ def baseline_predictions(
         elif name == "rainfarm":
             try:
                 rng = np.random.default_rng(seed)
-                out["RainFARM"] = get_baseline("rainfarm")(src_lr, factor, members=members, rng=rng)
+                out["RainFARM"] = _rainfarm(src_lr, factor, members=members, rng=rng)
             except ConfigError as exc:
                 log.warning("RainFARM baseline skipped: %s", exc)
         elif name == "qm" and qm is not None:
@@ -112,7 +134,13 @@ def _align_to(
 ) -> xr.DataArray:
     """Take ``ref``'s coordinates when they agree within :func:`coordinate_tolerance` (a
     thousandth of a cell: float noise and rounded origins), else :class:`GridError`."""
-    for dim in ("lat", "lon"):
+    dims = spatial_dims(ref)
+    if spatial_dims(da) != dims:
+        raise GridError(
+            f"the {names[0]} is on a {'/'.join(spatial_dims(da))} grid but the {names[1]} on a "
+            f"{'/'.join(dims)} grid; expected both on the same grid"
+        )
+    for dim in dims:
         a, b = da[dim].values.astype(np.float64), ref[dim].values.astype(np.float64)
         tol = coordinate_tolerance(b)
         if a.shape == b.shape and np.allclose(a, b, atol=tol, rtol=0):
@@ -122,7 +150,7 @@ def _align_to(
             f"{dim} of the {names[0]} ({_axis(a)}) does not match the {names[1]} ({_axis(b)})"
             f"{worst}; expected agreement within {tol:.3g} (1/{1 / CELL_TOLERANCE:.0f} of a cell)"
         )
-    return da.assign_coords(lat=ref["lat"], lon=ref["lon"])
+    return da.assign_coords({d: ref[d] for d in dims})
 
 
 def _axis(values: np.ndarray) -> str:
@@ -157,6 +185,7 @@ def verify(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: output exists and is not a directory; expected a folder")
     truth_hr, f = inp.truth_hr, inp.factor
+    dims = spatial_dims(truth_hr)
     truth_lr = coarsen(truth_hr, f, method=inp.pooling)
     src = _align_to(inp.src_lr, truth_lr)
     lr_preds: dict[str, xr.DataArray] = {RAW: src}
@@ -164,13 +193,12 @@ def verify(
         lr_preds["quantile mapping"] = qm.apply(src)
     lr_preds.update({k: _align_to(v, truth_lr) for k, v in inp.extra_lr.items()})
     if inp.corrected_lr is not None:
-        lr_preds[OURS_I] = _align_to(_as_latlon(inp.corrected_lr), truth_lr)
-    lr_scales = tuple(
-        s for s in scales_px if s <= min(truth_lr.sizes["lat"], truth_lr.sizes["lon"])
-    )
+        lr_preds[OURS_I] = _align_to(_as_grid_dims(inp.corrected_lr), truth_lr)
+    lr_scales = tuple(s for s in scales_px if s <= min(truth_lr.sizes[d] for d in dims))
     rows1 = {
         k: evaluate_fields(
-            v, truth_lr, thresholds=thresholds, scales_px=lr_scales, seed=seed, name=k
+            v, truth_lr, thresholds=thresholds, scales_px=lr_scales, seed=seed, name=k,
+            spatial_dims=dims,
         )
         for k, v in lr_preds.items()
     }
@@ -184,7 +212,8 @@ def verify(
     hr_preds = {k: _align_to(v, truth_hr) for k, v in hr_preds.items()}
     rows2 = {
         k: evaluate_fields(
-            v, truth_hr, thresholds=thresholds, scales_px=scales_px, seed=seed, name=k
+            v, truth_hr, thresholds=thresholds, scales_px=scales_px, seed=seed, name=k,
+            spatial_dims=dims,
         )
         for k, v in hr_preds.items()
     }
@@ -271,9 +300,10 @@ def _figures(
         seed=seed,
         title="Stage I pixel errors (prediction - pooled reference)",
     )
-    psds = {k + (" (mean over members)" if "member" in v.dims else ""): rapsd(v)
+    dims = spatial_dims(truth_hr)
+    psds = {k + (" (mean over members)" if "member" in v.dims else ""): rapsd(v, spatial_dims=dims)
             for k, v in hr_preds.items()}
-    psds["truth"] = rapsd(truth_hr)
+    psds["truth"] = rapsd(truth_hr, spatial_dims=dims)
     plots.psd_curves(psds, fig_dir / "psd_stage2.png")
     hist = {k: v.values for k, v in hr_preds.items()}
     hist["truth"] = truth_hr.values
@@ -335,6 +365,68 @@ def _stage1_ran(ds: xr.Dataset) -> bool:
     return not np.array_equal(corrected, np.broadcast_to(src, corrected.shape), equal_nan=True)
 
 
+_METRES_PER = {"m": 1.0, "km": 1000.0}
+
+
+def _in_metres(da: xr.DataArray, what: str) -> xr.DataArray:
+    """A projected field with x/y in metres (km are converted); other units raise GridError."""
+    units = xy_units(da)
+    if units not in _METRES_PER:
+        raise GridError(f"x/y of the {what} are in {units!r}; expected metres (m) or km")
+    if units == "m":
+        return da
+    scale = _METRES_PER[units]
+    out = da.assign_coords(y=da["y"].values * scale, x=da["x"].values * scale)
+    out["x"].attrs["units"] = out["y"].attrs["units"] = "m"
+    return out.assign_attrs(xy_units="m")
+
+
+def _prediction_crs(ds: xr.Dataset, path: Path):
+    """The CRS of a projected prediction: its ``precip``'s CF ``grid_mapping`` variable."""
+    import pyproj
+
+    from precipdiff.errors import InputFileError
+
+    name = ds["precip"].attrs.get("grid_mapping") or ds["precip"].encoding.get("grid_mapping")
+    if not name or name not in ds.variables:
+        raise InputFileError(path, "projected prediction (y, x) without a grid_mapping variable; "
+                             "expected the 'crs' variable predict writes", variable="precip")
+    attrs = ds[name].attrs
+    try:
+        if attrs.get("crs_wkt"):
+            return pyproj.CRS.from_wkt(str(attrs["crs_wkt"]))
+        return pyproj.CRS.from_cf(dict(attrs))
+    except (pyproj.exceptions.CRSError, ValueError, TypeError) as exc:
+        raise InputFileError(path, f"grid_mapping variable {name!r} is not a readable CRS "
+                             f"({' '.join(str(exc).split())[:120]})", variable=name) from None
+
+
+def _check_same_crs(pred_crs, truth: xr.DataArray, fine, truth_path: Path) -> None:
+    """GridError unless the truth's CRS puts the prediction's cell centres at the same x/y (within
+    :data:`CELL_TOLERANCE` of a cell): compared by what the CRSs do, not by how they are spelled
+    (a PROJ string and the WKT pyproj writes for it name the same projection)."""
+    import pyproj
+
+    from precipdiff.grid import grid_crs
+
+    truth_crs = grid_crs(truth)
+    if pred_crs.equals(truth_crs, ignore_axis_order=True):
+        return
+    xs = np.array([fine.lon[0], fine.lon[-1], fine.lon[0], fine.lon[-1], fine.lon.mean()])
+    ys = np.array([fine.lat[0], fine.lat[0], fine.lat[-1], fine.lat[-1], fine.lat.mean()])
+    tr = pyproj.Transformer.from_crs(pred_crs, truth_crs, always_xy=True)
+    with np.errstate(all="ignore"):
+        tx, ty = (np.asarray(v, dtype=np.float64) for v in tr.transform(xs, ys))
+    tol = CELL_TOLERANCE * min(fine.dlat, fine.dlon)
+    off = np.hypot(tx - xs, ty - ys)
+    if not np.all(np.isfinite(off)) or off.max() > tol:
+        raise GridError(
+            f"{truth_path}: truth CRS ({truth_crs.name!r}) differs from the prediction's "
+            f"({pred_crs.name!r}): the prediction's cells land up to {np.nanmax(off):.3g} m "
+            f"away; expected the same projected grid (within {tol:.3g} m)"
+        )
+
+
 def run_evaluate(
     *,
     prediction: Path,
@@ -349,38 +441,61 @@ def run_evaluate(
 
     The truth is cropped to the prediction's fine grid and matched by time; a grid or time that
     does not match is a :class:`GridError`, never a silent misalignment. The coarse source is
-    the prediction's ``source_lr`` unless ``source`` is given.
+    the prediction's ``source_lr`` unless ``source`` is given. A prediction on a projected grid
+    (``y``/``x`` in metres with a ``crs`` grid mapping) needs a truth on the same CRS; its
+    baselines run on the projected coarse grid.
     """
     from precipdiff.grid import Grid, crop
     from precipdiff.io import read
 
     pred = _open_prediction(Path(prediction))
-    fine, coarse = (
-        Grid.from_dataarray(pred["precip"]),
-        Grid.from_dataarray(_as_latlon(pred["corrected_lr"])),
-    )
+    precip = pred["precip"]
+    projected = spatial_dims(precip) == ("y", "x")
+    if projected:
+        precip = _in_metres(precip, f"prediction {prediction}")
+    fine = Grid.from_dataarray(precip)
+    corrected_lr, source_lr = (_as_grid_dims(pred[v]) for v in ("corrected_lr", "source_lr"))
+    if projected:
+        corrected_lr, source_lr = (_in_metres(v.assign_attrs(xy_units=xy_units(precip)),
+                                              f"prediction {prediction}")
+                                   for v in (corrected_lr, source_lr))
+    coarse = Grid.from_dataarray(corrected_lr)
     factor = int(round(coarse.dlat / fine.dlat))
-    truth_da = read(truth, variable=variable).reset_coords(drop=True)
+    truth_da = read(truth, variable=variable)
     if "accumulation" in truth_da.attrs:
         raise GridError(
             f"{truth}: truth is an accumulation ({truth_da.attrs['accumulation']}); "
             "compare rates with rates"
         )
-    lo_lon, lo_lat, hi_lon, hi_lat = fine.bbox
-    truth_da = crop(truth_da, (lo_lon + 1e-9, lo_lat + 1e-9, hi_lon - 1e-9, hi_lat - 1e-9))
+    truth_dims = spatial_dims(truth_da)
+    if truth_dims != spatial_dims(precip):
+        kind = {("y", "x"): "a projected x/y", ("lat", "lon"): "a lat/lon"}
+        raise GridError(
+            f"{truth}: truth is on {kind[truth_dims]} grid but the prediction on "
+            f"{kind[spatial_dims(precip)]} grid; expected the prediction's own grid"
+        )
+    if projected:
+        truth_da = _in_metres(truth_da, f"truth {truth}")
+        _check_same_crs(_prediction_crs(pred, Path(prediction)), truth_da, fine, Path(truth))
+    truth_da = truth_da.reset_coords(drop=True)
+    lo_x, lo_y, hi_x, hi_y = fine.bbox
+    eps = CELL_TOLERANCE * min(fine.dlat, fine.dlon)
+    truth_da = crop(truth_da, (lo_x + eps, lo_y + eps, hi_x - eps, hi_y - eps))
     times = pred["time"].values
     missing = np.setdiff1d(times, truth_da["time"].values)
     if missing.size:
         raise GridError(f"{truth}: no truth for prediction time(s) {[str(t) for t in missing[:3]]}")
     truth_da = truth_da.sel(time=times)
-    src = read(source, variable=variable) if source else _as_latlon(pred["source_lr"])
+    src = read(source, variable=variable) if source else source_lr
+    if source and projected and spatial_dims(src) == ("y", "x"):
+        src = _in_metres(src, f"source {source}")
     inputs = VerificationInputs(
-        truth_hr=_align_to(truth_da, pred["precip"], names=("truth", "prediction")),
+        truth_hr=_align_to(truth_da, precip, names=("truth", "prediction")),
         src_lr=src,
         factor=factor,
         pooling=pooling,
-        corrected_lr=pred["corrected_lr"] if _stage1_ran(pred) else None,
-        downscaled=pred["precip"],
+        corrected_lr=corrected_lr if _stage1_ran(pred) else None,
+        downscaled=precip,
     )
     report, _ = verify(
         inputs,

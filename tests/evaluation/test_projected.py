@@ -1,0 +1,131 @@
+"""``precipdiff predict`` then ``precipdiff evaluate`` on a projected grid, through the real CLI.
+
+A tiny CF NetCDF on the RADOLAN polar-stereographic CRS (x/y in metres, a ``grid_mapping``
+variable): a 4 x 4 source of 10-km cells and a 40 x 40 truth of 1-km cells on the same
+projected grid. ``predict --stages downscale`` with the shipped weights writes
+``(member, time, y, x)`` with coarse ``(y_lr, x_lr)`` and a ``crs`` variable; ``evaluate``
+matches the truth by x/y and CRS and runs the baselines on the projected coarse grid.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from precipdiff.evaluation.run import NEAREST, OURS_II_ONLY
+from precipdiff.io import write_netcdf
+from precipdiff.io._stereo import proj4
+
+pytest.importorskip("pyproj")
+
+CRS = proj4(lon_0=10.0, lat_ts=60.0, radius_m=6370040.0)
+X0, Y0 = 100_000.0, -4_200_000.0  # outer corner of the south-west cell, metres
+TIMES = np.array(["2022-10-18T00:00", "2022-10-18T00:05"], "datetime64[ns]")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "precipdiff", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def _field(n: int, cell: float, seed: int, *, crs: str = CRS, scale: float = 1.0,
+           units: str = "m") -> xr.DataArray:
+    """Gamma rain (mm/h) on an ``n`` x ``n`` grid of ``cell``-metre cells; x/y in ``units``."""
+    data = np.random.default_rng(seed).gamma(0.6, 3.0, (TIMES.size, n, n)).astype(np.float32)
+    data[data < 0.8] = 0.0
+    centres = (np.arange(n) + 0.5) * cell
+    da = xr.DataArray(data, dims=("time", "y", "x"), name="precip",
+                      coords={"time": TIMES, "y": (Y0 + centres) / scale,
+                              "x": (X0 + centres) / scale},
+                      attrs={"units": "mm/h", "crs": crs, "xy_units": units})
+    da["x"].attrs["units"] = da["y"].attrs["units"] = units
+    return da
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("projected")
+    src = write_netcdf(_field(4, 10_000.0, seed=1), root / "src.nc")
+    out = root / "pred.nc"
+    res = run_cli("predict", str(src), "--output", str(out), "--stages", "downscale",
+                  "--members", "2", "--steps", "2", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    return {"root": root, "pred": out}
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_prediction_is_projected(predicted):
+    with xr.open_dataset(predicted["pred"]) as ds:
+        assert ds["precip"].dims == ("member", "time", "y", "x")
+        assert ds["precip"].shape == (2, 2, 40, 40)
+        assert ds["corrected_lr"].dims[-2:] == ("y_lr", "x_lr")
+        assert ds["x"].attrs["units"] == "m"
+        assert ds[ds["precip"].attrs["grid_mapping"]].attrs["grid_mapping_name"] == (
+            "polar_stereographic")
+
+
+@pytest.mark.parametrize("units", ["m", "km"])
+def test_evaluate_projected_prediction(predicted, tmp_path, units):
+    """Was 'expected spatial dims (lat, lon) or (y, x)' (exit 2): now a report, exit 0, with the
+    baselines (RainFARM too) on the projected coarse grid; a truth in km is the same grid."""
+    scale = 1000.0 if units == "km" else 1.0
+    truth = write_netcdf(_field(40, 1_000.0, seed=2, scale=scale, units=units),
+                         tmp_path / "truth.nc")
+    out = tmp_path / "report"
+    res = run_cli("evaluate", "--prediction", str(predicted["pred"]), "--truth", str(truth),
+                  "--output", str(out), "--baselines", "nearest,bilinear,rainfarm")
+    assert res.returncode == 0, res.stderr
+    report = (out / "report.md").read_text()
+    for row in (OURS_II_ONLY, NEAREST, "bilinear interpolation", "RainFARM"):
+        assert f"| {row} |" in report
+    assert (out / "figures" / "maps_four_panel.png").is_file()
+    assert not _leftovers(tmp_path)
+
+
+def test_truth_on_another_crs_is_one_line_error(predicted, tmp_path):
+    other = CRS.replace("+lon_0=10", "+lon_0=11")
+    truth = write_netcdf(_field(40, 1_000.0, seed=2, crs=other), tmp_path / "truth.nc")
+    out = tmp_path / "report"
+    res = run_cli("evaluate", "--prediction", str(predicted["pred"]), "--truth", str(truth),
+                  "--output", str(out))
+    line = res.stderr.strip()
+    assert res.returncode == 2 and line.count("\n") == 0, res.stderr
+    assert "CRS" in line and str(truth) in line
+    assert not out.exists() and not _leftovers(tmp_path)
+
+
+def test_truth_shifted_by_a_cell_is_one_line_error(predicted, tmp_path):
+    shifted = _field(40, 1_000.0, seed=2)
+    shifted = shifted.assign_coords(x=shifted["x"] + 1_000.0)
+    truth = write_netcdf(shifted, tmp_path / "truth.nc")
+    out = tmp_path / "report"
+    res = run_cli("evaluate", "--prediction", str(predicted["pred"]), "--truth", str(truth),
+                  "--output", str(out))
+    line = res.stderr.strip()
+    assert res.returncode == 2 and line.count("\n") == 0, res.stderr
+    assert "x of the truth" in line
+    assert not out.exists() and not _leftovers(tmp_path)
+
+
+def test_latlon_truth_for_projected_prediction_is_one_line_error(predicted, tmp_path):
+    ll = _field(40, 1_000.0, seed=2).rename(y="lat", x="lon")
+    ll = ll.assign_coords(lat=50.0 + 0.01 * np.arange(40), lon=10.0 + 0.01 * np.arange(40))
+    ll.attrs = {"units": "mm/h"}
+    truth = write_netcdf(ll, tmp_path / "truth.nc")
+    out = tmp_path / "report"
+    res = run_cli("evaluate", "--prediction", str(predicted["pred"]), "--truth", str(truth),
+                  "--output", str(out))
+    line = res.stderr.strip()
+    assert res.returncode == 2 and line.count("\n") == 0, res.stderr
+    assert "lat/lon grid" in line and "projected" in line
+    assert not out.exists() and not _leftovers(tmp_path)
