@@ -129,3 +129,32 @@ def test_errors(corpus):
     with pytest.raises(ConfigError, match="no network"):
         CorpusClipDataset(corpus, split="train", stage="downscale", patch=10,
                           samples_per_epoch=2, frames=3, networks=["nowhere"])
+
+
+@pytest.mark.realdata
+def test_real_meteoswiss_clips(shared_data, tmp_path):
+    """Five 5-min MeteoSwiss frames of two events: clips follow the radar's cadence and the
+    held-out event's frames never enter a train clip."""
+    files = [str(p) for day in ("20150515", "20160711")
+             for p in sorted((shared_data / "radar" / "mch" / day).glob("*.gif"))[:5]]
+    if len(files) < 10:
+        pytest.skip("MeteoSwiss files missing")
+    cfg = CorpusConfig.from_dict({
+        "factor": 10, "pooling": "mean",
+        "sources": [{"network": "mch", "files": files,
+                     "region": [600000.0, 100000.0, 760000.0, 260000.0],
+                     "events": {"spring": ["2015-05-15T15:00", "2015-05-15T20:00"],
+                                "summer-night": ["2016-07-11T20:00", "2016-07-12T01:00"]},
+                     "held_out": "summer-night"}]})
+    corpus = prepare_corpus(cfg, tmp_path / "mch.zarr")
+    train = CorpusClipDataset(corpus, split="train", stage="downscale", patch=40,
+                              samples_per_epoch=6, frames=4)
+    test = CorpusClipDataset(corpus, split="test", stage="downscale", patch=40,
+                             samples_per_epoch=6, frames=4)
+    assert train.parts[0].step_s == 300 and train.parts[0].n_clips == 2
+    for ds, event in ((train, "mch/spring"), (test, "mch/summer-night")):
+        for i in range(len(ds)):
+            item = ds[i]
+            assert ds.event_ids[int(item["event"])] == event
+            assert item["time_offsets"].tolist() == [0.0, 300.0, 600.0, 900.0]
+            assert item["mask"].float().mean() > 0.5
