@@ -427,6 +427,43 @@ def _check_same_crs(pred_crs, truth: xr.DataArray, fine, truth_path: Path) -> No
         )
 
 
+def _prediction_period_hours(ds: xr.Dataset) -> float | None:
+    """Hours each prediction time averages over (``time_bnds``: the input was an accumulation,
+    predicted as its mean rate), or None for instantaneous rates (no bounds, or empty ones)."""
+    bounds_name = ds["time"].attrs.get("bounds") or "time_bnds"
+    if bounds_name not in ds.variables:
+        return None
+    bounds = ds[bounds_name].values
+    widths = (bounds[..., 1] - bounds[..., 0]) / np.timedelta64(1, "s") / 3600.0
+    widths = np.unique(np.round(np.atleast_1d(widths), 6))
+    if widths.size != 1 or not widths[0] > 0:
+        return None
+    return float(widths[0])
+
+
+def _truth_as_rate(truth: xr.DataArray, pred: xr.Dataset, path: Path) -> xr.DataArray:
+    """The truth in mm/h. An accumulation (mm over a period, e.g. RADOLAN RW's hour) becomes its
+    mean rate (amount / hours) when the prediction is the mean rate over the same period (its
+    ``time_bnds``); against instantaneous rates, or another period, it is a :class:`GridError`."""
+    from precipdiff.data.pairing import accumulation_hours
+
+    period = truth.attrs.get("accumulation")
+    if period is None:
+        return truth
+    hours = accumulation_hours(str(period), str(path))
+    pred_hours = _prediction_period_hours(pred)
+    if pred_hours is None or not np.isclose(hours, pred_hours, rtol=1e-6):
+        found = f"mean rates over {pred_hours:g} h" if pred_hours else "instantaneous rates"
+        raise GridError(
+            f"{path}: truth is a {period} accumulation but the prediction holds {found}; "
+            "expected rates, or accumulations over the prediction's own period"
+        )
+    rate = truth / np.float32(hours)
+    rate.attrs = {k: v for k, v in truth.attrs.items() if k != "accumulation"}
+    rate.attrs.update(units="mm/h", accumulation_hours=hours)
+    return rate
+
+
 def run_evaluate(
     *,
     prediction: Path,
@@ -461,12 +498,7 @@ def run_evaluate(
                                    for v in (corrected_lr, source_lr))
     coarse = Grid.from_dataarray(corrected_lr)
     factor = int(round(coarse.dlat / fine.dlat))
-    truth_da = read(truth, variable=variable)
-    if "accumulation" in truth_da.attrs:
-        raise GridError(
-            f"{truth}: truth is an accumulation ({truth_da.attrs['accumulation']}); "
-            "compare rates with rates"
-        )
+    truth_da = _truth_as_rate(read(truth, variable=variable), pred, Path(truth))
     truth_dims = spatial_dims(truth_da)
     if truth_dims != spatial_dims(precip):
         kind = {("y", "x"): "a projected x/y", ("lat", "lon"): "a lat/lon"}
