@@ -3,6 +3,7 @@
     python benchmarks/bench_pipeline.py     # shipped weights, 16 members, 12 steps
     python benchmarks/bench_pipeline.py --sizes 200 400 800 --scaling-members 4
     python benchmarks/bench_pipeline.py --window 512 --tile 256 512 --members 4   # network tile
+    python benchmarks/bench_pipeline.py --attention global window --rounds 2     # attention span
 
 Each measurement runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its
 own. The input is a synthetic scene (the demo's generator); timing does not depend on the content.
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 
-def child(size: int, members: int, steps: int, window: int, tile: int | None, out: Path) -> dict:
+def child(size: int, members: int, steps: int, window: int, tile: int | None, out: Path,
+          attention: str = "default") -> dict:
     import torch
 
     from precipdiff.demo import FACTOR, demo_scene
@@ -35,6 +37,11 @@ def child(size: int, members: int, steps: int, window: int, tile: int | None, ou
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     pipe = load_pipeline(PredictRequest(inputs=[], output=out), "cpu")
+    if attention != "default":  # "global": every net attends globally (the behaviour before)
+        for stage in (pipe.correct, pipe.downscale):
+            for net in (stage.net, stage.mean_net) if stage is not None else ():
+                if net is not None:
+                    net.set_attention_window(0 if attention == "global" else stage.patch)
     if size < 0:  # the CONUS MRMS grid: 3500 x 7000 fine cells from a 350 x 700 coarse source
         from precipdiff.data.synth import synthetic_scene
 
@@ -65,10 +72,12 @@ def child(size: int, members: int, steps: int, window: int, tile: int | None, ou
         "factor": FACTOR,
         "window": window,
         "tile": tile,
+        "attention": attention,
     }
 
 
-def run_child(size: int, members: int, steps: int, window: int, tile: int | None) -> dict:
+def run_child(size: int, members: int, steps: int, window: int, tile: int | None,
+              attention: str = "default") -> dict:
     out = Path(f"/tmp/bench_pipeline_{os.getpid()}_{size}.nc")
     cmd = [
         sys.executable,
@@ -84,6 +93,8 @@ def run_child(size: int, members: int, steps: int, window: int, tile: int | None
         "--out",
         str(out),
         *(["--tile", str(tile)] if tile else []),
+        "--attention",
+        attention,
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -111,6 +122,14 @@ def main() -> None:
     ap.add_argument("--scaling-members", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the --tile comparison")
     ap.add_argument(
+        "--attention",
+        nargs="+",
+        default=["default"],
+        choices=("default", "global", "window"),
+        help="attention span of the nets: the stage default, global, or the training patch; "
+        "two or more: compare them on the 200 x 200 km run, interleaved over --rounds",
+    )
+    ap.add_argument(
         "--conus",
         action="store_true",
         help="only the CONUS-size bounded-memory run (1 member, --steps steps)",
@@ -118,7 +137,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         tile = args.tile[0] if args.tile else None
-        print(json.dumps(child(args.child, args.members, args.steps, args.window, tile, args.out)))
+        print(json.dumps(child(args.child, args.members, args.steps, args.window, tile, args.out,
+                               args.attention[0])))
+        return
+    if len(args.attention) > 1:
+        attention_table(args)
         return
     if args.tile:
         tile_table(args)
@@ -159,6 +182,33 @@ def main() -> None:
         print(
             f"| {r['hr_pixels'] / base['hr_pixels']:.0f} | {r['wall_s'] / base['wall_s']:.2f} | "
             f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} |"
+        )
+
+
+def attention_table(args: argparse.Namespace) -> None:
+    """The 200 x 200 km two-stage run per attention span, interleaved rounds, medians."""
+    runs: dict[str, list[dict]] = {a: [] for a in args.attention}
+    for _ in range(args.rounds):
+        for a in args.attention:
+            runs[a].append(run_child(200, args.members, args.steps, args.window, None, a))
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"### Attention span, two-stage 200 x 200 km run — {now}\n")
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}; threads {os.environ.get('BENCH_THREADS', '2')}; window "
+        f"{args.window}; {args.members} members, {args.steps} steps/stage; median of "
+        f"{args.rounds} interleaved rounds\n"
+    )
+    print("| attention | wall s (each round) | median s | time x (vs first) | peak RSS MB |")
+    print("|---|---|---:|---:|---:|")
+    base = None
+    for a in args.attention:
+        walls = [r["wall_s"] for r in runs[a]]
+        wall = float(np.median(walls))
+        base = base or wall
+        print(
+            f"| {a} | {', '.join(f'{w:.1f}' for w in walls)} | {wall:.1f} | {wall / base:.2f} | "
+            f"{max(r['peak_rss_mb'] for r in runs[a]):.0f} |"
         )
 
 

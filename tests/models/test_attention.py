@@ -160,3 +160,21 @@ def test_file_without_the_field_loads(tmp_path):
               metadata={**meta, "model": json.dumps(model)})
     loaded = Release.load(tmp_path / "old.safetensors")
     assert loaded.model == dataclasses.replace(rel.model, attn_window=0)
+
+
+def test_windowed_unet_under_bf16_autocast_and_channels_last():
+    """The pipeline's settings: bf16 autocast and channels_last, on a map beyond the span."""
+    torch.manual_seed(3)
+    net = UNet(UNetConfig(**SMALL, attn_window=16)).eval()
+    with torch.no_grad():
+        net.conv_out.weight.normal_(0, 0.1)
+    x, cond, c_noise = torch.randn(2, 1, 40, 36), torch.randn(2, 1, 40, 36), torch.randn(2)
+    with torch.no_grad():
+        ref = net(x, c_noise, cond)
+        net = net.to(memory_format=torch.channels_last)
+        xs, cs = (t.to(memory_format=torch.channels_last) for t in (x, cond))
+        torch.testing.assert_close(net(xs, c_noise, cs), ref, rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = net(xs, c_noise, cs)
+    assert torch.isfinite(low).all()
+    assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max()
