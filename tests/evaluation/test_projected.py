@@ -176,3 +176,16 @@ def test_latlon_truth_for_projected_prediction_is_one_line_error(predicted, tmp_
     assert res.returncode == 2 and line.count("\n") == 0, res.stderr
     assert "lat/lon grid" in line and "projected" in line
     assert not out.exists() and not _leftovers(tmp_path)
+
+
+def test_source_accumulated_over_another_period_is_one_line_error(predicted, tmp_path):
+    """``--source`` goes through the same rate rule as the truth (was used as it came)."""
+    truth = write_radolan_truth(tmp_path / "RW-20221018.tar")
+    src = write_netcdf(_field(4, 10_000.0, seed=1, accumulation="3h"), tmp_path / "src3h.nc")
+    out = tmp_path / "report"
+    res = run_cli("evaluate", "--prediction", str(predicted["pred"]), "--truth", str(truth),
+                  "--source", str(src), "--output", str(out))
+    line = res.stderr.strip()
+    assert res.returncode == 2 and line.count("\n") == 0, res.stderr
+    assert "source is a 3h accumulation" in line and str(src) in line
+    assert not out.exists() and not _leftovers(tmp_path)

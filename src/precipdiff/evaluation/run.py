@@ -441,10 +441,12 @@ def _prediction_period_hours(ds: xr.Dataset) -> float | None:
     return float(widths[0])
 
 
-def _truth_as_rate(truth: xr.DataArray, pred: xr.Dataset, path: Path) -> xr.DataArray:
-    """The truth in mm/h. An accumulation (mm over a period, e.g. RADOLAN RW's hour) becomes its
-    mean rate (amount / hours) when the prediction is the mean rate over the same period (its
-    ``time_bnds``); against instantaneous rates, or another period, it is a :class:`GridError`."""
+def _as_rate(truth: xr.DataArray, pred: xr.Dataset, path: Path, what: str = "truth"
+             ) -> xr.DataArray:
+    """The truth (or source) in mm/h. An accumulation (mm over a period, e.g. RADOLAN RW's hour)
+    becomes its mean rate (amount / hours) when the prediction is the mean rate over the same
+    period (its ``time_bnds``); against instantaneous rates, or another period, it is a
+    :class:`GridError`."""
     from precipdiff.data.pairing import accumulation_hours
 
     period = truth.attrs.get("accumulation")
@@ -455,7 +457,7 @@ def _truth_as_rate(truth: xr.DataArray, pred: xr.Dataset, path: Path) -> xr.Data
     if pred_hours is None or not np.isclose(hours, pred_hours, rtol=1e-6):
         found = f"mean rates over {pred_hours:g} h" if pred_hours else "instantaneous rates"
         raise GridError(
-            f"{path}: truth is a {period} accumulation but the prediction holds {found}; "
+            f"{path}: {what} is a {period} accumulation but the prediction holds {found}; "
             "expected rates, or accumulations over the prediction's own period"
         )
     rate = truth / np.float32(hours)
@@ -498,7 +500,7 @@ def run_evaluate(
                                    for v in (corrected_lr, source_lr))
     coarse = Grid.from_dataarray(corrected_lr)
     factor = int(round(coarse.dlat / fine.dlat))
-    truth_da = _truth_as_rate(read(truth, variable=variable), pred, Path(truth))
+    truth_da = _as_rate(read(truth, variable=variable), pred, Path(truth))
     truth_dims = spatial_dims(truth_da)
     if truth_dims != spatial_dims(precip):
         kind = {("y", "x"): "a projected x/y", ("lat", "lon"): "a lat/lon"}
@@ -518,7 +520,8 @@ def run_evaluate(
     if missing.size:
         raise GridError(f"{truth}: no truth for prediction time(s) {[str(t) for t in missing[:3]]}")
     truth_da = truth_da.sel(time=times)
-    src = read(source, variable=variable) if source else source_lr
+    src = (_as_rate(read(source, variable=variable), pred, Path(source), "source") if source
+           else source_lr)
     if source and projected and spatial_dims(src) == ("y", "x"):
         src = _in_metres(src, f"source {source}")
     inputs = VerificationInputs(
