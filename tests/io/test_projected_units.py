@@ -83,3 +83,60 @@ def test_radolan_round_trip_through_cf_netcdf(tmp_path):
     np.testing.assert_allclose(back.x.values, da.x.values)
     assert xy_units(back) == "m"
     assert grid_crs(back).equals(grid_crs(da))
+
+
+def _polar_grib(path: Path, *, north_first: bool, values: np.ndarray) -> Path:
+    """A Stage-IV-like polar-stereographic GRIB2 (HRAP sphere, 4763-m cells, 1-h ``tp`` in m).
+
+    ``north_first``: rows stored north → south (jScansPositively=0), the first grid point then
+    being the north-west cell; else south → north from the south-west cell."""
+    import pyproj
+
+    from precipdiff.io._eccodes import eccodes
+
+    ny, nx = values.shape
+    crs = pyproj.CRS.from_user_input(
+        "+proj=stere +lat_0=90 +lat_ts=60 +lon_0=-105 +a=6371200 +b=6371200 +units=m")
+    fwd = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    inv = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    x0, y0 = fwd.transform(-119.023, 23.117)  # Stage IV's south-west cell centre
+    lon1, lat1 = inv.transform(x0, y0 + 4763.0 * (ny - 1)) if north_first else (-119.023, 23.117)
+    h = eccodes.codes_grib_new_from_samples("polar_stereographic_sfc_grib2")
+    try:
+        for key, val in [("shapeOfTheEarth", 1), ("scaleFactorOfRadiusOfSphericalEarth", 0),
+                         ("scaledValueOfRadiusOfSphericalEarth", 6371200), ("Nx", nx),
+                         ("Ny", ny), ("latitudeOfFirstGridPointInDegrees", float(lat1)),
+                         ("longitudeOfFirstGridPointInDegrees", float(lon1) % 360.0),
+                         ("LaDInDegrees", 60.0), ("orientationOfTheGridInDegrees", 255.0),
+                         ("DxInMetres", 4763.0), ("DyInMetres", 4763.0),
+                         ("iScansNegatively", 0), ("jScansPositively", 0 if north_first else 1),
+                         ("shortName", "tp"), ("dataDate", 20190610), ("dataTime", 0),
+                         ("stepType", "accum"), ("startStep", 0), ("endStep", 1)]:
+            eccodes.codes_set(h, key, val)
+        eccodes.codes_set_values(h, (values[::-1] if north_first else values).ravel())
+        with open(path, "wb") as fh:
+            eccodes.codes_write(h, fh)
+    finally:
+        eccodes.codes_release(h)
+    return path
+
+
+def test_polar_stereographic_grib_in_metres(tmp_path):
+    values = np.arange(30, dtype=np.float64).reshape(5, 6) * 1e-3  # m of water, south row first
+    south = io.read(_polar_grib(tmp_path / "s.grib2", north_first=False, values=values))
+    north = io.read(_polar_grib(tmp_path / "n.grib2", north_first=True, values=values))
+    for da in (south, north):
+        assert da.dims == ("time", "y", "x") and da.attrs["xy_units"] == "m"
+        assert "+units=m" in da.attrs["crs"] and da.attrs["grid_mapping_name"] == (
+            "polar_stereographic")
+        np.testing.assert_allclose(np.diff(da.x.values), 4763.0)
+        np.testing.assert_allclose(np.diff(da.y.values), 4763.0)
+        assert float(da.lat[0, 0]) == pytest.approx(23.117, abs=1e-4)
+        assert float(da.lon[0, 0]) == pytest.approx(-119.023, abs=1e-4)
+        np.testing.assert_allclose(da.values[0], values * 1000.0, atol=1e-3)  # mm, south first
+    crs = grid_crs(south)
+    x0, y0 = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(
+        -119.023, 23.117)
+    assert (float(south.x[0]), float(south.y[0])) == pytest.approx((x0, y0), abs=0.01)
+    np.testing.assert_allclose(north.x.values, south.x.values, atol=0.01)
+    np.testing.assert_allclose(north.y.values, south.y.values, atol=0.01)

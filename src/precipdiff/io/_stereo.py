@@ -10,8 +10,9 @@ from __future__ import annotations
 
 
 def proj4(*, lon_0: float, lat_ts: float, radius_m: float) -> str:
-    """PROJ string of the projection (sphere, metres)."""
+    """PROJ string of the projection (sphere, metres); parameters written in full (``%g``'s six
+    digits would move a 6 371 229 m sphere by a metre)."""
     return (
-        f"+proj=stere +lat_0=90 +lat_ts={lat_ts:g} +lon_0={lon_0:g} "
-        f"+a={radius_m:g} +b={radius_m:g} +x_0=0 +y_0=0 +units=m +no_defs"
+        f"+proj=stere +lat_0=90 +lat_ts={lat_ts:.12g} +lon_0={lon_0:.12g} "
+        f"+a={radius_m:.12g} +b={radius_m:.12g} +x_0=0 +y_0=0 +units=m +no_defs"
     )
