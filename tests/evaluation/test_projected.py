@@ -189,3 +189,17 @@ def test_source_accumulated_over_another_period_is_one_line_error(predicted, tmp
     assert res.returncode == 2 and line.count("\n") == 0, res.stderr
     assert "source is a 3h accumulation" in line and str(src) in line
     assert not out.exists() and not _leftovers(tmp_path)
+
+
+def test_projected_prediction_without_grid_mapping_is_an_input_error(tmp_path):
+    """x/y in metres without their CRS cannot be matched to any truth: named, not guessed."""
+    from precipdiff.errors import InputFileError
+    from precipdiff.evaluation.run import _prediction_crs
+
+    ds = xr.Dataset({"precip": _field(4, 1_000.0, seed=3).expand_dims(member=2)})
+    with pytest.raises(InputFileError, match="without a grid_mapping variable"):
+        _prediction_crs(ds, tmp_path / "pred.nc")
+    ds["crs"] = xr.DataArray(0, attrs={"grid_mapping_name": "no_such_projection"})
+    ds["precip"].attrs["grid_mapping"] = "crs"
+    with pytest.raises(InputFileError, match="not a readable CRS"):
+        _prediction_crs(ds, tmp_path / "pred.nc")

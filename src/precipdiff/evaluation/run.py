@@ -412,6 +412,7 @@ def _check_same_crs(pred_crs, truth: xr.DataArray, fine, truth_path: Path) -> No
     truth_crs = grid_crs(truth)
     if pred_crs.equals(truth_crs, ignore_axis_order=True):
         return
+    # a projected Grid keeps x in its lon* fields and y in its lat* fields (grid.Grid)
     xs = np.array([fine.lon[0], fine.lon[-1], fine.lon[0], fine.lon[-1], fine.lon.mean()])
     ys = np.array([fine.lat[0], fine.lat[0], fine.lat[-1], fine.lat[-1], fine.lat.mean()])
     tr = pyproj.Transformer.from_crs(pred_crs, truth_crs, always_xy=True)
