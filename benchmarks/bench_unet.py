@@ -8,7 +8,9 @@ autocast, with and without ``channels_last`` and ``torch.compile``. Then a table
 versus network evaluations on the closed-form Gaussian case. Prints Markdown.
 
 Usage: ``python benchmarks/bench_unet.py [--sizes 128 256] [--batch 8] [--repeats 3]
-[--compile none|one|main|all] [--budget 270] [--threads 1] [--device cpu]``
+[--compile none|one|main|all] [--budget 270] [--threads 1] [--device cpu] [--attn-window 0]``
+(``--attn-window P``: neighbourhood attention over ``P`` pixels instead of global attention;
+``benchmarks/bench_attention.py`` compares both on the shipped Stage II).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def autocast(device: str, bf16: bool):
 def bench_size(size: int, args, deadline: float) -> list[dict]:
     """All variants at one spatial size; rows of the result table."""
     dev, batch = args.device, args.batch
-    cfg = UNetConfig()
+    cfg = UNetConfig(attn_window=args.attn_window)
     torch.manual_seed(0)
     x = torch.randn(batch, cfg.in_channels, size, size, device=dev)
     cond = torch.randn(batch, cfg.cond_channels, size, size, device=dev)
@@ -192,11 +194,13 @@ def main() -> None:
                         help="intra-op threads (1: see BENCHMARKS.md on oversubscription)")
     parser.add_argument("--budget", type=float, default=270.0, help="seconds for the speed part")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--attn-window", type=int, default=0,
+                        help="attention span in pixels (0: global, the default network)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     deadline = time.perf_counter() + args.budget
-    cfg = UNetConfig()
+    cfg = UNetConfig(attn_window=args.attn_window)
     net = UNet(cfg).to(args.device)
     flops, conv_flops, rows = {}, {}, []
     for size in args.sizes:
@@ -213,7 +217,8 @@ def main() -> None:
     print(f"machine: {platform.platform()} {dev_name} | torch {torch.__version__} | "
           f"threads {torch.get_num_threads()} | device {args.device} | batch {args.batch} | "
           f"repeats {args.repeats} (median)\n")
-    print(f"default UNetConfig: {count_parameters(net):,} parameters; GFLOP per forward: "
+    print(f"default UNetConfig (attn_window {args.attn_window}): {count_parameters(net):,} "
+          "parameters; GFLOP per forward: "
           + ", ".join(f"{s}²: {flops[s] / 1e9:.1f}" for s in args.sizes) + "\n")
     print("\n".join(format_table(rows, flops, conv_flops)))
     print("\n## Sampler error vs NFE (Gaussian N(0.4, 0.6²), closed-form D, max abs error)\n")
