@@ -7,15 +7,18 @@ after parsing and before any Python object is built, so memory stays bounded by 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from precipdiff.errors import ConfigError
+
+T = TypeVar("T")
 
 #: Most YAML nodes a document may expand to (aliases counted at every use).
 MAX_NODES = 100_000
@@ -123,3 +126,24 @@ def apply_overrides(d: dict[str, Any], sets: Sequence[str], *,
                 raise ConfigError(f"--set {item!r}: {p} is not a mapping")
         node[parts[-1]] = value
     return out
+
+
+def dataclass_from_mapping(cls: type[T], d: Any, what: str) -> T:
+    """``cls(**d)`` for a config dataclass, every problem one :class:`ConfigError`.
+
+    ``what`` names the config in the message (e.g. ``"prepare config"``): a ``d`` that is not a
+    mapping, keys that are not fields of ``cls`` (listing the allowed ones), missing or mistyped
+    arguments and values the dataclass's own checks refuse (``ValueError``/``AttributeError``).
+    """
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{what} must be a mapping, found {type(d).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ConfigError(f"{what}: unknown key(s) {unknown}; allowed {names}")
+    try:
+        return cls(**d)
+    except TypeError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError(f"{what}: invalid value ({exc})") from exc

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from precipdiff.errors import ConfigError
-from precipdiff.yamlfile import apply_overrides, read_yaml_mapping
+from precipdiff.yamlfile import apply_overrides, dataclass_from_mapping, read_yaml_mapping
 
 POOLINGS = ("max", "mean")
 ACCUMULATION = ("to_rate", "error")
@@ -230,18 +230,7 @@ class CorpusConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CorpusConfig:
         """Validated config from a mapping; unknown keys raise :class:`ConfigError`."""
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"corpus config must be a mapping, found {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ConfigError(f"corpus config: unknown key(s) {unknown}; allowed {names}")
-        try:
-            return cls(**d)
-        except TypeError as exc:
-            raise ConfigError(f"corpus config: {exc}") from exc
-        except (ValueError, AttributeError) as exc:
-            raise ConfigError(f"corpus config: invalid value ({exc})") from exc
+        return dataclass_from_mapping(cls, d, "corpus config")
 
 
 def _source(d: Any) -> SourceConfig:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from precipdiff.errors import ConfigError
-from precipdiff.yamlfile import apply_overrides, read_yaml_mapping
+from precipdiff.yamlfile import apply_overrides, dataclass_from_mapping, read_yaml_mapping
 
 POOLINGS = ("max", "mean")
 REGRID = ("none", "bilinear", "conservative")
@@ -184,18 +184,7 @@ class PrepareConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PrepareConfig:
         """Validated config from a mapping; unknown keys raise :class:`ConfigError`."""
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"prepare config must be a mapping, found {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ConfigError(f"prepare config: unknown key(s) {unknown}; allowed {names}")
-        try:
-            return cls(**d)
-        except TypeError as exc:
-            raise ConfigError(f"prepare config: {exc}") from exc
-        except (ValueError, AttributeError) as exc:
-            raise ConfigError(f"prepare config: invalid value ({exc})") from exc
+        return dataclass_from_mapping(cls, d, "prepare config")
 
 
 def load_prepare_config(path: str | os.PathLike, sets: Sequence[str] = ()) -> PrepareConfig:
