@@ -129,6 +129,10 @@ def test_errors(corpus):
     with pytest.raises(ConfigError, match="no network"):
         CorpusClipDataset(corpus, split="train", stage="downscale", patch=10,
                           samples_per_epoch=2, frames=3, networks=["nowhere"])
+    ds = CorpusClipDataset(corpus, split="train", stage="downscale", patch=10,
+                           samples_per_epoch=2, frames=3)
+    with pytest.raises(IndexError, match="negative"):
+        ds.part_of(-1)
 
 
 @pytest.mark.realdata

@@ -8,7 +8,13 @@ import torch
 import xarray as xr
 from torch.utils.data import DataLoader
 
-from precipdiff.data.dataset import FixedPatches, PatchDataset, dihedral, val_patches
+from precipdiff.data.dataset import (
+    FixedPatches,
+    PartsDataset,
+    PatchDataset,
+    dihedral,
+    val_patches,
+)
 from precipdiff.data.store import open_store
 from precipdiff.errors import ConfigError
 from precipdiff.grid import upsample_tensor
@@ -226,3 +232,25 @@ def test_source_map_changes_the_base_not_the_truth(small_store):
     with pytest.raises(ConfigError, match="correct"):
         PatchDataset(small_store, split="train", stage="downscale", patch=16,
                      samples_per_epoch=4, source_map=np.sqrt)
+
+
+class _Toy(PartsDataset):
+    network_stream = 7
+
+    def __init__(self, weights, samples_per_epoch=50, seed=3):
+        self.parts = [object() for _ in weights]
+        self.weights = np.asarray(weights, float) / np.sum(weights)
+        self.seed, self.samples_per_epoch, self.epoch = seed, samples_per_epoch, 0
+
+
+def test_parts_dataset_draws_parts_by_weight_per_epoch():
+    ds = _Toy([3.0, 1.0], samples_per_epoch=4000)
+    share = np.mean([ds.part_of(i) for i in range(len(ds))])
+    assert abs(share - 0.25) < 0.03  # part 1 has a quarter of the weight
+    first = [ds.part_of(i) for i in range(20)]
+    ds.epoch = 1
+    assert [ds.part_of(i) for i in range(20)] != first  # another epoch, other draws
+    assert [ds.part_of(4000 + i) for i in range(20)] == [ds.part_of(i) for i in range(20)]
+    assert _Toy([0.0, 1.0]).part_of(5) == 1
+    with pytest.raises(IndexError, match="negative"):
+        ds.part_of(-1)

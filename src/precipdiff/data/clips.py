@@ -27,9 +27,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from precipdiff.data.dataset import PatchDataset, PatchLocation, dihedral
+from precipdiff.data.dataset import PartsDataset, PatchDataset, PatchLocation, dihedral
 from precipdiff.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -167,7 +166,7 @@ class ClipDataset(PatchDataset):
         return int(g["event"][int(self.times[loc.positions[0]])]) if "event" in g else 0
 
 
-class CorpusClipDataset(Dataset):
+class CorpusClipDataset(PartsDataset):
     """Random clips of one split across a corpus's sequence networks.
 
     ``networks`` default: every network of the split whose cadence is at most
@@ -176,6 +175,8 @@ class CorpusClipDataset(Dataset):
     starts, ``"equal"`` gives every network the same share. Other keywords go to
     :class:`ClipDataset`.
     """
+
+    network_stream = _NETWORK_STREAM
 
     def __init__(self, store: str | os.PathLike, *, split: str, stage: str, patch: int,
                  samples_per_epoch: int, frames: int, weighting: str = "clips",
@@ -220,34 +221,6 @@ class CorpusClipDataset(Dataset):
         w = counts if weighting == "clips" else np.ones_like(counts)
         self.weights = w / w.sum()
         self.epoch = 0
-
-    @property
-    def cond_channels(self) -> int:
-        return self.parts[0].cond_channels
-
-    @property
-    def transform(self):
-        return self.parts[0].transform
-
-    @property
-    def factor(self) -> int:
-        return self.parts[0].factor
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        for p in self.parts:
-            p.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return self.samples_per_epoch
-
-    def part_of(self, index: int) -> int:
-        """Which entry of ``parts`` clip ``index`` comes from."""
-        epoch, i = (self.epoch, int(index)) if index < self.samples_per_epoch \
-            else divmod(int(index), self.samples_per_epoch)
-        u = np.random.default_rng([self.seed, epoch, i, _NETWORK_STREAM]).random()
-        return int(min(np.searchsorted(np.cumsum(self.weights), u, side="right"),
-                       len(self.parts) - 1))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if index < 0:

@@ -16,17 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from precipdiff.data.corpus import open_corpus
-from precipdiff.data.dataset import PatchDataset
+from precipdiff.data.dataset import PartsDataset, PatchDataset
 from precipdiff.errors import ConfigError
 
 WEIGHTINGS = ("frames", "equal")
 _NETWORK_STREAM = 0x6E6574  # extra seed word of the network draw (independent of the patch's)
 
 
-class CorpusPatchDataset(Dataset):
+class CorpusPatchDataset(PartsDataset):
     """Random patches of one split and stage across a corpus's networks.
 
     ``weighting``: ``"frames"`` draws a network with probability proportional to its number of
@@ -34,6 +33,8 @@ class CorpusPatchDataset(Dataset):
     networks to use (default: every network that has the split). Other keywords go to
     :class:`PatchDataset` (``rain_weighted``, ``augment``, ``wet_threshold``, ...).
     """
+
+    network_stream = _NETWORK_STREAM
 
     def __init__(self, store: str | os.PathLike, *, split: str, stage: str, patch: int,
                  samples_per_epoch: int, weighting: str = "frames",
@@ -67,38 +68,6 @@ class CorpusPatchDataset(Dataset):
         w = counts if weighting == "frames" else np.ones_like(counts)
         self.weights = w / w.sum()
         self.epoch = 0
-
-    @property
-    def cond_channels(self) -> int:
-        return self.parts[0].cond_channels
-
-    @property
-    def transform(self):
-        return self.parts[0].transform
-
-    @property
-    def factor(self) -> int:
-        return self.parts[0].factor
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose samples ``__getitem__`` returns (every network's too)."""
-        self.epoch = int(epoch)
-        for p in self.parts:
-            p.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return self.samples_per_epoch
-
-    def part_of(self, index: int) -> int:
-        """Which entry of ``parts`` sample ``index`` comes from (global numbers as in
-        :meth:`PatchDataset.locate`)."""
-        if index < 0:
-            raise IndexError(f"index {index} is negative")
-        epoch, i = (self.epoch, int(index)) if index < self.samples_per_epoch \
-            else divmod(int(index), self.samples_per_epoch)
-        u = np.random.default_rng([self.seed, epoch, i, _NETWORK_STREAM]).random()
-        return int(min(np.searchsorted(np.cumsum(self.weights), u, side="right"),
-                       len(self.parts) - 1))
 
     def _event(self, j: int, time_index: int) -> int:
         if self._events[j] is None:

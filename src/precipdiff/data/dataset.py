@@ -231,6 +231,55 @@ class PatchDataset(Dataset):
         return out
 
 
+class PartsDataset(Dataset):
+    """Samples drawn across several datasets (``parts``, e.g. one per network of a corpus).
+
+    Subclasses set ``parts``, ``weights`` (one probability per part), ``seed``,
+    ``samples_per_epoch``, ``epoch`` and the class attribute ``network_stream`` (the extra seed
+    word of the part draw, independent of the parts' own streams). Sample ``index`` comes from
+    part :meth:`part_of`; indices past ``samples_per_epoch`` number the samples of later epochs,
+    as in :meth:`PatchDataset.locate`.
+    """
+
+    network_stream: int = 0
+    parts: list[Any]
+    weights: np.ndarray
+    seed: int
+    samples_per_epoch: int
+    epoch: int
+
+    @property
+    def cond_channels(self) -> int:
+        return self.parts[0].cond_channels
+
+    @property
+    def transform(self):
+        return self.parts[0].transform
+
+    @property
+    def factor(self) -> int:
+        return self.parts[0].factor
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose samples ``__getitem__`` returns (every part's too)."""
+        self.epoch = int(epoch)
+        for p in self.parts:
+            p.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def part_of(self, index: int) -> int:
+        """Which entry of ``parts`` sample ``index`` comes from."""
+        if index < 0:
+            raise IndexError(f"index {index} is negative")
+        epoch, i = (self.epoch, int(index)) if index < self.samples_per_epoch \
+            else divmod(int(index), self.samples_per_epoch)
+        u = np.random.default_rng([self.seed, epoch, i, self.network_stream]).random()
+        return int(min(np.searchsorted(np.cumsum(self.weights), u, side="right"),
+                       len(self.parts) - 1))
+
+
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     """Element ``k`` (0..7) of the square's symmetry group: rot90 ``k % 4``, then flip if k >= 4."""
     x = torch.rot90(x, k % 4, dims=(-2, -1))
