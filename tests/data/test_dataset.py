@@ -13,6 +13,7 @@ from precipdiff.data.dataset import (
     PartsDataset,
     PatchDataset,
     dihedral,
+    epoch_index,
     val_patches,
 )
 from precipdiff.data.store import open_store
@@ -254,3 +255,11 @@ def test_parts_dataset_draws_parts_by_weight_per_epoch():
     assert _Toy([0.0, 1.0]).part_of(5) == 1
     with pytest.raises(IndexError, match="negative"):
         ds.part_of(-1)
+
+
+def test_epoch_index_numbers_samples_across_epochs():
+    assert epoch_index(3, 2, 10) == (2, 3)  # a sample of the current epoch
+    assert epoch_index(23, 0, 10) == (2, 3)  # a global number carries its epoch
+    assert epoch_index(10, 5, 10) == (1, 0)
+    with pytest.raises(IndexError, match="negative"):
+        epoch_index(-1, 0, 10)

@@ -28,7 +28,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from precipdiff.data.dataset import PartsDataset, PatchDataset, PatchLocation, dihedral
+from precipdiff.data.dataset import (
+    PartsDataset,
+    PatchDataset,
+    PatchLocation,
+    dihedral,
+    epoch_index,
+)
 from precipdiff.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -112,10 +118,7 @@ class ClipDataset(PatchDataset):
 
     def locate(self, index: int) -> ClipLocation:  # type: ignore[override]
         """Where clip ``index`` comes from (global numbers as in :meth:`PatchDataset.locate`)."""
-        if index < 0:
-            raise IndexError(f"index {index} is negative")
-        epoch, index = (self.epoch, int(index)) if index < self.samples_per_epoch \
-            else divmod(int(index), self.samples_per_epoch)
+        epoch, index = epoch_index(index, self.epoch, self.samples_per_epoch)
         self._open()
         rng = np.random.default_rng([self.seed, epoch, index])
         start = int(self.starts[rng.integers(self.starts.size)])

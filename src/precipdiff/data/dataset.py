@@ -51,6 +51,18 @@ class PatchLocation(NamedTuple):
     k: int
 
 
+def epoch_index(index: int, epoch: int, samples_per_epoch: int) -> tuple[int, int]:
+    """``(epoch, sample)`` of sample ``index``: below ``samples_per_epoch`` a sample of the
+    current ``epoch``; a larger ``index`` is a global number, ``divmod(index,
+    samples_per_epoch)`` (for samplers that carry the epoch themselves). Negative: IndexError."""
+    if index < 0:
+        raise IndexError(f"index {index} is negative")
+    if index < samples_per_epoch:
+        return int(epoch), int(index)
+    e, i = divmod(int(index), samples_per_epoch)
+    return int(e), int(i)
+
+
 class PatchDataset(Dataset):
     """Random ``patch x patch`` samples of one split and stage; ``len = samples_per_epoch``.
 
@@ -160,10 +172,7 @@ class PatchDataset(Dataset):
         larger ``index`` is a global sample number: epoch ``index // samples_per_epoch``,
         sample ``index % samples_per_epoch`` (for samplers that carry the epoch themselves).
         """
-        if index < 0:
-            raise IndexError(f"index {index} is negative")
-        epoch, index = (self.epoch, int(index)) if index < self.samples_per_epoch \
-            else divmod(int(index), self.samples_per_epoch)
+        epoch, index = epoch_index(index, self.epoch, self.samples_per_epoch)
         self._open()
         rng = np.random.default_rng([self.seed, epoch, index])
         ti = int(rng.integers(self.times.size))
@@ -271,10 +280,7 @@ class PartsDataset(Dataset):
 
     def part_of(self, index: int) -> int:
         """Which entry of ``parts`` sample ``index`` comes from."""
-        if index < 0:
-            raise IndexError(f"index {index} is negative")
-        epoch, i = (self.epoch, int(index)) if index < self.samples_per_epoch \
-            else divmod(int(index), self.samples_per_epoch)
+        epoch, i = epoch_index(index, self.epoch, self.samples_per_epoch)
         u = np.random.default_rng([self.seed, epoch, i, self.network_stream]).random()
         return int(min(np.searchsorted(np.cumsum(self.weights), u, side="right"),
                        len(self.parts) - 1))
