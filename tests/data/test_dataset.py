@@ -263,3 +263,14 @@ def test_epoch_index_numbers_samples_across_epochs():
     assert epoch_index(10, 5, 10) == (1, 0)
     with pytest.raises(IndexError, match="negative"):
         epoch_index(-1, 0, 10)
+
+
+def test_masked_patch_is_the_item_before_augmentation(small_store):
+    ds = PatchDataset(small_store, split="train", stage="downscale", patch=16,
+                      samples_per_epoch=8, seed=2)
+    for i in range(8):
+        loc = ds.locate(i)
+        item, plain = ds[i], ds.masked_patch(loc)
+        assert set(plain) == {"cond", "target", "base", "mask"}
+        for name, value in plain.items():
+            torch.testing.assert_close(item[name], dihedral(value, loc.k) if loc.k else value)

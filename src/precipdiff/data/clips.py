@@ -101,7 +101,9 @@ class ClipDataset(PatchDataset):
 
         g = zarr.open_group(self.path, mode="r")
         all_times = np.asarray(g["time"][:], np.int64)
-        all_events = np.asarray(g["event"][:]) if "event" in g else np.zeros(all_times.size)
+        all_events = np.asarray(g["event"][:], np.int64) if "event" in g \
+            else np.zeros(all_times.size, np.int64)
+        self._all_times, self._all_events = all_times, all_events  # small; pickled with self
         self.frames = int(frames)
         self.order = np.argsort(all_times[self.times], kind="stable")  # split positions
         self.time_s = all_times[self.times][self.order]
@@ -135,38 +137,19 @@ class ClipDataset(PatchDataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         loc = self.locate(index)
-        frames = []
-        for pos in loc.positions:
-            ploc = PatchLocation(int(self.times[pos]), pos, loc.y0, loc.x0, 0)
-            sample = self._correct(ploc) if self.stage == "correct" else self._fine(ploc)
-            cond, target, base = (x.float() for x in sample)
-            mask = torch.isfinite(target) & torch.isfinite(base)
-            item = {"cond": cond, "target": target, "base": base, "mask": mask}
-            for name in ("cond", "target", "base"):
-                item[name] = torch.where(mask, item[name], torch.zeros((), dtype=torch.float32))
-            frames.append(item)
+        frames = [self.masked_patch(PatchLocation(int(self.times[pos]), pos, loc.y0, loc.x0, 0))
+                  for pos in loc.positions]
         out = {n: torch.stack([fr[n] for fr in frames]) for n in frames[0]}
         if loc.k:
             out = {n: dihedral(v, loc.k) for n, v in out.items()}
-        times = self._store_times()[[int(self.times[p]) for p in loc.positions]]
+        times = self._all_times[[int(self.times[p]) for p in loc.positions]]
         out["time"] = torch.from_numpy(times)
         out["time_offsets"] = torch.from_numpy((times - times[0]).astype(np.float32))
         return out
 
-    def _store_times(self) -> np.ndarray:
-        if getattr(self, "_times_cache", None) is None:
-            import zarr
-
-            g = zarr.open_group(self.path, mode="r")
-            self._times_cache = np.asarray(g["time"][:], np.int64)
-        return self._times_cache
-
     def event_of(self, loc: ClipLocation) -> int:
         """The event label (index into the store's ``event_names``) of a clip."""
-        import zarr
-
-        g = zarr.open_group(self.path, mode="r")
-        return int(g["event"][int(self.times[loc.positions[0]])]) if "event" in g else 0
+        return int(self._all_events[int(self.times[loc.positions[0]])])
 
 
 class CorpusClipDataset(PartsDataset):

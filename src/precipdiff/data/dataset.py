@@ -227,14 +227,20 @@ class PatchDataset(Dataset):
             cond = torch.cat([base, torch.from_numpy(np.nan_to_num(ex, nan=0.0))])
         return cond, target, base
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        loc = self.locate(index)
+    def masked_patch(self, loc: PatchLocation) -> dict[str, torch.Tensor]:
+        """The tensors of the patch at ``loc`` before augmentation: ``cond``, ``target``,
+        ``base`` (float32, 0 where masked) and ``mask`` (target and base finite)."""
         sample = self._correct(loc) if self.stage == "correct" else self._fine(loc)
         cond, target, base = (x.float() for x in sample)
         mask = torch.isfinite(target) & torch.isfinite(base)
         out = {"cond": cond, "target": target, "base": base, "mask": mask}
         for name in ("cond", "target", "base"):
             out[name] = torch.where(mask, out[name], torch.zeros((), dtype=torch.float32))
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        loc = self.locate(index)
+        out = self.masked_patch(loc)
         if loc.k:
             out = {n: dihedral(v, loc.k) for n, v in out.items()}
         return out
