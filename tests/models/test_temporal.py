@@ -137,6 +137,8 @@ def test_errors():
     x, c, cond = _inputs()
     with pytest.raises(ValueError, match="not a whole number of clips"):
         net(x[:6], c[:6], cond[:6])
+    with pytest.raises(ValueError, match="time_offsets for 3 clips"):
+        net(x, c, cond, time_offsets=torch.zeros(3, T))
     with pytest.raises(ConfigError, match="temporal.frames"):
         TemporalConfig(frames=0)
     with pytest.raises(ConfigError, match="temporal levels"):

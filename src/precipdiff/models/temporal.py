@@ -256,7 +256,10 @@ class SpatioTemporalUNet(UNet):
                              f"clips of {frames} frames")
         clips = batch // frames
         if time_offsets is None:
-            time_offsets = torch.arange(frames, device=ref.device) * DEFAULT_STEP_S
+            time_offsets = (torch.arange(frames, device=ref.device) * DEFAULT_STEP_S)[None]
+        if time_offsets.shape[0] not in (1, clips):
+            raise ValueError(f"SpatioTemporalUNet: time_offsets for {time_offsets.shape[0]} "
+                             f"clips, the batch holds {clips} clips of {frames} frames")
         time_offsets = time_offsets.expand(clips, frames)
         feats = time_features(time_offsets, self.temporal_cfg.embed_channels,
                               unit_s=self.temporal_cfg.time_unit_s)
