@@ -262,7 +262,33 @@ def predict(
         ),
     ] = PREDICT.precision,
     mass_consistent: Annotated[
-        bool, typer.Option(help="Pooled output reproduces Stage I.")
+        bool,
+        typer.Option(
+            help="Pooled output reproduces Stage I: every coarse cell's fine-grid mean (block "
+            "maximum for max-pooled models) equals the corrected value."
+        ),
+    ] = False,
+    input_semantics: Annotated[
+        str,
+        typer.Option(
+            help="What an input value is: areal_mean (satellite, reanalysis, gauge analysis) or "
+            "block_maximum; must match the weights.",
+            metavar="NAME",
+        ),
+    ] = "areal_mean",
+    allow_semantics_mismatch: Annotated[
+        bool, typer.Option(help="Run although the weights expect other input semantics.")
+    ] = False,
+    coarsen: Annotated[
+        int,
+        typer.Option(
+            help="Pool a fine input by N first (mean; max with --input-semantics "
+            "block_maximum) to the models' coarse spacing.",
+            metavar="N",
+        ),
+    ] = 1,
+    allow_spacing_mismatch: Annotated[
+        bool, typer.Option(help="Run although the input's grid spacing is not the models'.")
     ] = False,
     thresholds: Annotated[
         str, typer.Option(help="Exceedance thresholds, mm/h.", metavar="LIST")
@@ -309,6 +335,10 @@ def predict(
         workers=workers,
         extras=tuple(extras or ()),
         mass_consistent=mass_consistent,
+        input_semantics=input_semantics,
+        allow_semantics_mismatch=allow_semantics_mismatch,
+        coarsen=coarsen,
+        allow_spacing_mismatch=allow_spacing_mismatch,
         thresholds=_parse_thresholds(thresholds),
         archive=archive,
     )

@@ -89,7 +89,12 @@ def run_demo(
         src.rename("precip"), out / "demo_source.nc", attrs={"source": "emulated satellite"}
     )
     settings = SamplerSettings(sampler=PREDICT.sampler, steps=steps)
+    # The synthetic scene reproduces the weights' training setting (an emulated satellite whose
+    # reference was pooled as the weights record: max pooling for the shipped ones), so it is
+    # declared with the first stage's input semantics and checked like any predict input.
+    first = pipeline.correct if pipeline.correct is not None else pipeline.downscale
     opts = PredictOptions(
+        input_semantics=first.semantics.aggregation,
         members=members,
         correct=settings,
         downscale=settings,
@@ -108,6 +113,7 @@ def run_demo(
             cb(done[0], total)
 
         cb(0, total)
+        src = pipeline.prepare_input(src, opts)
         pred_path = predict_to_file(pipeline, src, out / "demo_prediction.nc", opts, on_window=tick)
         pred = xr.open_dataset(pred_path).load()
         pooling = pipeline.downscale.pooling if pipeline.downscale is not None else "max"

@@ -26,8 +26,12 @@ def write_tiny_weights(
     seed: int = 0,
     mean: bool = False,
     extras: tuple[str, ...] = (),
+    pooling: str = "mean",
+    coarse_spacing: float | None = 0.1,
 ) -> Path:
-    """A randomly initialised tiny U-Net (non-zero output layer) saved as release weights."""
+    """A randomly initialised tiny U-Net (non-zero output layer) saved as release weights,
+    trained (so its metadata says) on ``pooling`` at a coarse spacing of ``coarse_spacing``
+    degrees (the 0.1 deg of :func:`coarse_field`; None: no ``coarse_spacing`` note)."""
     torch.manual_seed(seed)
     regression = stage == "regression"
     cfg = UNetConfig(
@@ -48,13 +52,16 @@ def write_tiny_weights(
         "model": json.dumps(asdict(cfg)),
         "transform": json.dumps(PrecipTransform(scale=1.0, sigma=1.5).to_dict()),
         "factor": str(factor if stage != "correct" else 1),
-        "pooling": "max",
+        "pooling": pooling,
         "sigma_data": "0.5",
         "patch": "16",
         "version": "test",
         "extra_names": json.dumps(list(extras)),
         "extra_stats": json.dumps({n: {"mean": 280.0, "std": 10.0} for n in extras}),
     }
+    if coarse_spacing is not None:
+        meta["coarse_spacing"] = json.dumps(
+            {"y": coarse_spacing, "x": coarse_spacing, "units": "degrees"})
     mean_state = None
     if mean:
         mcfg = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(), regression=True)

@@ -116,7 +116,7 @@ def test_cf_attributes_and_provenance(outputs, tiny_weights) -> None:
                         ds.attrs["history"])
         assert ds.attrs["downscale_model"] == Path(tiny_weights["downscale"]).name
         assert len(ds.attrs["downscale_weights_sha256"]) == 64
-        assert ds.attrs["downscale_pooling"] == "max" and "input_semantics" in str(ds.attrs)
+        assert ds.attrs["downscale_pooling"] == "mean" and "input_semantics" in str(ds.attrs)
         assert ds.attrs["input_bbox"] == "-101, 40, -100.2, 40.6"
         assert float(ds.attrs["trace_threshold"]) == 0.1
         for value in ds.attrs.values():  # no local paths in the global attributes

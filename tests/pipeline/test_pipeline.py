@@ -77,13 +77,55 @@ def test_windowed_matches_whole_domain(pipeline: Pipeline) -> None:
     assert col.max() < 4 * np.median(col)
 
 
-def test_mass_consistency_reproduces_corrected_lr(pipeline: Pipeline) -> None:
-    src = coarse_field(n_time=1)
+def test_mass_consistency_conserves_every_coarse_cell(pipeline: Pipeline) -> None:
+    """Mean-pooled model: each coarse cell's fine mean is the corrected value to 1e-5, after the
+    dry rule (trace values zeroed, then rescaled); the volume error is 0 to the same tolerance."""
+    assert pipeline.downscale.pooling == "mean"
+    src = coarse_field(n_time=2)
     ds = pipeline.predict(src, _opts(mass_consistent=True))
-    hr = ds["precip"].isel(time=0).rename(lat="lat", lon="lon")
-    pooled = coarsen(hr, FACTOR, method="max").values
-    lr = ds["corrected_lr"].isel(time=0).values
-    np.testing.assert_allclose(pooled, lr, rtol=1e-4, atol=1e-4)
+    hr = ds["precip"].rename(lat="lat", lon="lon")
+    pooled = coarsen(hr, FACTOR, method="mean", max_missing_fraction=0.0).values
+    lr = ds["corrected_lr"].values
+    assert np.array_equal(np.isnan(pooled), np.isnan(lr)) and np.nanmax(lr) > 1
+    np.testing.assert_allclose(pooled, lr, rtol=1e-5, atol=1e-7)
+    assert abs(ds.attrs["volume_error"]) < 1e-5
+
+
+def test_mass_consistency_of_a_max_pooled_model_keeps_block_maxima(tmp_path) -> None:
+    from .conftest import write_tiny_weights
+
+    w = write_tiny_weights(tmp_path / "max.safetensors", "downscale", seed=2, pooling="max")
+    pipe = Pipeline(None, Stage.load(w))
+    ds = pipe.predict(coarse_field(n_time=1),
+                      _opts(mass_consistent=True, input_semantics="block_maximum"))
+    pooled = coarsen(ds["precip"], FACTOR, method="max", max_missing_fraction=0.0).values
+    np.testing.assert_allclose(pooled, ds["corrected_lr"].values, rtol=1e-5, atol=1e-7)
+    assert ds.attrs["volume_error"] < -0.2  # block maxima are not areal means
+    assert "not a volume error" in ds.attrs["volume_error_meaning"]
+
+
+def test_volume_error_without_mass_consistency(pipeline: Pipeline, tmp_path) -> None:
+    """Reported in the output: fine-grid mean / corrected coarse mean - 1."""
+    src = coarse_field(n_time=1)
+    path = predict_to_file(pipeline, src, tmp_path / "v.nc", _opts())
+    with xr.open_dataset(path) as ds:
+        hr, lr = ds["precip"].values, ds["corrected_lr"].values
+        expected = np.nansum(hr) / FACTOR**2 / np.nansum(lr) - 1
+        assert ds.attrs["volume_error"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+        assert abs(ds.attrs["volume_error"]) > 1e-4  # the tiny random model does not conserve
+        assert ds.attrs["volume_error_meaning"].startswith("fine-grid mean divided by")
+
+
+def test_run_tally_volume() -> None:
+    from precipdiff.pipeline.pipeline import RunTally
+
+    tally = RunTally()
+    assert tally.volume_error == 0.0
+    hr = np.full((1, 4, 4), 2.0, np.float32)
+    hr[0, :2, :2] = np.nan  # a missing coarse cell counts in neither sum
+    lr = np.array([[[5.0, 1.0], [1.0, 1.0]]], np.float32)
+    tally.add_volume(hr, lr, 2)
+    assert tally.coarse_sum == 3.0 and tally.volume_error == pytest.approx(1.0)
 
 
 def test_mass_consistent_mean_pooling() -> None:

@@ -17,24 +17,54 @@ monotonic; an accumulation (``units="mm"`` with an ``accumulation`` period) beco
 over its period in mm/h, which is what the models are trained on (a 1-h amount in mm *is* its
 mean rate in mm/h). The period is kept in the attribute ``accumulation_hours`` so that the output
 can carry ``time_bnds`` and ``cell_methods: "time: mean"``.
+
+Compatibility with the models (:func:`check_semantics`, :func:`check_spacing`; run by
+``predict`` before any work, :meth:`precipdiff.pipeline.Pipeline.prepare_input`):
+
+* **Input semantics.** A coarse value is an *areal mean* of the rain over its cell (satellites,
+  reanalyses, gauge analyses, radar composites averaged onto a coarse grid: the default) or a
+  *block maximum* (PrecipDiff's max pooling, arXiv:2501.07447). The weights record which one
+  they were trained for (``semantics`` / ``pooling``, :mod:`precipdiff.release`); the first stage
+  that runs must expect the declared semantics, and Stage II must expect what Stage I produces.
+  A mismatch is refused unless explicitly allowed.
+* **Grid spacing.** The models were trained at one coarse spacing: the release's
+  ``coarse_spacing`` note (``{"y", "x", "units"}``) where it carries one, else ``factor`` times
+  the fine grid of the training data, :data:`FINE_SPACING` (0.01 deg MRMS for lat/lon models,
+  1 km for projected ones). An input whose spacing differs from it by more than
+  :data:`SPACING_TOLERANCE` (relative, either axis) is refused: a 0.01 deg radar field would
+  otherwise be "downscaled" to 0.001 deg, a 0.25 deg reanalysis to 0.025 deg. A fine field can be
+  pooled first (:func:`coarsen_input`, ``--coarsen N``). Degrees and metres are compared through
+  the north-south spacing (1 deg = 111.195 km).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from precipdiff.data.pairing import accumulation_hours
 from precipdiff.errors import InputFileError
-from precipdiff.grid import spatial_dims
+from precipdiff.grid import Grid, coarsen, spatial_dims, xy_units
 
 log = logging.getLogger(__name__)
 
 #: Largest credible precipitation rate (mm/h), or mean rate over an accumulation period.
 MAX_RATE_MM_H = 500.0
 _RATE_UNITS = ("mm/h", "mm h-1")
+#: What a coarse input value can mean (``--input-semantics``).
+AGGREGATIONS = ("areal_mean", "block_maximum")
+#: Pooling that makes each aggregation (``--coarsen``).
+POOLING_OF = {"areal_mean": "mean", "block_maximum": "max"}
+#: Fine grid of the training data when the weights do not record their coarse spacing.
+FINE_SPACING = {"degrees": 0.01, "m": 1000.0}
+#: Largest accepted relative difference between the input's and the models' coarse spacing.
+SPACING_TOLERANCE = 0.25
+METRES_PER_DEGREE = 111_195.0
 
 
 def _where(src: xr.DataArray) -> tuple[str, str]:
@@ -131,3 +161,122 @@ def check_input(src: xr.DataArray) -> xr.DataArray:
     hours = src.attrs.get("accumulation_hours")
     _check_values(np.asarray(src.values), path, variable, hours=hours)
     return src
+
+
+# ----------------------------------------------------------------------------- compatibility
+def coarsen_input(src: xr.DataArray, factor: int, aggregation: str = "areal_mean"
+                  ) -> xr.DataArray:
+    """Pool a fine input by ``factor`` (mean pooling for ``areal_mean``, max for
+    ``block_maximum``; :func:`precipdiff.grid.coarsen`), after cropping trailing rows/columns
+    so that both sizes are multiples of ``factor`` (logged). ``factor`` 1 returns ``src``."""
+    if factor == 1:
+        return src
+    path, variable = _where(src)
+    ydim, xdim = spatial_dims(src)
+    ny, nx = src.sizes[ydim], src.sizes[xdim]
+    if ny < factor or nx < factor:
+        raise InputFileError(path, f"grid of {ny} x {nx} cells is smaller than --coarsen "
+                             f"{factor}; expected at least {factor} cells per axis",
+                             variable=variable)
+    keep = {ydim: slice(0, ny - ny % factor), xdim: slice(0, nx - nx % factor)}
+    if ny % factor or nx % factor:
+        log.warning("%s: %d row(s) and %d column(s) at the end cropped for --coarsen %d",
+                    path, ny % factor, nx % factor, factor)
+    out = coarsen(src.isel(keep), factor, method=POOLING_OF[aggregation])
+    out.attrs = {**src.attrs, "coarsened_by": int(factor)}
+    return out
+
+
+def input_spacing(src: xr.DataArray) -> tuple[float, float, str]:
+    """``(dy, dx, units)`` of the input grid: degrees for lat/lon, metres for projected."""
+    grid = Grid.from_dataarray(src)
+    if spatial_dims(src) == ("y", "x"):
+        scale = {"km": 1000.0}.get(xy_units(src), 1.0)
+        return grid.dlat * scale, grid.dlon * scale, "m"
+    return grid.dlat, grid.dlon, "degrees"
+
+
+def model_spacing(metadata: dict[str, str], units: str) -> tuple[float, float, str, str]:
+    """``(dy, dx, units, where from)``: the coarse spacing a stage was trained at.
+
+    From the weights' ``coarse_spacing`` note if present, else ``factor`` x :data:`FINE_SPACING`
+    in ``units`` (the input's kind of grid).
+    """
+    note = metadata.get("coarse_spacing")
+    if note:
+        try:
+            d = json.loads(note)
+            dy, dx, u = float(d["y"]), float(d["x"]), str(d["units"])
+            if u in FINE_SPACING and dy > 0 and dx > 0:
+                return dy, dx, u, "recorded in the weights"
+        except (TypeError, ValueError, KeyError):
+            pass
+        log.warning("weights note coarse_spacing %r is unreadable; using factor x fine grid",
+                    note[:80])
+    factor = int(metadata.get("factor", "1"))
+    step = factor * FINE_SPACING[units]
+    fine = "0.01 deg" if units == "degrees" else "1 km"
+    return step, step, units, f"factor {factor} x the {fine} training grid"
+
+
+def _fmt(value: float, units: str) -> str:
+    return f"{value:g} deg" if units == "degrees" else f"{value / 1000:g} km"
+
+
+def check_spacing(src: xr.DataArray, metadata: dict[str, str], *, allow: bool = False
+                  ) -> dict[str, Any]:
+    """Refuse an input whose grid spacing is not the models' coarse spacing (module docstring).
+
+    Returns attributes for the output (``input_spacing``, ``model_coarse_spacing``). With
+    ``allow`` a mismatch is logged instead of raised.
+    """
+    path, variable = _where(src)
+    dy, dx, units = input_spacing(src)
+    my, mx, munits, origin = model_spacing(metadata, units)
+    if munits == units:
+        ratios = (dy / my, dx / mx)
+    else:  # degrees against metres: compare the north-south spacing
+        to_m = {"degrees": METRES_PER_DEGREE, "m": 1.0}
+        ratios = (dy * to_m[units] / (my * to_m[munits]),)
+    attrs = {"input_grid_spacing": f"{_fmt(dy, units)} x {_fmt(dx, units)}",
+             "model_coarse_spacing": f"{_fmt(my, munits)} x {_fmt(mx, munits)} ({origin})"}
+    if all(abs(r - 1.0) <= SPACING_TOLERANCE for r in ratios):
+        return attrs
+    ratio = ratios[0]
+    hint = (f"pool it first with --coarsen {round(1 / ratio)}" if 1 / ratio >= 1.5
+            else "regrid it to the models' spacing")
+    message = (f"grid spacing {attrs['input_grid_spacing']}, the models expect "
+               f"{attrs['model_coarse_spacing']} (within {SPACING_TOLERANCE:.0%}); {hint}, or "
+               "override with --allow-spacing-mismatch")
+    if not allow:
+        raise InputFileError(path, message, variable=variable)
+    log.warning("%s: %s (overridden)", path, message)
+    attrs["spacing_mismatch_allowed"] = 1
+    return attrs
+
+
+def check_semantics(src: xr.DataArray, declared: str, stages: Iterable[tuple[str, Any]], *,
+                    allow: bool = False) -> dict[str, Any]:
+    """Refuse a declared input semantics the models were not trained for (module docstring).
+
+    ``stages`` are ``(name, semantics)`` pairs in the order they run (``semantics`` an
+    :class:`~precipdiff.release.InputSemantics`); each stage must expect what the one before
+    produces (the declared input for the first). Returns output attributes; with ``allow`` a
+    mismatch is logged instead of raised.
+    """
+    path, variable = _where(src)
+    if declared not in AGGREGATIONS:
+        raise InputFileError(path, f"--input-semantics {declared!r}; expected one of "
+                             f"{', '.join(AGGREGATIONS)}", variable=variable)
+    have, what = declared, f"the input is declared {declared}"
+    for name, semantics in stages:
+        if semantics.aggregation != have:
+            message = (f"{what} but the {name} model was trained for "
+                       f"{semantics.aggregation} inputs; declare the input with "
+                       "--input-semantics or override with --allow-semantics-mismatch")
+            if not allow:
+                raise InputFileError(path, message, variable=variable)
+            log.warning("%s: %s (overridden)", path, message)
+            return {"input_semantics": declared, "semantics_mismatch_allowed": 1}
+        have, what = semantics.aggregation, f"the {name} model produces {have}"
+    return {"input_semantics": declared}

@@ -271,6 +271,7 @@ def predict_to_file(
     if fine is not None:
         check_extras(src, extras, fine)
     times = src["time"].values
+    tally = pipeline.new_tally()
     with atomic_path(path) as tmp, scratch_dir() as scratch:
         with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
             ds.setncatts({**_global_attrs(pipeline, src, layout, opts), **(attrs or {})})
@@ -284,7 +285,8 @@ def predict_to_file(
                     continue
                 ext = None if extras is None else extras.isel(time=t).values
                 bands = pipeline.downscale_step(
-                    corrected, t, opts, extras=ext, scratch=Path(scratch), on_window=on_window
+                    corrected, t, opts, extras=ext, scratch=Path(scratch), on_window=on_window,
+                    tally=tally,
                 )
                 for y0, y1, hr in bands:
                     ds["precip"][:, t, y0:y1] = hr
@@ -297,4 +299,6 @@ def predict_to_file(
                         prob[np.isnan(hr[0])] = np.nan
                         ds["exceedance_probability"][k, t, y0:y1] = prob
                 log.info("time step %d/%d written", t + 1, len(times))
+            if fine is not None:
+                ds.setncatts(tally.attrs())
     return Path(path)

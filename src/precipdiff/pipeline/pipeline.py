@@ -12,8 +12,10 @@ noise that depends on the global pixel only, and the windows are blended into an
 lives in memory for small domains and in a temporary zarr array on disk for large ones, so peak
 memory is set by the window and the member batch, not by the domain.
 
-Inputs are checked before any work (:func:`precipdiff.pipeline.inputs.check_input`), and every
-output obeys the wet/dry rule of :mod:`precipdiff.pipeline.dry` (dry stays dry, no trace values).
+Inputs are checked before any work (:func:`precipdiff.pipeline.inputs.check_input`; and by
+:meth:`Pipeline.prepare_input` against the models: declared input semantics and grid spacing,
+:mod:`precipdiff.pipeline.inputs`), and every output obeys the wet/dry rule of
+:mod:`precipdiff.pipeline.dry` (dry stays dry, no trace values).
 Projected ``(time, y, x)`` inputs stay projected: the output has ``y``/``x`` (fine) and
 ``y_lr``/``x_lr`` (coarse) in the input's units and CRS; lat/lon inputs get ``lat``/``lon`` and
 ``lat_lr``/``lon_lr``.
@@ -42,7 +44,12 @@ from precipdiff.pipeline.dry import (
     dry_coarse,
     dry_fine,
 )
-from precipdiff.pipeline.inputs import check_input
+from precipdiff.pipeline.inputs import (
+    check_input,
+    check_semantics,
+    check_spacing,
+    coarsen_input,
+)
 from precipdiff.pipeline.stage import SamplerSettings, Stage, bf16_is_fast
 from precipdiff.pipeline.tiling import position_noise, windows
 
@@ -61,7 +68,12 @@ class PredictOptions:
     member_batch : members sampled together; window/halo : fine-grid window size and halo (pixels);
     tile/overlap : network tile size and overlap (pixels; default from the stage's patch size);
     mass_consistent : rescale each fine block so that pooling it (the Stage-II model's pooling)
-    reproduces the corrected coarse value.
+    reproduces the corrected coarse value: for a mean-pooled model every coarse cell's fine-grid
+    mean equals the corrected value (exact conservation), for a max-pooled one its block maximum.
+    input_semantics : what a coarse input value is, ``areal_mean`` (satellites, reanalyses, gauge
+    analyses: the default) or ``block_maximum``; checked against the weights.
+    coarsen : pool the input by this factor first (mean pooling, or max for ``block_maximum``).
+    allow_semantics_mismatch / allow_spacing_mismatch : log instead of refusing a mismatch.
     trace_threshold : mm/h below which outputs are 0 (:mod:`precipdiff.pipeline.dry`); None: the
     weights' ``trace_threshold`` metadata if present, else 0.1 mm/h. dry_halo : coarse cells of
     the dry-neighbourhood rule.
@@ -82,6 +94,10 @@ class PredictOptions:
     precision: str = "auto"
     trace_threshold: float | None = None
     dry_halo: int = DEFAULT_HALO
+    input_semantics: str = "areal_mean"
+    coarsen: int = 1
+    allow_semantics_mismatch: bool = False
+    allow_spacing_mismatch: bool = False
 
     @property
     def bf16(self) -> bool:
@@ -89,6 +105,46 @@ class PredictOptions:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         return self.precision == "bf16" or (self.precision == "auto" and bf16_is_fast(self.device))
+
+
+@dataclass
+class RunTally:
+    """Sums over a run that go into the output's attributes.
+
+    ``fine_sum`` / ``coarse_sum``: rain summed over the valid fine pixels (divided by ``f``²) and
+    over the corrected coarse cells they downscale, all members and times; their ratio minus 1 is
+    the domain volume error (fine mean / corrected coarse mean - 1).
+    """
+
+    fine_sum: float = 0.0
+    coarse_sum: float = 0.0
+    pooling: str = "mean"
+
+    def add_volume(self, hr: np.ndarray, lr: np.ndarray, factor: int) -> None:
+        """Add one band: fine members ``hr`` (M, h, w) and their coarse cells ``lr`` (M, h/f, w/f)
+        (cells NaN in ``hr`` are left out of both sums)."""
+        m, ny, nx = lr.shape
+        blocks = hr.reshape(m, ny, factor, nx, factor)
+        valid = np.isfinite(blocks).all(axis=(2, 4)) & np.isfinite(lr)
+        self.fine_sum += float(np.nansum(blocks, axis=(2, 4), dtype=np.float64)[valid].sum()
+                               / factor**2)
+        self.coarse_sum += float(lr[valid].sum(dtype=np.float64))
+
+    @property
+    def volume_error(self) -> float:
+        """Fine-grid mean / corrected coarse mean - 1 (0 when both are dry)."""
+        if self.coarse_sum <= 0:
+            return 0.0 if self.fine_sum <= 0 else float("inf")
+        return self.fine_sum / self.coarse_sum - 1.0
+
+    def attrs(self) -> dict[str, float | str]:
+        """Output attributes: ``volume_error`` and what it means for this model's pooling."""
+        meaning = ("fine-grid mean divided by the corrected coarse mean, minus 1 (all members and "
+                   "times)")
+        if self.pooling == "max":
+            meaning += ("; the Stage-II model was trained on block maxima, so the corrected "
+                        "coarse values are not areal means and this is not a volume error")
+        return {"volume_error": self.volume_error, "volume_error_meaning": meaning}
 
 
 @dataclass
@@ -175,6 +231,27 @@ class Pipeline:
                 return float(stage.metadata["trace_threshold"])
         return DEFAULT_TRACE_MM_H
 
+    # ---------------------------------------------------------------- checks
+    def prepare_input(self, src: xr.DataArray, opts: PredictOptions) -> xr.DataArray:
+        """The checked input (:func:`~precipdiff.pipeline.inputs.check_input`), pooled by
+        ``opts.coarsen``, after refusing a declared semantics or a grid spacing the models were
+        not trained for (:class:`~precipdiff.errors.InputFileError`, one line naming both and
+        the override)."""
+        src = check_input(src)
+        src = coarsen_input(src, opts.coarsen, opts.input_semantics)
+        stages = [(n, s.semantics) for n, s in (("Stage-I (correct)", self.correct),
+                                                ("Stage-II (downscale)", self.downscale))
+                  if s is not None]
+        check_semantics(src, opts.input_semantics, stages, allow=opts.allow_semantics_mismatch)
+        first = self.correct if self.correct is not None else self.downscale
+        assert first is not None
+        check_spacing(src, first.metadata, allow=opts.allow_spacing_mismatch)
+        return src
+
+    def new_tally(self) -> RunTally:
+        """An empty :class:`RunTally` for one run of this pipeline."""
+        return RunTally(pooling=self.downscale.pooling if self.downscale is not None else "mean")
+
     # ---------------------------------------------------------------- Stage I
     def correct_step(self, src: np.ndarray, t: int, opts: PredictOptions) -> np.ndarray:
         """Corrected coarse members (M, Y, X) in mm/h for one source field ``src`` (Y, X) mm/h."""
@@ -219,10 +296,12 @@ class Pipeline:
         extras: np.ndarray | None = None,
         scratch: Path | None = None,
         on_window: Callable[[], None] | None = None,
+        tally: RunTally | None = None,
     ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Downscale corrected members (M, Y, X) mm/h; yields fine row bands (y0, y1, (M, h, W)).
 
-        ``extras`` (E, H, W) are extra conditioning channels already on the fine grid.
+        ``extras`` (E, H, W) are extra conditioning channels already on the fine grid; ``tally``
+        collects the domain volume (:class:`RunTally`).
         """
         stage, f = self.downscale, self.factor
         assert stage is not None
@@ -286,6 +365,8 @@ class Pipeline:
             band_valid = valid[:, y0 // f : -(-y1 // f)]
             mask = np.repeat(np.repeat(band_valid, f, axis=-2), f, axis=-1)[:, : y1 - y0]
             hr[~mask] = np.nan
+            if tally is not None:
+                tally.add_volume(hr, corrected[:, y0 // f : -(-y1 // f)], f)
             yield y0, y1, hr
 
     # ---------------------------------------------------------------- both
@@ -304,7 +385,7 @@ class Pipeline:
         input is checked first (:func:`~precipdiff.pipeline.inputs.check_input`). For domains
         that do not fit in memory use :func:`precipdiff.pipeline.output.predict_to_file`.
         """
-        src = check_input(src)
+        src = self.prepare_input(src, opts)
         grid = Grid.from_dataarray(src)
         fine = grid.refine(self.factor)
         check_extras(src, extras, fine)
@@ -312,16 +393,18 @@ class Pipeline:
         m = opts.members
         hr = np.full((m, len(times), fine.nlat, fine.nlon), np.nan, np.float32)
         lr = np.full((m, len(times), grid.nlat, grid.nlon), np.nan, np.float32)
+        tally = self.new_tally()
         for t in range(len(times)):
             lr[:, t] = self.correct_step(src.isel(time=t).values, t, opts)
             if self.downscale is None:
                 continue
             ext = None if extras is None else extras.isel(time=t).values
             for y0, y1, band in self.downscale_step(
-                lr[:, t], t, opts, extras=ext, on_window=on_window
+                lr[:, t], t, opts, extras=ext, on_window=on_window, tally=tally
             ):
                 hr[:, t, y0:y1] = band
-        return self._dataset(src, grid, fine, lr, hr if self.downscale is not None else None, opts)
+        ds = self._dataset(src, grid, fine, lr, hr if self.downscale is not None else None, opts)
+        return ds.assign_attrs(tally.attrs()) if self.downscale is not None else ds
 
     def _dataset(self, src, grid, fine, lr, hr, opts) -> xr.Dataset:
         time = src["time"].values
@@ -364,7 +447,13 @@ class Pipeline:
                 f"source (corrected) coarse cells within {opts.dry_halo} cell(s) are all below it"
             ),
             "dry_halo_cells": opts.dry_halo,
+            "input_semantics": opts.input_semantics,
+            "input_coarsened_by": opts.coarsen,
         }
+        if opts.allow_semantics_mismatch:
+            attrs["input_semantics_check"] = "overridden (--allow-semantics-mismatch)"
+        if opts.allow_spacing_mismatch:
+            attrs["input_spacing_check"] = "overridden (--allow-spacing-mismatch)"
         for name, stage, s in (
             ("correct", self.correct, opts.correct),
             ("downscale", self.downscale, opts.downscale),

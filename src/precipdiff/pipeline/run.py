@@ -38,6 +38,7 @@ import torch
 from precipdiff.atomic import check_writable
 from precipdiff.defaults import PRECISIONS, PREDICT
 from precipdiff.errors import CheckpointError, ConfigError, PrecipdiffError
+from precipdiff.pipeline.inputs import AGGREGATIONS
 from precipdiff.pipeline.output import predict_to_file
 from precipdiff.pipeline.pipeline import Pipeline, PredictOptions
 from precipdiff.pipeline.shipped import shipped_weights
@@ -77,6 +78,10 @@ class PredictRequest:
     precision: str = PREDICT.precision
     workers: int = PREDICT.workers
     extras: tuple[Path, ...] = ()
+    input_semantics: str = "areal_mean"
+    coarsen: int = 1
+    allow_semantics_mismatch: bool = False
+    allow_spacing_mismatch: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,7 +91,7 @@ class PredictRequest:
         from precipdiff.diffusion.samplers import SAMPLERS
         from precipdiff.io.registry import READERS
 
-        for name in ("members", "steps", "member_batch", "workers"):
+        for name in ("members", "steps", "member_batch", "workers", "coarsen"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, "
@@ -103,6 +108,9 @@ class PredictRequest:
         if self.reader is not None and self.reader not in READERS:
             raise ConfigError(f"--reader {self.reader!r} is unknown; expected one of "
                               f"{', '.join(sorted(READERS))}")
+        if self.input_semantics not in AGGREGATIONS:
+            raise ConfigError(f"--input-semantics {self.input_semantics!r} is unknown; expected "
+                              f"one of {', '.join(AGGREGATIONS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision!r} is unknown; expected one of "
                               f"{', '.join(PRECISIONS)}")
@@ -161,6 +169,10 @@ def _options(req: PredictRequest, device: str) -> PredictOptions:
         member_batch=req.member_batch,
         window=req.window,
         mass_consistent=req.mass_consistent,
+        input_semantics=req.input_semantics,
+        coarsen=req.coarsen,
+        allow_semantics_mismatch=req.allow_semantics_mismatch,
+        allow_spacing_mismatch=req.allow_spacing_mismatch,
         device=device,
         precision=req.precision,
     )
@@ -249,6 +261,7 @@ def run_predict(req: PredictRequest) -> Iterator[Path]:
     kw = {"reader": req.reader, "variable": req.variable, "bbox": req.bbox}
     if not req.archive:
         src = read_many(req.inputs, **kw) if len(req.inputs) > 1 else read(req.inputs[0], **kw)
+        src = pipeline.prepare_input(src, opts)  # semantics and spacing, before any work
         extras = _extras_for(pipeline, req, src)
         yield predict_to_file(
             pipeline, src, req.output, opts, thresholds=req.thresholds, extras=extras
