@@ -304,6 +304,22 @@ def predict(
     workers: Annotated[
         int, typer.Option(help="Processes across files in --archive mode.", metavar="N")
     ] = PREDICT.workers,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="--archive output: netcdf (one file per input) | zarr (one store at OUTPUT).",
+            metavar="NAME",
+        ),
+    ] = "netcdf",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="--archive on the dask cluster at ADDRESS (default: $DASK_SCHEDULER_ADDRESS, "
+            "else an embedded one of --workers processes).",
+            metavar="ADDRESS",
+        ),
+    ] = None,
     extras: Annotated[
         list[Path] | None,
         typer.Option(
@@ -333,6 +349,8 @@ def predict(
         device=device,
         precision=precision,
         workers=workers,
+        archive_format=output_format,
+        scheduler=scheduler,
         extras=tuple(extras or ()),
         mass_consistent=mass_consistent,
         input_semantics=input_semantics,

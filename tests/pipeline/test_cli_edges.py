@@ -326,7 +326,8 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_archive_workers_die_with_parent(tiny_weights, slow_src, tmp_path) -> None:
-    """SIGKILL the parent of two archive workers: the workers exit and remove their temp files."""
+    """SIGKILL the parent of two archive workers: the workers exit, leave at most temporary
+    siblings (no partial output), and the rerun removes those and completes."""
     files = []
     for name in ("p.nc", "q.nc"):
         files.append(tmp_path / name)
@@ -346,7 +347,11 @@ def test_archive_workers_die_with_parent(tiny_weights, slow_src, tmp_path) -> No
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [c for c in children if _alive(c)]
-    assert not list(out.iterdir())
+    assert all(".tmp-" in p.name for p in out.iterdir())
+    args[args.index("--steps") + 1] = "2"
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["p.nc.precipdiff.nc", "q.nc.precipdiff.nc"]
 
 
 def test_archive_output_records_input(tiny_weights, src, tmp_path) -> None:

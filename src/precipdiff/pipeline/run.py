@@ -17,16 +17,20 @@ Archive mode writes ``OUTPUT/<input file name>.precipdiff.nc`` per input:
   (e.g. two dry frames) get different noise, and the result does not depend on the order of the
   inputs or on ``--workers``. The output's ``seed`` attribute is that file's seed
   (``archive_base_seed`` the ``--seed``), so ``predict FILE --seed <seed>`` reproduces it;
-* worker processes (``--workers``) die with the parent, even when it is SIGKILLed.
+* the files are tasks on dask.distributed (:mod:`precipdiff.pipeline.archive`): an embedded
+  LocalCluster of ``--workers`` processes, or the cluster at ``--scheduler`` /
+  ``DASK_SCHEDULER_ADDRESS``; each worker loads the weights once. Worker processes die with the
+  parent; a temporary file left by a killed run is removed by the next write of that output.
+
+``--format zarr`` (archive mode only) writes one zarr v3 store at OUTPUT instead
+(:mod:`precipdiff.pipeline.archive`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
-import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -78,6 +82,8 @@ class PredictRequest:
     precision: str = PREDICT.precision
     workers: int = PREDICT.workers
     extras: tuple[Path, ...] = ()
+    archive_format: str = "netcdf"
+    scheduler: str | None = None
     input_semantics: str = "areal_mean"
     coarsen: int = 1
     allow_semantics_mismatch: bool = False
@@ -117,6 +123,11 @@ class PredictRequest:
         if not _DEVICE.match(str(self.device)):
             raise ConfigError(f"--device {self.device!r} is unknown; expected auto, cpu, "
                               "cuda, cuda:N or mps")
+        if self.archive_format not in ("netcdf", "zarr"):
+            raise ConfigError(f"--format {self.archive_format!r} is unknown; expected netcdf "
+                              "or zarr")
+        if self.archive_format == "zarr" and not self.archive:
+            raise ConfigError("--format zarr writes one store for many inputs: it needs --archive")
         bad = [t for t in self.thresholds if not math.isfinite(t) or t < 0]
         if bad:
             raise ConfigError(f"--thresholds must be finite rates >= 0 mm/h, got {bad}")
@@ -254,7 +265,8 @@ def run_predict(req: PredictRequest) -> Iterator[Path]:
 
     check_inputs(req.inputs)
     check_writable(req.output, directory=req.archive)
-    targets = archive_targets(req.inputs, req.output) if req.archive else []
+    if req.archive and req.archive_format == "netcdf":
+        archive_targets(req.inputs, req.output)  # same-name inputs refused before any work
     device = resolve_device(req.device)
     pipeline = load_pipeline(req, device)
     opts = _options(req, device)
@@ -267,112 +279,6 @@ def run_predict(req: PredictRequest) -> Iterator[Path]:
             pipeline, src, req.output, opts, thresholds=req.thresholds, extras=extras
         )
         return
-    req.output.mkdir(parents=True, exist_ok=True)
-    todo = []
-    failed: list[str] = []
-    for path, target in targets:
-        if not target.exists():
-            todo.append((path, target))
-            continue
-        made_from = _made_from(target)
-        if made_from is not None and made_from != input_id(path):
-            error = (f"{target} exists but was made from another input named {path.name} "
-                     "(in another folder); move it away or write into another folder")
-            log.error("skipped %s: %s", path, error)
-            failed.append(f"{path} ({error})")
-        else:
-            log.info("skip %s: output exists and is complete", path)
-    if req.workers > 1 and len(todo) > 1:
-        results = _archive_parallel(req, todo)
-    else:
-        results = (_archive_one(pipeline, opts, req, src, target) for src, target in todo)
-    for path, target, error in results:
-        if error is None:
-            yield target
-        else:
-            log.error("skipped %s: %s", path, error)
-            failed.append(f"{path} ({error})")
-    if failed:
-        raise PrecipdiffError(
-            f"{len(failed)} input file(s) failed and were skipped: {'; '.join(failed)}"
-        )
+    from precipdiff.pipeline.archive import run_archive
 
-
-def _archive_one(
-    pipeline: Pipeline, opts: PredictOptions, req: PredictRequest, path: Path, target: Path
-) -> tuple[Path, Path, str | None]:
-    """One archive file: ``(input, output, error message or None)``; never raises a user error."""
-    from precipdiff.io import read
-
-    try:
-        src = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
-        extras = _extras_for(pipeline, req, src)
-        own = dataclasses.replace(opts, seed=file_seed(opts.seed, src))
-        attrs = {INPUT_ATTR: input_id(path), "archive_base_seed": int(opts.seed)}
-        predict_to_file(
-            pipeline, src, target, own, thresholds=req.thresholds, extras=extras, attrs=attrs
-        )
-        return path, target, None
-    except PrecipdiffError as exc:
-        return path, target, str(exc)
-
-
-_WORKER: dict = {}
-
-
-def _worker_init(req: PredictRequest, device: str, parent: int) -> None:
-    """Set up one archive worker: SIGTERM cleans up and exits, the parent's death is a SIGTERM,
-    Ctrl-C is left to the parent (which then stops the workers)."""
-    import signal
-
-    from precipdiff.interrupts import die_with_parent, raise_on_termination
-
-    raise_on_termination()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(parent)
-    torch.set_num_threads(1)  # one process per core beats threads on a shared CPU
-    _WORKER["pipeline"] = load_pipeline(req, device)
-    _WORKER["opts"] = _options(req, device)
-    _WORKER["req"] = req
-
-
-def _worker_run(job: tuple[Path, Path]) -> tuple[Path, Path, str | None]:
-    from precipdiff.interrupts import Terminated
-
-    try:
-        return _archive_one(_WORKER["pipeline"], _WORKER["opts"], _WORKER["req"], *job)
-    except Terminated as exc:  # temporary files are gone (the with-blocks ran): leave now
-        os._exit(int(exc.code))
-
-
-def _archive_parallel(
-    req: PredictRequest, todo: list[tuple[Path, Path]]
-) -> Iterator[tuple[Path, Path, str | None]]:
-    """Archive files spread over ``req.workers`` processes, each with its own pipeline."""
-    import concurrent.futures as cf
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    device = resolve_device(req.device)
-    pool = cf.ProcessPoolExecutor(
-        req.workers, mp_context=ctx, initializer=_worker_init, initargs=(req, device, os.getpid())
-    )
-    try:
-        yield from pool.map(_worker_run, todo)
-    except BaseException:
-        _stop_workers(pool)
-        raise
-    pool.shutdown(wait=True)
-
-
-def _stop_workers(pool, timeout_s: float = 10.0) -> None:
-    """Cancel pending files and SIGTERM the workers (they remove their temporary files)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in processes:
-        if p.is_alive():
-            p.terminate()
-    for p in processes:
-        p.join(timeout_s)
-        if p.is_alive():
-            p.kill()
+    yield from run_archive(req, pipeline, opts)

@@ -1,0 +1,535 @@
+"""Archive inference on dask.distributed: many input files, one task per file.
+
+``precipdiff predict --archive`` submits one task per input file to a dask client: an embedded
+:class:`distributed.LocalCluster` (``--workers`` processes, one thread each) unless a scheduler
+address is given (``--scheduler`` or ``DASK_SCHEDULER_ADDRESS``). There is one code path for one
+worker and for many. Each worker process loads the weights once and keeps them for every later
+task (:func:`worker_pipeline`, keyed by the weights' sha256, the device and the stages).
+
+Two outputs (``--format``):
+
+* ``netcdf`` (default): ``OUTPUT/<input file name>.precipdiff.nc`` per input, written atomically
+  (semantics in :mod:`precipdiff.pipeline.run`);
+* ``zarr``: one zarr v3 store at ``OUTPUT`` with ``precip (time, member, y, x)``, ``ensemble_mean``
+  / ``ensemble_std`` ``(time, y, x)``, ``exceedance_probability (time, threshold, y, x)``,
+  ``corrected_lr (time, member, y_lr, x_lr)`` and ``source_lr (time, y_lr, x_lr)`` (``lat``/
+  ``lon`` names for lat/lon inputs), CF attributes as in the NetCDF output, consolidated
+  metadata, one time step per chunk. The store is created up front from every input's valid
+  times and grid (all inputs must share one grid). A task writes only the time steps of its
+  input (regions never overlap between tasks), then sets ``step_done[t] = 1``; a rerun (or a
+  task rerun by dask after its worker died) recomputes exactly the steps not marked done, so the
+  store ends complete with no half-written step. ``input_id`` and ``seed`` per time step record
+  the input (hash of its absolute path) and the seed of its file (:func:`~precipdiff.pipeline.
+  run.file_seed`): ``predict FILE --seed <seed>`` reproduces the step.
+
+A bad input file is reported and skipped; the others complete and the run then fails with a
+message listing the skipped files (exit status 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from precipdiff.errors import ConfigError, GridError, PrecipdiffError
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from precipdiff.pipeline.pipeline import Pipeline, PredictOptions
+    from precipdiff.pipeline.run import PredictRequest
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("netcdf", "zarr")
+#: Largest spatial chunk of the zarr store's fine fields (pixels per side).
+SPATIAL_CHUNK = 512
+#: Number of weight loads in this process (one per distinct weights/device/stages key).
+LOADS = {"count": 0}
+_PIPELINES: dict[tuple, Pipeline] = {}
+
+#: Called by zarr tasks after each region write: ``hook(event, store_time_index)`` with event
+#: ``"step_written"`` (fields written, not yet marked done) or ``"step_done"``.
+Hook = Callable[[str, int], None]
+
+
+# ----------------------------------------------------------------------------- the client
+
+
+def scheduler_address(req: PredictRequest) -> str | None:
+    """``--scheduler`` if given, else ``DASK_SCHEDULER_ADDRESS``, else None (embedded cluster)."""
+    return getattr(req, "scheduler", None) or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+
+
+@contextlib.contextmanager
+def dask_client(workers: int, address: str | None = None) -> Iterator:
+    """A :class:`distributed.Client`: connected to ``address``, or to an embedded
+    ``LocalCluster`` of ``workers`` processes with one thread each (no dashboard)."""
+    from distributed import Client, LocalCluster
+
+    quiet = logging.getLogger("distributed")  # its INFO lines are not ours to show
+    quiet.setLevel(max(quiet.getEffectiveLevel(), logging.WARNING))
+    if address:
+        with Client(address) as client:
+            yield client
+        return
+    with LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    ) as cluster, Client(cluster) as client:
+        yield client
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def weights_key(req: PredictRequest, device: str) -> tuple:
+    """``(device, (stage, sha256 of its weights file) ...)``: what a worker's pipeline is."""
+    from precipdiff.pipeline.shipped import shipped_weights
+
+    shipped = shipped_weights()
+    parts: list[tuple[str, str]] = []
+    for name, given in (("correct", req.weights_correct), ("downscale", req.weights_downscale)):
+        if name in req.stages:
+            path = given or shipped[name]
+            parts.append((name, _sha256(Path(path)) if path is not None else ""))
+    return (device, tuple(parts))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def worker_pipeline(req: PredictRequest, device: str, key: tuple) -> Pipeline:
+    """This process's pipeline for ``key`` (:func:`weights_key`), loaded on first use only."""
+    pipeline = _PIPELINES.get(key)
+    if pipeline is None:
+        import torch
+
+        from precipdiff.pipeline.run import load_pipeline
+
+        torch.set_num_threads(1)  # one process per core beats threads on a shared CPU
+        pipeline = _PIPELINES[key] = load_pipeline(req, device)
+        LOADS["count"] += 1
+        log.info("worker %d loaded the weights (%s)", os.getpid(), key)
+    return pipeline
+
+
+def netcdf_task(
+    req: PredictRequest, device: str, key: tuple, path: Path, target: Path
+) -> tuple[Path, Path, str | None]:
+    """One archive file to ``target`` (NetCDF): ``(input, output, error or None)``."""
+    from precipdiff.io import read
+    from precipdiff.pipeline.output import predict_to_file
+    from precipdiff.pipeline.run import INPUT_ATTR, _extras_for, _options, file_seed, input_id
+
+    try:
+        pipeline = worker_pipeline(req, device, key)
+        opts = _options(req, device)
+        raw = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
+        own = dataclasses.replace(opts, seed=file_seed(opts.seed, raw))
+        src = prepared(pipeline, raw, opts)
+        extras = _extras_for(pipeline, req, src)
+        attrs = {INPUT_ATTR: input_id(path), "archive_base_seed": int(opts.seed)}
+        predict_to_file(
+            pipeline, src, target, own, thresholds=req.thresholds, extras=extras, attrs=attrs
+        )
+        return path, target, None
+    except PrecipdiffError as exc:
+        return path, target, str(exc)
+
+
+def prepared(pipeline: Pipeline, src: xr.DataArray, opts: PredictOptions) -> xr.DataArray:
+    """The input as the single-file path feeds it to the pipeline (checked, and through
+    ``Pipeline.prepare_input`` where the pipeline has it)."""
+    from precipdiff.pipeline.inputs import check_input
+
+    prepare = getattr(pipeline, "prepare_input", None)
+    return prepare(src, opts) if prepare is not None else check_input(src)
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """What the parent needs from one input to lay out the store: its valid times and grid."""
+
+    path: Path
+    times: np.ndarray
+    dims: tuple[str, str]
+    y: np.ndarray
+    x: np.ndarray
+
+
+def scan_task(req: PredictRequest, device: str, key: tuple, path: Path) -> InputInfo | str:
+    """Read one input's times and grid (prepared as for prediction), or its error message."""
+    from precipdiff.io import read
+    from precipdiff.pipeline.run import _options
+
+    try:
+        pipeline = worker_pipeline(req, device, key)
+        raw = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
+        src = prepared(pipeline, raw, _options(req, device))
+    except PrecipdiffError as exc:
+        return str(exc)
+    ydim, xdim = src.dims[-2:]
+    return InputInfo(Path(path), np.asarray(src["time"].values, "datetime64[ns]"),
+                     (str(ydim), str(xdim)), np.asarray(src[ydim].values, np.float64),
+                     np.asarray(src[xdim].values, np.float64))
+
+
+def zarr_task(
+    req: PredictRequest, device: str, key: tuple, path: Path, store: Path,
+    hook: Hook | None = None,
+) -> tuple[Path, str | None]:
+    """Predict the time steps of ``path`` not yet done in ``store`` and write them by region.
+
+    Returns ``(input, error or None)``; never raises a user error.
+    """
+    import zarr
+
+    from precipdiff.io import read
+    from precipdiff.pipeline.run import _extras_for, _options, file_seed, input_id
+
+    try:
+        pipeline = worker_pipeline(req, device, key)
+        raw = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
+        seed = file_seed(req.seed, raw)  # as in --format netcdf: predict FILE --seed reproduces
+        opts = dataclasses.replace(_options(req, device), seed=seed)
+        src = prepared(pipeline, raw, opts)
+        root = _Arrays(zarr.open_group(store, mode="r+", use_consolidated=False))
+        index = _time_index(root, src["time"].values, path)
+        done = np.asarray(root["step_done"][:])
+        extras = _extras_for(pipeline, req, src)
+        ident = int(input_id(path), 16) >> 1
+        for t, i in enumerate(index):
+            if done[i]:
+                continue
+            ext = None if extras is None else extras.isel(time=t).values
+            _write_step(root, pipeline, opts, src.isel(time=t).values, t, i, req.thresholds, ext)
+            if hook is not None:
+                hook("step_written", int(i))
+            root["input_id"][i] = ident
+            root["seed"][i] = seed
+            root["step_done"][i] = 1  # last: a step is complete only once this is set
+            if hook is not None:
+                hook("step_done", int(i))
+        return path, None
+    except PrecipdiffError as exc:
+        return path, str(exc)
+
+
+class _Arrays:
+    """A zarr group's arrays, each opened once."""
+
+    def __init__(self, group) -> None:
+        self.group, self.arrays = group, {}
+
+    def __getitem__(self, name: str):
+        if name not in self.arrays:
+            self.arrays[name] = self.group[name]
+        return self.arrays[name]
+
+
+def _time_index(root, times: np.ndarray, path: Path) -> np.ndarray:
+    """Positions of ``times`` on the store's time axis (GridError when one is not there)."""
+    axis = _store_times(root)
+    pos = np.searchsorted(axis, times.astype("datetime64[ns]"))
+    pos = np.clip(pos, 0, len(axis) - 1)
+    if len(axis) == 0 or np.any(axis[pos] != times.astype("datetime64[ns]")):
+        raise GridError(f"{path}: its valid times are not in the store's time axis")
+    return pos
+
+
+def _store_times(root) -> np.ndarray:
+    """The store's time axis as datetime64[ns] (CF seconds since 1970)."""
+    seconds = np.asarray(root["time"][:], np.float64)
+    return (seconds * 1e9).round().astype("int64").astype("datetime64[ns]")
+
+
+def _write_step(root, pipeline: Pipeline, opts: PredictOptions, field: np.ndarray, t: int,
+                i: int, thresholds: Sequence[float], extras: np.ndarray | None) -> None:
+    """Time step ``t`` of the input into the store's step ``i`` (band by band)."""
+    from precipdiff.pipeline.pipeline import scratch_dir
+
+    root["source_lr"][i] = field
+    corrected = pipeline.correct_step(field, t, opts)
+    root["corrected_lr"][i] = corrected
+    if pipeline.downscale is None:
+        return
+    with scratch_dir() as scratch:
+        for y0, y1, hr in pipeline.downscale_step(corrected, t, opts, extras=extras,
+                                                  scratch=Path(scratch)):
+            root["precip"][i, :, y0:y1] = hr
+            root["ensemble_mean"][i, y0:y1] = hr.mean(axis=0)
+            root["ensemble_std"][i, y0:y1] = hr.std(axis=0, ddof=1) if len(hr) > 1 else 0.0
+            for k, thr in enumerate(thresholds):
+                prob = (hr >= thr).mean(axis=0).astype(np.float32)
+                prob[np.isnan(hr[0])] = np.nan
+                root["exceedance_probability"][i, k, y0:y1] = prob
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+def run_settings(req: PredictRequest, key: tuple) -> str:
+    """What decides a store's contents besides the inputs (JSON), checked on a rerun."""
+    return json.dumps({
+        "weights": [list(p) for p in key[1]], "members": req.members, "sampler": req.sampler,
+        "steps": req.steps, "seed": req.seed, "window": req.window,
+        "member_batch": req.member_batch, "mass_consistent": req.mass_consistent,
+        "precision": req.precision, "thresholds": list(req.thresholds),
+    }, sort_keys=True)
+
+
+def check_one_grid(infos: Sequence[InputInfo]) -> None:
+    """All inputs on one grid; :class:`GridError` naming the first one that differs."""
+    first = infos[0]
+    for info in infos[1:]:
+        same = (info.dims == first.dims and info.y.shape == first.y.shape
+                and info.x.shape == first.x.shape and np.allclose(info.y, first.y, atol=1e-6)
+                and np.allclose(info.x, first.x, atol=1e-6))
+        if not same:
+            raise GridError(
+                f"--format zarr: {info.path} is on another grid ({info.dims[0]} {len(info.y)} x "
+                f"{info.dims[1]} {len(info.x)}) than {first.path} ({first.dims[0]} "
+                f"{len(first.y)} x {first.dims[1]} {len(first.x)}); one store needs one grid: "
+                "crop with --bbox or use --format netcdf"
+            )
+
+
+def all_times(infos: Sequence[InputInfo]) -> np.ndarray:
+    """The sorted valid times of all inputs; :class:`ConfigError` when two inputs share one."""
+    times = np.concatenate([i.times for i in infos])
+    order = np.argsort(times, kind="stable")
+    times = times[order]
+    dup = np.flatnonzero(times[1:] == times[:-1])
+    if dup.size:
+        owners = np.concatenate([[i.path] * len(i.times) for i in infos])[order]
+        raise ConfigError(
+            f"--format zarr: {owners[dup[0]]} and {owners[dup[0] + 1]} both hold the time "
+            f"{times[dup[0]]}; one store holds each time once"
+        )
+    return times
+
+
+def create_store(store: Path, pipeline: Pipeline, src: xr.DataArray, opts: PredictOptions,
+                 times: np.ndarray, thresholds: Sequence[float], settings: str) -> None:
+    """Lay out the whole store (coordinates, CF attributes, empty fields) atomically."""
+    import dask.array as da
+    import xarray as xr
+
+    from precipdiff.atomic import atomic_path
+    from precipdiff.grid import cell_bounds, cf_grid_mapping
+    from precipdiff.pipeline.output import (
+        FILL,
+        GRID_MAPPING,
+        TIME_UNITS,
+        _global_attrs,
+        _horizontal_attrs,
+        _Layout,
+    )
+
+    layout = _Layout(src, pipeline)
+    nt, members = len(times), opts.members
+    ylr, xlr = layout.coarse_dims
+    coords: dict = {"time": ("time", times, {"standard_name": "time", "axis": "T"}),
+                    "member": ("member", np.arange(members, dtype=np.int32),
+                               {"standard_name": "realization", "units": "1",
+                                "long_name": "ensemble member"})}
+    data: dict = {GRID_MAPPING: ((), np.int32(0), cf_grid_mapping(layout.crs))}
+    enc: dict = {"time": {"units": TIME_UNITS, "calendar": "standard", "dtype": "f8"}}
+
+    def axes(ydim, xdim, grid, coarse):
+        yattrs, xattrs = _horizontal_attrs(layout.projected, layout.units, coarse=coarse)
+        for dim, centres, attrs in ((ydim, grid.lat, yattrs), (xdim, grid.lon, xattrs)):
+            coords[dim] = (dim, centres, {**attrs, "bounds": f"{dim}_bnds"})
+            data[f"{dim}_bnds"] = ((dim, "nv"), cell_bounds(centres), {})
+
+    def field(name, dims, shape, chunks, attrs):
+        data[name] = (dims, da.full(shape, np.nan, np.float32, chunks=chunks), attrs)
+        enc[name] = {"chunks": chunks, "fill_value": FILL}
+
+    axes(ylr, xlr, layout.grid, True)
+    field("source_lr", ("time", ylr, xlr), (nt, *layout.grid.shape), (1, *layout.grid.shape),
+          layout.field_attrs("input (biased coarse) precipitation rate"))
+    field("corrected_lr", ("time", "member", ylr, xlr), (nt, members, *layout.grid.shape),
+          (1, members, *layout.grid.shape),
+          layout.field_attrs("Stage-I bias-corrected precipitation rate (coarse grid)"))
+    fine = layout.fine
+    if fine is not None:
+        axes(layout.ydim, layout.xdim, fine, False)
+        cy, cx = (min(SPATIAL_CHUNK, n) for n in fine.shape)
+        dims = (layout.ydim, layout.xdim)
+        field("precip", ("time", "member", *dims), (nt, members, *fine.shape),
+              (1, members, cy, cx),
+              layout.field_attrs("downscaled precipitation rate, ensemble members"))
+        for name, long, methods in (
+            ("ensemble_mean", "ensemble mean", layout.mean_methods),
+            ("ensemble_std", "ensemble standard deviation", layout.std_methods),
+        ):
+            field(name, ("time", *dims), (nt, *fine.shape), (1, cy, cx),
+                  layout.field_attrs(f"downscaled precipitation rate, {long}", methods))
+        if thresholds:
+            coords["threshold"] = ("threshold", np.asarray(thresholds, np.float32),
+                                   {"units": "mm h-1", "standard_name": "lwe_precipitation_rate",
+                                    "long_name": "exceedance threshold (value >= threshold)"})
+            field("exceedance_probability", ("time", "threshold", *dims),
+                  (nt, len(thresholds), *fine.shape), (1, len(thresholds), cy, cx),
+                  {"units": "1", "grid_mapping": GRID_MAPPING,
+                   "long_name": "fraction of members with precipitation rate >= threshold"})
+    for name, dtype, long in (
+        ("step_done", np.int8, "1 once every field of this time step is written"),
+        ("input_id", np.int64, "input file identity: sha256 of its absolute path (63 bits)"),
+        ("seed", np.int64, "seed of the input file's ensemble (predict FILE --seed)"),
+    ):
+        data[name] = (("time",), da.zeros(nt, dtype, chunks=1), {"long_name": long})
+        enc[name] = {"chunks": (1,), "fill_value": 0}
+    attrs = _global_attrs(pipeline, src, layout, opts)
+    attrs.update(input_files=f"{nt} time steps", precipdiff_run=settings,
+                 history=f"{attrs['date_created']} {attrs['source']} predict --archive "
+                 f"--format zarr ({nt} time steps)")
+    attrs.pop("seed", None)
+    attrs["archive_base_seed"] = int(opts.seed)
+    ds = xr.Dataset(data, coords=coords, attrs=attrs)
+    with atomic_path(store, is_dir=True) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        ds.to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True,
+                   encoding=enc)
+
+
+def open_store(store: Path, settings: str, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Check an existing store against this run; return its time axis and ``step_done``."""
+    import zarr
+
+    try:
+        root = zarr.open_group(store, mode="r")
+        made_with = root.attrs.get("precipdiff_run")
+        axis = _store_times(root)
+        done = np.asarray(root["step_done"][:])
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"--format zarr: {store} exists but is not a precipdiff archive store "
+                          f"({exc}); move it away or write another store") from None
+    if made_with != settings:
+        raise ConfigError(f"--format zarr: {store} was made with other settings ({made_with}), "
+                          f"not {settings}; write another store")
+    missing = np.setdiff1d(times, axis)
+    if missing.size:
+        raise ConfigError(f"--format zarr: {store} has no time step {missing[0]} "
+                          f"({missing.size} input time(s) missing); write another store")
+    return axis, done
+
+
+# ----------------------------------------------------------------------------- the parent
+
+
+def run_archive(req: PredictRequest, pipeline: Pipeline, opts: PredictOptions,
+                *, hook: Hook | None = None) -> Iterator[Path]:
+    """Archive mode on a dask client; yields each completed output (the store once, at the
+    end, for ``--format zarr``); raises :class:`PrecipdiffError` listing the skipped inputs."""
+    fmt = getattr(req, "archive_format", "netcdf")
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
+    key = weights_key(req, opts.device)
+    failed: list[str] = []
+    with dask_client(req.workers, scheduler_address(req)) as client:
+        if fmt == "netcdf":
+            yield from _run_netcdf(client, req, opts.device, key, failed)
+        else:
+            yield from _run_zarr(client, req, pipeline, opts, key, failed, hook)
+    if failed:
+        raise PrecipdiffError(
+            f"{len(failed)} input file(s) failed and were skipped: {'; '.join(failed)}"
+        )
+
+
+def _run_netcdf(client, req, device, key, failed: list[str]) -> Iterator[Path]:
+    from distributed import as_completed
+
+    from precipdiff.pipeline.run import _made_from, archive_targets, input_id
+
+    req.output.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for path, target in archive_targets(req.inputs, req.output):
+        if not target.exists():
+            todo.append((path, target))
+            continue
+        made_from = _made_from(target)
+        if made_from is not None and made_from != input_id(path):
+            error = (f"{target} exists but was made from another input named {path.name} "
+                     "(in another folder); move it away or write into another folder")
+            log.error("skipped %s: %s", path, error)
+            failed.append(f"{path} ({error})")
+        else:
+            log.info("skip %s: output exists and is complete", path)
+    futures = [client.submit(netcdf_task, req, device, key, p, t, pure=False) for p, t in todo]
+    for future in as_completed(futures):
+        path, target, error = future.result()
+        if error is None:
+            yield target
+        else:
+            log.error("skipped %s: %s", path, error)
+            failed.append(f"{path} ({error})")
+
+
+def _run_zarr(client, req, pipeline, opts, key, failed: list[str],
+              hook: Hook | None) -> Iterator[Path]:
+    from distributed import as_completed
+
+    from precipdiff.io import read
+    store = Path(req.output)
+    inputs = list({Path(p).resolve(): Path(p) for p in req.inputs}.values())
+    infos: list[InputInfo] = []
+    n = len(inputs)
+    scans = client.gather(client.map(scan_task, [req] * n, [opts.device] * n, [key] * n, inputs,
+                                     pure=False))
+    for path, info in zip(inputs, scans, strict=True):
+        if isinstance(info, str):
+            log.error("skipped %s: %s", path, info)
+            failed.append(f"{path} ({info})")
+        else:
+            infos.append(info)
+    if infos:
+        check_one_grid(infos)
+        times = all_times(infos)
+        settings = run_settings(req, key)
+        if store.exists():
+            axis, done = open_store(store, settings, times)
+        else:
+            first = prepared(pipeline, read(infos[0].path, reader=req.reader,
+                                            variable=req.variable, bbox=req.bbox), opts)
+            create_store(store, pipeline, first, opts, times, req.thresholds, settings)
+            axis, done = times, np.zeros(len(times), np.int8)
+        todo = []
+        for info in infos:
+            pos = np.searchsorted(axis, info.times)
+            if done[pos].all():
+                log.info("skip %s: its time steps are complete in %s", info.path, store)
+            else:
+                todo.append(info.path)
+        futures = [client.submit(zarr_task, req, opts.device, key, p, store, hook, pure=False)
+                   for p in todo]
+        for future in as_completed(futures):
+            path, error = future.result()
+            if error is None:
+                log.info("done %s", path)
+            else:
+                log.error("skipped %s: %s", path, error)
+                failed.append(f"{path} ({error})")
+        yield store
