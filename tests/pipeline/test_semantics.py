@@ -126,7 +126,8 @@ def test_coarsen_pools_a_fine_field_to_the_model_spacing(files, tmp_path) -> Non
 
 
 def test_python_api_checks_too(files) -> None:
-    """Pipeline.predict refuses the same mismatches (InputFileError naming the file)."""
+    """Pipeline.predict refuses the same mismatches once the input is declared (InputFileError
+    naming the file); an undeclared input (the library default) is not checked."""
     from precipdiff.errors import InputFileError
     from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
 
@@ -134,7 +135,9 @@ def test_python_api_checks_too(files) -> None:
     src = _field(0.1).assign_attrs(source_file="/data/imerg.nc")
     fast = SamplerSettings(sampler="euler", steps=1)
     with pytest.raises(InputFileError, match=r"^/data/imerg.nc .*declared areal_mean"):
-        pipe.predict(src, PredictOptions(members=1, downscale=fast))
+        pipe.predict(src, PredictOptions(members=1, downscale=fast, input_semantics="areal_mean"))
+    undeclared = pipe.predict(src, PredictOptions(members=1, downscale=fast))  # caller vouches
+    assert undeclared.attrs["input_semantics"] == "undeclared (not checked)"
     projected = src.rename(lat="y", lon="x").assign_coords(
         y=1000.0 * np.arange(8), x=1000.0 * np.arange(8)).assign_attrs(xy_units="m")
     with pytest.raises(InputFileError, match=r"grid spacing 1 km x 1 km.*--coarsen 11"):

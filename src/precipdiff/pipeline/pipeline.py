@@ -71,7 +71,10 @@ class PredictOptions:
     reproduces the corrected coarse value: for a mean-pooled model every coarse cell's fine-grid
     mean equals the corrected value (exact conservation), for a max-pooled one its block maximum.
     input_semantics : what a coarse input value is, ``areal_mean`` (satellites, reanalyses, gauge
-    analyses: the default) or ``block_maximum``; checked against the weights.
+    analyses; the ``predict`` command's default) or ``block_maximum``; a declared semantics and
+    the input's grid spacing are checked against the weights (:meth:`Pipeline.prepare_input`).
+    None (the library default) declares nothing and checks neither: the caller vouches for the
+    input (benchmarks that feed a model other inputs on purpose).
     coarsen : pool the input by this factor first (mean pooling, or max for ``block_maximum``).
     allow_semantics_mismatch / allow_spacing_mismatch : log instead of refusing a mismatch.
     trace_threshold : mm/h below which outputs are 0 (:mod:`precipdiff.pipeline.dry`); None: the
@@ -94,7 +97,7 @@ class PredictOptions:
     precision: str = "auto"
     trace_threshold: float | None = None
     dry_halo: int = DEFAULT_HALO
-    input_semantics: str = "areal_mean"
+    input_semantics: str | None = None
     coarsen: int = 1
     allow_semantics_mismatch: bool = False
     allow_spacing_mismatch: bool = False
@@ -236,9 +239,12 @@ class Pipeline:
         """The checked input (:func:`~precipdiff.pipeline.inputs.check_input`), pooled by
         ``opts.coarsen``, after refusing a declared semantics or a grid spacing the models were
         not trained for (:class:`~precipdiff.errors.InputFileError`, one line naming both and
-        the override)."""
+        the override). With ``opts.input_semantics`` None neither is checked."""
         src = check_input(src)
-        src = coarsen_input(src, opts.coarsen, opts.input_semantics)
+        src = coarsen_input(src, opts.coarsen, opts.input_semantics or "areal_mean")
+        if opts.input_semantics is None:
+            log.debug("input semantics not declared: semantics and grid spacing not checked")
+            return src
         stages = [(n, s.semantics) for n, s in (("Stage-I (correct)", self.correct),
                                                 ("Stage-II (downscale)", self.downscale))
                   if s is not None]
@@ -447,7 +453,7 @@ class Pipeline:
                 f"source (corrected) coarse cells within {opts.dry_halo} cell(s) are all below it"
             ),
             "dry_halo_cells": opts.dry_halo,
-            "input_semantics": opts.input_semantics,
+            "input_semantics": opts.input_semantics or "undeclared (not checked)",
             "input_coarsened_by": opts.coarsen,
         }
         if opts.allow_semantics_mismatch:
