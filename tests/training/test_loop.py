@@ -35,6 +35,8 @@ def test_correct_run_writes_everything(tiny_store, tmp_path):
     tensors, meta = load_weights(run / "weights.safetensors")
     assert meta["stage"] == "correct" and meta["factor"] == "4" and meta["pooling"] == "max"
     assert json.loads(meta["config"])["model"]["cond_channels"] == 1
+    spacing = json.loads(meta["coarse_spacing"])  # checked by predict against the input grid
+    assert spacing["units"] == "degrees" and spacing["y"] == pytest.approx(0.04)
     assert json.loads(meta["transform"])["kind"] == "log1p"
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["step"] == 6 and state["samples_seen"] == 24

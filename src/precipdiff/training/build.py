@@ -203,6 +203,17 @@ def init_from_release(cfg: RunConfig, net: nn.Module, store: Any) -> None:
     log.info("initialised from %s", path)
 
 
+def _coarse_spacing(store: Any) -> dict[str, Any] | None:
+    """``{"y", "x", "units"}`` of a single-grid store's coarse grid (degrees, or metres for a
+    projected store); None for a corpus of several grids (inference then uses factor x the fine
+    grid, :func:`precipdiff.pipeline.inputs.model_spacing`)."""
+    if isinstance(store, CorpusView) or getattr(store, "grid_lr", None) is None:
+        return None
+    grid = store.grid_lr
+    return {"y": abs(grid.dlat), "x": abs(grid.dlon),
+            "units": "m" if getattr(store, "crs", None) else "degrees"}
+
+
 def make_release(cfg: RunConfig, ema_state: dict[str, torch.Tensor], store: Any,
                  mean_net: nn.Module | None, source_map: Any,
                  notes: dict[str, str] | None = None) -> Release:
@@ -210,6 +221,9 @@ def make_release(cfg: RunConfig, ema_state: dict[str, torch.Tensor], store: Any,
     ``source_map`` is the run's fitted :func:`fit_source_map` (None without one)."""
     pooling = str(store.pooling)
     notes = dict(notes or {})
+    spacing = _coarse_spacing(store)
+    if spacing is not None:  # what inference checks the input's grid spacing against
+        notes.setdefault("coarse_spacing", json.dumps(spacing, sort_keys=True))
     if isinstance(store, CorpusView):
         notes.setdefault("training_corpus", json.dumps(
             {"networks": list(store.networks), "frames": store.attrs["frames"],
