@@ -157,8 +157,8 @@ def variants_table(tokens: int, window: int, rounds: int, batch: int = 2) -> lis
               .reshape(batch, 1, 48, tokens, tokens) for _ in range(3)]
     q, k, v = (t * 3 for t in smooth)
     ops = {"global": lambda: global_attention(q, k, v),
-           "neighbourhood, query block 8": lambda: na(q, k, v, window, 8),
-           "neighbourhood, query block 16 (default)": lambda: na(q, k, v, window, 16),
+           "neighbourhood, query block 8 (default at 128 tokens)": lambda: na(q, k, v, window, 8),
+           "neighbourhood, query block 16": lambda: na(q, k, v, window, 16),
            "neighbourhood, query block 32": lambda: na(q, k, v, window, 32),
            "fixed windows (no overlap)": lambda: fixed_windows(q, k, v, window),
            "overlapping windows, stride 16, tent-blended": lambda: blended_windows(q, k, v, window)}

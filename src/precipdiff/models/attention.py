@@ -56,16 +56,15 @@ def neighbourhood_attention(
     ----------
     q, k, v : (B, heads, d, H, W) queries, keys and values.
     window : tokens per side of each query's neighbourhood (>= 1).
-    block : query block side; default ``max(1, window // 2)`` (measured fastest on CPU at
-        ``window`` 32; a smaller block gathers more overlapping keys, a larger one computes more
-        masked-out scores).
+    block : query block side; default :func:`query_block` (a smaller block gathers more
+        overlapping keys, a larger one computes more masked-out scores).
 
     Returns
     -------
     (B, heads, d, H, W); equal to global attention when ``H, W <= window``.
     """
     b, heads, d, height, width = q.shape
-    block = block or max(1, window // 2)
+    block = block or query_block(height, width, window)
     (qy, ky, my), (qx, kx, mx) = (_axis(n, window, block) for n in (height, width))
     mask = _mask(height, width, window, block, heads, q.dtype, str(q.device))
     qside, kside = (my.shape[1], mx.shape[1]), (my.shape[2], mx.shape[2])
@@ -73,6 +72,26 @@ def neighbourhood_attention(
     kb, vb = (_gather(t, ky, kx, kside) for t in (k, v))
     out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)
     return _scatter(out, qy, qx, qside, q.shape)
+
+
+@functools.lru_cache(maxsize=64)
+def query_block(height: int, width: int, window: int) -> int:
+    """Query block side with the least estimated work on an ``height x width`` map.
+
+    Work = scores computed (masked ones included) + 32 x keys copied into blocks, the weight
+    fitted to CPU timings (bf16 and fp32, window 32, maps of 50-128 tokens: blocks 8-10 were
+    fastest, 16 up to 1.7x slower at 50 tokens; ``benchmarks/bench_attention.py``)."""
+
+    def work(b: int) -> int:
+        per_axis = []
+        for size in (height, width):
+            bq = min(b, size)
+            nb, lk = len(_starts(size, bq, bq)), min(size, bq + window - 1)
+            per_axis.append((nb * bq * lk, nb * lk))
+        (sy, ky), (sx, kx) = per_axis
+        return sy * sx + 32 * ky * kx
+
+    return min(range(1, max(window, 1) + 1), key=work)
 
 
 def _channels_last(t: Tensor) -> Tensor:
