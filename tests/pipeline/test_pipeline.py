@@ -137,6 +137,28 @@ def test_mass_consistent_mean_pooling() -> None:
     np.testing.assert_allclose(out.reshape(2, 2, 4, 3, 4).mean(axis=(2, 4)), lr, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_mass_consistent_after_the_dry_rule_factor_10(pooling: str) -> None:
+    """Synthetic members with trace values, dry cells and a wide dynamic range (0.1 to 150 mm/h):
+    after the dry rule then the rescaling, every wet cell's block mean (max) equals the corrected
+    value to 1e-5 relative and dry cells are exactly 0."""
+    from precipdiff.pipeline.dry import dry_cells, dry_fine
+
+    rng = np.random.default_rng(3)
+    f, trace = 10, 0.1
+    lr = rng.lognormal(0.5, 1.5, (3, 6, 7)).clip(max=150).astype(np.float32)
+    lr[lr < 0.5] = 0.0  # dry cells (the Stage-I rule leaves 0 or >= trace)
+    lr[:, :2, :2] = 0.0
+    hr = rng.gamma(0.3, 1.0, (3, 60, 70)).astype(np.float32)  # many values below trace
+    hr = dry_fine(hr, dry_cells(lr, trace=trace), f, trace=trace)
+    out = mass_consistent(hr, lr, f, pooling)
+    blocks = out.reshape(3, 6, f, 7, f).astype(np.float64)
+    pooled = blocks.mean(axis=(2, 4)) if pooling == "mean" else blocks.max(axis=(2, 4))
+    np.testing.assert_allclose(pooled, lr, rtol=1e-5, atol=0)
+    assert (out.reshape(3, 6, f, 7, f)[(lr == 0)[:, :, None, :, None].repeat(f, 2).repeat(f, 4)]
+            == 0).all()
+
+
 def test_single_stage_pipelines(tiny_weights) -> None:
     src = coarse_field(n_time=1)
     only_correct = Pipeline(Stage.load(tiny_weights["correct"]), None).predict(src, _opts())

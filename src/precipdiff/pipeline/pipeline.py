@@ -513,12 +513,18 @@ def mass_consistent(hr: np.ndarray, lr: np.ndarray, factor: int, pooling: str) -
     Multiplicative per block: ``hr * lr / pool(hr)``, ``pool`` = block max (``pooling="max"``) or
     block mean (``"mean"``). Blocks whose pooled value is 0 while ``lr > 0`` are filled uniformly
     with ``lr``, which satisfies both poolings (a rare case).
+
+    In the pipeline this runs after the wet/dry rule (:mod:`precipdiff.pipeline.dry`): a wet
+    corrected cell (``lr >= trace``) is never in a dry neighbourhood, so the rule only zeroes
+    trace values inside it, and the rescaling restores the cell's mean (or maximum) exactly;
+    dry cells have ``lr = 0`` and stay 0.
     """
     m, h, w = hr.shape
-    blocks = hr.reshape(m, h // factor, factor, w // factor, factor)
+    # float64 inside: the block means of the float32 result then match ``lr`` to ~1e-7
+    blocks = hr.reshape(m, h // factor, factor, w // factor, factor).astype(np.float64)
     pooled = np.nanmax(blocks, axis=(2, 4)) if pooling == "max" else np.nanmean(blocks, axis=(2, 4))
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(pooled > 0, lr / pooled, 0.0)
+        ratio = np.where(pooled > 0, lr.astype(np.float64) / pooled, 0.0)
     out = blocks * ratio[:, :, None, :, None]
     empty = (pooled <= 0) & (lr > 0)
     if empty.any():
