@@ -211,21 +211,22 @@ def main(argv: list[str] | None = None) -> None:
     opts = PredictOptions(members=args.members, downscale=sampler, seed=args.seed)
     results = []
     start = time.perf_counter()
-    for network in args.networks or corpus.networks:
+    for network in args.networks or corpus.networks:  # the report grows after every network
         case = load_case(corpus, network, args.frames, args.crop)
         scored = score_case(case, stages, opts, args.seed)
         results.append({k: v for k, v in case.items() if k not in ("src", "lr", "hr", "times")}
                        | scored)
-    meta = {
-        "title": "Generalisation: Stage II on held-out events, mean-pooled input",
-        "note": (f"{args.members} members, {args.sampler} {args.steps} steps, seed {args.seed}; "
-                 f"new = {args.weights_new}, shipped = {shipped}; corpus {args.corpus}"),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.processor() or platform.machine(),
-        "load_average": os.getloadavg(), "wall_s": time.perf_counter() - start,
-        "args": {k: str(v) for k, v in vars(args).items()},
-    }
-    report(results, meta, args.output)
+        meta = {
+            "title": "Generalisation: Stage II on held-out events, mean-pooled input",
+            "note": (f"{args.members} members, {args.sampler} {args.steps} steps, seed "
+                     f"{args.seed}; new = {args.weights_new}, shipped = {shipped}; corpus "
+                     f"{args.corpus}"),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": platform.processor() or platform.machine(),
+            "load_average": os.getloadavg(), "wall_s": time.perf_counter() - start,
+            "args": {k: str(v) for k, v in vars(args).items()},
+        }
+        report(results, meta, args.output)
 
 
 if __name__ == "__main__":
