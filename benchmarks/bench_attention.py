@@ -4,7 +4,8 @@ Part 1 times the shipped Stage II network forward (fp32, channels_last, as the p
 on 128/256/512-px tiles with global attention and with neighbourhood attention over the training
 patch (128 px, 32 x 32 tokens at the attention level), beside a single 3x3 convolution of the
 model width at the same size (this CPU's practical fp32 ceiling, as in ``bench_unet.py``). Every
-variant runs once per round, rounds interleaved; the table gives medians. FLOPs are counted with
+variant runs once per round, rounds interleaved; the table gives medians of CPU time (one
+thread; on a shared machine wall time also counts the waits for a core). FLOPs are counted with
 ``FlopCounterMode`` on the unfused attention path (the windowed count includes the masked-out
 scores that are computed and thrown away).
 
@@ -60,9 +61,11 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+    """CPU seconds of one call (``process_time``: one thread, so the time the call computed;
+    wall time on a shared machine adds the time spent waiting for a core)."""
+    start = time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def forward_table(sizes: list[int], rounds: int) -> list[str]:
@@ -186,7 +189,8 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     text = [f"### Attention span — `OMP_NUM_THREADS=1 python benchmarks/bench_attention.py "
             f"--rounds {args.rounds}`\n", machine_line() + "\n",
-            "Shipped Stage II forward, fp32 channels_last, median of interleaved rounds:\n",
+            "Shipped Stage II forward, fp32 channels_last, median CPU time of interleaved "
+            "rounds:\n",
             *forward_table(args.sizes, args.rounds),
             "\nThe attention operation alone, 128 x 128 tokens (a 512-px tile), batch 2, "
             "span 32:\n",
