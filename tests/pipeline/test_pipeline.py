@@ -159,6 +159,56 @@ def test_mass_consistent_after_the_dry_rule_factor_10(pooling: str) -> None:
             == 0).all()
 
 
+# ---------------------------------------------------------------- bounded Stage I
+
+
+def test_stage1_explosion_is_bounded(tiny_weights, tmp_path, monkeypatch) -> None:
+    """A Stage I that multiplies the rain ~1800x (the demo turned 7 mm/h into 361 mm/h) is clipped
+    to max(3 x source neighbourhood max, + 10 mm/h) for a mean-pooled model; the count and the
+    bound are in the output's attributes."""
+    from precipdiff.pipeline.pipeline import STAGE1_BOUND
+
+    stage = Stage.load(tiny_weights["correct"])
+    monkeypatch.setattr(stage, "apply", lambda base, noise, **kw: base + 5.0)
+    pipe = Pipeline(stage, Stage.load(tiny_weights["downscale"]))
+    src = coarse_field(n_time=1)
+    path = predict_to_file(pipe, src, tmp_path / "b.nc", _opts())
+    with xr.open_dataset(path) as ds:
+        lr, clipped = ds["corrected_lr"].values[:, 0], ds.attrs["stage1_clipped"]
+        text = ds.attrs["stage1_bound"]
+    ratio, add = STAGE1_BOUND["mean"]
+    values = np.nan_to_num(src.values[0])
+    nb = np.zeros_like(values)
+    for dy in (-1, 0, 1):  # 3 x 3 maximum, edges repeated
+        for dx in (-1, 0, 1):
+            shifted = np.pad(values, 1, mode="edge")[1 + dy: 1 + dy + values.shape[0],
+                                                     1 + dx: 1 + dx + values.shape[1]]
+            nb = np.maximum(nb, shifted)
+    bound = np.maximum(ratio * nb, nb + add)
+    assert np.nanmax(lr - bound[None]) <= 1e-4
+    assert clipped > 0.5 * np.isfinite(lr).sum() and text.startswith("max(3 x source")
+    assert np.nanmax(lr) <= 3 * np.nanmax(values) + 1e-3  # no 50x jumps
+
+
+def test_stage1_bound_default_per_pooling_and_from_the_weights(tiny_weights, tmp_path) -> None:
+    from .conftest import write_tiny_weights
+
+    down = Stage.load(tiny_weights["downscale"])
+    mean = Pipeline(Stage.load(tiny_weights["correct"]), down)
+    assert mean.stage1_bound() == (3.0, 10.0)
+    w = write_tiny_weights(tmp_path / "cmax.safetensors", "correct", seed=1, pooling="max")
+    assert Pipeline(Stage.load(w), down).stage1_bound() == (10.0, 20.0)
+    stage = Stage.load(tiny_weights["correct"])
+    stage.metadata["stage1_bound"] = '{"ratio": 2, "add_mm_h": 1}'
+    pipe = Pipeline(stage, down)
+    assert pipe.stage1_bound() == (2.0, 1.0)
+    out, n, _ = pipe.bound_corrected(np.full((1, 3, 3), 50.0, np.float32),
+                                     np.full((3, 3), 4.0, np.float32), 1)
+    assert n == 9 and np.all(out == 8.0)
+    stage.metadata["stage1_bound"] = "garbage"
+    assert pipe.stage1_bound() == (3.0, 10.0)
+
+
 def test_single_stage_pipelines(tiny_weights) -> None:
     src = coarse_field(n_time=1)
     only_correct = Pipeline(Stage.load(tiny_weights["correct"]), None).predict(src, _opts())

@@ -279,7 +279,7 @@ def predict_to_file(
             for t in range(len(times)):
                 field = src.isel(time=t).values
                 ds["source_lr"][t] = field
-                corrected = pipeline.correct_step(field, t, opts)
+                corrected = pipeline.correct_step(field, t, opts, tally)
                 ds["corrected_lr"][:, t] = corrected
                 if fine is None:
                     continue
@@ -299,6 +299,5 @@ def predict_to_file(
                         prob[np.isnan(hr[0])] = np.nan
                         ds["exceedance_probability"][k, t, y0:y1] = prob
                 log.info("time step %d/%d written", t + 1, len(times))
-            if fine is not None:
-                ds.setncatts(tally.attrs())
+            ds.setncatts(tally.attrs())
     return Path(path)

@@ -23,6 +23,7 @@ Projected ``(time, y, x)`` inputs stay projected: the output has ``y``/``x`` (fi
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.ndimage as ndi
 import torch
 import xarray as xr
 
@@ -54,6 +56,15 @@ from precipdiff.pipeline.stage import SamplerSettings, Stage, bf16_is_fast
 from precipdiff.pipeline.tiling import position_noise, windows
 
 log = logging.getLogger(__name__)
+
+#: Default Stage-I bound per pooling of the weights: ``(ratio, add)`` in
+#: ``corrected <= max(ratio * M, M + add)`` with ``M`` the source maximum over the cell's
+#: ``(2 halo + 1)²`` neighbourhood (mm/h). An areal mean rarely exceeds 3x the largest biased
+#: satellite mean around it (IMERG underestimates heavy rain by a factor of ~2); a 10-km block
+#: maximum of a 1-km field reaches 5-10x the areal mean in convective cells. Weights may carry
+#: their own bound (``stage1_bound`` note, JSON ``{"ratio": r, "add_mm_h": a}``, e.g. from the
+#: training store's statistics).
+STAGE1_BOUND = {"mean": (3.0, 10.0), "max": (10.0, 20.0)}
 
 #: Accumulators larger than this many bytes go to a temporary zarr array on disk
 #: (environment variable PRECIPDIFF_ACCUMULATOR_MB overrides it).
@@ -122,10 +133,14 @@ class RunTally:
     fine_sum: float = 0.0
     coarse_sum: float = 0.0
     pooling: str = "mean"
+    volume: bool = False
+    clipped: int | None = None
+    bound: str = ""
 
     def add_volume(self, hr: np.ndarray, lr: np.ndarray, factor: int) -> None:
         """Add one band: fine members ``hr`` (M, h, w) and their coarse cells ``lr`` (M, h/f, w/f)
         (cells NaN in ``hr`` are left out of both sums)."""
+        self.volume = True
         m, ny, nx = lr.shape
         blocks = hr.reshape(m, ny, factor, nx, factor)
         valid = np.isfinite(blocks).all(axis=(2, 4)) & np.isfinite(lr)
@@ -140,14 +155,25 @@ class RunTally:
             return 0.0 if self.fine_sum <= 0 else float("inf")
         return self.fine_sum / self.coarse_sum - 1.0
 
-    def attrs(self) -> dict[str, float | str]:
-        """Output attributes: ``volume_error`` and what it means for this model's pooling."""
+    def add_clipped(self, n: int, bound: str) -> None:
+        """Count Stage-I values clipped to the bound described by ``bound``."""
+        self.clipped = (self.clipped or 0) + int(n)
+        self.bound = bound
+
+    def attrs(self) -> dict[str, float | int | str]:
+        """Output attributes: ``volume_error`` and what it means for this model's pooling; the
+        number of Stage-I values clipped to their bound (``stage1_clipped``) and the bound."""
+        out: dict[str, float | int | str] = {}
+        if self.clipped is not None:
+            out.update(stage1_clipped=self.clipped, stage1_bound=self.bound)
+        if not self.volume:
+            return out
         meaning = ("fine-grid mean divided by the corrected coarse mean, minus 1 (all members and "
                    "times)")
         if self.pooling == "max":
             meaning += ("; the Stage-II model was trained on block maxima, so the corrected "
                         "coarse values are not areal means and this is not a volume error")
-        return {"volume_error": self.volume_error, "volume_error_meaning": meaning}
+        return {**out, "volume_error": self.volume_error, "volume_error_meaning": meaning}
 
 
 @dataclass
@@ -259,15 +285,50 @@ class Pipeline:
         return RunTally(pooling=self.downscale.pooling if self.downscale is not None else "mean")
 
     # ---------------------------------------------------------------- Stage I
-    def correct_step(self, src: np.ndarray, t: int, opts: PredictOptions) -> np.ndarray:
-        """Corrected coarse members (M, Y, X) in mm/h for one source field ``src`` (Y, X) mm/h."""
+    def stage1_bound(self) -> tuple[float, float]:
+        """``(ratio, add)`` of the Stage-I bound: the weights' ``stage1_bound`` note, else
+        :data:`STAGE1_BOUND` for their pooling."""
+        stage = self.correct
+        assert stage is not None
+        note = stage.metadata.get("stage1_bound")
+        if note:
+            try:
+                d = json.loads(note)
+                ratio, add = float(d["ratio"]), float(d["add_mm_h"])
+                if ratio >= 1 and add >= 0:
+                    return ratio, add
+            except (TypeError, ValueError, KeyError):
+                pass
+            log.warning("%s: unreadable stage1_bound note %r; default bound used",
+                        stage.source, note[:80])
+        return STAGE1_BOUND[stage.pooling]
+
+    def bound_corrected(self, corrected: np.ndarray, source: np.ndarray, halo: int
+                        ) -> tuple[np.ndarray, int, str]:
+        """Clip Stage-I members (M, Y, X) to ``max(ratio * M, M + add)``, ``M`` the maximum of
+        ``source`` (Y, X; the larger of the raw and the mapped source) over each cell's
+        ``(2 halo + 1)²`` neighbourhood: ``(clipped members, number clipped, description)``."""
+        ratio, add = self.stage1_bound()
+        nb = ndi.maximum_filter(np.nan_to_num(source, nan=0.0), size=2 * halo + 1,
+                                mode="nearest")
+        bound = np.maximum(ratio * nb, nb + add).astype(np.float32)
+        over = corrected > bound[None]
+        text = (f"max({ratio:g} x source neighbourhood max, source neighbourhood max + "
+                f"{add:g} mm h-1) over {2 * halo + 1}x{2 * halo + 1} coarse cells")
+        return np.where(over, bound[None], corrected), int(over.sum()), text
+
+    def correct_step(self, src: np.ndarray, t: int, opts: PredictOptions,
+                     tally: RunTally | None = None) -> np.ndarray:
+        """Corrected coarse members (M, Y, X) in mm/h for one source field ``src`` (Y, X) mm/h,
+        bounded (:meth:`bound_corrected`; the count goes to ``tally``)."""
         m = opts.members
         trace = self.trace(opts)
         if self.correct is None:
             repeated = np.repeat(src[None].astype(np.float32), m, axis=0)
             return dry_coarse(repeated, src, trace=trace, halo=opts.dry_halo)
         stage = self.correct
-        x, valid = _nan_to_zero(stage.transform.forward(stage.map_source(src)))
+        mapped = stage.map_source(src)
+        x, valid = _nan_to_zero(stage.transform.forward(mapped))
         base = x[None, None].to(opts.device)
         out = []
         for m0 in range(0, m, opts.member_batch):
@@ -289,6 +350,12 @@ class Pipeline:
             )
             out.append(stage.transform.inverse(y[:, 0].cpu().numpy()))
         corrected = np.concatenate(out).astype(np.float32)
+        corrected, n_clipped, bound = self.bound_corrected(
+            corrected, np.fmax(src, mapped), max(opts.dry_halo, 1))
+        if n_clipped:
+            log.info("Stage I: %d value(s) clipped to %s", n_clipped, bound)
+        if tally is not None:
+            tally.add_clipped(n_clipped, bound)
         corrected[:, ~valid] = np.nan
         return dry_coarse(corrected, src, trace=trace, halo=opts.dry_halo)
 
@@ -401,7 +468,7 @@ class Pipeline:
         lr = np.full((m, len(times), grid.nlat, grid.nlon), np.nan, np.float32)
         tally = self.new_tally()
         for t in range(len(times)):
-            lr[:, t] = self.correct_step(src.isel(time=t).values, t, opts)
+            lr[:, t] = self.correct_step(src.isel(time=t).values, t, opts, tally)
             if self.downscale is None:
                 continue
             ext = None if extras is None else extras.isel(time=t).values
@@ -410,7 +477,7 @@ class Pipeline:
             ):
                 hr[:, t, y0:y1] = band
         ds = self._dataset(src, grid, fine, lr, hr if self.downscale is not None else None, opts)
-        return ds.assign_attrs(tally.attrs()) if self.downscale is not None else ds
+        return ds.assign_attrs(tally.attrs())
 
     def _dataset(self, src, grid, fine, lr, hr, opts) -> xr.Dataset:
         time = src["time"].values
