@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 import precipdiff
-from precipdiff.errors import ConfigError
+from precipdiff.errors import ConfigError, PrecipdiffError
 
 from .pipeline.conftest import coarse_field, write_tiny_weights
 
@@ -72,6 +72,10 @@ def test_bad_arguments(weights) -> None:
     src = coarse_field(ny=6, nx=8, n_time=1)
     with pytest.raises(ConfigError, match="--members"):
         precipdiff.downscale(src, members=0, **weights)
+    with pytest.raises(ConfigError, match="unknown option"):
+        precipdiff.downscale(src, coarsen=2, **weights)
+    with pytest.raises(PrecipdiffError, match="semantics"):
+        precipdiff.downscale(src, input_semantics="block_maximum", **weights)
     ds = xr.Dataset({"a": src, "b": src})
     with pytest.raises(ConfigError, match="variable="):
         precipdiff.downscale(ds, **weights)

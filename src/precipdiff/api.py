@@ -32,6 +32,10 @@ from precipdiff.errors import ConfigError
 
 __all__ = ["downscale"]
 
+#: Further ``precipdiff predict`` options that :func:`downscale` passes on.
+OPTIONS = ("input_semantics", "mass_consistent", "allow_semantics_mismatch",
+           "allow_spacing_mismatch")
+
 
 def downscale(
     data: xr.DataArray | xr.Dataset,
@@ -48,6 +52,7 @@ def downscale(
     window: int = PREDICT.window,
     device: str = "cpu",
     precision: str = PREDICT.precision,
+    **options: object,
 ) -> xr.Dataset:
     """Correct and downscale coarse precipitation ``(time, lat, lon)`` mm/h into an ensemble.
 
@@ -58,6 +63,8 @@ def downscale(
     members, steps, sampler, stages, seed, member_batch, window, device, precision :
         as the options of ``precipdiff predict`` (checked the same way).
     weights_correct, weights_downscale : ``.safetensors`` files; None: the shipped weights.
+    **options : any of :data:`OPTIONS` (``input_semantics``, ``mass_consistent``, the
+        ``allow_*_mismatch`` overrides), as for ``precipdiff predict``.
 
     Returns
     -------
@@ -70,8 +77,11 @@ def downscale(
     from precipdiff.pipeline.archive import weights_key, worker_pipeline
     from precipdiff.pipeline.run import PredictRequest, resolve_device
 
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"downscale: unknown option(s) {unknown}; expected {list(OPTIONS)}")
     da = _as_dataarray(data, variable)
-    req = PredictRequest(
+    req = PredictRequest(**options,  # type: ignore[arg-type]
         inputs=(), output=Path("."), weights_correct=_path(weights_correct),
         weights_downscale=_path(weights_downscale), stages=tuple(stages), members=members,
         sampler=sampler, steps=steps, seed=seed, member_batch=member_batch, window=window,
