@@ -16,6 +16,9 @@ Inputs are checked before any work (:func:`precipdiff.pipeline.inputs.check_inpu
 :meth:`Pipeline.prepare_input` against the models: declared input semantics and grid spacing,
 :mod:`precipdiff.pipeline.inputs`), and every output obeys the wet/dry rule of
 :mod:`precipdiff.pipeline.dry` (dry stays dry, no trace values).
+Stage I is bounded: no corrected value exceeds ``max(ratio x M, M + add)``, ``M`` the source
+maximum around the cell (:data:`STAGE1_BOUND`, :meth:`Pipeline.bound_corrected`); the clip count
+and the domain volume error are output attributes (:class:`RunTally`).
 Projected ``(time, y, x)`` inputs stay projected: the output has ``y``/``x`` (fine) and
 ``y_lr``/``x_lr`` (coarse) in the input's units and CRS; lat/lon inputs get ``lat``/``lon`` and
 ``lat_lr``/``lon_lr``.
