@@ -88,7 +88,7 @@ def dask_client(workers: int, address: str | None = None) -> Iterator:
         n_workers=workers,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
         silence_logs=logging.ERROR,
     ) as cluster, Client(cluster) as client:
         yield client
@@ -196,17 +196,21 @@ def scan_task(req: PredictRequest, device: str, key: tuple, path: Path) -> Input
 
 def zarr_task(
     req: PredictRequest, device: str, key: tuple, path: Path, store: Path,
-    hook: Hook | None = None,
+    hook: bytes | None = None,
 ) -> tuple[Path, str | None]:
     """Predict the time steps of ``path`` not yet done in ``store`` and write them by region.
 
-    Returns ``(input, error or None)``; never raises a user error.
+    ``hook``: a :data:`Hook` serialised with cloudpickle (so that one defined in a notebook or
+    a test module reaches the workers). Returns ``(input, error or None)``; never raises a user
+    error.
     """
+    import cloudpickle
     import zarr
 
     from precipdiff.io import read
     from precipdiff.pipeline.run import _extras_for, _options, file_seed, input_id
 
+    call = None if hook is None else cloudpickle.loads(hook)
     try:
         pipeline = worker_pipeline(req, device, key)
         raw = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
@@ -223,13 +227,13 @@ def zarr_task(
                 continue
             ext = None if extras is None else extras.isel(time=t).values
             _write_step(root, pipeline, opts, src.isel(time=t).values, t, i, req.thresholds, ext)
-            if hook is not None:
-                hook("step_written", int(i))
+            if call is not None:
+                call("step_written", int(i))
             root["input_id"][i] = ident
             root["seed"][i] = seed
             root["step_done"][i] = 1  # last: a step is complete only once this is set
-            if hook is not None:
-                hook("step_done", int(i))
+            if call is not None:
+                call("step_done", int(i))
         return path, None
     except PrecipdiffError as exc:
         return path, str(exc)
@@ -490,6 +494,7 @@ def _run_netcdf(client, req, device, key, failed: list[str]) -> Iterator[Path]:
 
 def _run_zarr(client, req, pipeline, opts, key, failed: list[str],
               hook: Hook | None) -> Iterator[Path]:
+    import cloudpickle
     from distributed import as_completed
 
     from precipdiff.io import read
@@ -523,7 +528,8 @@ def _run_zarr(client, req, pipeline, opts, key, failed: list[str],
                 log.info("skip %s: its time steps are complete in %s", info.path, store)
             else:
                 todo.append(info.path)
-        futures = [client.submit(zarr_task, req, opts.device, key, p, store, hook, pure=False)
+        shipped = None if hook is None else cloudpickle.dumps(hook)
+        futures = [client.submit(zarr_task, req, opts.device, key, p, store, shipped, pure=False)
                    for p in todo]
         for future in as_completed(futures):
             path, error = future.result()

@@ -1,0 +1,224 @@
+"""Archive mode on a real dask LocalCluster (2 worker processes): the zarr store, resuming,
+a worker killed mid-task, bad inputs, and weights loaded once per worker."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from precipdiff.errors import ConfigError, GridError, PrecipdiffError
+from precipdiff.io import write_netcdf
+from precipdiff.pipeline import archive
+from precipdiff.pipeline.run import PredictRequest, _options, load_pipeline
+
+from .conftest import coarse_field
+
+distributed = pytest.importorskip("distributed")
+
+# the hooks below run on the workers, which cannot import this test module
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as c, distributed.Client(c) as client:
+        yield c.scheduler_address, client
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three one-step inputs, one hour apart, plus one with two steps (the first is 30 min
+    later than the last one-step file), all on one 6x8 grid."""
+    root = tmp_path_factory.mktemp("archive_inputs")
+    field = coarse_field(ny=6, nx=8, n_time=2)
+    out = []
+    for k in range(3):
+        one = field.isel(time=[0]).assign_coords(time=field["time"][[0]] + np.timedelta64(k, "h"))
+        out.append(write_netcdf(one.rename("precip"), root / f"f{k}.nc"))
+    two = field.assign_coords(time=field["time"] + np.timedelta64(3, "h"))
+    out.append(write_netcdf(two.rename("precip"), root / "f3.nc"))
+    return out
+
+
+def _request(tiny_weights, inputs, output, address, **kw) -> PredictRequest:
+    return PredictRequest(
+        inputs=list(inputs), output=output, weights_correct=tiny_weights["correct"],
+        weights_downscale=tiny_weights["downscale"], members=2, steps=2, device="cpu",
+        archive=True, scheduler=address, **kw,
+    )
+
+
+def _run(req: PredictRequest, hook=None) -> list[Path]:
+    pipeline = load_pipeline(req, "cpu")
+    return list(archive.run_archive(req, pipeline, _options(req, "cpu"), hook=hook))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_weights, files, cluster, tmp_path_factory) -> Path:
+    """An uninterrupted zarr run over every input."""
+    store = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    assert _run(_request(tiny_weights, files, store, cluster[0], archive_format="zarr")) == [store]
+    return store
+
+
+def test_store_layout_and_same_ensembles_as_netcdf(tiny_weights, files, cluster, reference,
+                                                   tmp_path) -> None:
+    ds = xr.open_zarr(reference)
+    assert ds["precip"].dims == ("time", "member", "lat", "lon")
+    assert ds["precip"].shape == (5, 2, 24, 32)
+    assert ds["precip"].encoding["chunks"][:2] == (1, 2)
+    assert ds["exceedance_probability"].dims[:2] == ("time", "threshold")
+    assert ds.attrs["Conventions"] == "CF-1.8" and ds["precip"].attrs["units"] == "mm h-1"
+    assert ds["precip"].attrs["grid_mapping"] == "crs" and "crs_wkt" in ds["crs"].attrs
+    assert (ds["step_done"].values == 1).all()
+    assert np.isfinite(ds["precip"].values).any()
+    assert "consolidated_metadata" in (reference / "zarr.json").read_text()
+    # the NetCDF mode (one file per input) writes the same ensembles with the same seeds
+    out = tmp_path / "nc"
+    written = _run(_request(tiny_weights, files, out, cluster[0]))
+    assert len(written) == len(files)
+    for path in files:
+        nc = xr.open_dataset(out / f"{path.name}.precipdiff.nc")
+        steps = ds.sel(time=nc["time"].values)
+        np.testing.assert_array_equal(steps["precip"].values,
+                                      nc["precip"].transpose("time", "member", ...).values)
+        assert (steps["seed"].values == nc.attrs["seed"]).all()
+    # each worker loaded the weights once for all those tasks
+    loads = cluster[1].run(lambda: archive.LOADS["count"])
+    assert max(loads.values()) == 1 and min(loads.values()) >= 0
+
+
+def test_rerun_does_only_missing_steps(tiny_weights, files, cluster, reference, tmp_path) -> None:
+    store = tmp_path / "s.zarr"
+    req = _request(tiny_weights, files, store, cluster[0], archive_format="zarr")
+    _run(req)
+    root = zarr.open_group(store, mode="r+")
+    root["step_done"][4] = 0
+    root["precip"][4] = np.nan  # as if the run had died in this step
+    log = tmp_path / "steps.log"
+    _run(req, hook=_Logger(str(log)))
+    assert log.read_text().split() == ["step_written:4", "step_done:4"]
+    for name in ("precip", "corrected_lr", "ensemble_std", "step_done", "seed"):
+        np.testing.assert_array_equal(zarr.open_group(store)[name][:],
+                                      zarr.open_group(reference)[name][:])
+    # nothing left to do: a third run writes nothing
+    log.unlink()
+    _run(req, hook=_Logger(str(log)))
+    assert not log.exists()
+
+
+def test_worker_killed_mid_task(tiny_weights, files, cluster, reference, tmp_path) -> None:
+    """The first task to finish writing a step's fields kills its worker before marking the
+    step done: dask reruns the task elsewhere and the store ends identical to the reference."""
+    store = tmp_path / "k.zarr"
+    marker = tmp_path / "killed"
+    req = _request(tiny_weights, files, store, cluster[0], archive_format="zarr")
+    _run(req, hook=_KillOnce(str(marker)))
+    assert marker.exists()
+    ref = zarr.open_group(reference)
+    got = zarr.open_group(store)
+    for name in ("precip", "ensemble_mean", "exceedance_probability", "source_lr", "step_done",
+                 "seed", "input_id"):
+        np.testing.assert_array_equal(got[name][:], ref[name][:])
+
+
+def test_bad_input_reported_rest_completes(tiny_weights, files, cluster, tmp_path) -> None:
+    bad = tmp_path / "bad.nc"
+    bad.write_bytes(files[0].read_bytes()[:300])
+    store = tmp_path / "b.zarr"
+    req = _request(tiny_weights, [files[0], bad, files[1]], store, cluster[0],
+                   archive_format="zarr")
+    with pytest.raises(PrecipdiffError, match=r"1 input file\(s\) failed.*bad\.nc"):
+        _run(req)
+    assert (zarr.open_group(store)["step_done"][:] == 1).all()
+    assert zarr.open_group(store)["step_done"].shape == (2,)
+
+
+def test_one_grid_and_unique_times(tiny_weights, files, cluster, tmp_path) -> None:
+    other = coarse_field(ny=6, nx=10, n_time=1)
+    other = other.assign_coords(time=other["time"] + np.timedelta64(9, "h"))
+    odd = write_netcdf(other.rename("precip"), tmp_path / "odd.nc")
+    req = _request(tiny_weights, [files[0], odd], tmp_path / "g.zarr", cluster[0],
+                   archive_format="zarr")
+    with pytest.raises(GridError, match=r"odd\.nc is on another grid"):
+        _run(req)
+    twin = tmp_path / "twin.nc"
+    twin.write_bytes(files[0].read_bytes())
+    req = _request(tiny_weights, [files[0], twin], tmp_path / "t.zarr", cluster[0],
+                   archive_format="zarr")
+    with pytest.raises(ConfigError, match=r"both hold the time"):
+        _run(req)
+    assert not (tmp_path / "g.zarr").exists() and not (tmp_path / "t.zarr").exists()
+
+
+def test_other_settings_refused(tiny_weights, files, cluster, reference, tmp_path) -> None:
+    req = _request(tiny_weights, files, reference, cluster[0], archive_format="zarr", seed=5)
+    with pytest.raises(ConfigError, match="made with other settings"):
+        _run(req)
+
+
+class _Logger:
+    """Hook that appends ``event:index`` lines to a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, event: str, index: int) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(f"{event}:{index}\n")
+
+
+class _KillOnce:
+    """Hook that kills its worker process the first time a step's fields are written."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self, event: str, index: int) -> None:
+        if event == "step_written" and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)
+
+
+def _cli(*args: str):
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "precipdiff", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def _cli_args(tiny_weights, *extra: str) -> list[str]:
+    return ["predict", *extra, "--weights-correct", str(tiny_weights["correct"]),
+            "--weights-downscale", str(tiny_weights["downscale"]), "--members", "2",
+            "--steps", "2", "--device", "cpu"]
+
+
+def test_cli_zarr_store(tiny_weights, files, reference, tmp_path) -> None:
+    """Through the real CLI on its embedded cluster: the store equals the reference; a zarr
+    store without --archive, and inputs on two grids, are one-line errors leaving nothing."""
+    store = tmp_path / "cli.zarr"
+    res = _cli("-q", *_cli_args(tiny_weights, *map(str, files), "--archive", "--format", "zarr",
+                                "--workers", "2", "--output", str(store)))
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert res.stdout.splitlines() == [f"written: {store}"]
+    np.testing.assert_array_equal(zarr.open_group(store)["precip"][:],
+                                  zarr.open_group(reference)["precip"][:])
+    res = _cli(*_cli_args(tiny_weights, str(files[0]), "--format", "zarr",
+                          "--output", str(tmp_path / "x.zarr")))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "needs --archive" in res.stderr
+    other = coarse_field(ny=6, nx=10, n_time=1)
+    odd = write_netcdf(other.rename("precip"), tmp_path / "odd.nc")
+    res = _cli(*_cli_args(tiny_weights, str(files[1]), str(odd), "--archive", "--format", "zarr",
+                          "--output", str(tmp_path / "y.zarr")))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "odd.nc is on another grid" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.zarr", "odd.nc"]
