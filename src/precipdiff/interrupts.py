@@ -1,4 +1,4 @@
-"""Signals as exceptions, so that ``with`` blocks clean up; workers that die with their parent.
+"""Signals as exceptions, so that ``with`` blocks clean up.
 
 SIGTERM (and SIGHUP, unless ignored) is turned into :class:`Terminated`, a :class:`SystemExit`
 with status ``128 + signum`` (143 for SIGTERM, the shell convention), raised in the main thread
@@ -9,16 +9,9 @@ catches ``Exception`` does not swallow it.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
 import signal
-import sys
 import threading
-import time
 from typing import Any
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Terminated(SystemExit):
@@ -49,26 +42,3 @@ def raise_on_termination() -> None:
     hup = getattr(signal, "SIGHUP", None)
     if hup is not None and signal.getsignal(hup) is not signal.SIG_IGN:
         signal.signal(hup, _raise_terminated)
-
-
-def die_with_parent(parent_pid: int, *, poll_s: float = 1.0) -> None:
-    """Send this process SIGTERM when ``parent_pid`` dies (even by SIGKILL).
-
-    Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)``; elsewhere a daemon thread that polls
-    :func:`os.getppid` every ``poll_s`` seconds. Call it first thing in a worker process,
-    after :func:`raise_on_termination`, so the worker removes its temporary files and exits.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0:
-                if os.getppid() != parent_pid:  # the parent died before prctl took effect
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(poll_s)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
