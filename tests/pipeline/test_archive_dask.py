@@ -222,3 +222,10 @@ def test_cli_zarr_store(tiny_weights, files, reference, tmp_path) -> None:
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert "odd.nc is on another grid" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.zarr", "odd.nc"]
+
+
+def test_cli_unknown_format(tiny_weights, files, tmp_path) -> None:
+    res = _cli(*_cli_args(tiny_weights, str(files[0]), "--archive", "--format", "tiff",
+                          "--output", str(tmp_path / "out")))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "--format 'tiff' is unknown" in res.stderr and not list(tmp_path.iterdir())
