@@ -172,7 +172,7 @@ class _Layout:
 def _predict_block(block: xr.DataArray, *, req, device: str, key: tuple,
                    layout: _Layout) -> xr.Dataset:
     """One time step (a block of one step) through the pipeline; plain numpy results."""
-    from precipdiff.pipeline.archive import prepared, worker_pipeline
+    from precipdiff.pipeline.archive import worker_pipeline
     from precipdiff.pipeline.pipeline import scratch_dir
     from precipdiff.pipeline.run import _options, file_seed
 
@@ -182,7 +182,7 @@ def _predict_block(block: xr.DataArray, *, req, device: str, key: tuple,
     pipeline = worker_pipeline(req, device, key)
     seed = file_seed(req.seed, block)
     opts = dataclasses.replace(_options(req, device), seed=seed)
-    src = prepared(pipeline, block, opts)
+    src = pipeline.prepare_input(block, opts)
     field = np.asarray(src.isel(time=0).values, np.float32)
     corrected = pipeline.correct_step(field, 0, opts)
     arrays: dict[str, np.ndarray] = {

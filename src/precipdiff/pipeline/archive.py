@@ -146,7 +146,7 @@ def netcdf_task(
         opts = _options(req, device)
         raw = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
         own = dataclasses.replace(opts, seed=file_seed(opts.seed, raw))
-        src = prepared(pipeline, raw, opts)
+        src = pipeline.prepare_input(raw, opts)
         extras = _extras_for(pipeline, req, src)
         attrs = {INPUT_ATTR: input_id(path), "archive_base_seed": int(opts.seed)}
         predict_to_file(
@@ -155,15 +155,6 @@ def netcdf_task(
         return path, target, None
     except PrecipdiffError as exc:
         return path, target, str(exc)
-
-
-def prepared(pipeline: Pipeline, src: xr.DataArray, opts: PredictOptions) -> xr.DataArray:
-    """The input as the single-file path feeds it to the pipeline (checked, and through
-    ``Pipeline.prepare_input`` where the pipeline has it)."""
-    from precipdiff.pipeline.inputs import check_input
-
-    prepare = getattr(pipeline, "prepare_input", None)
-    return prepare(src, opts) if prepare is not None else check_input(src)
 
 
 @dataclass(frozen=True)
@@ -185,7 +176,7 @@ def scan_task(req: PredictRequest, device: str, key: tuple, path: Path) -> Input
     try:
         pipeline = worker_pipeline(req, device, key)
         raw = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
-        src = prepared(pipeline, raw, _options(req, device))
+        src = pipeline.prepare_input(raw, _options(req, device))
     except PrecipdiffError as exc:
         return str(exc)
     ydim, xdim = src.dims[-2:]
@@ -216,7 +207,7 @@ def zarr_task(
         raw = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
         seed = file_seed(req.seed, raw)  # as in --format netcdf: predict FILE --seed reproduces
         opts = dataclasses.replace(_options(req, device), seed=seed)
-        src = prepared(pipeline, raw, opts)
+        src = pipeline.prepare_input(raw, opts)
         root = _Arrays(zarr.open_group(store, mode="r+", use_consolidated=False))
         index = _time_index(root, src["time"].values, path)
         done = np.asarray(root["step_done"][:])
@@ -517,8 +508,8 @@ def _run_zarr(client, req, pipeline, opts, key, failed: list[str],
         if store.exists():
             axis, done = open_store(store, settings, times)
         else:
-            first = prepared(pipeline, read(infos[0].path, reader=req.reader,
-                                            variable=req.variable, bbox=req.bbox), opts)
+            first = pipeline.prepare_input(read(infos[0].path, reader=req.reader,
+                                                variable=req.variable, bbox=req.bbox), opts)
             create_store(store, pipeline, first, opts, times, req.thresholds, settings)
             axis, done = times, np.zeros(len(times), np.int8)
         todo = []
