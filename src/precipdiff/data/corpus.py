@@ -111,17 +111,10 @@ def _crs(da: xr.DataArray) -> str | None:
     return next((str(da.attrs[k]) for k in CRS_ATTRS if da.attrs.get(k)), None)
 
 
-def _aligned_start(c0: float, d: float, f: int) -> int:
-    """Cells to skip so that coarse blocks start on multiples of ``f * d`` from the origin
-    (0 m, or 0 deg: a 0.01 deg grid then coarsens onto the 0.1 deg IMERG cells)."""
-    q = (c0 - d / 2) / d
-    return int((-round(q)) % f) if abs(q - round(q)) < 1e-3 else 0
-
-
 def _geometry(da: xr.DataArray, f: int, path: str) -> dict[str, Any]:
     """Fine and coarse grids ``[y0, x0, dy, dx, ny, nx]`` (cell centres) of the first file."""
     g = pairing.grid_tuple(da, path)
-    i0, j0 = _aligned_start(g[0], g[2], f), _aligned_start(g[1], g[3], f)
+    i0, j0 = pairing.lattice_offset(g[0], g[2], f), pairing.lattice_offset(g[1], g[3], f)
     ny, nx = (g[4] - i0) // f * f, (g[5] - j0) // f * f
     if ny < f or nx < f:
         raise GridError(f"{path}: the region has {g[4]}x{g[5]} fine cells, too few for one "

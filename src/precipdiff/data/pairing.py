@@ -177,6 +177,17 @@ class FileScan:
     accumulation: str | None
 
 
+def lattice_offset(c0: float, d: float, factor: int) -> int:
+    """Fine cells to skip so that coarse blocks start on multiples of ``factor * d`` from the
+    origin (0 deg or 0 m): a 0.01 deg grid then coarsens onto the 0.1 deg IMERG cells.
+
+    ``c0`` is the first cell centre, ``d`` the spacing; 0 when the grid is not on a lattice
+    of ``d`` from the origin (cell edges off multiples of ``d`` by more than 1e-3 of a cell).
+    """
+    q = (c0 - d / 2) / d
+    return int((-round(q)) % factor) if abs(q - round(q)) < 1e-3 else 0
+
+
 def grid_tuple(da: xr.DataArray, path: str) -> tuple[float, float, float, float, int, int]:
     """Regular-grid description ``(lat0, lon0, dlat, dlon, nlat, nlon)`` of ``da``."""
     dims = da.dims[-2:]

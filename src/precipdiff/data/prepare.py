@@ -71,12 +71,6 @@ def recipe_emulated(reference: Sequence[str] | str, *,
 # ----------------------------------------------------------------------------- planning
 
 
-def _lattice_offset(c0: float, d: float, f: int) -> int:
-    """Cells to skip so that coarse blocks start on multiples of ``f * d`` from 0 degrees."""
-    q = (c0 - d / 2) / d
-    return int((-round(q)) % f) if abs(q - round(q)) < 1e-3 else 0
-
-
 def _geometry(scans: list[pairing.FileScan], f: int) -> dict[str, list]:
     first = scans[0]
     for s in scans[1:]:
@@ -85,7 +79,7 @@ def _geometry(scans: list[pairing.FileScan], f: int) -> dict[str, list]:
             raise GridError(f"{s.path}: reference grid {s.grid} differs from {first.path} "
                             f"{first.grid} (lat0, lon0, dlat, dlon, nlat, nlon)")
     lat0, lon0, dlat, dlon, nlat, nlon = first.grid
-    i0, j0 = _lattice_offset(lat0, dlat, f), _lattice_offset(lon0, dlon, f)
+    i0, j0 = pairing.lattice_offset(lat0, dlat, f), pairing.lattice_offset(lon0, dlon, f)
     ny, nx = (nlat - i0) // f * f, (nlon - j0) // f * f
     if ny < f or nx < f:
         raise GridError(f"{first.path}: the region has {nlat}x{nlon} fine cells, too few for "
