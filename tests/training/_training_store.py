@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +107,15 @@ def make_corpus(folder: Path, *, factor: int = 2, seed: int = 0) -> Path:
                         "day2": ["2020-03-03T10:00", "2020-03-03T10:00"]},
              "held_out": "day2"}]})
     return prepare_corpus(cfg, folder / "corpus.zarr")
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until ``path`` exists; fail if ``proc`` (stdout piped) ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stdout.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear")
+        time.sleep(0.01)

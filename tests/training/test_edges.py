@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _training_store import tiny_overrides
+from _training_store import tiny_overrides, wait_for
 
 from precipdiff.atomic import atomic_path
 from precipdiff.training.checkpoint import load_checkpoint
@@ -103,23 +103,12 @@ def _start_slow(overrides: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early: {proc.stdout.read().decode()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"{path} did not appear")
-        time.sleep(0.02)
-
-
 def test_second_training_in_the_same_directory_is_refused(tiny_store, tmp_path):
     out = tmp_path / "run"
     overrides = tiny_overrides(tiny_store, out, "train.steps=400", "data.num_workers=0")
     first = _start_slow(overrides)
     try:
-        _wait_for(out / "config.yaml", first)
+        wait_for(out / "config.yaml", first, timeout=120.0)
         lock = json.loads((out / LOCK_NAME).read_text())
         assert lock["pid"] == first.pid
         res = run_cli("train", *_sets(overrides))
@@ -193,7 +182,7 @@ def test_cli_train_signal_saves_cleans_and_exits(tiny_store, tmp_path, signum, s
     proc = subprocess.Popen([sys.executable, "-m", "precipdiff", "train", *_sets(overrides)],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(out / "checkpoints" / "last.pt", proc)
+        wait_for(out / "checkpoints" / "last.pt", proc, timeout=120.0)
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=120)
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _training_store import tiny_overrides
+from _training_store import tiny_overrides, wait_for
 
 from precipdiff.training.checkpoint import load_checkpoint, load_weights
 from precipdiff.training.config import load_config
@@ -38,17 +38,6 @@ def _start(overrides: list[str], *, resume: bool = False) -> subprocess.Popen:
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early: {proc.stdout.read().decode()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"{path} did not appear")
-        time.sleep(0.01)
-
-
 def _assert_same(weights: dict, state: dict, reference) -> None:
     ref_weights, ref_state = reference
     assert state["step"] == ref_state["step"]
@@ -69,7 +58,7 @@ def test_sigterm_then_sigkill_then_resume_is_exact(tiny_store, tmp_path, referen
     last = out / "checkpoints" / "last.pt"
     overrides = tiny_overrides(tiny_store, out, *STEPS)
     proc = _start(overrides)
-    _wait_for(last, proc)
+    wait_for(last, proc, timeout=60.0)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     stopped = _step(out)
