@@ -37,9 +37,8 @@ from precipdiff.pipeline.shipped import shipped_weights
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mrms" / "2019-06-10"
 OUT = Path(__file__).parent / "results" / "nfe"
 BBOX = (-85.0, 41.0, -83.0, 43.0)  # inside the test band of configs/prepare_mrms_emulated.yaml
-SETTINGS_FULL = [("dpmpp_2m", 4), ("dpmpp_2m", 8), ("dpmpp_2m", 12),
+SETTINGS = [("dpmpp_2m", 4), ("dpmpp_2m", 8), ("dpmpp_2m", 12),
             ("trig_pc", 4), ("trig_pc", 6), ("trig_pc", 8), ("trig_pc", 10), ("trig_pc", 16)]
-SETTINGS = [s for s in SETTINGS_FULL if s[0] in os.environ.get("NFE_SAMPLERS", "dpmpp_2m,trig_pc")]
 
 
 def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tuple[float, float]:
@@ -62,6 +61,22 @@ def load(times: int) -> tuple[xr.DataArray, xr.DataArray]:
 CONVERGED = [("dpmpp_2m", 12), ("dpmpp_2m", 32), ("trig_pc", 32), ("heun", 24)]
 
 
+def run_setting(down: Stage, lr: xr.DataArray, sampler: str, steps: int, members: int,
+                seed: int) -> tuple[xr.DataArray, SamplerSettings, float]:
+    """Stage II alone on ``lr``: (precip (member, time, lat, lon), settings, wall seconds)."""
+    s2 = SamplerSettings(sampler=sampler, steps=steps)
+    opts = PredictOptions(members=members, downscale=s2, seed=seed, window=512)
+    t0 = time.perf_counter()
+    pred = Pipeline(None, down).predict(lr, opts)["precip"]
+    return pred, s2, time.perf_counter() - t0
+
+
+def crps_per_time(fc: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Fair CRPS mean per time step; ``fc`` (member, time, y, x), ``truth`` (time, y, x)."""
+    return np.array([np.nanmean(crps_ensemble_pointwise(fc[:, t], truth[t], estimator="fair"))
+                     for t in range(truth.shape[0])])
+
+
 def converged() -> None:
     """High-NFE settings on one time step: where do the samplers converge to?"""
     lr, hr = load(6)
@@ -69,11 +84,9 @@ def converged() -> None:
     down = Stage.load(shipped_weights()["downscale"])
     res = {}
     for sampler, steps in CONVERGED:
-        s2 = SamplerSettings(sampler=sampler, steps=steps)
-        opts = PredictOptions(members=6, downscale=s2, seed=0, window=512)
-        pred = Pipeline(None, down).predict(lr, opts)["precip"].values
+        pred = run_setting(down, lr, sampler, steps, members=6, seed=0)[0].values
         res[(sampler, steps)] = pred
-        crps = np.nanmean(crps_ensemble_pointwise(pred[:, 0], hr.values[0], estimator="fair"))
+        crps = crps_per_time(pred, hr.values)[0]
         spread = float(np.nanstd(pred[:, 0], axis=0).mean())
         print(f"{sampler} {steps}: CRPS fair {crps:.4f}, mean member std {spread:.4f}", flush=True)
     keys = list(res)
@@ -97,14 +110,8 @@ def main() -> None:
     truth = hr.values
     rows, per_time = [], {}
     for sampler, steps in SETTINGS:
-        s2 = SamplerSettings(sampler=sampler, steps=steps)
-        opts = PredictOptions(members=args.members, downscale=s2, seed=args.seed, window=512)
-        t0 = time.perf_counter()
-        pred = Pipeline(None, down).predict(lr, opts)["precip"]
-        secs = time.perf_counter() - t0
-        fc = pred.values  # (member, time, lat, lon)
-        crps_t = np.array([np.nanmean(crps_ensemble_pointwise(fc[:, t], truth[t], estimator="fair"))
-                           for t in range(truth.shape[0])])
+        pred, s2, secs = run_setting(down, lr, sampler, steps, args.members, args.seed)
+        crps_t = crps_per_time(pred.values, truth)
         ssr = float(spread_skill_ratio(pred, hr.assign_coords(lat=pred.lat, lon=pred.lon)))
         key = f"{sampler}-{steps}"
         per_time[key] = crps_t
