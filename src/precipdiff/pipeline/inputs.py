@@ -223,12 +223,11 @@ def _fmt(value: float, units: str) -> str:
     return f"{value:g} deg" if units == "degrees" else f"{value / 1000:g} km"
 
 
-def check_spacing(src: xr.DataArray, metadata: dict[str, str], *, allow: bool = False
-                  ) -> dict[str, Any]:
+def check_spacing(src: xr.DataArray, metadata: dict[str, str], *, allow: bool = False) -> None:
     """Refuse an input whose grid spacing is not the models' coarse spacing (module docstring).
 
-    Returns attributes for the output (``input_spacing``, ``model_coarse_spacing``). With
-    ``allow`` a mismatch is logged instead of raised.
+    With ``allow`` a mismatch is logged instead of raised (the output's provenance records the
+    override).
     """
     path, variable = _where(src)
     dy, dx, units = input_spacing(src)
@@ -238,31 +237,28 @@ def check_spacing(src: xr.DataArray, metadata: dict[str, str], *, allow: bool = 
     else:  # degrees against metres: compare the north-south spacing
         to_m = {"degrees": METRES_PER_DEGREE, "m": 1.0}
         ratios = (dy * to_m[units] / (my * to_m[munits]),)
-    attrs = {"input_grid_spacing": f"{_fmt(dy, units)} x {_fmt(dx, units)}",
-             "model_coarse_spacing": f"{_fmt(my, munits)} x {_fmt(mx, munits)} ({origin})"}
     if all(abs(r - 1.0) <= SPACING_TOLERANCE for r in ratios):
-        return attrs
+        return
     ratio = ratios[0]
     hint = (f"pool it first with --coarsen {round(1 / ratio)}" if 1 / ratio >= 1.5
             else "regrid it to the models' spacing")
-    message = (f"grid spacing {attrs['input_grid_spacing']}, the models expect "
-               f"{attrs['model_coarse_spacing']} (within {SPACING_TOLERANCE:.0%}); {hint}, or "
+    message = (f"grid spacing {_fmt(dy, units)} x {_fmt(dx, units)}, the models expect "
+               f"{_fmt(my, munits)} x {_fmt(mx, munits)} ({origin}) "
+               f"(within {SPACING_TOLERANCE:.0%}); {hint}, or "
                "override with --allow-spacing-mismatch")
     if not allow:
         raise InputFileError(path, message, variable=variable)
     log.warning("%s: %s (overridden)", path, message)
-    attrs["spacing_mismatch_allowed"] = 1
-    return attrs
 
 
 def check_semantics(src: xr.DataArray, declared: str, stages: Iterable[tuple[str, Any]], *,
-                    allow: bool = False) -> dict[str, Any]:
+                    allow: bool = False) -> None:
     """Refuse a declared input semantics the models were not trained for (module docstring).
 
     ``stages`` are ``(name, semantics)`` pairs in the order they run (``semantics`` an
     :class:`~precipdiff.release.InputSemantics`); each stage must expect what the one before
-    produces (the declared input for the first). Returns output attributes; with ``allow`` a
-    mismatch is logged instead of raised.
+    produces (the declared input for the first). With ``allow`` a mismatch is logged instead of
+    raised (the output's provenance records the override).
     """
     path, variable = _where(src)
     if declared not in AGGREGATIONS:
@@ -277,6 +273,5 @@ def check_semantics(src: xr.DataArray, declared: str, stages: Iterable[tuple[str
             if not allow:
                 raise InputFileError(path, message, variable=variable)
             log.warning("%s: %s (overridden)", path, message)
-            return {"input_semantics": declared, "semantics_mismatch_allowed": 1}
+            return
         have, what = semantics.aggregation, f"the {name} model produces {have}"
-    return {"input_semantics": declared}
