@@ -40,7 +40,7 @@ from precipdiff.models.attention import neighbourhood_attention as na
 from precipdiff.release import Release
 
 WEIGHTS = (Path(__file__).resolve().parents[1] / "src" / "precipdiff" / "weights"
-           / "stage2_downscale.safetensors")
+           / "stage2_downscale_max.safetensors")
 BATCH = {128: 8, 256: 2, 512: 1}  # 131 072 / 131 072 / 262 144 pixels per call
 
 

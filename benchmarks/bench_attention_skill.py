@@ -74,7 +74,7 @@ def cpu_model() -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    weights = args.weights or shipped_weights()["downscale"]
+    weights = args.weights or shipped_weights()["downscale_max"]
     base = Stage.load(weights)
     truth = read_frames(args)
     side = base.factor

@@ -81,7 +81,7 @@ def converged() -> None:
     """High-NFE settings on one time step: where do the samplers converge to?"""
     lr, hr = load(6)
     lr, hr = lr.isel(time=[2]), hr.isel(time=[2])
-    down = Stage.load(shipped_weights()["downscale"])
+    down = Stage.load(shipped_weights()["downscale_max"])
     res = {}
     for sampler, steps in CONVERGED:
         pred = run_setting(down, lr, sampler, steps, members=6, seed=0)[0].values
@@ -106,7 +106,7 @@ def main() -> None:
         converged()
         return
     lr, hr = load(args.times)
-    down = Stage.load(shipped_weights()["downscale"])
+    down = Stage.load(shipped_weights()["downscale_max"])
     truth = hr.values
     rows, per_time = [], {}
     for sampler, steps in SETTINGS:

@@ -209,7 +209,7 @@ def bench_sampler(stochastic_sampler, args) -> list[dict]:
     from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
     from precipdiff.pipeline.shipped import shipped_weights
 
-    down = Stage.load(args.weights or shipped_weights()["downscale"])
+    down = Stage.load(args.weights or shipped_weights()["downscale_max"])
     _, _, ref_lr, ref_hr = load_split(args.store, "test", args.times, tuple(args.rows))
     counter = {"n": 0}
     real_tiled = stage_mod.TiledDenoiser

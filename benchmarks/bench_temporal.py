@@ -48,7 +48,7 @@ from precipdiff.pipeline.sequence import SequenceOptions, downscale_sequence, se
 from precipdiff.release import Release
 
 log = logging.getLogger("bench_temporal")
-SHIPPED = Path("src/precipdiff/weights/stage2_downscale.safetensors")
+SHIPPED = Path("src/precipdiff/weights/stage2_downscale_max.safetensors")
 
 
 def load_case(corpus, network: str, frames: int, crop: int) -> dict | None:

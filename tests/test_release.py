@@ -90,8 +90,8 @@ def test_low_level_functions_check_like_load(tmp_path):
     assert not (tmp_path / "x.safetensors").exists()
 
 
-@pytest.mark.parametrize("name", ["stage1_correct", "stage2_downscale"])
-def test_shipped_weights_load_unchanged(name):
+@pytest.mark.parametrize("name", ["stage1_correct_max", "stage2_downscale_max"])
+def test_shipped_max_weights_load_unchanged(name):
     path = SHIPPED / f"{name}.safetensors"
     rel = Release.load(path)
     raw = load_weights(path)[1]
@@ -100,6 +100,19 @@ def test_shipped_weights_load_unchanged(name):
     assert rel.semantics.quantity == "rate" and rel.factor == 10
     assert rel.stage == name.split("_")[1] and rel.transform.sigma > 0
     assert rel.build_net() is not None
+
+
+def test_shipped_defaults_are_areal_mean_models():
+    from precipdiff.pipeline.shipped import shipped_weights
+
+    paths = shipped_weights()
+    assert all(paths.values()), paths
+    for name, stage in (("correct", "correct"), ("downscale", "downscale")):
+        rel = Release.load(paths[name])
+        assert rel.stage == stage and rel.factor == 10
+        assert rel.pooling == "mean" and rel.semantics.aggregation == "areal_mean"
+    for name in ("correct_max", "downscale_max"):
+        assert Release.load(paths[name]).semantics.aggregation == "block_maximum"
 
 
 def test_old_file_without_pooling_means_max_pooling(tmp_path):

@@ -43,6 +43,7 @@ def downscale(
     members: int = PREDICT.members,
     steps: int = PREDICT.steps,
     sampler: str = PREDICT.sampler,
+    schedule: str | None = PREDICT.schedule,
     stages: Sequence[str] = ("correct", "downscale"),
     seed: int = PREDICT.seed,
     weights_correct: str | Path | None = None,
@@ -60,7 +61,7 @@ def downscale(
     ----------
     data : DataArray, or Dataset with one data variable (else name it with ``variable``);
         dask-backed inputs give a lazy result, one task per time step.
-    members, steps, sampler, stages, seed, member_batch, window, device, precision :
+    members, steps, sampler, schedule, stages, seed, member_batch, window, device, precision :
         as the options of ``precipdiff predict`` (checked the same way).
     weights_correct, weights_downscale : ``.safetensors`` files; None: the shipped weights.
     **options : any of :data:`OPTIONS` (``input_semantics``, ``mass_consistent``, the
@@ -84,8 +85,8 @@ def downscale(
     req = PredictRequest(**options,  # type: ignore[arg-type]
         inputs=(), output=Path("."), weights_correct=_path(weights_correct),
         weights_downscale=_path(weights_downscale), stages=tuple(stages), members=members,
-        sampler=sampler, steps=steps, seed=seed, member_batch=member_batch, window=window,
-        device=device, precision=precision,
+        sampler=sampler, steps=steps, schedule=schedule, seed=seed, member_batch=member_batch,
+        window=window, device=device, precision=precision,
     )
     device = resolve_device(req.device)
     key = weights_key(req, device)

@@ -230,6 +230,11 @@ def predict(
     steps: Annotated[
         int, typer.Option(help="Sampler steps per stage.", metavar="N")
     ] = PREDICT.steps,
+    schedule: Annotated[
+        str | None,
+        typer.Option(help="Noise schedule: karras | loglinear | trig (default: the sampler's "
+                          "own; log-linear for dpmpp_2m).", metavar="NAME"),
+    ] = PREDICT.schedule,
     seed: Annotated[
         int, typer.Option(help="Seed: the same seed gives the same ensemble.", metavar="N")
     ] = PREDICT.seed,
@@ -340,6 +345,7 @@ def predict(
         members=members,
         sampler=sampler,
         steps=steps,
+        schedule=schedule,
         seed=seed,
         bbox=_parse_bbox(bbox),
         reader=reader,

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 class PredictDefaults:
     """Defaults of ``precipdiff predict``.
 
-    members : ensemble size. sampler / steps : diffusion sampler name and steps per stage (EDM
-    Karras schedule). seed : base seed. member_batch : members sampled together. window / halo :
+    members : ensemble size. sampler / steps / schedule : diffusion sampler name, steps per
+    stage and noise schedule (``None``: the sampler's own, log-linear for DPM-Solver++(2M);
+    8 steps: BENCHMARKS.md, "Sampler accuracy"). seed : base seed. member_batch : members
+    sampled together. window / halo :
     fine-grid window and its halo (pixels); neighbouring windows overlap by ``2 * halo``, so a
     window below :attr:`min_window` would be mostly overlap (and the number of windows explodes).
     device : ``auto`` (CUDA when available) | ``cpu`` | ``cuda[:N]``. precision : ``auto`` |
@@ -24,7 +26,8 @@ class PredictDefaults:
 
     members: int = 16
     sampler: str = "dpmpp_2m"
-    steps: int = 12
+    steps: int = 8
+    schedule: str | None = None
     seed: int = 0
     member_batch: int = 8
     window: int = 512

@@ -193,11 +193,12 @@ def _gaussian(mu: float, s: float):
     return d
 
 
-def _few_step_errors(name: str, denoiser, reference) -> tuple[float, float]:
-    """(relative std error, W1) of ``name`` at FEW_NFE steps against ``reference(x_T)``."""
+def _few_step_errors(name: str, denoiser, reference, *, steps: int = FEW_NFE,
+                     schedule: str | None = None) -> tuple[float, float]:
+    """(relative std error, W1) of ``name`` at ``steps`` steps against ``reference(x_T)``."""
     g = torch.Generator().manual_seed(3)
     x_T = torch.randn(SHAPE, generator=g, dtype=torch.float64) * SIGMA_MAX
-    sigmas = sampler_sigmas(name, FEW_NFE)
+    sigmas = sampler_sigmas(name, steps, schedule=schedule)
     out = get_sampler(name)(denoiser, x_T.clone(), sigmas, **sampler_options(name, 0.5))
     ref = reference(x_T)
     w1 = (out.flatten().sort().values - ref.flatten().sort().values).abs().mean().item()
@@ -232,9 +233,29 @@ def test_trig_pc_few_step_mixture():
 
 
 def test_dpmpp_2m_karras_is_not_accurate_at_few_steps():
-    """Why trig_pc exists: DPM-Solver++(2M) on the EDM schedule widens a Gaussian by > 10 %."""
-    err, _ = _few_step_errors("dpmpp_2m", _gaussian(0.0, 0.5), _gaussian_reference(0.0, 0.5))
+    """Why DPM-Solver++(2M) no longer runs on the EDM schedule: it widens a Gaussian by > 10 %."""
+    err, _ = _few_step_errors("dpmpp_2m", _gaussian(0.0, 0.5), _gaussian_reference(0.0, 0.5),
+                              schedule="karras")
     assert err > 0.10, err
+
+
+def test_dpmpp_2m_native_schedule_is_log_linear():
+    sig = sampler_sigmas("dpmpp_2m", 8)
+    ratios = sig[:-2] / sig[1:-1]
+    assert torch.allclose(ratios, ratios[0].expand_as(ratios)) and sig[-1] == 0
+
+
+@pytest.mark.parametrize("s", [0.03, 0.25, 1.0, 4.0])
+def test_dpmpp_2m_log_linear_is_uniform_across_scales(s):
+    """The default (8 steps, log-linear): within 5 % in std for data 0.06x to 8x sigma_data,
+    where trig_pc's theta-uniform schedule is off by +100 % (0.03) and -30 % (4.0).
+
+    Observed: -3.7 % (0.03), +2.3 % (0.25), +3.8 % (1.0), +4.2 % (4.0)."""
+    err, _ = _few_step_errors("dpmpp_2m", _gaussian(0.0, s), _gaussian_reference(0.0, s), steps=8)
+    assert abs(err) <= 0.05, err
+    trig, _ = _few_step_errors("trig_pc", _gaussian(0.0, s), _gaussian_reference(0.0, s), steps=8)
+    if s in (0.03, 4.0):
+        assert abs(trig) > 0.2, trig
 
 
 def test_trig_pc_is_second_order():

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from precipdiff.diffusion.schedules import karras_sigmas, trig_sigmas
+from precipdiff.diffusion.schedules import get_schedule
 from precipdiff.errors import UnknownMethodError
 
 log = logging.getLogger(__name__)
@@ -310,6 +310,18 @@ def nfe(sampler: str, steps: int) -> int:
     return 2 * steps - 1 if sampler == "heun" else steps
 
 
+#: The schedule each sampler is meant for (``sampler_sigmas``'s default): DPM-Solver++ steps
+#: uniformly in log-sigma (Lu et al. 2022 use uniform log-SNR), trig_pc uniformly in
+#: arctan(sigma / sigma_data), the rest on the EDM schedule (Karras et al. 2022, Eq. 5).
+NATIVE_SCHEDULE = {"dpmpp_2m": "loglinear", "trig_pc": "trig"}
+
+
+def native_schedule(sampler: str) -> str:
+    """Name of the schedule ``sampler`` uses unless told otherwise (see ``NATIVE_SCHEDULE``)."""
+    get_sampler(sampler)
+    return NATIVE_SCHEDULE.get(sampler, "karras")
+
+
 def sampler_sigmas(
     sampler: str,
     steps: int,
@@ -318,17 +330,22 @@ def sampler_sigmas(
     sigma_max: float = 80.0,
     rho: float = 7.0,
     sigma_data: float = 0.5,
+    schedule: str | None = None,
 ) -> Tensor:
-    """The noise levels ``sampler`` is meant for (float64, decreasing, trailing 0).
+    """The noise levels for ``sampler`` (float64, decreasing, trailing 0).
 
-    ``trig_pc`` steps uniformly in ``arctan(sigma / sigma_data)``
-    (:func:`~precipdiff.diffusion.schedules.trig_sigmas`); every other sampler uses the EDM
-    schedule (Karras et al. 2022, Eq. 5) with ``rho``.
+    ``schedule`` (``karras`` | ``loglinear`` | ``trig``) defaults to the sampler's own
+    (:func:`native_schedule`). Log-linear steps treat every noise scale alike, which matters for
+    precipitation, whose residual spans scales far below and above ``sigma_data``: with exact
+    Gaussian denoisers of std 0.03 to 4, DPM-Solver++(2M) at 8-10 steps is within +4.3 % in
+    std on the log-linear schedule and +3 to +19 % on the EDM one (``bench_sampler.py``).
     """
-    get_sampler(sampler)
-    if sampler == "trig_pc":
-        return trig_sigmas(steps, sigma_min, sigma_max, sigma_data, dtype=torch.float64)
-    return karras_sigmas(steps, sigma_min, sigma_max, rho, dtype=torch.float64)
+    name = schedule or native_schedule(sampler)
+    fn = get_schedule(name)
+    kw: dict[str, float] = {"rho": rho} if name == "karras" else {}
+    if name == "trig":
+        kw["sigma_data"] = sigma_data
+    return fn(steps, sigma_min, sigma_max, dtype=torch.float64, **kw)
 
 
 def sampler_options(sampler: str, sigma_data: float) -> dict[str, float]:
@@ -347,6 +364,7 @@ def sample(
     sigma_max: float = 80.0,
     rho: float = 7.0,
     sigma_data: float = 0.5,
+    schedule: str | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -356,14 +374,14 @@ def sample(
 ) -> Tensor:
     """Draw samples: ``x_T = sigma_max * N(0, I)``, then ``sampler`` on its schedule.
 
-    The schedule is :func:`sampler_sigmas` (EDM Eq. 5, or uniform in ``theta`` for
-    ``trig_pc``, which also receives ``sigma_data``). The same ``generator`` state gives the same
+    The schedule is :func:`sampler_sigmas` (the sampler's own unless ``schedule`` names one;
+    ``trig_pc`` also receives ``sigma_data``). The same ``generator`` state gives the same
     samples. ``cond`` must have ``shape[0]`` rows (repeat it for an ensemble). ``opts`` go to the
     sampler (e.g. ``S_churn`` for Heun, ``eta``).
     """
     fn = get_sampler(sampler)
     sigmas = sampler_sigmas(sampler, steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
-                            sigma_data=sigma_data)
+                            sigma_data=sigma_data, schedule=schedule)
     if not disable:
         log.debug("sampling %s with %s: %d steps, %d NFE", tuple(shape), sampler, steps,
                   nfe(sampler, steps))

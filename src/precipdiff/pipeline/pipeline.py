@@ -40,6 +40,7 @@ import torch
 import xarray as xr
 
 from precipdiff.defaults import PREDICT
+from precipdiff.diffusion.samplers import native_schedule
 from precipdiff.errors import GridError
 from precipdiff.grid import Grid, spatial_dims, upsample_tensor
 from precipdiff.pipeline.dry import (
@@ -545,6 +546,7 @@ class Pipeline:
             attrs[f"{name}_weights_sha256"] = stage.metadata.get("sha256", "")
             attrs[f"{name}_sampler"] = s.sampler
             attrs[f"{name}_steps"] = s.steps
+            attrs[f"{name}_schedule"] = s.schedule or native_schedule(s.sampler)
             attrs[f"{name}_nfe"] = stage.nfe(s)
         return attrs
 

@@ -69,6 +69,7 @@ class PredictRequest:
     members: int = PREDICT.members
     sampler: str = PREDICT.sampler
     steps: int = PREDICT.steps
+    schedule: str | None = PREDICT.schedule
     seed: int = PREDICT.seed
     bbox: tuple[float, float, float, float] | None = None
     reader: str | None = None
@@ -95,6 +96,7 @@ class PredictRequest:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the option, the value and what is expected."""
         from precipdiff.diffusion.samplers import SAMPLERS
+        from precipdiff.diffusion.schedules import SCHEDULES
         from precipdiff.io.registry import READERS
 
         for name in ("members", "steps", "member_batch", "workers", "coarsen"):
@@ -111,6 +113,9 @@ class PredictRequest:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"--sampler {self.sampler!r} is unknown; expected one of "
                               f"{', '.join(sorted(SAMPLERS))}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule {self.schedule!r} is unknown; expected one of "
+                              f"{', '.join(sorted(SCHEDULES))}")
         if self.reader is not None and self.reader not in READERS:
             raise ConfigError(f"--reader {self.reader!r} is unknown; expected one of "
                               f"{', '.join(sorted(READERS))}")
@@ -171,7 +176,7 @@ def load_pipeline(req: PredictRequest, device: str) -> Pipeline:
 
 
 def _options(req: PredictRequest, device: str) -> PredictOptions:
-    settings = SamplerSettings(sampler=req.sampler, steps=req.steps)
+    settings = SamplerSettings(sampler=req.sampler, steps=req.steps, schedule=req.schedule)
     return PredictOptions(
         members=req.members,
         correct=settings,

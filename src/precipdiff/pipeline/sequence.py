@@ -144,6 +144,7 @@ class SequenceOptions:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
+    schedule: str | None = None
     window: int = 6
     overlap_frames: int = 2
     tile: int = 256
@@ -175,7 +176,8 @@ def sample_sequence(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray
     m = opts.members
     sigmas = sampler_sigmas(opts.sampler, opts.steps, sigma_min=opts.sigma_min,
                             sigma_max=opts.sigma_max, rho=opts.rho,
-                            sigma_data=sigma_data).to(device=cond.device, dtype=torch.float32)
+                            sigma_data=sigma_data, schedule=opts.schedule
+                            ).to(device=cond.device, dtype=torch.float32)
     sample_fn = get_sampler(opts.sampler)
     extra = sampler_options(opts.sampler, sigma_data)
     if opts.chunk is None or opts.chunk >= n:

@@ -5,21 +5,21 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+#: name -> file. ``correct`` and ``downscale`` are the defaults of ``predict``, ``demo`` and
+#: ``precipdiff.downscale``: models for **areal-mean** input (mean pooling), trained on the
+#: five-network radar corpus. ``correct_max`` and ``downscale_max`` are the PrecipDiff setting
+#: (block maxima, max pooling, one MRMS hour), kept for ``--input-semantics block_maximum``.
+#: MODEL_CARD.md describes each.
 SHIPPED = {
-    "correct": "stage1_correct.safetensors",
-    "downscale": "stage2_downscale.safetensors",
-    # Stage II for areal-mean (mean-pooled) input, fine-tuned on the five-network radar corpus;
-    # not a default: pass it with --weights-downscale (MODEL_CARD.md)
-    "downscale_mean": "stage2_downscale_mean.safetensors",
+    "correct": "stage1_correct_mean.safetensors",
+    "downscale": "stage2_downscale_mean.safetensors",
+    "correct_max": "stage1_correct_max.safetensors",
+    "downscale_max": "stage2_downscale_max.safetensors",
 }
 
 
 def shipped_weights() -> dict[str, Path | None]:
-    """Paths of the shipped weights by name (``None`` where not installed).
-
-    ``correct`` and ``downscale`` are the defaults of ``predict``; ``downscale_mean`` is the
-    corpus-trained Stage II for areal-mean input.
-    """
+    """Paths of the shipped weights by name (``None`` where not installed); see ``SHIPPED``."""
     root = resources.files("precipdiff") / "weights"
     out: dict[str, Path | None] = {}
     for stage, name in SHIPPED.items():

@@ -39,10 +39,15 @@ __all__ = ["STAGE_KINDS", "SamplerSettings", "Stage", "bf16_is_fast", "inference
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How a diffusion stage is sampled: sampler name, steps and the Karras schedule (EDM eq. 5)."""
+    """How a diffusion stage is sampled: sampler name, steps and noise schedule.
+
+    ``schedule`` ``None`` is the sampler's own (:func:`~precipdiff.diffusion.samplers.
+    native_schedule`); ``rho`` shapes the ``karras`` schedule (EDM eq. 5).
+    """
 
     sampler: str = PREDICT.sampler
     steps: int = PREDICT.steps
+    schedule: str | None = PREDICT.schedule
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
@@ -222,6 +227,7 @@ class Stage:
             sigmas = sampler_sigmas(
                 settings.sampler, settings.steps, sigma_min=settings.sigma_min,
                 sigma_max=settings.sigma_max, rho=settings.rho, sigma_data=self.sigma_data,
+                schedule=settings.schedule,
             ).to(device=base.device, dtype=torch.float32)
             x = noise.to(base) * float(sigmas[0])
             sample_fn = get_sampler(settings.sampler)
