@@ -159,11 +159,18 @@ def train(
     sets: Sets = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
 ) -> None:
-    """Train a stage (correct | downscale | regression); works under torchrun for DDP."""
+    """Train a stage (correct | downscale | regression); works under torchrun for DDP. A config
+    with a ``temporal`` section trains the spatiotemporal Stage II (single process)."""
     from precipdiff.training.config import load_config
     from precipdiff.training.loop import train as run_training
+    from precipdiff.training.temporal import is_temporal_config, load_temporal_config, run_temporal
 
-    run_dir = run_training(load_config(config, sets or []), resume=resume)
+    if is_temporal_config(config):
+        if resume:
+            raise ConfigError("--resume: temporal runs cannot be resumed yet; start again")
+        run_dir = run_temporal(load_temporal_config(config, sets or []))
+    else:
+        run_dir = run_training(load_config(config, sets or []), resume=resume)
     typer.echo(f"run directory: {run_dir}")
 
 

@@ -33,6 +33,9 @@ Metadata (safetensors header; every value a string, JSON where noted)::
     source_map  (optional) JSON of QuantileMapping.to_dict(): the pooled EQM a Stage I trained
                 with ``data.source_map: eqm`` applies to its input first
     mean_model  (with mean_net.* tensors, and only then) UNetConfig JSON of the regression net
+    temporal    (optional, ``downscale`` only, no mean net) TemporalConfig JSON: the file holds a
+                spatiotemporal Stage II (:class:`~precipdiff.models.temporal.SpatioTemporalUNet`,
+                its temporal blocks' tensors under ``temporal.``) that samples clips of frames
     config      the resolved RunConfig as a JSON object (provenance; not needed to apply the stage)
     version     precipdiff version that wrote the file
     any other key (e.g. ``exported_from``) is kept as a free-form note
@@ -66,6 +69,7 @@ from precipdiff.atomic import atomic_path
 from precipdiff.baselines.quantile_mapping import QuantileMapping
 from precipdiff.data.transforms import PrecipTransform
 from precipdiff.errors import CheckpointError, ConfigError
+from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
 from precipdiff.models.unet import UNet, UNetConfig
 
 WEIGHTS_FORMAT = "precipdiff-weights/1"
@@ -76,12 +80,12 @@ QUANTITIES = ("rate",)
 MEAN_PREFIX = "mean_net."
 REQUIRED_METADATA = ("stage", "config", "model", "transform", "factor", "version")
 KNOWN_METADATA = (*REQUIRED_METADATA, "format", "pooling", "semantics", "sigma_data", "patch",
-                  "extra_names", "extra_stats", "source_map", "mean_model")
+                  "extra_names", "extra_stats", "source_map", "mean_model", "temporal")
 # Sane upper bounds of a network config and the stage's sizes (refused before allocation).
 LIMITS = {"model_channels": 1024, "channel_mult": 64, "levels": 8, "num_blocks": 16,
           "in_channels": 64, "cond_channels": 256, "out_channels": 64, "head_channels": 1024,
           "coord_frequencies": 64, "coord_channels": 16, "factor": 100, "patch": 4096,
-          "width": 8192, "extras": 255}
+          "width": 8192, "extras": 255, "frames": 64}
 
 
 class _Bad(Exception):
@@ -133,6 +137,7 @@ class Release:
     source_map: QuantileMapping | None = None
     mean_model: UNetConfig | None = None
     mean_state: Mapping[str, torch.Tensor] | None = None
+    temporal: TemporalConfig | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     version: str = __version__
     notes: Mapping[str, str] = field(default_factory=dict)
@@ -156,6 +161,8 @@ class Release:
             meta["source_map"] = json.dumps(self.source_map.to_dict())
         if self.mean_model is not None:
             meta["mean_model"] = json.dumps(dataclasses.asdict(self.mean_model))
+        if self.temporal is not None:
+            meta["temporal"] = json.dumps(dataclasses.asdict(self.temporal))
         return {**{k: v for k, v in self.notes.items() if k not in meta}, **meta}
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -183,8 +190,9 @@ class Release:
         return dataclasses.replace(parse_release(tensors, meta, str(path)), sha256=digest)
 
     def build_net(self) -> UNet:
-        """The main net with its weights, in eval mode, gradients off (CPU)."""
-        return _build(self.model, self.state, self.path, "model")
+        """The main net with its weights, in eval mode, gradients off (CPU); a
+        :class:`SpatioTemporalUNet` when the release is temporal."""
+        return _build(self.model, self.state, self.path, "model", self.temporal)
 
     def build_mean_net(self) -> UNet | None:
         """The frozen regression mean of a CorrDiff-style stage (None without one)."""
@@ -262,6 +270,7 @@ def _parse(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], path: s
     model = _unet_config(meta, "model")
     mean_model = _unet_config(meta, "mean_model") if "mean_model" in meta else None
     extra_names = _extra_names(meta)
+    temporal = _temporal_config(meta, model) if "temporal" in meta else None
     release = Release(
         stage=stage, model=model, state={}, transform=_transform(meta),
         factor=_bounded_int(meta, "factor", 1, LIMITS["factor"]), pooling=pooling,
@@ -269,7 +278,8 @@ def _parse(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], path: s
         sigma_data=_positive_float(meta, "sigma_data", "0.5"),
         patch=_bounded_int(meta, "patch", 1, LIMITS["patch"], "64"),
         extra_names=extra_names, extra_stats=_extra_stats(meta, extra_names),
-        source_map=_source_map(meta), mean_model=mean_model, config=_json_object(meta, "config"),
+        source_map=_source_map(meta), mean_model=mean_model, temporal=temporal,
+        config=_json_object(meta, "config"),
         version=meta["version"], path=path,
         notes={k: v for k, v in meta.items() if k not in KNOWN_METADATA})
     if stage != "regression" and model.regression:
@@ -278,6 +288,9 @@ def _parse(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], path: s
         raise _Bad("model", "a 'regression' stage needs regression=true")
     if mean_model is not None and (stage != "downscale" or not mean_model.regression):
         raise _Bad("mean_model", "only a 'downscale' stage may carry a regression mean net")
+    if temporal is not None and (stage != "downscale" or mean_model is not None):
+        raise _Bad("temporal", "only a 'downscale' stage without a regression mean may be "
+                   "temporal")
     state, mean_state = _check_tensors(tensors, release)
     return dataclasses.replace(release, state=state, mean_state=mean_state)
 
@@ -421,8 +434,40 @@ def _unet_config(meta: Mapping[str, str], key: str) -> UNetConfig:
     return cfg
 
 
-def _field(key: str, name: str, value: Any) -> Any:
-    tp = _UNET_TYPES[name]
+_TEMPORAL_TYPES = typing.get_type_hints(TemporalConfig)
+
+
+def _temporal_config(meta: Mapping[str, str], model: UNetConfig) -> TemporalConfig:
+    """TemporalConfig from JSON, field types and sizes checked against the U-Net's levels."""
+    d = _json_object(meta, "temporal")
+    unknown = sorted(set(d) - set(_TEMPORAL_TYPES))
+    if unknown:
+        raise _Bad("temporal", f"unknown field {unknown[0]!r}")
+    fields = {}
+    for name, value in d.items():
+        if name == "attn_levels" and value is None:
+            fields[name] = None
+        elif name in ("attn_levels", "conv_levels"):
+            if not isinstance(value, list) or not all(_is_int(v) for v in value):
+                raise _Bad("temporal", f"{name}: expected a list of integers")
+            if not all(0 <= v < len(model.channel_mult) for v in value):
+                raise _Bad("temporal", f"{name} {value} outside the U-Net's levels")
+            fields[name] = tuple(value)
+        else:
+            fields[name] = _field("temporal", name, value, _TEMPORAL_TYPES)
+    try:
+        cfg = TemporalConfig(**fields)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise _Bad("temporal", str(exc)[:200]) from None
+    for name, high in (("frames", LIMITS["frames"]), ("head_channels", LIMITS["head_channels"]),
+                       ("embed_channels", LIMITS["head_channels"])):
+        if not 1 <= getattr(cfg, name) <= high:
+            raise _Bad("temporal", f"{name} = {getattr(cfg, name)} outside [1, {high}]")
+    return cfg
+
+
+def _field(key: str, name: str, value: Any, types: Mapping[str, Any] = _UNET_TYPES) -> Any:
+    tp = types[name]
     if typing.get_origin(tp) is tuple:
         if not isinstance(value, list) or not all(_is_int(v) for v in value):
             raise _Bad(key, f"{name}: expected a list of integers, found {str(value)[:40]}")
@@ -445,7 +490,7 @@ def _check_tensors(tensors: Mapping[str, torch.Tensor], release: Release
     state, mean_state = split_mean_net(tensors)
     if bool(mean_state) != (release.mean_model is not None):
         raise _Bad("mean_model", "mean_net.* tensors and 'mean_model' must come together")
-    _fits(release.model, state, "model")
+    _fits(release.model, state, "model", release.temporal)
     if release.mean_model is not None:
         _fits(release.mean_model, mean_state, "mean_model")
     for name, t in tensors.items():
@@ -457,9 +502,14 @@ def _check_tensors(tensors: Mapping[str, torch.Tensor], release: Release
     return state, (mean_state or None)
 
 
-def _fits(cfg: UNetConfig, state: Mapping[str, torch.Tensor], key: str) -> None:
+def _net(cfg: UNetConfig, temporal: TemporalConfig | None) -> UNet:
+    return UNet(cfg) if temporal is None else SpatioTemporalUNet(cfg, temporal)
+
+
+def _fits(cfg: UNetConfig, state: Mapping[str, torch.Tensor], key: str,
+          temporal: TemporalConfig | None = None) -> None:
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in UNet(cfg).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in _net(cfg, temporal).state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or unexpected:
@@ -472,8 +522,9 @@ def _fits(cfg: UNetConfig, state: Mapping[str, torch.Tensor], key: str) -> None:
                    f"shape {found[wrong[0]]}, expected {expected[wrong[0]]})")
 
 
-def _build(cfg: UNetConfig, state: Mapping[str, torch.Tensor], path: str, key: str) -> UNet:
-    net = UNet(cfg)
+def _build(cfg: UNetConfig, state: Mapping[str, torch.Tensor], path: str, key: str,
+           temporal: TemporalConfig | None = None) -> UNet:
+    net = _net(cfg, temporal)
     try:
         net.load_state_dict(dict(state))
     except RuntimeError as exc:  # shapes were checked on load; this is a programming error

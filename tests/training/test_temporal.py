@@ -13,6 +13,7 @@ from precipdiff.release import Release
 from precipdiff.training.config import RunConfig
 from precipdiff.training.temporal import (
     TemporalRunConfig,
+    build_temporal_net,
     clip_loss_sum,
     clip_noise,
     load_temporal,
@@ -92,7 +93,7 @@ def test_smoke_training_lowers_the_loss(mode, tmp_path):
         with torch.no_grad():
             return float(clip_loss_sum(EDMPrecond(net), batch, sigma, noise, sigma_data=0.5))
 
-    result = train_temporal(cfg, dataset=ds, out=tmp_path / "t.pt")
+    result = train_temporal(cfg, dataset=ds, out=tmp_path / "t.safetensors")
     torch.manual_seed(0)
     from precipdiff.training.temporal import build_temporal_net
 
@@ -100,6 +101,9 @@ def test_smoke_training_lowers_the_loss(mode, tmp_path):
     assert fixed_loss(result.net) < 0.8 * start
     loaded, meta = load_temporal(result.path)
     assert meta["factor"] == 4 and meta["noise"] == mode
+    release = meta["release"]
+    assert release.temporal == cfg.temporal and release.stage == "downscale"
+    assert any(k.startswith("temporal.") for k in release.state)
     for a, b in zip(loaded.state_dict().values(), result.ema.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
 
@@ -128,3 +132,37 @@ def test_init_from_per_frame_release_and_freeze_spatial(tmp_path):
         train_temporal(_cfg(init_from=str(bad), steps=1), dataset=MovingBlobs(n=4))
     with pytest.raises(CheckpointError, match="not a temporal checkpoint"):
         load_temporal(path)
+
+
+def test_temporal_config_from_yaml(tmp_path):
+    from precipdiff.training.temporal import is_temporal_config, load_temporal_config
+
+    path = tmp_path / "t.yaml"
+    path.write_text("data: {store: s, patch: 16, batch_size: 2}\n"
+                    "train: {stage: downscale, steps: 3}\n"
+                    "temporal: {frames: 4, head_channels: 8, noise: frame, "
+                    "freeze_spatial: true, attn_levels: [1]}\n")
+    assert is_temporal_config(path)
+    cfg = load_temporal_config(path, ["temporal.frames=5"])
+    assert cfg.temporal.frames == 5 and cfg.temporal.attn_levels == (1,)
+    assert cfg.noise == "frame" and cfg.freeze_spatial and cfg.run.data.patch == 16
+    path.write_text("train: {stage: downscale}\ntemporal: {frame: 4}\n")
+    with pytest.raises(ConfigError, match="temporal.frame"):
+        load_temporal_config(path)
+
+
+def test_temporal_release_metadata_is_checked(tmp_path):
+    """A temporal file whose temporal config does not fit its tensors is refused on load."""
+    import dataclasses
+
+    from precipdiff.training.temporal import temporal_release
+
+    cfg = _cfg(steps=1)
+    net = build_temporal_net(cfg, 1)
+    rel = temporal_release(cfg, net, MovingBlobs(n=2))
+    path = rel.save(tmp_path / "t.safetensors")
+    assert Release.load(path).temporal == cfg.temporal
+    wrong = dataclasses.replace(rel, temporal=dataclasses.replace(cfg.temporal, mid=False))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        wrong.save(tmp_path / "w.safetensors")
+    assert not (tmp_path / "w.safetensors").exists()

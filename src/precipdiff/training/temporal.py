@@ -12,9 +12,10 @@ unit-normal noise is independent per frame either way.
 
 ``train.init_from`` names a per-frame ``downscale`` release: the temporal model then starts as
 exactly that model (zero-initialised temporal blocks) and ``freeze_spatial`` trains the
-temporal blocks only. Not yet here (see issue 17): DDP, resume, a CorrDiff regression mean,
-validation, and a release format for temporal weights (a ``.pt`` of plain containers is
-written instead, :func:`load_temporal`).
+temporal blocks only. The EMA net is written as release weights with the ``temporal`` key
+(:func:`save_temporal`, :mod:`precipdiff.release`); ``precipdiff train --config`` runs this
+loop when the config has a ``temporal`` section (:func:`load_temporal_config`). Not yet here:
+DDP, resume, a CorrDiff regression mean, validation during training.
 """
 
 from __future__ import annotations
@@ -29,19 +30,18 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor, nn
 
-from precipdiff.atomic import atomic_path
-from precipdiff.errors import CheckpointError, ConfigError
+from precipdiff.errors import CheckpointError, ConfigError, PrecipdiffError
 from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig, fold_clips
-from precipdiff.models.unet import UNetConfig
+from precipdiff.release import InputSemantics, Release
 from precipdiff.training.config import RunConfig
 from precipdiff.training.objective import draw_noise, edm_loss_sum, sample_generator
 
 log = logging.getLogger(__name__)
 
 NoiseMode = Literal["clip", "frame"]
-CHECKPOINT_FORMAT = "precipdiff-temporal/0"
 
 
 @dataclass(frozen=True)
@@ -142,12 +142,30 @@ def build_temporal_net(cfg: TemporalRunConfig, cond_channels: int) -> SpatioTemp
     return net
 
 
+def run_temporal(cfg: TemporalRunConfig) -> Path:
+    """``precipdiff train`` for a temporal config: train, then write ``config.yaml`` and
+    ``weights.safetensors`` into ``train.out_dir``; returns the run directory."""
+    from precipdiff.atomic import atomic_path
+
+    out = Path(cfg.run.train.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "config.yaml") as tmp:
+        Path(tmp).write_text(yaml.safe_dump(
+            {**cfg.run.to_dict(), "temporal": {**dataclasses.asdict(cfg.temporal),
+                                               "noise": cfg.noise,
+                                               "freeze_spatial": cfg.freeze_spatial}},
+            sort_keys=False))
+    train_temporal(cfg, out=out / "weights.safetensors")
+    return out
+
+
 def train_temporal(cfg: TemporalRunConfig, *, dataset: Any = None,
                    out: str | Path | None = None) -> TemporalResult:
     """Train the temporal model for ``cfg.run.total_steps`` steps; see the module docstring.
 
     ``dataset``: clips (items as :mod:`precipdiff.data.clips`), default :func:`open_clips`.
-    ``out``: where to write the EMA checkpoint (``.pt``, :func:`load_temporal`), or nothing.
+    ``out``: where to write the EMA weights (``.safetensors``, :func:`load_temporal`), or
+    nothing.
     """
     from precipdiff.diffusion.precond import EDMPrecond
     from precipdiff.training.ema import EMA
@@ -198,35 +216,89 @@ def train_temporal(cfg: TemporalRunConfig, *, dataset: Any = None,
     return TemporalResult(net=net, ema=ema.module, losses=losses, path=path)
 
 
-def save_temporal(path: str | Path, cfg: TemporalRunConfig, net: nn.Module, ds: Any) -> Path:
-    """Write ``net``'s state with its configs and transform (plain containers, atomic)."""
-    transform = ds.transform.to_dict()
-    state = {"format": CHECKPOINT_FORMAT, "model": net.state_dict(),
-             "unet": json.dumps(dataclasses.asdict(net.cfg)),
-             "temporal": json.dumps(dataclasses.asdict(cfg.temporal)),
-             "transform": json.dumps(transform), "factor": int(ds.factor),
-             "noise": cfg.noise, "config": cfg.run.to_json()}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return Path(path)
+def _store_pooling(ds: Any, store: str) -> str:
+    """How the training store coarsened the reference (``pooling`` attribute of the dataset or
+    of the store/corpus at ``store``; ``"mean"`` for a dataset with neither)."""
+    if getattr(ds, "pooling", None):
+        return str(ds.pooling)
+    from precipdiff.data.corpus import is_corpus, open_corpus
+    from precipdiff.data.store import open_store
+
+    try:
+        return open_corpus(store).pooling if is_corpus(store) else open_store(store).pooling
+    except (OSError, PrecipdiffError, KeyError, ValueError):
+        return "mean"
+
+
+def temporal_release(cfg: TemporalRunConfig, net: SpatioTemporalUNet, ds: Any) -> Release:
+    """The :class:`~precipdiff.release.Release` of a trained temporal net (weights format
+    ``precipdiff-weights/1`` with the ``temporal`` key; ``temporal_noise`` as a note)."""
+    pooling = _store_pooling(ds, cfg.run.data.store)
+    config = {**cfg.run.to_dict(), "temporal": dataclasses.asdict(cfg.temporal),
+              "noise": cfg.noise, "freeze_spatial": cfg.freeze_spatial}
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    return Release(stage="downscale", model=net.cfg, state=state, transform=ds.transform,
+                   factor=int(ds.factor), pooling=pooling,
+                   semantics=InputSemantics.for_pooling(pooling),
+                   sigma_data=cfg.run.diffusion.sigma_data, patch=cfg.run.data.patch,
+                   temporal=cfg.temporal, config=json.loads(json.dumps(config)),
+                   notes={"temporal_noise": cfg.noise})
+
+
+def save_temporal(path: str | Path, cfg: TemporalRunConfig, net: SpatioTemporalUNet,
+                  ds: Any) -> Path:
+    """Write ``net`` as release weights (``.safetensors``, atomic; :func:`temporal_release`)."""
+    return temporal_release(cfg, net, ds).save(path)
 
 
 def load_temporal(path: str | Path) -> tuple[SpatioTemporalUNet, dict[str, Any]]:
-    """A :func:`save_temporal` file: the network and its metadata (``transform``, ``factor``,
-    ``noise``, ``config``). CheckpointError naming the file when it is not one."""
+    """A temporal release: the network (eval mode) and its metadata (``transform``,
+    ``factor``, ``noise``, ``config``, ``release``). CheckpointError naming the file when the
+    file is not temporal release weights."""
+    release = Release.load(path)
+    if release.temporal is None:
+        raise CheckpointError(f"{path}: not a temporal checkpoint (no 'temporal' metadata: "
+                              "per-frame weights)")
+    net = release.build_net()
+    assert isinstance(net, SpatioTemporalUNet)
+    meta = {"transform": release.transform.to_dict(), "factor": release.factor,
+            "noise": release.notes.get("temporal_noise", "clip"), "config": dict(release.config),
+            "release": release}
+    return net, meta
+
+
+TEMPORAL_KEYS = ("noise", "freeze_spatial")
+
+
+def load_temporal_config(path: str | Path | None,
+                         overrides: list[str] | tuple[str, ...] = ()) -> TemporalRunConfig:
+    """A run config whose ``temporal`` section (TemporalConfig fields plus ``noise`` and
+    ``freeze_spatial``) makes it a temporal run; ``--set temporal.frames=8`` works too."""
+    from precipdiff.training.config import RunConfig
+    from precipdiff.yamlfile import apply_overrides, read_yaml_mapping
+
+    raw: dict[str, Any] = read_yaml_mapping(path, "run config") if path is not None else {}
+    raw = apply_overrides(raw, list(overrides), depth=2)
+    section = raw.pop("temporal", None) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"temporal: expected a mapping, got {type(section).__name__}")
+    known = {f.name for f in dataclasses.fields(TemporalConfig)}
+    unknown = sorted(set(section) - known - set(TEMPORAL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown config key 'temporal.{unknown[0]}' (known: "
+                          f"{', '.join(sorted(known | set(TEMPORAL_KEYS)))})")
+    tcfg = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items() if k in known}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-        unet = json.loads(state["unet"])
-        unet_cfg = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in unet.items()})
-        temporal = {k: tuple(v) if isinstance(v, list) else v
-                    for k, v in json.loads(state["temporal"]).items()}
-        net = SpatioTemporalUNet(unet_cfg, TemporalConfig(**temporal))
-        net.load_state_dict(state["model"])
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: not a temporal checkpoint ({exc})") from exc
-    meta = {"transform": json.loads(state["transform"]), "factor": state["factor"],
-            "noise": state["noise"], "config": json.loads(state["config"])}
-    return net.eval(), meta
+        temporal = TemporalConfig(**tcfg)
+    except TypeError as exc:
+        raise ConfigError(f"temporal: {exc}") from None
+    run = RunConfig.from_dict(raw)
+    return TemporalRunConfig(run=run, temporal=temporal, noise=section.get("noise", "clip"),
+                             freeze_spatial=bool(section.get("freeze_spatial", False)))
+
+
+def is_temporal_config(path: str | Path | None) -> bool:
+    """Whether the YAML at ``path`` has a ``temporal`` section."""
+    from precipdiff.yamlfile import read_yaml_mapping
+
+    return path is not None and "temporal" in read_yaml_mapping(path, "run config")
