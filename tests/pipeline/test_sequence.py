@@ -154,3 +154,20 @@ def test_downscale_sequence_is_seeded_and_shaped():
     b = downscale_sequence(net, lr, TIMES[:5], 4, OPTS)
     assert a.shape == (2, 5, 12, 12) and torch.equal(a, b)
     assert not torch.equal(a[0], a[1])  # members differ
+
+
+def test_per_member_conditioning_records():
+    """``cond (M, N, C, H, W)``: each member sampled on its own record; identical records give
+    the shared-record result, different ones change only their member."""
+    _, net = _nets()
+    d = EDMPrecond(_trained(net))
+    cond = _cond(5)
+    shared = sample_sequence(d, cond, TIMES[:5], OPTS)
+    same = sample_sequence(d, cond[None].repeat(2, 1, 1, 1, 1), TIMES[:5], OPTS)
+    torch.testing.assert_close(same, shared, rtol=1e-5, atol=1e-5)
+    other = torch.stack([cond, _cond(5, seed=9)])
+    mixed = sample_sequence(d, other, TIMES[:5], OPTS)
+    torch.testing.assert_close(mixed[0], shared[0], rtol=1e-5, atol=1e-5)
+    assert (mixed[1] - shared[1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="3 members, expected 2"):
+        sample_sequence(d, cond[None].repeat(3, 1, 1, 1, 1), TIMES[:5], OPTS)

@@ -272,16 +272,18 @@ def predict_to_file(
         check_extras(src, extras, fine)
     times = src["time"].values
     tally = pipeline.new_tally()
+    record = pipeline.temporal
     with atomic_path(path) as tmp, scratch_dir() as scratch:
         with netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
             ds.setncatts({**_global_attrs(pipeline, src, layout, opts), **(attrs or {})})
-            _define(ds, layout, opts.members, thresholds if fine else (), times)
+            thresholds = thresholds if fine else ()
+            _define(ds, layout, opts.members, thresholds, times)
             for t in range(len(times)):
                 field = src.isel(time=t).values
                 ds["source_lr"][t] = field
                 corrected = pipeline.correct_step(field, t, opts, tally)
                 ds["corrected_lr"][:, t] = corrected
-                if fine is None:
+                if fine is None or record:
                     continue
                 ext = None if extras is None else extras.isel(time=t).values
                 bands = pipeline.downscale_step(
@@ -289,15 +291,36 @@ def predict_to_file(
                     tally=tally,
                 )
                 for y0, y1, hr in bands:
-                    ds["precip"][:, t, y0:y1] = hr
-                    ds["ensemble_mean"][t, y0:y1] = hr.mean(axis=0)
-                    ds["ensemble_std"][t, y0:y1] = (
-                        hr.std(axis=0, ddof=1) if hr.shape[0] > 1 else 0.0
-                    )
-                    for k, thr in enumerate(thresholds):
-                        prob = (hr >= thr).mean(axis=0).astype(np.float32)
-                        prob[np.isnan(hr[0])] = np.nan
-                        ds["exceedance_probability"][k, t, y0:y1] = prob
+                    _write_band(ds, t, y0, y1, hr, thresholds)
                 log.info("time step %d/%d written", t + 1, len(times))
+            if fine is not None and record:
+                _write_record(ds, pipeline, times, opts, extras, thresholds, tally, on_window)
             ds.setncatts(tally.attrs())
     return Path(path)
+
+
+def _write_band(ds: netCDF4.Dataset, t: int, y0: int, y1: int, hr: np.ndarray,
+                thresholds: Sequence[float]) -> None:
+    """Fine rows ``[y0, y1)`` of time step ``t``: members (M, h, W) mm/h and their summaries."""
+    ds["precip"][:, t, y0:y1] = hr
+    ds["ensemble_mean"][t, y0:y1] = hr.mean(axis=0)
+    ds["ensemble_std"][t, y0:y1] = hr.std(axis=0, ddof=1) if hr.shape[0] > 1 else 0.0
+    for k, thr in enumerate(thresholds):
+        prob = (hr >= thr).mean(axis=0).astype(np.float32)
+        prob[np.isnan(hr[0])] = np.nan
+        ds["exceedance_probability"][k, t, y0:y1] = prob
+
+
+def _write_record(ds: netCDF4.Dataset, pipeline: Pipeline, times: np.ndarray,
+                  opts: PredictOptions, extras: xr.DataArray | None,
+                  thresholds: Sequence[float], tally, on_window) -> None:
+    """A temporal Stage II over the whole record (:mod:`precipdiff.pipeline.record`), from the
+    corrected members already in the file."""
+    from precipdiff.pipeline.record import downscale_record
+
+    corrected = np.asarray(np.ma.filled(ds["corrected_lr"][:], np.nan), np.float32)
+    ext = None if extras is None else np.asarray(extras.values, np.float32)
+    for t, hr in downscale_record(pipeline, corrected, times, opts, extras=ext, tally=tally,
+                                  on_window=on_window):
+        _write_band(ds, t, 0, hr.shape[-2], hr, thresholds)
+        log.info("time step %d/%d written", t + 1, len(times))

@@ -10,7 +10,9 @@ Memory: Stage I runs on the whole coarse domain (100x fewer pixels than the fine
 factor). Stage II runs window by window (:func:`precipdiff.pipeline.tiling.windows`) with starting
 noise that depends on the global pixel only, and the windows are blended into an accumulator that
 lives in memory for small domains and in a temporary zarr array on disk for large ones, so peak
-memory is set by the window and the member batch, not by the domain.
+memory is set by the window and the member batch, not by the domain. A temporal Stage II
+(``Stage.temporal``) instead samples the whole record at once, each member one trajectory in time
+(:mod:`precipdiff.pipeline.record`; its state, members x time x fine grid, is in memory).
 
 Inputs are checked before any work (:func:`precipdiff.pipeline.inputs.check_input`; and by
 :meth:`Pipeline.prepare_input` against the models: declared input semantics and grid spacing,
@@ -56,6 +58,7 @@ from precipdiff.pipeline.inputs import (
     check_spacing,
     coarsen_input,
 )
+from precipdiff.pipeline.record import downscale_record
 from precipdiff.pipeline.stage import SamplerSettings, Stage, bf16_is_fast
 from precipdiff.pipeline.tiling import position_noise, windows
 
@@ -252,6 +255,12 @@ class Pipeline:
         self.downscale = downscale
 
     @property
+    def temporal(self) -> bool:
+        """Whether Stage II is temporal: it then samples whole records
+        (:func:`~precipdiff.pipeline.record.downscale_record`), not frame by frame."""
+        return self.downscale is not None and self.downscale.temporal is not None
+
+    @property
     def factor(self) -> int:
         return self.downscale.factor if self.downscale is not None else 1
 
@@ -384,7 +393,7 @@ class Pipeline:
         assert stage is not None
         m, ny, nx = corrected.shape
         h, w = ny * f, nx * f
-        tcor, valid = _nan_to_zero(stage.transform.forward(corrected))
+        tcor, _ = _nan_to_zero(stage.transform.forward(corrected))
         trace = self.trace(opts)
         dry_lr = dry_cells(corrected, trace=trace, halo=opts.dry_halo)
         acc = _Accumulator(m, h, w, scratch)
@@ -435,16 +444,31 @@ class Pipeline:
         band = max(f, (opts.window // f) * f)
         for y0 in range(0, h, band):
             y1 = min(h, y0 + band)
-            hr = stage.transform.inverse(acc.band(y0, y1)).astype(np.float32)
-            hr = dry_fine(hr, dry_lr[:, y0 // f : -(-y1 // f)], f, trace=trace)
-            if opts.mass_consistent:
-                hr = mass_consistent(hr, corrected[:, y0 // f : y1 // f], f, stage.pooling)
-            band_valid = valid[:, y0 // f : -(-y1 // f)]
-            mask = np.repeat(np.repeat(band_valid, f, axis=-2), f, axis=-1)[:, : y1 - y0]
-            hr[~mask] = np.nan
-            if tally is not None:
-                tally.add_volume(hr, corrected[:, y0 // f : -(-y1 // f)], f)
-            yield y0, y1, hr
+            yield y0, y1, self.finish_band(acc.band(y0, y1), corrected, y0, opts,
+                                           dry_lr=dry_lr, tally=tally)
+
+    def finish_band(self, sample: np.ndarray, corrected: np.ndarray, y0: int,
+                    opts: PredictOptions, *, dry_lr: np.ndarray,
+                    tally: RunTally | None = None) -> np.ndarray:
+        """Fine rows ``[y0, y0 + h)`` of Stage-II members ``sample`` (M, h, W), transformed
+        space, to mm/h: inverse transform, wet/dry rule (``dry_lr`` (M, Y, X) from
+        :func:`~precipdiff.pipeline.dry.dry_cells` of ``corrected``), the mass-consistent
+        option, missing corrected cells as NaN, the volume tally. ``corrected`` (M, Y, X) mm/h
+        is the whole coarse field the rows downscale."""
+        stage, f = self.downscale, self.factor
+        assert stage is not None
+        y1 = y0 + sample.shape[-2]
+        ly0, ly1 = y0 // f, -(-y1 // f)
+        hr = stage.transform.inverse(sample).astype(np.float32)
+        hr = dry_fine(hr, dry_lr[:, ly0:ly1], f, trace=self.trace(opts))
+        if opts.mass_consistent:
+            hr = mass_consistent(hr, corrected[:, ly0 : y1 // f], f, stage.pooling)
+        band_valid = np.isfinite(corrected[:, ly0:ly1])
+        mask = np.repeat(np.repeat(band_valid, f, axis=-2), f, axis=-1)[:, : y1 - y0]
+        hr[~mask] = np.nan
+        if tally is not None:
+            tally.add_volume(hr, corrected[:, ly0:ly1], f)
+        return hr
 
     # ---------------------------------------------------------------- both
     def predict(
@@ -460,7 +484,9 @@ class Pipeline:
         Variables: ``precip`` (member, time, lat, lon) on the fine grid and ``corrected_lr``
         (member, time, lat_lr, lon_lr); ``(y, x)`` / ``(y_lr, x_lr)`` for projected inputs. The
         input is checked first (:func:`~precipdiff.pipeline.inputs.check_input`). For domains
-        that do not fit in memory use :func:`precipdiff.pipeline.output.predict_to_file`.
+        that do not fit in memory use :func:`precipdiff.pipeline.output.predict_to_file`. A
+        temporal Stage II downscales all time steps together, after Stage I
+        (:func:`~precipdiff.pipeline.record.downscale_record`).
         """
         src = self.prepare_input(src, opts)
         grid = Grid.from_dataarray(src)
@@ -473,13 +499,18 @@ class Pipeline:
         tally = self.new_tally()
         for t in range(len(times)):
             lr[:, t] = self.correct_step(src.isel(time=t).values, t, opts, tally)
-            if self.downscale is None:
+            if self.downscale is None or self.temporal:
                 continue
             ext = None if extras is None else extras.isel(time=t).values
             for y0, y1, band in self.downscale_step(
                 lr[:, t], t, opts, extras=ext, on_window=on_window, tally=tally
             ):
                 hr[:, t, y0:y1] = band
+        if self.temporal:
+            ext = None if extras is None else extras.values
+            for t, frame in downscale_record(self, lr, times, opts, extras=ext, tally=tally,
+                                             on_window=on_window):
+                hr[:, t] = frame
         ds = self._dataset(src, grid, fine, lr, hr if self.downscale is not None else None, opts)
         return ds.assign_attrs(tally.attrs())
 
@@ -548,6 +579,8 @@ class Pipeline:
             attrs[f"{name}_steps"] = s.steps
             attrs[f"{name}_schedule"] = s.schedule or native_schedule(s.sampler)
             attrs[f"{name}_nfe"] = stage.nfe(s)
+            if stage.temporal is not None:
+                attrs[f"{name}_temporal_frames"] = stage.temporal.frames
         return attrs
 
 

@@ -167,13 +167,16 @@ def sequence_noise(members: int, t0: int, t1: int, h: int, w: int, *, seed: int,
 def sample_sequence(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray,
                     opts: SequenceOptions = SequenceOptions(), *, sigma_data: float = 0.5,
                     channels: int = 1) -> Tensor:
-    """Sample ``(M, N, channels, H, W)`` for a record's conditioning ``cond (N, C, H, W)``.
+    """Sample ``(M, N, channels, H, W)`` for a record's conditioning ``cond (N, C, H, W)``,
+    shared by the members, or ``(M, N, C, H, W)``, one record per member.
 
     The same seed gives the same members; a member is one trajectory over the record (see
     the module docstring for windows, tiles and chunks).
     """
-    n, (h, w) = cond.shape[0], cond.shape[-2:]
+    n, (h, w) = cond.shape[-4], cond.shape[-2:]
     m = opts.members
+    if cond.ndim == 5 and cond.shape[0] != m:
+        raise ValueError(f"cond holds records of {cond.shape[0]} members, expected {m}")
     sigmas = sampler_sigmas(opts.sampler, opts.steps, sigma_min=opts.sigma_min,
                             sigma_max=opts.sigma_max, rho=opts.rho,
                             sigma_data=sigma_data, schedule=opts.schedule
@@ -193,7 +196,8 @@ def sample_sequence(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray
                                tile=opts.tile, overlap=opts.overlap, tile_batch=opts.tile_batch)
         x = sequence_noise(m, c.t0, c.t1, h, w, seed=opts.seed, channels=channels)
         x = x.to(cond.device) * float(sigmas[0])
-        cc = cond[c.t0:c.t1].repeat(m, 1, 1, 1)
+        cc = (cond[c.t0:c.t1].repeat(m, 1, 1, 1) if cond.ndim == 4
+              else cond[:, c.t0:c.t1].reshape(m * length, *cond.shape[2:]))
         gen = torch.Generator(device=cond.device).manual_seed(opts.seed)
         y = sample_fn(st, x, sigmas, cond=cc, generator=gen, **extra).float()
         wt = c.weight.to(out)

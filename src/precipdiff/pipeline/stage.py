@@ -13,6 +13,11 @@ Stage kinds (PrecipDiff, Dai & Ushijima-Mwesigwa 2025; CorrDiff, Mardani et al. 
 * ``downscale``: residual diffusion at the fine grid around ``base = up(T(LR))``, optionally plus a
   regression mean ``mu(cond)`` (CorrDiff), ``T(HR) = base + mu + r``.
 * ``regression``: the deterministic conditional mean alone, ``T(HR) = base + mu``.
+
+A ``downscale`` release with a ``temporal`` section is a spatiotemporal Stage II
+(:class:`~precipdiff.models.temporal.SpatioTemporalUNet`): ``Stage.temporal`` is then its
+:class:`~precipdiff.models.temporal.TemporalConfig` and the pipeline samples whole records with
+it (:mod:`precipdiff.pipeline.record`), never frame by frame through :meth:`Stage.apply`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from precipdiff.defaults import PREDICT
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.diffusion.samplers import get_sampler, sampler_options, sampler_sigmas
 from precipdiff.errors import CheckpointError
+from precipdiff.models.temporal import TemporalConfig
 from precipdiff.models.unet import UNet
 from precipdiff.pipeline.tiling import TiledDenoiser
 from precipdiff.release import STAGE_KINDS, InputSemantics, Release
@@ -92,6 +98,7 @@ class Stage:
     semantics: InputSemantics = field(default_factory=InputSemantics)
     extra_names: tuple[str, ...] = ()
     extra_stats: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    temporal: TemporalConfig | None = None
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu",
@@ -131,6 +138,7 @@ class Stage:
             semantics=release.semantics,
             extra_names=release.extra_names,
             extra_stats=release.extra_stats,
+            temporal=release.temporal,
         )
         stage.extra_channels = stage._cond_channels() - 1
         return stage.to(device)
@@ -151,6 +159,20 @@ class Stage:
         mean = np.array([stats[n]["mean"] for n in names], np.float32)[:, None, None]
         std = np.array([stats[n]["std"] for n in names], np.float32)[:, None, None]
         return np.nan_to_num((extras - mean) / std).astype(np.float32)
+
+    def tiling(self, tile: int | None = None, overlap: int | None = None) -> tuple[int, int]:
+        """Network tile and overlap (pixels): the given ones, else ``max(4 x patch, 256)`` and
+        a quarter of the tile."""
+        tile = tile or max(self.patch * 4, 256)
+        return tile, overlap if overlap is not None else tile // 4
+
+    def check_cond(self, channels: int) -> None:
+        """CheckpointError unless ``channels`` conditioning channels fit the network."""
+        if channels != self._cond_channels():
+            raise CheckpointError(
+                f"{self.source}: the network expects {self._cond_channels()} conditioning channels "
+                f"(field + {self._cond_channels() - 1} extras), got {channels}"
+            )
 
     def _cond_channels(self) -> int:
         net = self.net if self.net is not None else self.mean_net
@@ -201,13 +223,13 @@ class Stage:
 
     def _apply(self, base, noise, extras, settings, generator, tile, overlap, tile_batch):
         cond = base if extras is None else torch.cat([base, extras], dim=1)
-        if cond.shape[1] != self._cond_channels():
+        self.check_cond(cond.shape[1])
+        if self.temporal is not None:
             raise CheckpointError(
-                f"{self.source}: the network expects {self._cond_channels()} conditioning channels "
-                f"(field + {self._cond_channels() - 1} extras), got {cond.shape[1]}"
+                f"{self.source}: a temporal Stage II samples whole records "
+                "(precipdiff.pipeline.record.downscale_record), not single frames"
             )
-        tile = tile or max(self.patch * 4, 256)
-        overlap = overlap if overlap is not None else tile // 4
+        tile, overlap = self.tiling(tile, overlap)
         out = base.clone()
         if self.mean_net is not None:
             mean = TiledDenoiser(

@@ -1,0 +1,175 @@
+"""A temporal Stage II in the pipeline: whole records, one trajectory per member, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from precipdiff.errors import CheckpointError, ConfigError
+from precipdiff.io import write_netcdf
+from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
+from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
+from precipdiff.pipeline import record as record_module
+from precipdiff.pipeline.output import predict_to_file
+from precipdiff.pipeline.record import frame_overlap, sequence_options
+from precipdiff.release import Release
+
+from .conftest import FACTOR, coarse_field
+
+FAST = SamplerSettings(sampler="dpmpp_2m", steps=2)
+FRAMES = 3
+
+
+def _opts(**kw) -> PredictOptions:
+    base = dict(members=2, correct=FAST, downscale=FAST, seed=5, member_batch=1, window=512,
+                precision="fp32")
+    return PredictOptions(**{**base, **kw})
+
+
+def _record(n: int, ny: int = 6, nx: int = 8) -> xr.DataArray:
+    """``n`` coarse fields 30 min apart (each from its own seed)."""
+    frames = [coarse_field(ny=ny, nx=nx, n_time=1, seed=s) for s in range(n)]
+    src = xr.concat(frames, dim="time")
+    t0 = np.datetime64("2019-06-10T00:00", "ns")
+    return src.assign_coords(time=t0 + np.arange(n) * np.timedelta64(30, "m"))
+
+
+def write_temporal(per_frame: Path, path: Path, *, trained: bool) -> Path:
+    """The per-frame release ``per_frame`` as a temporal release (frames 3): zero temporal
+    blocks (exactly the per-frame model) or random ones (``trained``)."""
+    rel = Release.load(per_frame)
+    net = SpatioTemporalUNet(rel.model, TemporalConfig(frames=FRAMES, head_channels=8))
+    net.load_per_frame(rel.state)
+    if trained:
+        g = torch.Generator().manual_seed(11)
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                if name.startswith("temporal.") and name.endswith("proj.weight"):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return dataclasses.replace(rel, state=net.state_dict(), temporal=net.temporal_cfg).save(path)
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_weights, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("temporal")
+    per_frame = tiny_weights["downscale"]
+    return {
+        "correct": tiny_weights["correct"],
+        "per_frame": per_frame,
+        "untrained": write_temporal(per_frame, root / "untrained.safetensors", trained=False),
+        "trained": write_temporal(per_frame, root / "trained.safetensors", trained=True),
+    }
+
+
+def _stages(weights, *names: str) -> list[Stage | None]:
+    return [None if n is None else Stage.load(weights[n]) for n in names]
+
+
+def test_stage_knows_it_is_temporal(weights) -> None:
+    untrained, per_frame = _stages(weights, "untrained", "per_frame")
+    assert untrained.temporal == TemporalConfig(frames=FRAMES, head_channels=8)
+    assert per_frame.temporal is None
+    assert Pipeline(None, untrained).temporal and not Pipeline(None, per_frame).temporal
+    seq = sequence_options(untrained, _opts(tile_batch=8))
+    assert (seq.window, seq.overlap_frames, seq.seed, seq.steps) == (FRAMES, 1, 6, 2)
+    assert (seq.tile, seq.overlap, seq.tile_batch) == (256, 64, 3)
+    assert frame_overlap(1) == 1 and frame_overlap(6) == 2
+
+
+@pytest.mark.parametrize("with_stage1", [False, True])
+def test_untrained_temporal_stage_samples_what_the_per_frame_stage_samples(
+        weights, with_stage1) -> None:
+    """Zero temporal blocks, the same noise: the per-frame output, over windows of 3 frames on
+    a 4-step record, from Stage-I members (each member its own corrected sequence) or not."""
+    correct = Stage.load(weights["correct"]) if with_stage1 else None
+    src = _record(4)
+    temporal = Pipeline(correct, Stage.load(weights["untrained"])).predict(src, _opts())
+    per_frame = Pipeline(correct, Stage.load(weights["per_frame"])).predict(src, _opts())
+    a, b = temporal["precip"].values, per_frame["precip"].values
+    assert a.shape == (2, 4, 6 * FACTOR, 8 * FACTOR)
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(temporal["corrected_lr"].values, per_frame["corrected_lr"])
+    assert np.std(a, axis=0)[np.isfinite(a).all(axis=0)].mean() > 1e-3  # members differ
+    assert temporal.attrs["downscale_temporal_frames"] == FRAMES
+    assert "downscale_temporal_frames" not in per_frame.attrs
+    assert temporal.attrs["volume_error"] == pytest.approx(per_frame.attrs["volume_error"],
+                                                           abs=1e-4)
+
+
+def test_single_time_step_is_a_clip_of_one_frame(weights) -> None:
+    src = _record(1)
+    temporal = Pipeline(None, Stage.load(weights["untrained"])).predict(src, _opts())
+    per_frame = Pipeline(None, Stage.load(weights["per_frame"])).predict(src, _opts())
+    assert temporal["precip"].shape == (2, 1, 6 * FACTOR, 8 * FACTOR)
+    np.testing.assert_allclose(temporal["precip"].values, per_frame["precip"].values,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_trained_temporal_blocks_change_members_and_stay_seeded(weights) -> None:
+    src = _record(4)
+    pipe = Pipeline(*_stages(weights, "correct", "trained"))
+    a = pipe.predict(src, _opts(mass_consistent=True))
+    b = pipe.predict(src, _opts(mass_consistent=True))
+    per_frame = Pipeline(*_stages(weights, "correct", "per_frame")).predict(
+        src, _opts(mass_consistent=True))
+    hr = a["precip"].values
+    np.testing.assert_array_equal(hr, b["precip"].values)
+    assert np.nanmax(np.abs(hr - per_frame["precip"].values)) > 1e-3
+    assert np.nanmin(hr) >= 0 and np.isfinite(hr).sum() == np.isfinite(
+        per_frame["precip"].values).sum()
+    assert abs(a.attrs["volume_error"]) < 1e-4  # mass-consistent: block means = corrected
+
+
+def test_file_output_equals_the_in_memory_result(weights, tmp_path) -> None:
+    src = _record(3)
+    pipe = Pipeline(*_stages(weights, "correct", "trained"))
+    mem = pipe.predict(src, _opts())
+    path = predict_to_file(pipe, src, tmp_path / "out.nc", _opts(), thresholds=(1.0,))
+    with xr.open_dataset(path) as ds:
+        np.testing.assert_array_equal(ds["precip"].values, mem["precip"].values)
+        np.testing.assert_array_equal(ds["corrected_lr"].values, mem["corrected_lr"].values)
+        mean = mem["precip"].values.mean(axis=0)
+        np.testing.assert_allclose(ds["ensemble_mean"].values, mean, rtol=1e-6, atol=1e-6)
+        assert ds.attrs["downscale_temporal_frames"] == FRAMES
+        assert np.isfinite(ds.attrs["volume_error"])
+
+
+def test_record_too_large_for_memory_is_refused(weights, monkeypatch) -> None:
+    monkeypatch.setattr(record_module, "SEQUENCE_LIMIT", 2**16)
+    pipe = Pipeline(None, Stage.load(weights["untrained"]))
+    with pytest.raises(ConfigError, match="whole record in memory.*2 members x 2 times"):
+        pipe.predict(_record(2, ny=12, nx=20), _opts())
+
+
+def test_per_step_sampling_with_a_temporal_stage_is_refused(weights) -> None:
+    pipe = Pipeline(None, Stage.load(weights["untrained"]))
+    corrected = np.ones((2, 6, 8), np.float32)
+    with pytest.raises(CheckpointError, match="samples whole records"):
+        list(pipe.downscale_step(corrected, 0, _opts()))
+
+
+def test_cli_predict_with_a_temporal_stage_two(weights, tmp_path) -> None:
+    src = write_netcdf(_record(3).rename("precip"), tmp_path / "in.nc")
+    out = tmp_path / "out.nc"
+    args = ["predict", str(src), "--stages", "downscale", "--weights-downscale",
+            str(weights["trained"]), "--members", "2", "--steps", "2", "--device", "cpu",
+            "--output", str(out)]
+    res = subprocess.run([sys.executable, "-m", "precipdiff", *args], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    with xr.open_dataset(out) as ds:
+        assert ds["precip"].dims == ("member", "time", "lat", "lon")
+        assert ds["precip"].shape == (2, 3, 6 * FACTOR, 8 * FACTOR)
+        assert ds.attrs["downscale_temporal_frames"] == FRAMES
+        hr = ds["precip"].values
+        assert np.nanmin(hr) >= 0 and np.isfinite(hr).any()
+
