@@ -22,7 +22,7 @@ from precipdiff.pipeline.output import predict_to_file
 from precipdiff.pipeline.record import frame_overlap, sequence_options
 from precipdiff.release import Release
 
-from .conftest import FACTOR, coarse_field
+from .conftest import FACTOR, coarse_field, write_tiny_weights
 
 FAST = SamplerSettings(sampler="dpmpp_2m", steps=2)
 FRAMES = 3
@@ -84,15 +84,17 @@ def test_stage_knows_it_is_temporal(weights) -> None:
     assert frame_overlap(1) == 1 and frame_overlap(6) == 2
 
 
-@pytest.mark.parametrize("with_stage1", [False, True])
+@pytest.mark.parametrize(("with_stage1", "tile"), [(False, None), (True, None), (True, 16)])
 def test_untrained_temporal_stage_samples_what_the_per_frame_stage_samples(
-        weights, with_stage1) -> None:
+        weights, with_stage1, tile) -> None:
     """Zero temporal blocks, the same noise: the per-frame output, over windows of 3 frames on
-    a 4-step record, from Stage-I members (each member its own corrected sequence) or not."""
+    a 4-step record, from Stage-I members (each member its own corrected sequence) or not, on
+    one network tile or on 16-pixel tiles fused at every step (as the per-frame path does)."""
     correct = Stage.load(weights["correct"]) if with_stage1 else None
     src = _record(4)
-    temporal = Pipeline(correct, Stage.load(weights["untrained"])).predict(src, _opts())
-    per_frame = Pipeline(correct, Stage.load(weights["per_frame"])).predict(src, _opts())
+    opts = _opts(tile=tile, overlap=4 if tile else None)
+    temporal = Pipeline(correct, Stage.load(weights["untrained"])).predict(src, opts)
+    per_frame = Pipeline(correct, Stage.load(weights["per_frame"])).predict(src, opts)
     a, b = temporal["precip"].values, per_frame["precip"].values
     assert a.shape == (2, 4, 6 * FACTOR, 8 * FACTOR)
     np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
@@ -112,6 +114,39 @@ def test_single_time_step_is_a_clip_of_one_frame(weights) -> None:
     assert temporal["precip"].shape == (2, 1, 6 * FACTOR, 8 * FACTOR)
     np.testing.assert_allclose(temporal["precip"].values, per_frame["precip"].values,
                                rtol=1e-4, atol=1e-4)
+
+
+def test_extra_channels_reach_the_temporal_net(tmp_path) -> None:
+    per_frame = write_tiny_weights(tmp_path / "x.safetensors", "downscale", seed=5,
+                                   extras=("t850",))
+    temporal = write_temporal(per_frame, tmp_path / "xt.safetensors", trained=False)
+    src = _record(2)
+    rng = np.random.default_rng(0)
+    fine = rng.normal(285.0, 10.0, (2, 1, 6 * FACTOR, 8 * FACTOR)).astype(np.float32)
+    extras = xr.DataArray(fine, dims=("time", "var", "lat", "lon"))
+    a = Pipeline(None, Stage.load(temporal)).predict(src, _opts(), extras=extras)
+    b = Pipeline(None, Stage.load(per_frame)).predict(src, _opts(), extras=extras)
+    np.testing.assert_allclose(a["precip"].values, b["precip"].values, rtol=1e-4, atol=1e-4)
+    without = Pipeline(None, Stage.load(temporal)).predict(
+        src, _opts(), extras=extras.copy(data=np.full_like(fine, 280.0)))
+    assert np.nanmax(np.abs(without["precip"].values - a["precip"].values)) > 1e-3
+    with pytest.raises(CheckpointError, match="trained with extras"):
+        Pipeline(None, Stage.load(temporal)).predict(
+            src, _opts(), extras=xr.concat([extras, extras], dim="var"))
+
+
+def test_stochastic_sampler_and_bf16_are_seeded(weights) -> None:
+    src = _record(2)
+    pipe = Pipeline(None, Stage.load(weights["trained"]))
+    ancestral = _opts(downscale=SamplerSettings(sampler="ancestral", steps=2))
+    a, b = (pipe.predict(src, ancestral)["precip"].values for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    c = pipe.predict(src, dataclasses.replace(ancestral, seed=6))["precip"].values
+    assert np.nanmax(np.abs(a - c)) > 1e-3
+    fp32 = pipe.predict(src, _opts())["precip"].values
+    bf16 = pipe.predict(src, _opts(precision="bf16"))
+    assert bf16.attrs["precision"] == "bf16"
+    np.testing.assert_allclose(bf16["precip"].values, fp32, rtol=0.1, atol=0.2)
 
 
 def test_trained_temporal_blocks_change_members_and_stay_seeded(weights) -> None:
