@@ -1,18 +1,22 @@
-"""Skill against sampler NFE for the shipped Stage II, with confidence intervals.
+"""Skill and solver error against sampler NFE for a shipped Stage II, with intervals.
 
-Stage II alone downscales max-pooled (the shipped model's pooling) MRMS PrecipRate 10x over the
-held-out east band of 2019-06-10 (lon -85…-82: the test band of the training store, never
-trained on) at several time steps, for each (sampler, NFE); CRPS (fair estimator) per time step
-and its mean with a 90 % bootstrap interval over time steps, and the mean paired difference to
-the most accurate setting (trig_pc at the largest NFE) with its interval: two settings are
-separated when the interval of the paired difference excludes 0.
+Stage II alone downscales MRMS PrecipRate 10x over the east band of 2019-06-10 (lon -85…-82:
+the test band of the max-pooled model's training store; the mean-pooled corpus model saw this
+day's western part only) at several time steps, for each (sampler, steps, schedule); CRPS (fair
+estimator) per time step and its mean with a 90 % bootstrap interval over time steps, and the
+mean paired difference to the reference (the last setting, DPM-Solver++(2M) with 32 steps) with
+its interval: two settings are separated when the interval of the paired difference excludes 0.
+``--model mean`` (default) runs the default Stage II on mean-pooled input, ``--model max`` the
+max-pooled one on block maxima.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_nfe.py [--times 6] [--members 8]
-    OMP_NUM_THREADS=1 python benchmarks/bench_nfe.py --converged
+    OMP_NUM_THREADS=1 python benchmarks/bench_nfe.py [--times 6] [--members 6] [--model mean]
+    OMP_NUM_THREADS=1 python benchmarks/bench_nfe.py --converged [--model mean]
 
-``--converged`` asks which few-step setting is nearest the converged output of the real network:
-one time step, 6 members, same seed, member spread and CRPS of DPM-Solver++(2M) at 12 and 32
-steps, trig_pc at 32 and Heun at 24 steps (47 NFE), and the mean |difference| between settings.
+``--converged`` measures solver error on the real network: one time step, a 200 x 200 km crop,
+6 members from the same noise; for each few-step setting the mean member std relative to the
+converged one (DPM-Solver++(2M), 32 steps) and the mean |difference| of same-seed members, and
+for the converged settings (Heun 24 steps = 47 NFE, trig_pc 32) their distance to the reference
+(what "converged" means here).
 
 Writes ``benchmarks/results/nfe/nfe.{md,json}``. Needs ../shared/data/mrms.
 """
@@ -37,8 +41,12 @@ from precipdiff.pipeline.shipped import shipped_weights
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mrms" / "2019-06-10"
 OUT = Path(__file__).parent / "results" / "nfe"
 BBOX = (-85.0, 41.0, -83.0, 43.0)  # inside the test band of configs/prepare_mrms_emulated.yaml
-SETTINGS = [("dpmpp_2m", 4), ("dpmpp_2m", 8), ("dpmpp_2m", 12),
-            ("trig_pc", 4), ("trig_pc", 6), ("trig_pc", 8), ("trig_pc", 10), ("trig_pc", 16)]
+#: (sampler, steps, schedule; None = the sampler's own); the last one is the reference
+SETTINGS = [("dpmpp_2m", 12, "karras"), ("dpmpp_2m", 4, None), ("dpmpp_2m", 6, None),
+            ("dpmpp_2m", 8, None), ("dpmpp_2m", 10, None), ("trig_pc", 8, None),
+            ("trig_pc", 10, None), ("dpmpp_2m", 32, None)]
+FEW = SETTINGS[:-1]
+CONVERGED = [("heun", 24, None), ("trig_pc", 32, None)]
 
 
 def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tuple[float, float]:
@@ -48,23 +56,22 @@ def bootstrap_ci(x: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tupl
     return float(np.quantile(means, 0.05)), float(np.quantile(means, 0.95))
 
 
-def load(times: int) -> tuple[xr.DataArray, xr.DataArray]:
+def load(times: int, pooling: str) -> tuple[xr.DataArray, xr.DataArray]:
     files = sorted(DATA.glob("PrecipRate_*.grib2"))
     step = max(1, len(files) // times)
     hr = io.read_many(files[::step][:times], bbox=BBOX)
     hr = hr.fillna(0.0) if float(hr.isnull().mean()) < 0.01 else hr
-    lr = grid.coarsen(hr, 10, method="max")
+    lr = grid.coarsen(hr, 10, method=pooling)
+    lr.attrs["input_semantics"] = "block_maximum" if pooling == "max" else "areal_mean"
     hr = hr.isel(lat=slice(0, lr.sizes["lat"] * 10), lon=slice(0, lr.sizes["lon"] * 10))
     return lr, hr
 
 
-CONVERGED = [("dpmpp_2m", 12), ("dpmpp_2m", 32), ("trig_pc", 32), ("heun", 24)]
-
-
 def run_setting(down: Stage, lr: xr.DataArray, sampler: str, steps: int, members: int,
-                seed: int) -> tuple[xr.DataArray, SamplerSettings, float]:
+                seed: int, schedule: str | None = None
+                ) -> tuple[xr.DataArray, SamplerSettings, float]:
     """Stage II alone on ``lr``: (precip (member, time, lat, lon), settings, wall seconds)."""
-    s2 = SamplerSettings(sampler=sampler, steps=steps)
+    s2 = SamplerSettings(sampler=sampler, steps=steps, schedule=schedule)
     opts = PredictOptions(members=members, downscale=s2, seed=seed, window=512)
     t0 = time.perf_counter()
     pred = Pipeline(None, down).predict(lr, opts)["precip"]
@@ -77,51 +84,69 @@ def crps_per_time(fc: np.ndarray, truth: np.ndarray) -> np.ndarray:
                      for t in range(truth.shape[0])])
 
 
-def converged() -> None:
-    """High-NFE settings on one time step: where do the samplers converge to?"""
-    lr, hr = load(6)
-    lr, hr = lr.isel(time=[2]), hr.isel(time=[2])
-    down = Stage.load(shipped_weights()["downscale_max"])
-    res = {}
-    for sampler, steps in CONVERGED:
-        pred = run_setting(down, lr, sampler, steps, members=6, seed=0)[0].values
-        res[(sampler, steps)] = pred
-        crps = crps_per_time(pred, hr.values)[0]
-        spread = float(np.nanstd(pred[:, 0], axis=0).mean())
-        print(f"{sampler} {steps}: CRPS fair {crps:.4f}, mean member std {spread:.4f}", flush=True)
-    keys = list(res)
-    for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
-            print(f"{a} vs {b}: mean |difference| {np.nanmean(np.abs(res[a] - res[b])):.4f} mm/h")
+def label(sampler: str, steps: int, schedule: str | None) -> str:
+    return f"{sampler}-{steps}" + (f" ({schedule} schedule)" if schedule else "")
+
+
+def stage_for(model: str) -> tuple[Stage, str]:
+    """The shipped Stage II of ``model`` (``mean`` | ``max``) and its pooling."""
+    key = "downscale" if model == "mean" else "downscale_max"
+    return Stage.load(shipped_weights()[key]), model
+
+
+def converged(model: str) -> None:
+    """Solver error of the few-step settings against the converged network output."""
+    down, pooling = stage_for(model)
+    lr, hr = load(6, pooling)
+    lr = lr.isel(time=[2], lat=slice(0, 20), lon=slice(0, 20))
+    ref = run_setting(down, lr, *SETTINGS[-1][:2], members=6, seed=0)[0].values
+    ref_std = float(np.nanstd(ref[:, 0], axis=0).mean())
+    lines = [f"Stage II ({model}-pooled model), one time step, {lr.shape[-2] * 10} x "
+             f"{lr.shape[-1] * 10} km, 6 members; reference {label(*SETTINGS[-1])}: mean member "
+             f"std {ref_std:.4f} mm/h.", "",
+             "| setting | NFE | std vs reference | mean abs. difference (mm/h) | s |",
+             "|---|---:|---:|---:|---:|"]
+    for sampler, steps, schedule in FEW + CONVERGED:
+        pred, s2, secs = run_setting(down, lr, sampler, steps, 6, 0, schedule)
+        std = float(np.nanstd(pred.values[:, 0], axis=0).mean())
+        diff = float(np.nanmean(np.abs(pred.values - ref)))
+        lines.append(f"| {label(sampler, steps, schedule)} | {down.nfe(s2)} | "
+                     f"{100 * (std / ref_std - 1):+.1f} % | {diff:.4f} | {secs:.0f} |")
+        print(lines[-1], flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"converged_{model}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--times", type=int, default=6)
-    ap.add_argument("--members", type=int, default=8)
+    ap.add_argument("--members", type=int, default=6)
+    ap.add_argument("--model", choices=("mean", "max"), default="mean")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--converged", action="store_true", help="high-NFE convergence check")
     args = ap.parse_args()
     if args.converged:
-        converged()
+        converged(args.model)
         return
-    lr, hr = load(args.times)
-    down = Stage.load(shipped_weights()["downscale_max"])
+    down, pooling = stage_for(args.model)
+    lr, hr = load(args.times, pooling)
     truth = hr.values
     rows, per_time = [], {}
-    for sampler, steps in SETTINGS:
-        pred, s2, secs = run_setting(down, lr, sampler, steps, args.members, args.seed)
+    for sampler, steps, schedule in SETTINGS:
+        pred, s2, secs = run_setting(down, lr, sampler, steps, args.members, args.seed,
+                                     schedule)
         crps_t = crps_per_time(pred.values, truth)
         ssr = float(spread_skill_ratio(pred, hr.assign_coords(lat=pred.lat, lon=pred.lon)))
-        key = f"{sampler}-{steps}"
+        key = label(sampler, steps, schedule)
         per_time[key] = crps_t
-        rows.append({"sampler": sampler, "steps": steps, "nfe": down.nfe(s2),
+        rows.append({"setting": key, "sampler": sampler, "steps": steps, "nfe": down.nfe(s2),
                      "crps_fair": float(crps_t.mean()), "spread_skill": ssr, "seconds": secs})
         print(rows[-1], flush=True)
     rng = np.random.default_rng(args.seed)
-    ref_key = f"{SETTINGS[-1][0]}-{SETTINGS[-1][1]}"
+    ref_key = label(*SETTINGS[-1])
     for r in rows:
-        x = per_time[f"{r['sampler']}-{r['steps']}"]
+        x = per_time[r["setting"]]
         r["crps_ci90"] = bootstrap_ci(x, rng)
         diff = x - per_time[ref_key]
         r["diff_to_ref"] = float(diff.mean())
@@ -130,18 +155,20 @@ def main() -> None:
     meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
             "load_average": os.getloadavg(), "times": args.times, "members": args.members,
             "bbox": BBOX, "shape_hr": list(truth.shape)}
-    (OUT / "nfe.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    lines = [f"Stage II (shipped), max-pooled MRMS 2019-06-10 test band {BBOX}, "
-             f"{args.times} time steps, {args.members} members; reference row: {ref_key}.",
-             "", "| sampler | steps | NFE | CRPS fair (90 % CI) | Δ CRPS vs reference (90 % CI) "
-             "| spread–skill | s |", "|---|---:|---:|---|---|---:|---:|"]
+    (OUT / f"nfe_{args.model}.json").write_text(json.dumps({"meta": meta, "rows": rows},
+                                                           indent=1))
+    lines = [f"Stage II (shipped, {args.model}-pooled), {pooling}-pooled MRMS 2019-06-10 east "
+             f"band {BBOX}, {args.times} time steps, {args.members} members; reference row: "
+             f"{ref_key}.",
+             "", "| setting | NFE | CRPS fair (90 % CI) | Δ CRPS vs reference (90 % CI) "
+             "| spread–skill | s |", "|---|---:|---|---|---:|---:|"]
     for r in rows:
         lo, hi = r["crps_ci90"]
         dlo, dhi = r["diff_ci90"]
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['crps_fair']:.4f} "
+        lines.append(f"| {r['setting']} | {r['nfe']} | {r['crps_fair']:.4f} "
                      f"({lo:.4f}–{hi:.4f}) | {r['diff_to_ref']:+.4f} ({dlo:+.4f}…{dhi:+.4f}) | "
                      f"{r['spread_skill']:.2f} | {r['seconds']:.0f} |")
-    (OUT / "nfe.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"nfe_{args.model}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

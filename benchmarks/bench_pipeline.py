@@ -4,6 +4,7 @@
     python benchmarks/bench_pipeline.py --sizes 200 400 800 --scaling-members 4
     python benchmarks/bench_pipeline.py --window 512 --tile 256 512 --members 4   # network tile
     python benchmarks/bench_pipeline.py --attention global window --rounds 2     # attention span
+    python benchmarks/bench_pipeline.py --compare-defaults --rounds 2  # defaults before/after
 
 Each measurement runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its
 own. The input is a synthetic scene (the demo's generator); timing does not depend on the content.
@@ -25,9 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+#: ``--compare-defaults``: the predict settings before 2026-11-30 (DPM-Solver++(2M), 12 steps on
+#: the EDM schedule, global attention) and after (8 steps on the log-linear schedule, attention
+#: over the training patch); same weights (the shipped defaults), same scene, same members.
+DEFAULTS = {"before": {"steps": 12, "schedule": "karras", "attention": "global"},
+            "now": {"steps": 8, "schedule": None, "attention": "default"}}
+
 
 def child(size: int, members: int, steps: int, window: int, tile: int | None, out: Path,
-          attention: str = "default") -> dict:
+          attention: str = "default", schedule: str | None = None) -> dict:
     import torch
 
     from precipdiff.demo import FACTOR, demo_scene
@@ -52,7 +59,7 @@ def child(size: int, members: int, steps: int, window: int, tile: int | None, ou
     else:
         _, src = demo_scene(0, shape=(size, size))
         size = size * size
-    s = SamplerSettings(sampler="dpmpp_2m", steps=steps)
+    s = SamplerSettings(sampler="dpmpp_2m", steps=steps, schedule=schedule)
     opts = PredictOptions(
         members=members, correct=s, downscale=s, window=window, tile=tile, member_batch=8
     )
@@ -78,7 +85,7 @@ def child(size: int, members: int, steps: int, window: int, tile: int | None, ou
 
 
 def run_child(size: int, members: int, steps: int, window: int, tile: int | None,
-              attention: str = "default") -> dict:
+              attention: str = "default", schedule: str | None = None) -> dict:
     out = Path(f"/tmp/bench_pipeline_{os.getpid()}_{size}.nc")
     cmd = [
         sys.executable,
@@ -96,6 +103,7 @@ def run_child(size: int, members: int, steps: int, window: int, tile: int | None
         *(["--tile", str(tile)] if tile else []),
         "--attention",
         attention,
+        *(["--schedule", schedule] if schedule else []),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -135,11 +143,18 @@ def main() -> None:
         action="store_true",
         help="only the CONUS-size bounded-memory run (1 member, --steps steps)",
     )
+    ap.add_argument("--schedule", default=None, help="noise schedule (default: the sampler's)")
+    ap.add_argument("--compare-defaults", action="store_true",
+                    help="the 200 x 200 km run with the predict defaults before and after "
+                         "2026-11-30, interleaved over --rounds")
     args = ap.parse_args()
     if args.child:
         tile = args.tile[0] if args.tile else None
         print(json.dumps(child(args.child, args.members, args.steps, args.window, tile, args.out,
-                               args.attention[0])))
+                               args.attention[0], args.schedule)))
+        return
+    if args.compare_defaults:
+        defaults_table(args)
         return
     if len(args.attention) > 1:
         attention_table(args)
@@ -184,6 +199,28 @@ def main() -> None:
             f"| {r['hr_pixels'] / base['hr_pixels']:.0f} | {r['wall_s'] / base['wall_s']:.2f} | "
             f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} |"
         )
+
+
+def defaults_table(args: argparse.Namespace) -> None:
+    """The 200 x 200 km two-stage run with the old and the new predict defaults."""
+    runs: dict[str, list[dict]] = {k: [] for k in DEFAULTS}
+    for _ in range(args.rounds):
+        for name, d in DEFAULTS.items():
+            runs[name].append(run_child(200, args.members, d["steps"], args.window, None,
+                                        d["attention"], d["schedule"]))
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"### Predict defaults before and after — {now}, load average "
+          f"{os.getloadavg()[0]:.1f}, threads {os.environ.get('BENCH_THREADS', '2')}, "
+          f"{args.members} members, two stages, 200 x 200 km, {args.rounds} interleaved rounds\n")
+    print("| defaults | steps/stage | schedule | attention | wall s (each round) | median wall s "
+          "| peak RSS MB |")
+    print("|---|---:|---|---|---|---:|---:|")
+    med = {k: float(np.median([r["wall_s"] for r in v])) for k, v in runs.items()}
+    for name, d in DEFAULTS.items():
+        walls = ", ".join(f"{r['wall_s']:.1f}" for r in runs[name])
+        print(f"| {name} | {d['steps']} | {d['schedule'] or 'log-linear'} | {d['attention']} | "
+              f"{walls} | {med[name]:.1f} | {max(r['peak_rss_mb'] for r in runs[name]):.0f} |")
+    print(f"\nspeed-up (median before / median now): {med['before'] / med['now']:.2f}x")
 
 
 def attention_table(args: argparse.Namespace) -> None:
