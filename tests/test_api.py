@@ -68,6 +68,20 @@ def test_step_matches_one_step_archive_file(weights, tmp_path) -> None:
     assert int(out["seed"].values[1]) == nc.attrs["seed"]
 
 
+def test_time_selection(weights) -> None:
+    """time= keeps the steps in [START, END] (same ensembles as without it) and records it."""
+    src = coarse_field(ny=6, nx=8, n_time=2)
+    full = precipdiff.downscale(src, members=2, steps=2, **weights)
+    part = precipdiff.downscale(src, members=2, steps=2, time="2019-06-10T00:30/", **weights)
+    assert part.attrs["time_selection"] == "2019-06-10T00:30/"
+    xr.testing.assert_equal(part, full.isel(time=[1]))
+    lazy = precipdiff.downscale(src.chunk(time=1), members=2, steps=2,
+                                time=slice(None, "2019-06-10T00:10"), **weights)
+    assert lazy.sizes["time"] == 1
+    with pytest.raises(ConfigError, match=r"no time step of the input array .* the array covers"):
+        precipdiff.downscale(src, time="2020-01-01/", **weights)
+
+
 def test_bad_arguments(weights) -> None:
     src = coarse_field(ny=6, nx=8, n_time=1)
     with pytest.raises(ConfigError, match="--members"):

@@ -53,6 +53,7 @@ def downscale(
     window: int = PREDICT.window,
     device: str = "cpu",
     precision: str = PREDICT.precision,
+    time: str | slice | None = None,
     **options: object,
 ) -> xr.Dataset:
     """Correct and downscale coarse precipitation ``(time, lat, lon)`` mm/h into an ensemble.
@@ -64,6 +65,9 @@ def downscale(
     members, steps, sampler, schedule, stages, seed, member_batch, window, device, precision :
         as the options of ``precipdiff predict`` (checked the same way).
     weights_correct, weights_downscale : ``.safetensors`` files; None: the shipped weights.
+    time : only the steps in ``"START/END"`` or ``slice(START, END)`` (UTC, both ends inclusive,
+        either may be open; :mod:`precipdiff.pipeline.timesel`), as ``predict --time``;
+        recorded in the result's ``time_selection`` attribute.
     **options : any of :data:`OPTIONS` (``input_semantics``, ``mass_consistent``, the
         ``allow_*_mismatch`` overrides), as for ``precipdiff predict``.
 
@@ -76,7 +80,8 @@ def downscale(
     """
     from precipdiff.grid import Grid, spatial_dims
     from precipdiff.pipeline.archive import weights_key, worker_pipeline
-    from precipdiff.pipeline.run import PredictRequest, resolve_device
+    from precipdiff.pipeline.run import PredictRequest, resolve_device, time_attrs
+    from precipdiff.pipeline.timesel import as_time_range
 
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -86,7 +91,7 @@ def downscale(
         inputs=(), output=Path("."), weights_correct=_path(weights_correct),
         weights_downscale=_path(weights_downscale), stages=tuple(stages), members=members,
         sampler=sampler, steps=steps, schedule=schedule, seed=seed, member_batch=member_batch,
-        window=window, device=device, precision=precision,
+        window=window, device=device, precision=precision, time=as_time_range(time),
     )
     device = resolve_device(req.device)
     key = weights_key(req, device)
@@ -94,15 +99,19 @@ def downscale(
     ydim, xdim = spatial_dims(da)
     if da.dims != ("time", ydim, xdim):
         raise ConfigError(f"downscale: expected dims (time, {ydim}, {xdim}), got {da.dims}")
+    if req.time is not None:
+        da = req.time.select(da, f"the {da.name or 'input'} array", noun="the array")
     fine = None
     if pipeline.downscale is not None:
         fine = Grid.from_dataarray(da).refine(pipeline.factor)
     layout = _Layout(ydim, xdim, members, fine)
     step = partial(_predict_block, req=req, device=device, key=key, layout=layout)
     if da.chunks is None:
-        return xr.concat([step(da.isel(time=[t])) for t in range(da.sizes["time"])], "time")
-    da = da.chunk({"time": 1, ydim: -1, xdim: -1})
-    return xr.map_blocks(step, da, template=layout.template(da))
+        out = xr.concat([step(da.isel(time=[t])) for t in range(da.sizes["time"])], "time")
+    else:
+        da = da.chunk({"time": 1, ydim: -1, xdim: -1})
+        out = xr.map_blocks(step, da, template=layout.template(da))
+    return out.assign_attrs(time_attrs(req))
 
 
 def _path(p: str | Path | None) -> Path | None:

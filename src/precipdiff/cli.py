@@ -248,6 +248,14 @@ def predict(
     bbox: Annotated[
         str | None, typer.Option(help="Crop: lon_min,lat_min,lon_max,lat_max.", metavar="BOX")
     ] = None,
+    time: Annotated[
+        str | None,
+        typer.Option(
+            help="Only the time steps in START/END (ISO 8601 UTC, inclusive; either may be "
+            "empty, e.g. 2019-06-10T00:10/ or /2019-06-10).",
+            metavar="START/END",
+        ),
+    ] = None,
     reader: Annotated[
         str | None, typer.Option(help="Force a reader (default: detect).", metavar="NAME")
     ] = None,
@@ -342,6 +350,7 @@ def predict(
 ) -> None:
     """Correct and downscale coarse precipitation into a fine-grid ensemble (CF-NetCDF)."""
     from precipdiff.pipeline.run import PredictRequest, run_predict
+    from precipdiff.pipeline.timesel import parse_time_range
 
     req = PredictRequest(
         inputs=inputs,
@@ -355,6 +364,7 @@ def predict(
         schedule=schedule,
         seed=seed,
         bbox=_parse_bbox(bbox),
+        time=None if time is None else parse_time_range(time),
         reader=reader,
         variable=variable,
         member_batch=member_batch,

@@ -165,6 +165,28 @@ def test_other_settings_refused(tiny_weights, files, cluster, reference, tmp_pat
         _run(req)
 
 
+def test_time_selection_lays_out_selected_steps(tiny_weights, files, cluster, reference,
+                                               tmp_path) -> None:
+    """--time: the store holds only the selected steps (f0 is outside, f3 half inside); steps
+    of whole files equal the reference's; a rerun without --time is refused."""
+    from precipdiff.pipeline.timesel import parse_time_range
+
+    store = tmp_path / "sel.zarr"
+    req = _request(tiny_weights, files, store, cluster[0], archive_format="zarr",
+                   time=parse_time_range("2019-06-10T01:00/2019-06-10T03:00"))
+    assert _run(req) == [store]
+    ds = xr.open_zarr(store)
+    hours = np.array(["2019-06-10T01:00", "2019-06-10T02:00", "2019-06-10T03:00"],
+                     "datetime64[ns]")
+    np.testing.assert_array_equal(ds["time"].values, hours)
+    assert (ds["step_done"].values == 1).all()
+    assert ds.attrs["time_selection"] == "2019-06-10T01:00/2019-06-10T03:00"
+    ref = xr.open_zarr(reference)
+    np.testing.assert_array_equal(ds["precip"].values[:2], ref["precip"].sel(time=hours[:2]))
+    with pytest.raises(ConfigError, match="made with other settings"):
+        _run(_request(tiny_weights, files, store, cluster[0], archive_format="zarr"))
+
+
 class _Logger:
     """Hook that appends ``event:index`` lines to a file."""
 

@@ -23,7 +23,10 @@ Two outputs (``--format``):
   run.file_seed`): ``predict FILE --seed <seed>`` reproduces the step.
 
 A bad input file is reported and skipped; the others complete and the run then fails with a
-message listing the skipped files (exit status 2).
+message listing the skipped files (exit status 2). With ``--time`` (:mod:`precipdiff.pipeline.
+timesel`) each input is cut to the interval before anything else (its seed is that of the steps
+kept); an input with no step in it is skipped (not an error), and the store holds the selected
+steps only.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from precipdiff.errors import ConfigError, GridError, PrecipdiffError
+from precipdiff.pipeline.timesel import EmptySelectionError
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -135,26 +139,46 @@ def worker_pipeline(req: PredictRequest, device: str, key: tuple) -> Pipeline:
 
 def netcdf_task(
     req: PredictRequest, device: str, key: tuple, path: Path, target: Path
-) -> tuple[Path, Path, str | None]:
-    """One archive file to ``target`` (NetCDF): ``(input, output, error or None)``."""
-    from precipdiff.io import read
+) -> tuple[Path, Path | None, str | None]:
+    """One archive file to ``target`` (NetCDF): ``(input, output, error or None)``; the output
+    is None when no step of the input is in ``--time`` (nothing written)."""
     from precipdiff.pipeline.output import predict_to_file
-    from precipdiff.pipeline.run import INPUT_ATTR, _extras_for, _options, file_seed, input_id
+    from precipdiff.pipeline.run import (
+        INPUT_ATTR,
+        _extras_for,
+        _options,
+        file_seed,
+        input_id,
+        time_attrs,
+    )
 
     try:
         pipeline = worker_pipeline(req, device, key)
         opts = _options(req, device)
-        raw = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
+        raw = read_selected(req, path)
         own = dataclasses.replace(opts, seed=file_seed(opts.seed, raw))
         src = pipeline.prepare_input(raw, opts)
         extras = _extras_for(pipeline, req, src)
-        attrs = {INPUT_ATTR: input_id(path), "archive_base_seed": int(opts.seed)}
+        attrs = {INPUT_ATTR: input_id(path), "archive_base_seed": int(opts.seed),
+                 **time_attrs(req)}
         predict_to_file(
             pipeline, src, target, own, thresholds=req.thresholds, extras=extras, attrs=attrs
         )
         return path, target, None
+    except EmptySelectionError:
+        return path, None, None
     except PrecipdiffError as exc:
         return path, target, str(exc)
+
+
+def read_selected(req: PredictRequest, path: Path) -> xr.DataArray:
+    """One input as read for prediction, cut to ``--time`` (:class:`EmptySelectionError` when
+    none of its steps is in it)."""
+    from precipdiff.io import read
+    from precipdiff.pipeline.run import select_time
+
+    raw = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
+    return select_time(req, raw, [path])
 
 
 @dataclass(frozen=True)
@@ -168,15 +192,17 @@ class InputInfo:
     x: np.ndarray
 
 
-def scan_task(req: PredictRequest, device: str, key: tuple, path: Path) -> InputInfo | str:
-    """Read one input's times and grid (prepared as for prediction), or its error message."""
-    from precipdiff.io import read
+def scan_task(req: PredictRequest, device: str, key: tuple,
+              path: Path) -> InputInfo | str | None:
+    """Read one input's times (within ``--time``) and grid (prepared as for prediction); its
+    error message, or None when none of its steps is in ``--time``."""
     from precipdiff.pipeline.run import _options
 
     try:
         pipeline = worker_pipeline(req, device, key)
-        raw = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
-        src = pipeline.prepare_input(raw, _options(req, device))
+        src = pipeline.prepare_input(read_selected(req, path), _options(req, device))
+    except EmptySelectionError:
+        return None
     except PrecipdiffError as exc:
         return str(exc)
     ydim, xdim = src.dims[-2:]
@@ -198,13 +224,12 @@ def zarr_task(
     import cloudpickle
     import zarr
 
-    from precipdiff.io import read
     from precipdiff.pipeline.run import _extras_for, _options, file_seed, input_id
 
     call = None if hook is None else cloudpickle.loads(hook)
     try:
         pipeline = worker_pipeline(req, device, key)
-        raw = read(path, reader=req.reader, variable=req.variable, bbox=req.bbox)
+        raw = read_selected(req, path)
         seed = file_seed(req.seed, raw)  # as in --format netcdf: predict FILE --seed reproduces
         opts = dataclasses.replace(_options(req, device), seed=seed)
         src = pipeline.prepare_input(raw, opts)
@@ -284,13 +309,17 @@ def _write_step(root, pipeline: Pipeline, opts: PredictOptions, field: np.ndarra
 
 
 def run_settings(req: PredictRequest, key: tuple) -> str:
-    """What decides a store's contents besides the inputs (JSON), checked on a rerun."""
-    return json.dumps({
+    """What decides a store's contents besides the inputs (JSON), checked on a rerun; with
+    ``--time`` also the interval (the seed of a step depends on the steps selected)."""
+    settings = {
         "weights": [list(p) for p in key[1]], "members": req.members, "sampler": req.sampler,
         "steps": req.steps, "seed": req.seed, "window": req.window,
         "member_batch": req.member_batch, "mass_consistent": req.mass_consistent,
         "precision": req.precision, "thresholds": list(req.thresholds),
-    }, sort_keys=True)
+    }
+    if req.time is not None:
+        settings["time"] = req.time.text
+    return json.dumps(settings, sort_keys=True)
 
 
 def check_one_grid(infos: Sequence[InputInfo]) -> None:
@@ -325,8 +354,10 @@ def all_times(infos: Sequence[InputInfo]) -> np.ndarray:
 
 
 def create_store(store: Path, pipeline: Pipeline, src: xr.DataArray, opts: PredictOptions,
-                 times: np.ndarray, thresholds: Sequence[float], settings: str) -> None:
-    """Lay out the whole store (coordinates, CF attributes, empty fields) atomically."""
+                 times: np.ndarray, thresholds: Sequence[float], settings: str,
+                 extra_attrs: dict | None = None) -> None:
+    """Lay out the whole store (coordinates, CF attributes, empty fields) atomically;
+    ``extra_attrs`` are added to the global attributes."""
     import dask.array as da
     import xarray as xr
 
@@ -402,6 +433,7 @@ def create_store(store: Path, pipeline: Pipeline, src: xr.DataArray, opts: Predi
                  f"--format zarr ({nt} time steps)")
     attrs.pop("seed", None)
     attrs["archive_base_seed"] = int(opts.seed)
+    attrs.update(extra_attrs or {})
     ds = xr.Dataset(data, coords=coords, attrs=attrs)
     with atomic_path(store, is_dir=True) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
@@ -443,25 +475,38 @@ def run_archive(req: PredictRequest, pipeline: Pipeline, opts: PredictOptions,
         raise ConfigError(f"--format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
     key = weights_key(req, opts.device)
     failed: list[str] = []
+    outside: list[Path] = []
     with dask_client(req.workers, scheduler_address(req)) as client:
         if fmt == "netcdf":
-            yield from _run_netcdf(client, req, opts.device, key, failed)
+            yield from _run_netcdf(client, req, opts.device, key, failed, outside)
         else:
-            yield from _run_zarr(client, req, pipeline, opts, key, failed, hook)
+            yield from _run_zarr(client, req, pipeline, opts, key, failed, outside, hook)
     if failed:
         raise PrecipdiffError(
             f"{len(failed)} input file(s) failed and were skipped: {'; '.join(failed)}"
         )
 
 
-def _run_netcdf(client, req, device, key, failed: list[str]) -> Iterator[Path]:
+def check_some_selected(req: PredictRequest, outside: Sequence[Path], n_inputs: int) -> None:
+    """:class:`EmptySelectionError` when ``--time`` leaves no step of any input."""
+    if req.time is not None and n_inputs and len(outside) == n_inputs:
+        raise EmptySelectionError(
+            f"--time {req.time.text}: no time step of any of the {n_inputs} input(s) in "
+            f"{req.time.describe()}"
+        )
+
+
+def _run_netcdf(client, req, device, key, failed: list[str],
+                outside: list[Path]) -> Iterator[Path]:
     from distributed import as_completed
 
     from precipdiff.pipeline.run import _made_from, archive_targets, input_id
 
+    created = not req.output.exists()
     req.output.mkdir(parents=True, exist_ok=True)
     todo = []
-    for path, target in archive_targets(req.inputs, req.output):
+    targets = archive_targets(req.inputs, req.output)
+    for path, target in targets:
         if not target.exists():
             todo.append((path, target))
             continue
@@ -476,19 +521,26 @@ def _run_netcdf(client, req, device, key, failed: list[str]) -> Iterator[Path]:
     futures = [client.submit(netcdf_task, req, device, key, p, t, pure=False) for p, t in todo]
     for future in as_completed(futures):
         path, target, error = future.result()
-        if error is None:
+        if target is None:
+            log.info("skip %s: no time step in --time %s", path, req.time.text)
+            outside.append(path)
+        elif error is None:
             yield target
         else:
             log.error("skipped %s: %s", path, error)
             failed.append(f"{path} ({error})")
+    if created and len(outside) == len(targets):
+        req.output.rmdir()  # nothing selected: leave nothing behind
+    check_some_selected(req, outside, len(targets))
 
 
-def _run_zarr(client, req, pipeline, opts, key, failed: list[str],
+def _run_zarr(client, req, pipeline, opts, key, failed: list[str], outside: list[Path],
               hook: Hook | None) -> Iterator[Path]:
     import cloudpickle
     from distributed import as_completed
 
-    from precipdiff.io import read
+    from precipdiff.pipeline.run import time_attrs
+
     store = Path(req.output)
     inputs = list({Path(p).resolve(): Path(p) for p in req.inputs}.values())
     infos: list[InputInfo] = []
@@ -496,11 +548,15 @@ def _run_zarr(client, req, pipeline, opts, key, failed: list[str],
     scans = client.gather(client.map(scan_task, [req] * n, [opts.device] * n, [key] * n, inputs,
                                      pure=False))
     for path, info in zip(inputs, scans, strict=True):
-        if isinstance(info, str):
+        if info is None:
+            log.info("skip %s: no time step in --time %s", path, req.time.text)
+            outside.append(path)
+        elif isinstance(info, str):
             log.error("skipped %s: %s", path, info)
             failed.append(f"{path} ({info})")
         else:
             infos.append(info)
+    check_some_selected(req, outside, n)
     if infos:
         check_one_grid(infos)
         times = all_times(infos)
@@ -508,9 +564,9 @@ def _run_zarr(client, req, pipeline, opts, key, failed: list[str],
         if store.exists():
             axis, done = open_store(store, settings, times)
         else:
-            first = pipeline.prepare_input(read(infos[0].path, reader=req.reader,
-                                                variable=req.variable, bbox=req.bbox), opts)
-            create_store(store, pipeline, first, opts, times, req.thresholds, settings)
+            first = pipeline.prepare_input(read_selected(req, infos[0].path), opts)
+            create_store(store, pipeline, first, opts, times, req.thresholds, settings,
+                         time_attrs(req))
             axis, done = times, np.zeros(len(times), np.int8)
         todo = []
         for info in infos:

@@ -47,6 +47,7 @@ from precipdiff.pipeline.output import predict_to_file
 from precipdiff.pipeline.pipeline import Pipeline, PredictOptions
 from precipdiff.pipeline.shipped import shipped_weights
 from precipdiff.pipeline.stage import SamplerSettings, Stage
+from precipdiff.pipeline.timesel import TIME_SELECTION_MEANING, TimeRange
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class PredictRequest:
     coarsen: int = 1
     allow_semantics_mismatch: bool = False
     allow_spacing_mismatch: bool = False
+    time: TimeRange | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -133,6 +135,9 @@ class PredictRequest:
                               "or zarr")
         if self.archive_format == "zarr" and not self.archive:
             raise ConfigError("--format zarr writes one store for many inputs: it needs --archive")
+        if self.time is not None and not isinstance(self.time, TimeRange):
+            raise ConfigError(f"--time must be a TimeRange (timesel.parse_time_range), "
+                              f"got {self.time!r}")
         bad = [t for t in self.thresholds if not math.isfinite(t) or t < 0]
         if bad:
             raise ConfigError(f"--thresholds must be finite rates >= 0 mm/h, got {bad}")
@@ -245,6 +250,21 @@ def file_seed(seed: int, src) -> int:
     return int.from_bytes(h.digest()[:8], "little") >> 1
 
 
+def select_time(req: PredictRequest, src, inputs: Sequence[Path]):
+    """The steps of ``src`` (read from ``inputs``) within ``--time`` (all without it)."""
+    if req.time is None:
+        return src
+    names = ", ".join(Path(p).name for p in inputs)
+    return req.time.select(src, names if len(inputs) == 1 else f"the inputs ({names})")
+
+
+def time_attrs(req: PredictRequest) -> dict[str, str]:
+    """Output attributes recording ``--time`` (none without it)."""
+    if req.time is None:
+        return {}
+    return {"time_selection": req.time.text, "time_selection_meaning": TIME_SELECTION_MEANING}
+
+
 def _extras_for(pipeline: Pipeline, req: PredictRequest, src) -> object:
     """Extra channels on the output grid when the Stage-II model uses them, else None."""
     import json
@@ -278,11 +298,11 @@ def run_predict(req: PredictRequest) -> Iterator[Path]:
     kw = {"reader": req.reader, "variable": req.variable, "bbox": req.bbox}
     if not req.archive:
         src = read_many(req.inputs, **kw) if len(req.inputs) > 1 else read(req.inputs[0], **kw)
+        src = select_time(req, src, req.inputs)
         src = pipeline.prepare_input(src, opts)  # semantics and spacing, before any work
         extras = _extras_for(pipeline, req, src)
-        yield predict_to_file(
-            pipeline, src, req.output, opts, thresholds=req.thresholds, extras=extras
-        )
+        yield predict_to_file(pipeline, src, req.output, opts, thresholds=req.thresholds,
+                              extras=extras, attrs=time_attrs(req))
         return
     from precipdiff.pipeline.archive import run_archive
 
