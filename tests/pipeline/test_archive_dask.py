@@ -96,6 +96,30 @@ def test_store_layout_and_same_ensembles_as_netcdf(tiny_weights, files, cluster,
     assert max(loads.values()) == 1 and min(loads.values()) >= 0
 
 
+def _volume_sums(precip: np.ndarray, corrected: np.ndarray, f: int = 4):
+    """Fine rain / f**2 and corrected coarse rain over the valid cells, per time step."""
+    t, m, ny, nx = corrected.shape
+    blocks = precip.reshape(t, m, ny, f, nx, f)
+    valid = np.isfinite(blocks).all(axis=(3, 5)) & np.isfinite(corrected)
+    fine = np.where(valid, np.nansum(blocks, axis=(3, 5), dtype=np.float64), 0).sum(axis=(1, 2, 3))
+    coarse = np.where(valid, corrected, 0).astype(np.float64).sum(axis=(1, 2, 3))
+    return fine / f**2, coarse
+
+
+def test_volume_error_per_step_and_run(tiny_weights, files, cluster, reference) -> None:
+    """Each step's volume_error (and the run's, in attrs) is the fine-grid mean of the members
+    over the corrected coarse mean, minus 1, recomputed here from the store's own fields."""
+    ds = xr.open_zarr(reference)
+    fine, coarse = _volume_sums(ds["precip"].values, ds["corrected_lr"].values)
+    assert (coarse > 0).all()
+    np.testing.assert_allclose(ds["volume_error"].values, fine / coarse - 1, rtol=1e-6)
+    np.testing.assert_allclose(ds["coarse_volume"].values, coarse, rtol=1e-6)
+    assert ds["volume_error"].attrs["units"] == "1"
+    assert "this time step" in ds["volume_error"].attrs["comment"]
+    assert ds.attrs["volume_error"] == pytest.approx(fine.sum() / coarse.sum() - 1, rel=1e-6)
+    assert "all members and times" in ds.attrs["volume_error_meaning"]
+
+
 def test_rerun_does_only_missing_steps(tiny_weights, files, cluster, reference, tmp_path) -> None:
     store = tmp_path / "s.zarr"
     req = _request(tiny_weights, files, store, cluster[0], archive_format="zarr")
@@ -106,9 +130,11 @@ def test_rerun_does_only_missing_steps(tiny_weights, files, cluster, reference, 
     log = tmp_path / "steps.log"
     _run(req, hook=_Logger(str(log)))
     assert log.read_text().split() == ["step_written:4", "step_done:4"]
-    for name in ("precip", "corrected_lr", "ensemble_std", "step_done", "seed"):
+    for name in ("precip", "corrected_lr", "ensemble_std", "step_done", "seed", "volume_error"):
         np.testing.assert_array_equal(zarr.open_group(store)[name][:],
                                       zarr.open_group(reference)[name][:])
+    run_error = xr.open_zarr(store).attrs["volume_error"]
+    assert run_error == xr.open_zarr(reference).attrs["volume_error"]
     # nothing left to do: a third run writes nothing
     log.unlink()
     _run(req, hook=_Logger(str(log)))

@@ -20,7 +20,10 @@ Two outputs (``--format``):
   task rerun by dask after its worker died) recomputes exactly the steps not marked done, so the
   store ends complete with no half-written step. ``input_id`` and ``seed`` per time step record
   the input (hash of its absolute path) and the seed of its file (:func:`~precipdiff.pipeline.
-  run.file_seed`): ``predict FILE --seed <seed>`` reproduces the step.
+  run.file_seed`): ``predict FILE --seed <seed>`` reproduces the step. ``volume_error`` per time
+  step (with its sums ``fine_volume`` / ``coarse_volume``) is written with the step's fields;
+  once every step is done the run's ``volume_error`` goes into the global attributes
+  (:func:`finish_store`), as :class:`~precipdiff.pipeline.pipeline.RunTally` does for NetCDF.
 
 A bad input file is reported and skipped; the others complete and the run then fails with a
 message listing the skipped files (exit status 2). With ``--time`` (:mod:`precipdiff.pipeline.
@@ -51,7 +54,7 @@ from precipdiff.pipeline.timesel import EmptySelectionError
 if TYPE_CHECKING:
     import xarray as xr
 
-    from precipdiff.pipeline.pipeline import Pipeline, PredictOptions
+    from precipdiff.pipeline.pipeline import Pipeline, PredictOptions, RunTally
     from precipdiff.pipeline.run import PredictRequest
 
 log = logging.getLogger(__name__)
@@ -242,7 +245,10 @@ def zarr_task(
             if done[i]:
                 continue
             ext = None if extras is None else extras.isel(time=t).values
-            _write_step(root, pipeline, opts, src.isel(time=t).values, t, i, req.thresholds, ext)
+            tally = pipeline.new_tally()
+            _write_step(root, pipeline, opts, src.isel(time=t).values, t, i, req.thresholds, ext,
+                        tally)
+            _record_volume(root, i, tally)
             if call is not None:
                 call("step_written", int(i))
             root["input_id"][i] = ident
@@ -284,18 +290,20 @@ def _store_times(root) -> np.ndarray:
 
 
 def _write_step(root, pipeline: Pipeline, opts: PredictOptions, field: np.ndarray, t: int,
-                i: int, thresholds: Sequence[float], extras: np.ndarray | None) -> None:
-    """Time step ``t`` of the input into the store's step ``i`` (band by band)."""
+                i: int, thresholds: Sequence[float], extras: np.ndarray | None,
+                tally: RunTally | None = None) -> None:
+    """Time step ``t`` of the input into the store's step ``i`` (band by band); ``tally``
+    collects the step's volume sums."""
     from precipdiff.pipeline.pipeline import scratch_dir
 
     root["source_lr"][i] = field
-    corrected = pipeline.correct_step(field, t, opts)
+    corrected = pipeline.correct_step(field, t, opts, tally)
     root["corrected_lr"][i] = corrected
     if pipeline.downscale is None:
         return
     with scratch_dir() as scratch:
         for y0, y1, hr in pipeline.downscale_step(corrected, t, opts, extras=extras,
-                                                  scratch=Path(scratch)):
+                                                  scratch=Path(scratch), tally=tally):
             root["precip"][i, :, y0:y1] = hr
             root["ensemble_mean"][i, y0:y1] = hr.mean(axis=0)
             root["ensemble_std"][i, y0:y1] = hr.std(axis=0, ddof=1) if len(hr) > 1 else 0.0
@@ -305,7 +313,58 @@ def _write_step(root, pipeline: Pipeline, opts: PredictOptions, field: np.ndarra
                 root["exceedance_probability"][i, k, y0:y1] = prob
 
 
+def _record_volume(root, i: int, tally: RunTally) -> None:
+    """Step ``i``'s volume error and its two sums (stores made before they existed: none)."""
+    if not tally.volume or "volume_error" not in root.group:
+        return
+    root["fine_volume"][i] = tally.fine_sum
+    root["coarse_volume"][i] = tally.coarse_sum
+    root["volume_error"][i] = tally.volume_error
+
+
 # ----------------------------------------------------------------------------- the store
+
+
+def volume_attrs(meaning: str) -> dict[str, dict[str, str]]:
+    """Attributes of the per-step ``volume_error`` and of the two sums it is made of."""
+    return {
+        "volume_error": {
+            "long_name": "domain volume error of the downscaled ensemble at this time step",
+            "units": "1", "comment": meaning.replace("all members and times",
+                                                     "all members, this time step"),
+        },
+        "fine_volume": {
+            "long_name": "downscaled rates summed over the members and the valid fine pixels, "
+                         "divided by factor**2 (numerator of volume_error)", "units": "mm h-1",
+        },
+        "coarse_volume": {
+            "long_name": "corrected coarse rates summed over the members and the cells that were "
+                         "downscaled (denominator of volume_error)", "units": "mm h-1",
+        },
+    }
+
+
+def finish_store(store: Path, pipeline: Pipeline) -> None:
+    """Run-level attributes once every step is done: ``volume_error`` (all members and time
+    steps: the sums of the steps' ``fine_volume`` / ``coarse_volume``) and its meaning; they are
+    removed while steps are missing. Metadata consolidated again."""
+    import zarr
+
+    root = zarr.open_group(store, mode="r+", use_consolidated=False)
+    if "volume_error" not in root:
+        return
+    tally = pipeline.new_tally()
+    if (np.asarray(root["step_done"][:]) == 1).all():
+        tally.volume = True
+        tally.fine_sum = float(np.nansum(root["fine_volume"][:]))
+        tally.coarse_sum = float(np.nansum(root["coarse_volume"][:]))
+        root.attrs.update(tally.attrs())
+    else:
+        for name in ("volume_error", "volume_error_meaning"):
+            root.attrs.pop(name, None)  # not computable: steps missing
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(store)
 
 
 def run_settings(req: PredictRequest, key: tuple) -> str:
@@ -420,6 +479,12 @@ def create_store(store: Path, pipeline: Pipeline, src: xr.DataArray, opts: Predi
                   (nt, len(thresholds), *fine.shape), (1, len(thresholds), cy, cx),
                   {"units": "1", "grid_mapping": GRID_MAPPING,
                    "long_name": "fraction of members with precipitation rate >= threshold"})
+    if fine is not None:
+        meaning = pipeline.new_tally()
+        meaning.volume = True
+        for name, attrs in volume_attrs(meaning.attrs()["volume_error_meaning"]).items():
+            data[name] = (("time",), da.full(nt, np.nan, np.float64, chunks=1), attrs)
+            enc[name] = {"chunks": (1,), "fill_value": np.nan}
     for name, dtype, long in (
         ("step_done", np.int8, "1 once every field of this time step is written"),
         ("input_id", np.int64, "input file identity: sha256 of its absolute path (63 bits)"),
@@ -585,4 +650,5 @@ def _run_zarr(client, req, pipeline, opts, key, failed: list[str], outside: list
             else:
                 log.error("skipped %s: %s", path, error)
                 failed.append(f"{path} ({error})")
+        finish_store(store, pipeline)
         yield store
