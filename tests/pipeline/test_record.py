@@ -188,7 +188,7 @@ def test_record_too_large_for_memory_is_refused(weights, monkeypatch) -> None:
 def test_per_step_sampling_with_a_temporal_stage_is_refused(weights) -> None:
     pipe = Pipeline(None, Stage.load(weights["untrained"]))
     corrected = np.ones((2, 6, 8), np.float32)
-    with pytest.raises(CheckpointError, match="samples whole records"):
+    with pytest.raises(CheckpointError, match="samples whole records, not one time step"):
         list(pipe.downscale_step(corrected, 0, _opts()))
 
 

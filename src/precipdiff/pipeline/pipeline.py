@@ -43,7 +43,7 @@ import xarray as xr
 
 from precipdiff.defaults import PREDICT
 from precipdiff.diffusion.samplers import native_schedule
-from precipdiff.errors import GridError
+from precipdiff.errors import CheckpointError, GridError
 from precipdiff.grid import Grid, spatial_dims, upsample_tensor
 from precipdiff.pipeline.dry import (
     DEFAULT_HALO,
@@ -391,6 +391,12 @@ class Pipeline:
         """
         stage, f = self.downscale, self.factor
         assert stage is not None
+        if stage.temporal is not None:
+            raise CheckpointError(
+                f"{stage.source}: a temporal Stage II samples whole records, not one time step: "
+                "use Pipeline.predict or predict_to_file (precipdiff predict, --archive with "
+                "NetCDF output)"
+            )
         m, ny, nx = corrected.shape
         h, w = ny * f, nx * f
         tcor, _ = _nan_to_zero(stage.transform.forward(corrected))
