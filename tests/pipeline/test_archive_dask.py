@@ -3,6 +3,7 @@ a worker killed mid-task, bad inputs, and weights loaded once per worker."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -149,6 +150,12 @@ def test_worker_killed_mid_task(tiny_weights, files, cluster, reference, tmp_pat
     req = _request(tiny_weights, files, store, cluster[0], archive_format="zarr")
     _run(req, hook=_KillOnce(str(marker)))
     assert marker.exists()
+    # the run report names the tasks dask ran again (the one that died, and any queued on
+    # the same worker)
+    report = json.loads((tmp_path / "k.zarr.report.json").read_text())
+    retried = report["tasks"]["retried"]
+    assert retried and set(retried.values()) == {1} and retried.keys() <= set(map(str, files))
+    assert report["time_steps"] == {"written": 5, "already_present": 0}
     ref = zarr.open_group(reference)
     got = zarr.open_group(store)
     for name in ("precip", "ensemble_mean", "exceedance_probability", "source_lr", "step_done",
@@ -166,6 +173,37 @@ def test_bad_input_reported_rest_completes(tiny_weights, files, cluster, tmp_pat
         _run(req)
     assert (zarr.open_group(store)["step_done"][:] == 1).all()
     assert zarr.open_group(store)["step_done"].shape == (2,)
+    report = json.loads((tmp_path / "b.zarr.report.json").read_text())
+    assert report["status"] == "inputs_skipped" and report["format"] == "zarr"
+    assert sorted(report["inputs"]["done"]) == sorted(map(str, [files[0], files[1]]))
+    (skipped,) = report["inputs"]["skipped"]
+    assert skipped["input"] == str(bad) and "bad.nc" in skipped["reason"]
+    assert "\n" not in skipped["reason"]
+    assert report["time_steps"] == {"written": 2, "already_present": 0}
+    assert report["workers"] == 2 and report["scheduler"] == cluster[0]
+    assert report["tasks"] == {"submitted": 2, "retried": {}}
+    assert report["wall_time_s"] > 0 and report["started"].endswith("Z")
+
+
+def test_failed_step_then_resumed_run(tiny_weights, files, cluster, tmp_path) -> None:
+    """A task that fails leaves its step undone: no run-level volume_error, the input in the
+    report's skipped list; the rerun does that step only and reports the other as present."""
+    store = tmp_path / "r.zarr"
+    req = _request(tiny_weights, files[:2], store, cluster[0], archive_format="zarr")
+    with pytest.raises(PrecipdiffError, match="refused step 0"):
+        _run(req, hook=_FailAt(0))
+    assert zarr.open_group(store)["step_done"][:].tolist() == [0, 1]
+    assert "volume_error" not in xr.open_zarr(store).attrs
+    report = json.loads((tmp_path / "r.zarr.report.json").read_text())
+    assert report["inputs"]["skipped"] == [{"input": str(files[0]), "reason": "refused step 0"}]
+    assert report["time_steps"] == {"written": 1, "already_present": 0}
+    assert _run(req) == [store]
+    report = json.loads((tmp_path / "r.zarr.report.json").read_text())
+    assert report["status"] == "complete" and report["inputs"]["skipped"] == []
+    assert report["inputs"]["done"] == [str(files[0])]
+    assert report["inputs"]["complete_before"] == [str(files[1])]
+    assert report["time_steps"] == {"written": 1, "already_present": 1}
+    assert np.isfinite(xr.open_zarr(store).attrs["volume_error"])
 
 
 def test_one_grid_and_unique_times(tiny_weights, files, cluster, tmp_path) -> None:
@@ -224,6 +262,17 @@ class _Logger:
             fh.write(f"{event}:{index}\n")
 
 
+class _FailAt:
+    """Hook that fails (a user error) once the fields of store step ``index`` are written."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __call__(self, event: str, index: int) -> None:
+        if event == "step_written" and index == self.index:
+            raise PrecipdiffError(f"refused step {index}")
+
+
 class _KillOnce:
     """Hook that kills its worker process the first time a step's fields are written."""
 
@@ -269,7 +318,8 @@ def test_cli_zarr_store(tiny_weights, files, reference, tmp_path) -> None:
                           "--output", str(tmp_path / "y.zarr")))
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert "odd.nc is on another grid" in res.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.zarr", "odd.nc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.zarr", "cli.zarr.report.json",
+                                                          "odd.nc"]
 
 
 def test_cli_unknown_format(tiny_weights, files, tmp_path) -> None:

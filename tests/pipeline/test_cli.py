@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -126,10 +127,20 @@ def test_archive_mode_skips_bad_and_done(tiny_weights, inputs, tmp_path) -> None
     res = run_cli(*_predict_args(tiny_weights, out, "--archive", *files))
     assert res.returncode == 2 and "bad.nc" in res.stderr
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["src.nc.precipdiff.nc", "src2.nc.precipdiff.nc"]
+    assert written == ["report.json", "src.nc.precipdiff.nc", "src2.nc.precipdiff.nc"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "inputs_skipped" and report["format"] == "netcdf"
+    assert sorted(report["inputs"]["done"]) == files[::2]
+    assert [s["input"] for s in report["inputs"]["skipped"]] == [files[1]]
+    assert report["time_steps"] == {"written": 2, "already_present": 0}
+    assert report["workers"] == 1 and report["scheduler"] == "embedded"
     stamp = (out / "src.nc.precipdiff.nc").stat().st_mtime_ns
     res = run_cli(*_predict_args(tiny_weights, out, "--archive", str(inputs["src"])))
     assert res.returncode == 0 and (out / "src.nc.precipdiff.nc").stat().st_mtime_ns == stamp
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "complete" and report["inputs"]["done"] == []
+    assert report["inputs"]["complete_before"] == [files[0]]
+    assert report["time_steps"] == {"written": 0, "already_present": 1}
 
 
 def test_demo_end_to_end(tmp_path) -> None:

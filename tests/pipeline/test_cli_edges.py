@@ -351,7 +351,8 @@ def test_archive_workers_die_with_parent(tiny_weights, slow_src, tmp_path) -> No
     args[args.index("--steps") + 1] = "2"
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["p.nc.precipdiff.nc", "q.nc.precipdiff.nc"]
+    assert sorted(p.name for p in out.iterdir()) == ["p.nc.precipdiff.nc", "q.nc.precipdiff.nc",
+                                                     "report.json"]
 
 
 def test_archive_output_records_input(tiny_weights, src, tmp_path) -> None:

@@ -26,10 +26,12 @@ Two outputs (``--format``):
   (:func:`finish_store`), as :class:`~precipdiff.pipeline.pipeline.RunTally` does for NetCDF.
 
 A bad input file is reported and skipped; the others complete and the run then fails with a
-message listing the skipped files (exit status 2). With ``--time`` (:mod:`precipdiff.pipeline.
-timesel`) each input is cut to the interval before anything else (its seed is that of the steps
-kept); an input with no step in it is skipped (not an error), and the store holds the selected
-steps only.
+message listing the skipped files (exit status 2). Every run that gets to its tasks writes a JSON
+run report beside the output (:mod:`precipdiff.pipeline.runreport`).
+
+With ``--time`` (:mod:`precipdiff.pipeline.timesel`) each input is cut to the interval before
+anything else (its seed is that of the steps kept); an input with no step in it is skipped (not
+an error), and the store holds the selected steps only.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
 
     from precipdiff.pipeline.pipeline import Pipeline, PredictOptions, RunTally
     from precipdiff.pipeline.run import PredictRequest
+    from precipdiff.pipeline.runreport import ArchiveReport
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +145,10 @@ def worker_pipeline(req: PredictRequest, device: str, key: tuple) -> Pipeline:
 
 def netcdf_task(
     req: PredictRequest, device: str, key: tuple, path: Path, target: Path
-) -> tuple[Path, Path | None, str | None]:
-    """One archive file to ``target`` (NetCDF): ``(input, output, error or None)``; the output
-    is None when no step of the input is in ``--time`` (nothing written)."""
+) -> tuple[Path, Path | None, str | None, int]:
+    """One archive file to ``target`` (NetCDF): ``(input, output, error or None, time steps
+    written)``; the output is None when no step of the input is in ``--time`` (nothing
+    written)."""
     from precipdiff.pipeline.output import predict_to_file
     from precipdiff.pipeline.run import (
         INPUT_ATTR,
@@ -167,11 +171,11 @@ def netcdf_task(
         predict_to_file(
             pipeline, src, target, own, thresholds=req.thresholds, extras=extras, attrs=attrs
         )
-        return path, target, None
+        return path, target, None, int(src.sizes["time"])
     except EmptySelectionError:
-        return path, None, None
+        return path, None, None, 0
     except PrecipdiffError as exc:
-        return path, target, str(exc)
+        return path, target, str(exc), 0
 
 
 def read_selected(req: PredictRequest, path: Path) -> xr.DataArray:
@@ -344,17 +348,18 @@ def volume_attrs(meaning: str) -> dict[str, dict[str, str]]:
     }
 
 
-def finish_store(store: Path, pipeline: Pipeline) -> None:
+def finish_store(store: Path, pipeline: Pipeline) -> np.ndarray:
     """Run-level attributes once every step is done: ``volume_error`` (all members and time
     steps: the sums of the steps' ``fine_volume`` / ``coarse_volume``) and its meaning; they are
-    removed while steps are missing. Metadata consolidated again."""
+    removed while steps are missing. Metadata consolidated again. Returns ``step_done``."""
     import zarr
 
     root = zarr.open_group(store, mode="r+", use_consolidated=False)
+    done = np.asarray(root["step_done"][:])
     if "volume_error" not in root:
-        return
+        return done
     tally = pipeline.new_tally()
-    if (np.asarray(root["step_done"][:]) == 1).all():
+    if (done == 1).all():
         tally.volume = True
         tally.fine_sum = float(np.nansum(root["fine_volume"][:]))
         tally.coarse_sum = float(np.nansum(root["coarse_volume"][:]))
@@ -365,6 +370,7 @@ def finish_store(store: Path, pipeline: Pipeline) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         zarr.consolidate_metadata(store)
+    return done
 
 
 def run_settings(req: PredictRequest, key: tuple) -> str:
@@ -534,25 +540,29 @@ def open_store(store: Path, settings: str, times: np.ndarray) -> tuple[np.ndarra
 def run_archive(req: PredictRequest, pipeline: Pipeline, opts: PredictOptions,
                 *, hook: Hook | None = None) -> Iterator[Path]:
     """Archive mode on a dask client; yields each completed output (the store once, at the
-    end, for ``--format zarr``); raises :class:`PrecipdiffError` listing the skipped inputs."""
+    end, for ``--format zarr``), writes the run report (:mod:`precipdiff.pipeline.runreport`)
+    and raises :class:`PrecipdiffError` listing the skipped inputs."""
+    from precipdiff.pipeline.runreport import ArchiveReport, worker_count
+
     fmt = getattr(req, "archive_format", "netcdf")
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
     key = weights_key(req, opts.device)
-    failed: list[str] = []
-    outside: list[Path] = []
-    with dask_client(req.workers, scheduler_address(req)) as client:
+    address = scheduler_address(req)
+    report = ArchiveReport(fmt, Path(req.output), scheduler=address or "embedded")
+    with dask_client(req.workers, address) as client:
         if fmt == "netcdf":
-            yield from _run_netcdf(client, req, opts.device, key, failed, outside)
+            yield from _run_netcdf(client, req, opts.device, key, report)
         else:
-            yield from _run_zarr(client, req, pipeline, opts, key, failed, outside, hook)
-    if failed:
-        raise PrecipdiffError(
-            f"{len(failed)} input file(s) failed and were skipped: {'; '.join(failed)}"
-        )
+            yield from _run_zarr(client, req, pipeline, opts, key, report, hook)
+        report.workers = worker_count(client)
+    report.write()
+    failure = report.failure()
+    if failure:
+        raise PrecipdiffError(failure)
 
 
-def check_some_selected(req: PredictRequest, outside: Sequence[Path], n_inputs: int) -> None:
+def check_some_selected(req: PredictRequest, outside: Sequence[str], n_inputs: int) -> None:
     """:class:`EmptySelectionError` when ``--time`` leaves no step of any input."""
     if req.time is not None and n_inputs and len(outside) == n_inputs:
         raise EmptySelectionError(
@@ -561,11 +571,22 @@ def check_some_selected(req: PredictRequest, outside: Sequence[Path], n_inputs: 
         )
 
 
-def _run_netcdf(client, req, device, key, failed: list[str],
-                outside: list[Path]) -> Iterator[Path]:
+def _steps_in(target: Path) -> int:
+    """Time steps of an existing archive output (0 when it cannot be read)."""
+    import netCDF4
+
+    try:
+        with netCDF4.Dataset(target) as ds:
+            return len(ds.dimensions["time"])
+    except (OSError, KeyError):
+        return 0
+
+
+def _run_netcdf(client, req, device, key, report: ArchiveReport) -> Iterator[Path]:
     from distributed import as_completed
 
     from precipdiff.pipeline.run import _made_from, archive_targets, input_id
+    from precipdiff.pipeline.runreport import task_retries
 
     created = not req.output.exists()
     req.output.mkdir(parents=True, exist_ok=True)
@@ -577,34 +598,39 @@ def _run_netcdf(client, req, device, key, failed: list[str],
             continue
         made_from = _made_from(target)
         if made_from is not None and made_from != input_id(path):
-            error = (f"{target} exists but was made from another input named {path.name} "
-                     "(in another folder); move it away or write into another folder")
-            log.error("skipped %s: %s", path, error)
-            failed.append(f"{path} ({error})")
+            report.skip(path, f"{target} exists but was made from another input named "
+                        f"{path.name} (in another folder); move it away or write into another "
+                        "folder")
         else:
             log.info("skip %s: output exists and is complete", path)
+            report.complete_before.append(str(path))
+            report.steps_present += _steps_in(target)
     futures = [client.submit(netcdf_task, req, device, key, p, t, pure=False) for p, t in todo]
+    report.submitted = len(futures)
     for future in as_completed(futures):
-        path, target, error = future.result()
+        path, target, error, steps = future.result()
         if target is None:
             log.info("skip %s: no time step in --time %s", path, req.time.text)
-            outside.append(path)
+            report.outside_time.append(str(path))
         elif error is None:
+            report.done.append(str(path))
+            report.steps_written += steps
             yield target
         else:
-            log.error("skipped %s: %s", path, error)
-            failed.append(f"{path} ({error})")
-    if created and len(outside) == len(targets):
+            report.skip(path, error)
+    report.retried = task_retries(client, futures, [p for p, _ in todo])
+    if created and len(report.outside_time) == len(targets):
         req.output.rmdir()  # nothing selected: leave nothing behind
-    check_some_selected(req, outside, len(targets))
+    check_some_selected(req, report.outside_time, len(targets))
 
 
-def _run_zarr(client, req, pipeline, opts, key, failed: list[str], outside: list[Path],
+def _run_zarr(client, req, pipeline, opts, key, report: ArchiveReport,
               hook: Hook | None) -> Iterator[Path]:
     import cloudpickle
     from distributed import as_completed
 
     from precipdiff.pipeline.run import time_attrs
+    from precipdiff.pipeline.runreport import task_retries
 
     store = Path(req.output)
     inputs = list({Path(p).resolve(): Path(p) for p in req.inputs}.values())
@@ -615,40 +641,46 @@ def _run_zarr(client, req, pipeline, opts, key, failed: list[str], outside: list
     for path, info in zip(inputs, scans, strict=True):
         if info is None:
             log.info("skip %s: no time step in --time %s", path, req.time.text)
-            outside.append(path)
+            report.outside_time.append(str(path))
         elif isinstance(info, str):
-            log.error("skipped %s: %s", path, info)
-            failed.append(f"{path} ({info})")
+            report.skip(path, info)
         else:
             infos.append(info)
-    check_some_selected(req, outside, n)
-    if infos:
-        check_one_grid(infos)
-        times = all_times(infos)
-        settings = run_settings(req, key)
-        if store.exists():
-            axis, done = open_store(store, settings, times)
+    check_some_selected(req, report.outside_time, n)
+    if not infos:
+        return
+    check_one_grid(infos)
+    times = all_times(infos)
+    settings = run_settings(req, key)
+    if store.exists():
+        axis, done = open_store(store, settings, times)
+    else:
+        first = pipeline.prepare_input(read_selected(req, infos[0].path), opts)
+        create_store(store, pipeline, first, opts, times, req.thresholds, settings,
+                     time_attrs(req))
+        axis, done = times, np.zeros(len(times), np.int8)
+    mine = np.searchsorted(axis, times)  # this run's steps on the store's axis
+    before = done[mine] == 1
+    report.steps_present = int(before.sum())
+    todo = []
+    for info in infos:
+        if done[np.searchsorted(axis, info.times)].all():
+            log.info("skip %s: its time steps are complete in %s", info.path, store)
+            report.complete_before.append(str(info.path))
         else:
-            first = pipeline.prepare_input(read_selected(req, infos[0].path), opts)
-            create_store(store, pipeline, first, opts, times, req.thresholds, settings,
-                         time_attrs(req))
-            axis, done = times, np.zeros(len(times), np.int8)
-        todo = []
-        for info in infos:
-            pos = np.searchsorted(axis, info.times)
-            if done[pos].all():
-                log.info("skip %s: its time steps are complete in %s", info.path, store)
-            else:
-                todo.append(info.path)
-        shipped = None if hook is None else cloudpickle.dumps(hook)
-        futures = [client.submit(zarr_task, req, opts.device, key, p, store, shipped, pure=False)
-                   for p in todo]
-        for future in as_completed(futures):
-            path, error = future.result()
-            if error is None:
-                log.info("done %s", path)
-            else:
-                log.error("skipped %s: %s", path, error)
-                failed.append(f"{path} ({error})")
-        finish_store(store, pipeline)
-        yield store
+            todo.append(info.path)
+    shipped = None if hook is None else cloudpickle.dumps(hook)
+    futures = [client.submit(zarr_task, req, opts.device, key, p, store, shipped, pure=False)
+               for p in todo]
+    report.submitted = len(futures)
+    for future in as_completed(futures):
+        path, error = future.result()
+        if error is None:
+            log.info("done %s", path)
+            report.done.append(str(path))
+        else:
+            report.skip(path, error)
+    report.retried = task_retries(client, futures, todo)
+    after = finish_store(store, pipeline)
+    report.steps_written = int(((after[mine] == 1) & ~before).sum())
+    yield store
