@@ -54,6 +54,8 @@ import xarray as xr
 
 from precipdiff.baselines import get_baseline
 from precipdiff.data.corpus import open_corpus
+from precipdiff.defaults import PREDICT
+from precipdiff.diffusion.samplers import native_schedule
 from precipdiff.evaluation.report import evaluate_fields
 from precipdiff.evaluation.run import baseline_predictions
 from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
@@ -240,8 +242,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--crop", type=int, default=250, help="window size in fine pixels")
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--rainfarm", action="store_true", help="add the RainFARM baseline (pysteps)")
-    ap.add_argument("--sampler", default="dpmpp_2m")
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--sampler", default=PREDICT.sampler)
+    ap.add_argument("--steps", type=int, default=PREDICT.steps)
+    ap.add_argument("--schedule", default=PREDICT.schedule,
+                    help="noise schedule (default: the sampler's own)")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     corpus = open_corpus(args.corpus)
     pipelines = build_pipelines(args)
-    sampler = SamplerSettings(sampler=args.sampler, steps=args.steps)
+    sampler = SamplerSettings(sampler=args.sampler, steps=args.steps, schedule=args.schedule)
     opts = PredictOptions(members=args.members, correct=sampler, downscale=sampler,
                           seed=args.seed, allow_semantics_mismatch=True)
     baselines = ("bilinear", "bicubic", *(("rainfarm",) if args.rainfarm else ()))
@@ -290,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
                         if k not in ("src", "lr", "hr", "times", "qm")} | scored)
         meta = {
             "title": f"Generalisation: {TITLES[args.task]}",
-            "note": (f"{args.members} members, {args.sampler} {args.steps} steps, seed "
+            "note": (f"{args.members} members, {args.sampler} {args.steps} steps on the "
+                     f"{args.schedule or native_schedule(args.sampler)} schedule, seed "
                      f"{args.seed}; weights: "
                      + "; ".join(f"{k} = {weights_names(p)}" for k, p in pipelines.items())
                      + f"; corpus {args.corpus}"),
