@@ -351,6 +351,7 @@ def predict(
     """Correct and downscale coarse precipitation into a fine-grid ensemble (CF-NetCDF)."""
     from precipdiff.pipeline.run import PredictRequest, run_predict
     from precipdiff.pipeline.timesel import parse_time_range
+    from precipdiff.progress import progress_bar
 
     req = PredictRequest(
         inputs=inputs,
@@ -383,8 +384,9 @@ def predict(
         thresholds=_parse_thresholds(thresholds),
         archive=archive,
     )
-    for path in run_predict(req):
-        typer.echo(f"written: {path}")
+    with progress_bar("input files", disable=_quiet() or not archive) as bar:
+        for path in run_predict(req, progress=bar):
+            typer.echo(f"written: {path}")
 
 
 @command

@@ -251,6 +251,15 @@ def test_time_selection_lays_out_selected_steps(tiny_weights, files, cluster, re
         _run(_request(tiny_weights, files, store, cluster[0], archive_format="zarr"))
 
 
+def test_progress_follows_tasks(tiny_weights, files, cluster, tmp_path) -> None:
+    calls = []
+    req = _request(tiny_weights, files[:2], tmp_path / "p", cluster[0])
+    pipeline = load_pipeline(req, "cpu")
+    out = list(archive.run_archive(req, pipeline, _options(req, "cpu"),
+                                   progress=lambda done, total: calls.append((done, total))))
+    assert len(out) == 2 and calls == [(0, 2), (1, 2), (2, 2)]
+
+
 class _Logger:
     """Hook that appends ``event:index`` lines to a file."""
 

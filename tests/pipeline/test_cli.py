@@ -126,6 +126,7 @@ def test_archive_mode_skips_bad_and_done(tiny_weights, inputs, tmp_path) -> None
     files = [str(inputs["src"]), str(inputs["bad"]), str(inputs["src2"])]
     res = run_cli(*_predict_args(tiny_weights, out, "--archive", *files))
     assert res.returncode == 2 and "bad.nc" in res.stderr
+    assert "input files" in res.stdout and "3/3" in res.stdout  # the progress bar, at its end
     written = sorted(p.name for p in out.iterdir())
     assert written == ["report.json", "src.nc.precipdiff.nc", "src2.nc.precipdiff.nc"]
     report = json.loads((out / "report.json").read_text())

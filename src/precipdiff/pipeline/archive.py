@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from precipdiff.pipeline.pipeline import Pipeline, PredictOptions, RunTally
     from precipdiff.pipeline.run import PredictRequest
     from precipdiff.pipeline.runreport import ArchiveReport
+    from precipdiff.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -538,10 +539,12 @@ def open_store(store: Path, settings: str, times: np.ndarray) -> tuple[np.ndarra
 
 
 def run_archive(req: PredictRequest, pipeline: Pipeline, opts: PredictOptions,
-                *, hook: Hook | None = None) -> Iterator[Path]:
+                *, hook: Hook | None = None,
+                progress: ProgressCallback | None = None) -> Iterator[Path]:
     """Archive mode on a dask client; yields each completed output (the store once, at the
     end, for ``--format zarr``), writes the run report (:mod:`precipdiff.pipeline.runreport`)
-    and raises :class:`PrecipdiffError` listing the skipped inputs."""
+    and raises :class:`PrecipdiffError` listing the skipped inputs. ``progress(done, total)``
+    is called as the input tasks complete (first with 0)."""
     from precipdiff.pipeline.runreport import ArchiveReport, worker_count
 
     fmt = getattr(req, "archive_format", "netcdf")
@@ -552,9 +555,9 @@ def run_archive(req: PredictRequest, pipeline: Pipeline, opts: PredictOptions,
     report = ArchiveReport(fmt, Path(req.output), scheduler=address or "embedded")
     with dask_client(req.workers, address) as client:
         if fmt == "netcdf":
-            yield from _run_netcdf(client, req, opts.device, key, report)
+            yield from _run_netcdf(client, req, opts.device, key, report, progress)
         else:
-            yield from _run_zarr(client, req, pipeline, opts, key, report, hook)
+            yield from _run_zarr(client, req, pipeline, opts, key, report, hook, progress)
         report.workers = worker_count(client)
     report.write()
     failure = report.failure()
@@ -582,9 +585,20 @@ def _steps_in(target: Path) -> int:
         return 0
 
 
-def _run_netcdf(client, req, device, key, report: ArchiveReport) -> Iterator[Path]:
+def _completed(futures: Sequence, progress: ProgressCallback | None) -> Iterator:
+    """``futures`` as they complete, calling ``progress(done, total)`` (first with 0)."""
     from distributed import as_completed
 
+    if progress is not None:
+        progress(0, len(futures))
+    for done, future in enumerate(as_completed(futures), 1):
+        yield future
+        if progress is not None:
+            progress(done, len(futures))
+
+
+def _run_netcdf(client, req, device, key, report: ArchiveReport,
+                progress: ProgressCallback | None) -> Iterator[Path]:
     from precipdiff.pipeline.run import _made_from, archive_targets, input_id
     from precipdiff.pipeline.runreport import task_retries
 
@@ -607,7 +621,7 @@ def _run_netcdf(client, req, device, key, report: ArchiveReport) -> Iterator[Pat
             report.steps_present += _steps_in(target)
     futures = [client.submit(netcdf_task, req, device, key, p, t, pure=False) for p, t in todo]
     report.submitted = len(futures)
-    for future in as_completed(futures):
+    for future in _completed(futures, progress):
         path, target, error, steps = future.result()
         if target is None:
             log.info("skip %s: no time step in --time %s", path, req.time.text)
@@ -624,10 +638,9 @@ def _run_netcdf(client, req, device, key, report: ArchiveReport) -> Iterator[Pat
     check_some_selected(req, report.outside_time, len(targets))
 
 
-def _run_zarr(client, req, pipeline, opts, key, report: ArchiveReport,
-              hook: Hook | None) -> Iterator[Path]:
+def _run_zarr(client, req, pipeline, opts, key, report: ArchiveReport, hook: Hook | None,
+              progress: ProgressCallback | None) -> Iterator[Path]:
     import cloudpickle
-    from distributed import as_completed
 
     from precipdiff.pipeline.run import time_attrs
     from precipdiff.pipeline.runreport import task_retries
@@ -673,7 +686,7 @@ def _run_zarr(client, req, pipeline, opts, key, report: ArchiveReport,
     futures = [client.submit(zarr_task, req, opts.device, key, p, store, shipped, pure=False)
                for p in todo]
     report.submitted = len(futures)
-    for future in as_completed(futures):
+    for future in _completed(futures, progress):
         path, error = future.result()
         if error is None:
             log.info("done %s", path)

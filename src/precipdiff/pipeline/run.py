@@ -48,6 +48,7 @@ from precipdiff.pipeline.pipeline import Pipeline, PredictOptions
 from precipdiff.pipeline.shipped import shipped_weights
 from precipdiff.pipeline.stage import SamplerSettings, Stage
 from precipdiff.pipeline.timesel import TIME_SELECTION_MEANING, TimeRange
+from precipdiff.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -284,8 +285,10 @@ def _extras_for(pipeline: Pipeline, req: PredictRequest, src) -> object:
     return load_extras(req.extras, names, fine, src["time"].values)
 
 
-def run_predict(req: PredictRequest) -> Iterator[Path]:
-    """Run the pipeline; yields each output path as it is completed."""
+def run_predict(req: PredictRequest, *,
+                progress: ProgressCallback | None = None) -> Iterator[Path]:
+    """Run the pipeline; yields each output path as it is completed. ``progress(done, total)``
+    follows the input files of an archive run."""
     from precipdiff.io import read, read_many
 
     check_inputs(req.inputs)
@@ -306,4 +309,4 @@ def run_predict(req: PredictRequest) -> Iterator[Path]:
         return
     from precipdiff.pipeline.archive import run_archive
 
-    yield from run_archive(req, pipeline, opts)
+    yield from run_archive(req, pipeline, opts, progress=progress)
