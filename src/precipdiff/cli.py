@@ -324,6 +324,12 @@ def predict(
     workers: Annotated[
         int, typer.Option(help="Processes across files in --archive mode.", metavar="N")
     ] = PREDICT.workers,
+    threads: Annotated[
+        int,
+        typer.Option(help="CPU threads of a single-file run; 0: the cores idle now (an "
+                          "explicit OMP_NUM_THREADS wins). Archive workers use one each.",
+                     metavar="N"),
+    ] = PREDICT.threads,
     output_format: Annotated[
         str,
         typer.Option(
@@ -373,6 +379,7 @@ def predict(
         device=device,
         precision=precision,
         workers=workers,
+        threads=threads,
         archive_format=output_format,
         scheduler=scheduler,
         extras=tuple(extras or ()),

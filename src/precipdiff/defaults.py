@@ -21,7 +21,8 @@ class PredictDefaults:
     window below :attr:`min_window` would be mostly overlap (and the number of windows explodes).
     device : ``auto`` (CUDA when available) | ``cpu`` | ``cuda[:N]``. precision : ``auto`` |
     ``fp32`` | ``bf16``. thresholds : exceedance thresholds (mm/h). workers : processes across
-    files in archive mode.
+    files in archive mode. threads : intra-op CPU threads of a single-file run, 0 = the idle
+    cores (:mod:`precipdiff.threads`).
     """
 
     members: int = 16
@@ -36,6 +37,7 @@ class PredictDefaults:
     precision: str = "auto"
     thresholds: tuple[float, ...] = (1.0, 5.0, 10.0)
     workers: int = 1
+    threads: int = 0
 
     @property
     def min_window(self) -> int:

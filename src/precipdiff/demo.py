@@ -27,6 +27,7 @@ from precipdiff.pipeline.output import predict_to_file
 from precipdiff.pipeline.run import PredictRequest, load_pipeline, resolve_device
 from precipdiff.pipeline.tiling import windows
 from precipdiff.progress import progress_bar
+from precipdiff.threads import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ def run_demo(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device("auto")
+    if device == "cpu":
+        set_threads()
     pipeline: Pipeline = load_pipeline(
         PredictRequest(
             inputs=[],

@@ -49,6 +49,7 @@ from precipdiff.pipeline.shipped import shipped_weights
 from precipdiff.pipeline.stage import SamplerSettings, Stage
 from precipdiff.pipeline.timesel import TIME_SELECTION_MEANING, TimeRange
 from precipdiff.progress import ProgressCallback
+from precipdiff.threads import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class PredictRequest:
     archive: bool = False
     precision: str = PREDICT.precision
     workers: int = PREDICT.workers
+    threads: int = PREDICT.threads
     extras: tuple[Path, ...] = ()
     archive_format: str = "netcdf"
     scheduler: str | None = None
@@ -107,6 +109,10 @@ class PredictRequest:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, "
                                   f"got {value!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) \
+                or self.threads < 0:
+            raise ConfigError(f"--threads must be an integer >= 0 (0: the idle cores), got "
+                              f"{self.threads!r}")
         if not isinstance(self.window, int) or self.window < PREDICT.min_window:
             raise ConfigError(f"--window must be >= {PREDICT.min_window} fine-grid pixels (the "
                               f"windows overlap by {2 * PREDICT.halo}), got {self.window!r}")
@@ -300,6 +306,8 @@ def run_predict(req: PredictRequest, *,
     opts = _options(req, device)
     kw = {"reader": req.reader, "variable": req.variable, "bbox": req.bbox}
     if not req.archive:
+        if device == "cpu":
+            set_threads(req.threads)
         src = read_many(req.inputs, **kw) if len(req.inputs) > 1 else read(req.inputs[0], **kw)
         src = select_time(req, src, req.inputs)
         src = pipeline.prepare_input(src, opts)  # semantics and spacing, before any work
