@@ -18,10 +18,13 @@ flicker ratio and the CRPS of 30-min and hourly accumulations
 Honest reading: a temporal model initialised from per-frame weights *is* the per-frame model
 (its temporal blocks start at zero), so without ``--temporal-weights`` the two rows agree to
 rounding and the run only checks equivalence and measures cost; only a trained temporal
-model can show a difference. The shipped Stage II was trained on max-pooled MRMS; fed areal
-means it under-disperses (``bench_generalise``), equally in both rows.
+model can show a difference. ``--weights`` must be the per-frame model the temporal one was
+trained from (default: the shipped areal-mean Stage II, the base of
+``configs/corpus_temporal.yaml``). Figures: for each network a strip of frames (truth, member 0
+of both models) and a GIF of the same, in the output folder.
 
     python benchmarks/bench_temporal.py --corpus stores/corpus.zarr \\
+        --temporal-weights runs/corpus_temporal/weights.safetensors \\
         --output benchmarks/results/temporal
 """
 
@@ -39,6 +42,7 @@ import xarray as xr
 
 from precipdiff.data.clips import clip_starts
 from precipdiff.data.corpus import open_corpus
+from precipdiff.defaults import PREDICT
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.diffusion.samplers import get_sampler, nfe, sampler_sigmas
 from precipdiff.evaluation.metrics import crps_ensemble
@@ -48,7 +52,7 @@ from precipdiff.pipeline.sequence import SequenceOptions, downscale_sequence, se
 from precipdiff.release import Release
 
 log = logging.getLogger("bench_temporal")
-SHIPPED = Path("src/precipdiff/weights/stage2_downscale_max.safetensors")
+SHIPPED = Path("src/precipdiff/weights/stage2_downscale_mean.safetensors")
 
 
 def load_case(corpus, network: str, frames: int, crop: int) -> dict | None:
@@ -128,14 +132,28 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions) 
     t_temporal = time.perf_counter() - t0
     times = case["time_s"].astype("datetime64[s]").astype("datetime64[ns]")
     n = case["lr"].shape[0]
-    rows = {}
+    rows, member0 = {}, {"truth (radar)": case["hr"]}
     for name, pred, secs in (("per-frame", a, t_frame), ("temporal", b, t_temporal)):
         mm = np.asarray(tr.inverse(pred.numpy()), np.float32)
         rows[name] = {**score(mm, case["hr"], times), "s_per_frame": secs / n}
+        member0[f"{name}, member 0"] = mm[0]
+    case["member0"] = member0
     return {"network": case["network"], "start": case["start"], "frames": n,
             "step_s": case["step_s"], "crop": int(case["hr"].shape[-1]),
             "max_abs_diff_transformed": float((a - b).abs().max()),
             "cost_ratio": t_temporal / t_frame, "rows": rows}
+
+
+def figures(case: dict, out: Path) -> None:
+    """A strip of every other frame and a GIF: truth beside member 0 of both models."""
+    from precipdiff.evaluation.plots import sequence_gif, sequence_strip
+
+    times = [str(t)[11:16] for t in case["time_s"].astype("datetime64[s]")]
+    title = f"{case['network']} (held out), {case['start'][:10]}"
+    sequence_strip(case["member0"], out / f"sequence_{case['network']}.png", times=times,
+                   every=2, title=title)
+    sequence_gif(case["member0"], out / f"sequence_{case['network']}.gif", times=times,
+                 title=title)
 
 
 def report(results: list[dict], meta: dict, out: Path) -> None:
@@ -166,9 +184,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--networks", nargs="*", default=None)
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--crop", type=int, default=120)
-    ap.add_argument("--members", type=int, default=4)
-    ap.add_argument("--sampler", default="heun")
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--members", type=int, default=8)
+    ap.add_argument("--sampler", default=PREDICT.sampler)
+    ap.add_argument("--steps", type=int, default=PREDICT.steps)
     ap.add_argument("--window", type=int, default=6)
     ap.add_argument("--overlap-frames", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -201,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
             continue
         results.append(run_case(case, release, temporal_net, opts))
         log.info("%s: %s", network, json.dumps(results[-1]))
+        args.output.mkdir(parents=True, exist_ok=True)
+        figures(case, args.output)
     meta = {**{k: str(v) for k, v in vars(args).items()},
             "nfe": nfe(args.sampler, args.steps), "threads": torch.get_num_threads()}
     report(results, meta, args.output)

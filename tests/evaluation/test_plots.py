@@ -103,3 +103,19 @@ def test_dry_scene_renders(tmp_path):
         plots.ensemble_maps(ens.isel(time=0), tmp_path / "ens.png", truth=dry.isel(time=0)),
     ]
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in paths)
+
+
+def test_sequence_strip_and_gif(tmp_path, rng):
+    from PIL import Image
+
+    from precipdiff.evaluation.plots import sequence_gif, sequence_strip
+
+    rows = {"truth": rng.gamma(0.5, 2.0, (4, 12, 12)),
+            "member 0": np.zeros((4, 12, 12))}  # a dry row renders too
+    times = [f"10:{5 * t:02d}" for t in range(4)]
+    png = sequence_strip(rows, tmp_path / "s.png", times=times, every=2, title="t")
+    assert png.stat().st_size > 0 and Image.open(png).format == "PNG"
+    gif = sequence_gif(rows, tmp_path / "s.gif", times=times)
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.n_frames == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.gif", "s.png"]

@@ -32,6 +32,8 @@ __all__ = [
     "intensity_histograms",
     "psd_curves",
     "rank_histogram_plot",
+    "sequence_gif",
+    "sequence_strip",
 ]
 
 log = logging.getLogger(__name__)
@@ -243,3 +245,76 @@ def fss_curves(fss: Mapping[str, Mapping[int, float]], path: str | Path, *, thre
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
+
+def sequence_strip(rows: Mapping[str, np.ndarray], path: str | Path, *,
+                   times: Sequence[str] | None = None, every: int = 1,
+                   title: str = "") -> Path:
+    """Rows of rain maps over time (e.g. truth, a temporal member, a per-frame member).
+
+    ``rows`` maps a row label to a ``(time, y, x)`` array in mm/h; every ``every``-th frame is a
+    column, titled by ``times``. One colour scale for the whole figure.
+    """
+    labels = list(rows)
+    n = next(iter(rows.values())).shape[0]
+    cols = list(range(0, n, max(1, every)))
+    vmax = max(float(np.nanmax(r[cols])) for r in rows.values())
+    norm = LogNorm(vmin=RAIN_MIN, vmax=max(vmax, 1.0))
+    fig, axes = plt.subplots(len(labels), len(cols), figsize=(1.9 * len(cols) + 1.0,
+                                                             1.9 * len(labels) + 0.6),
+                             squeeze=False)
+    im = None
+    for i, label in enumerate(labels):
+        for j, t in enumerate(cols):
+            ax = axes[i][j]
+            head = times[t] if times is not None else f"frame {t}"
+            im = _rain_image(ax, xr.DataArray(rows[label][t]), norm, head if i == 0 else "")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, fontsize=9)
+    fig.colorbar(im, ax=axes, shrink=0.8, label=f"rain rate ({RATE})", extend="both")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def sequence_gif(rows: Mapping[str, np.ndarray], path: str | Path, *,
+                 times: Sequence[str] | None = None, fps: float = 3.0, title: str = "") -> Path:
+    """An animated GIF of ``rows`` side by side (one panel per row label, one frame per time),
+    written atomically with Pillow."""
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    labels = list(rows)
+    n = next(iter(rows.values())).shape[0]
+    vmax = max(float(np.nanmax(r)) for r in rows.values())
+    norm = LogNorm(vmin=RAIN_MIN, vmax=max(vmax, 1.0))
+    fig, axes = plt.subplots(1, len(labels), figsize=(2.6 * len(labels) + 0.8, 3.0),
+                             squeeze=False)
+    images = []
+    for ax, label in zip(axes[0], labels, strict=True):
+        images.append(_rain_image(ax, xr.DataArray(rows[label][0]), norm, label))
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(images[0], ax=axes, shrink=0.8, label=f"rain rate ({RATE})", extend="both")
+    heading = fig.suptitle("", fontsize=10)
+
+    def frame(t: int):
+        for im, label in zip(images, labels, strict=True):
+            v = np.asarray(rows[label][t], float)
+            im.set_data(np.where(np.isfinite(v) & (v < norm.vmin), norm.vmin / 2, v))
+        heading.set_text(f"{title} {times[t] if times is not None else t}".strip())
+        return images
+
+    anim = FuncAnimation(fig, frame, frames=n, blit=False)
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        named = Path(f"{tmp}.gif")  # Pillow picks the format from the suffix
+        try:
+            anim.save(str(named), writer=PillowWriter(fps=fps), dpi=72)
+            named.replace(tmp)
+        finally:
+            named.unlink(missing_ok=True)
+    plt.close(fig)
+    log.info("wrote %s", target)
+    return target
