@@ -27,7 +27,8 @@ Two outputs (``--format``):
 
 A bad input file is reported and skipped; the others complete and the run then fails with a
 message listing the skipped files (exit status 2). Every run that gets to its tasks writes a JSON
-run report beside the output (:mod:`precipdiff.pipeline.runreport`).
+run report beside the output (:mod:`precipdiff.pipeline.runreport`). The store's layout, checks
+and run attributes are in :mod:`precipdiff.pipeline.archive_store`.
 
 With ``--time`` (:mod:`precipdiff.pipeline.timesel`) each input is cut to the interval before
 anything else (its seed is that of the steps kept); an input with no step in it is skipped (not
@@ -39,18 +40,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from precipdiff.errors import ConfigError, GridError, PrecipdiffError
+from precipdiff.pipeline.archive_store import (
+    InputInfo,
+    all_times,
+    check_one_grid,
+    create_store,
+    finish_store,
+    open_store,
+    run_settings,
+    store_times,
+)
 from precipdiff.pipeline.timesel import EmptySelectionError
 
 if TYPE_CHECKING:
@@ -64,8 +72,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMATS = ("netcdf", "zarr")
-#: Largest spatial chunk of the zarr store's fine fields (pixels per side).
-SPATIAL_CHUNK = 512
 #: Number of weight loads in this process (one per distinct weights/device/stages key).
 LOADS = {"count": 0}
 _PIPELINES: dict[tuple, Pipeline] = {}
@@ -189,17 +195,6 @@ def read_selected(req: PredictRequest, path: Path) -> xr.DataArray:
     return select_time(req, raw, [path])
 
 
-@dataclass(frozen=True)
-class InputInfo:
-    """What the parent needs from one input to lay out the store: its valid times and grid."""
-
-    path: Path
-    times: np.ndarray
-    dims: tuple[str, str]
-    y: np.ndarray
-    x: np.ndarray
-
-
 def scan_task(req: PredictRequest, device: str, key: tuple,
               path: Path) -> InputInfo | str | None:
     """Read one input's times (within ``--time``) and grid (prepared as for prediction); its
@@ -280,18 +275,12 @@ class _Arrays:
 
 def _time_index(root, times: np.ndarray, path: Path) -> np.ndarray:
     """Positions of ``times`` on the store's time axis (GridError when one is not there)."""
-    axis = _store_times(root)
+    axis = store_times(root)
     pos = np.searchsorted(axis, times.astype("datetime64[ns]"))
     pos = np.clip(pos, 0, len(axis) - 1)
     if len(axis) == 0 or np.any(axis[pos] != times.astype("datetime64[ns]")):
         raise GridError(f"{path}: its valid times are not in the store's time axis")
     return pos
-
-
-def _store_times(root) -> np.ndarray:
-    """The store's time axis as datetime64[ns] (CF seconds since 1970)."""
-    seconds = np.asarray(root["time"][:], np.float64)
-    return (seconds * 1e9).round().astype("int64").astype("datetime64[ns]")
 
 
 def _write_step(root, pipeline: Pipeline, opts: PredictOptions, field: np.ndarray, t: int,
@@ -325,214 +314,6 @@ def _record_volume(root, i: int, tally: RunTally) -> None:
     root["fine_volume"][i] = tally.fine_sum
     root["coarse_volume"][i] = tally.coarse_sum
     root["volume_error"][i] = tally.volume_error
-
-
-# ----------------------------------------------------------------------------- the store
-
-
-def volume_attrs(meaning: str) -> dict[str, dict[str, str]]:
-    """Attributes of the per-step ``volume_error`` and of the two sums it is made of."""
-    return {
-        "volume_error": {
-            "long_name": "domain volume error of the downscaled ensemble at this time step",
-            "units": "1", "comment": meaning.replace("all members and times",
-                                                     "all members, this time step"),
-        },
-        "fine_volume": {
-            "long_name": "downscaled rates summed over the members and the valid fine pixels, "
-                         "divided by factor**2 (numerator of volume_error)", "units": "mm h-1",
-        },
-        "coarse_volume": {
-            "long_name": "corrected coarse rates summed over the members and the cells that were "
-                         "downscaled (denominator of volume_error)", "units": "mm h-1",
-        },
-    }
-
-
-def finish_store(store: Path, pipeline: Pipeline) -> np.ndarray:
-    """Run-level attributes once every step is done: ``volume_error`` (all members and time
-    steps: the sums of the steps' ``fine_volume`` / ``coarse_volume``) and its meaning; they are
-    removed while steps are missing. Metadata consolidated again. Returns ``step_done``."""
-    import zarr
-
-    root = zarr.open_group(store, mode="r+", use_consolidated=False)
-    done = np.asarray(root["step_done"][:])
-    if "volume_error" not in root:
-        return done
-    tally = pipeline.new_tally()
-    if (done == 1).all():
-        tally.volume = True
-        tally.fine_sum = float(np.nansum(root["fine_volume"][:]))
-        tally.coarse_sum = float(np.nansum(root["coarse_volume"][:]))
-        root.attrs.update(tally.attrs())
-    else:
-        for name in ("volume_error", "volume_error_meaning"):
-            root.attrs.pop(name, None)  # not computable: steps missing
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        zarr.consolidate_metadata(store)
-    return done
-
-
-def run_settings(req: PredictRequest, key: tuple) -> str:
-    """What decides a store's contents besides the inputs (JSON), checked on a rerun; with
-    ``--time`` also the interval (the seed of a step depends on the steps selected)."""
-    settings = {
-        "weights": [list(p) for p in key[1]], "members": req.members, "sampler": req.sampler,
-        "steps": req.steps, "seed": req.seed, "window": req.window,
-        "member_batch": req.member_batch, "mass_consistent": req.mass_consistent,
-        "precision": req.precision, "thresholds": list(req.thresholds),
-    }
-    if req.time is not None:
-        settings["time"] = req.time.text
-    return json.dumps(settings, sort_keys=True)
-
-
-def check_one_grid(infos: Sequence[InputInfo]) -> None:
-    """All inputs on one grid; :class:`GridError` naming the first one that differs."""
-    first = infos[0]
-    for info in infos[1:]:
-        same = (info.dims == first.dims and info.y.shape == first.y.shape
-                and info.x.shape == first.x.shape and np.allclose(info.y, first.y, atol=1e-6)
-                and np.allclose(info.x, first.x, atol=1e-6))
-        if not same:
-            raise GridError(
-                f"--format zarr: {info.path} is on another grid ({info.dims[0]} {len(info.y)} x "
-                f"{info.dims[1]} {len(info.x)}) than {first.path} ({first.dims[0]} "
-                f"{len(first.y)} x {first.dims[1]} {len(first.x)}); one store needs one grid: "
-                "crop with --bbox or use --format netcdf"
-            )
-
-
-def all_times(infos: Sequence[InputInfo]) -> np.ndarray:
-    """The sorted valid times of all inputs; :class:`ConfigError` when two inputs share one."""
-    times = np.concatenate([i.times for i in infos])
-    order = np.argsort(times, kind="stable")
-    times = times[order]
-    dup = np.flatnonzero(times[1:] == times[:-1])
-    if dup.size:
-        owners = np.concatenate([[i.path] * len(i.times) for i in infos])[order]
-        raise ConfigError(
-            f"--format zarr: {owners[dup[0]]} and {owners[dup[0] + 1]} both hold the time "
-            f"{times[dup[0]]}; one store holds each time once"
-        )
-    return times
-
-
-def create_store(store: Path, pipeline: Pipeline, src: xr.DataArray, opts: PredictOptions,
-                 times: np.ndarray, thresholds: Sequence[float], settings: str,
-                 extra_attrs: dict | None = None) -> None:
-    """Lay out the whole store (coordinates, CF attributes, empty fields) atomically;
-    ``extra_attrs`` are added to the global attributes."""
-    import dask.array as da
-    import xarray as xr
-
-    from precipdiff.atomic import atomic_path
-    from precipdiff.grid import cell_bounds, cf_grid_mapping
-    from precipdiff.pipeline.output import (
-        FILL,
-        GRID_MAPPING,
-        TIME_UNITS,
-        _global_attrs,
-        _horizontal_attrs,
-        _Layout,
-    )
-
-    layout = _Layout(src, pipeline)
-    nt, members = len(times), opts.members
-    ylr, xlr = layout.coarse_dims
-    coords: dict = {"time": ("time", times, {"standard_name": "time", "axis": "T"}),
-                    "member": ("member", np.arange(members, dtype=np.int32),
-                               {"standard_name": "realization", "units": "1",
-                                "long_name": "ensemble member"})}
-    data: dict = {GRID_MAPPING: ((), np.int32(0), cf_grid_mapping(layout.crs))}
-    enc: dict = {"time": {"units": TIME_UNITS, "calendar": "standard", "dtype": "f8"}}
-
-    def axes(ydim, xdim, grid, coarse):
-        yattrs, xattrs = _horizontal_attrs(layout.projected, layout.units, coarse=coarse)
-        for dim, centres, attrs in ((ydim, grid.lat, yattrs), (xdim, grid.lon, xattrs)):
-            coords[dim] = (dim, centres, {**attrs, "bounds": f"{dim}_bnds"})
-            data[f"{dim}_bnds"] = ((dim, "nv"), cell_bounds(centres), {})
-
-    def field(name, dims, shape, chunks, attrs):
-        data[name] = (dims, da.full(shape, np.nan, np.float32, chunks=chunks), attrs)
-        enc[name] = {"chunks": chunks, "fill_value": FILL}
-
-    axes(ylr, xlr, layout.grid, True)
-    field("source_lr", ("time", ylr, xlr), (nt, *layout.grid.shape), (1, *layout.grid.shape),
-          layout.field_attrs("input (biased coarse) precipitation rate"))
-    field("corrected_lr", ("time", "member", ylr, xlr), (nt, members, *layout.grid.shape),
-          (1, members, *layout.grid.shape),
-          layout.field_attrs("Stage-I bias-corrected precipitation rate (coarse grid)"))
-    fine = layout.fine
-    if fine is not None:
-        axes(layout.ydim, layout.xdim, fine, False)
-        cy, cx = (min(SPATIAL_CHUNK, n) for n in fine.shape)
-        dims = (layout.ydim, layout.xdim)
-        field("precip", ("time", "member", *dims), (nt, members, *fine.shape),
-              (1, members, cy, cx),
-              layout.field_attrs("downscaled precipitation rate, ensemble members"))
-        for name, long, methods in (
-            ("ensemble_mean", "ensemble mean", layout.mean_methods),
-            ("ensemble_std", "ensemble standard deviation", layout.std_methods),
-        ):
-            field(name, ("time", *dims), (nt, *fine.shape), (1, cy, cx),
-                  layout.field_attrs(f"downscaled precipitation rate, {long}", methods))
-        if thresholds:
-            coords["threshold"] = ("threshold", np.asarray(thresholds, np.float32),
-                                   {"units": "mm h-1", "standard_name": "lwe_precipitation_rate",
-                                    "long_name": "exceedance threshold (value >= threshold)"})
-            field("exceedance_probability", ("time", "threshold", *dims),
-                  (nt, len(thresholds), *fine.shape), (1, len(thresholds), cy, cx),
-                  {"units": "1", "grid_mapping": GRID_MAPPING,
-                   "long_name": "fraction of members with precipitation rate >= threshold"})
-    if fine is not None:
-        meaning = pipeline.new_tally()
-        meaning.volume = True
-        for name, attrs in volume_attrs(meaning.attrs()["volume_error_meaning"]).items():
-            data[name] = (("time",), da.full(nt, np.nan, np.float64, chunks=1), attrs)
-            enc[name] = {"chunks": (1,), "fill_value": np.nan}
-    for name, dtype, long in (
-        ("step_done", np.int8, "1 once every field of this time step is written"),
-        ("input_id", np.int64, "input file identity: sha256 of its absolute path (63 bits)"),
-        ("seed", np.int64, "seed of the input file's ensemble (predict FILE --seed)"),
-    ):
-        data[name] = (("time",), da.zeros(nt, dtype, chunks=1), {"long_name": long})
-        enc[name] = {"chunks": (1,), "fill_value": 0}
-    attrs = _global_attrs(pipeline, src, layout, opts)
-    attrs.update(input_files=f"{nt} time steps", precipdiff_run=settings,
-                 history=f"{attrs['date_created']} {attrs['source']} predict --archive "
-                 f"--format zarr ({nt} time steps)")
-    attrs.pop("seed", None)
-    attrs["archive_base_seed"] = int(opts.seed)
-    attrs.update(extra_attrs or {})
-    ds = xr.Dataset(data, coords=coords, attrs=attrs)
-    with atomic_path(store, is_dir=True) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        ds.to_zarr(tmp, mode="w", compute=False, zarr_format=3, consolidated=True,
-                   encoding=enc)
-
-
-def open_store(store: Path, settings: str, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Check an existing store against this run; return its time axis and ``step_done``."""
-    import zarr
-
-    try:
-        root = zarr.open_group(store, mode="r")
-        made_with = root.attrs.get("precipdiff_run")
-        axis = _store_times(root)
-        done = np.asarray(root["step_done"][:])
-    except (OSError, KeyError, ValueError) as exc:
-        raise ConfigError(f"--format zarr: {store} exists but is not a precipdiff archive store "
-                          f"({exc}); move it away or write another store") from None
-    if made_with != settings:
-        raise ConfigError(f"--format zarr: {store} was made with other settings ({made_with}), "
-                          f"not {settings}; write another store")
-    missing = np.setdiff1d(times, axis)
-    if missing.size:
-        raise ConfigError(f"--format zarr: {store} has no time step {missing[0]} "
-                          f"({missing.size} input time(s) missing); write another store")
-    return axis, done
 
 
 # ----------------------------------------------------------------------------- the parent
@@ -638,11 +419,26 @@ def _run_netcdf(client, req, device, key, report: ArchiveReport,
     check_some_selected(req, report.outside_time, len(targets))
 
 
+def _store_for(store: Path, req: PredictRequest, pipeline: Pipeline, opts: PredictOptions,
+               key: tuple, infos: Sequence[InputInfo]) -> tuple[np.ndarray, ...]:
+    """The inputs' times, and the store's time axis and ``step_done``: the existing store
+    checked against this run, or a new one laid out for these inputs."""
+    from precipdiff.pipeline.run import time_attrs
+
+    check_one_grid(infos)
+    times = all_times(infos)
+    settings = run_settings(req, key)
+    if store.exists():
+        return (times, *open_store(store, settings, times))
+    first = pipeline.prepare_input(read_selected(req, infos[0].path), opts)
+    create_store(store, pipeline, first, opts, times, req.thresholds, settings, time_attrs(req))
+    return times, times, np.zeros(len(times), np.int8)
+
+
 def _run_zarr(client, req, pipeline, opts, key, report: ArchiveReport, hook: Hook | None,
               progress: ProgressCallback | None) -> Iterator[Path]:
     import cloudpickle
 
-    from precipdiff.pipeline.run import time_attrs
     from precipdiff.pipeline.runreport import task_retries
 
     store = Path(req.output)
@@ -662,16 +458,7 @@ def _run_zarr(client, req, pipeline, opts, key, report: ArchiveReport, hook: Hoo
     check_some_selected(req, report.outside_time, n)
     if not infos:
         return
-    check_one_grid(infos)
-    times = all_times(infos)
-    settings = run_settings(req, key)
-    if store.exists():
-        axis, done = open_store(store, settings, times)
-    else:
-        first = pipeline.prepare_input(read_selected(req, infos[0].path), opts)
-        create_store(store, pipeline, first, opts, times, req.thresholds, settings,
-                     time_attrs(req))
-        axis, done = times, np.zeros(len(times), np.int8)
+    times, axis, done = _store_for(store, req, pipeline, opts, key, infos)
     mine = np.searchsorted(axis, times)  # this run's steps on the store's axis
     before = done[mine] == 1
     report.steps_present = int(before.sum())
