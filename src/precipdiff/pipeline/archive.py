@@ -97,6 +97,9 @@ def dask_client(workers: int, address: str | None = None) -> Iterator:
 
     quiet = logging.getLogger("distributed")  # its INFO lines are not ours to show
     quiet.setLevel(max(quiet.getEffectiveLevel(), logging.WARNING))
+    # "Worker process still alive after 4 s, killing" at shutdown of a loaded machine is routine
+    nanny = logging.getLogger("distributed.nanny")
+    nanny.setLevel(max(nanny.getEffectiveLevel(), logging.ERROR))
     if address:
         with Client(address) as client:
             yield client
