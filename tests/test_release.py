@@ -113,6 +113,9 @@ def test_shipped_defaults_are_areal_mean_models():
         assert rel.pooling == "mean" and rel.semantics.aggregation == "areal_mean"
     for name in ("correct_max", "downscale_max"):
         assert Release.load(paths[name]).semantics.aggregation == "block_maximum"
+    temporal = Release.load(paths["downscale_temporal"])
+    assert temporal.temporal is not None and temporal.semantics.aggregation == "areal_mean"
+    assert temporal.model == Release.load(paths["downscale"]).model  # same spatial network
 
 
 def test_old_file_without_pooling_means_max_pooling(tmp_path):

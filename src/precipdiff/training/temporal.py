@@ -232,15 +232,20 @@ def _store_pooling(ds: Any, store: str) -> str:
 
 def temporal_release(cfg: TemporalRunConfig, net: SpatioTemporalUNet, ds: Any) -> Release:
     """The :class:`~precipdiff.release.Release` of a trained temporal net (weights format
-    ``precipdiff-weights/1`` with the ``temporal`` key; ``temporal_noise`` as a note)."""
+    ``precipdiff-weights/1`` with the ``temporal`` key; ``temporal_noise`` as a note). Its
+    ``patch`` (the attention span applied at inference) is the clip patch, or, with frozen
+    spatial weights, the larger patch those were trained on (``train.init_from``)."""
     pooling = _store_pooling(ds, cfg.run.data.store)
+    patch = cfg.run.data.patch
+    if cfg.freeze_spatial and cfg.run.train.init_from:  # the spatial span it was trained with
+        patch = max(patch, Release.load(cfg.run.train.init_from).patch)
     config = {**cfg.run.to_dict(), "temporal": dataclasses.asdict(cfg.temporal),
               "noise": cfg.noise, "freeze_spatial": cfg.freeze_spatial}
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return Release(stage="downscale", model=net.cfg, state=state, transform=ds.transform,
                    factor=int(ds.factor), pooling=pooling,
                    semantics=InputSemantics.for_pooling(pooling),
-                   sigma_data=cfg.run.diffusion.sigma_data, patch=cfg.run.data.patch,
+                   sigma_data=cfg.run.diffusion.sigma_data, patch=patch,
                    temporal=cfg.temporal, config=json.loads(json.dumps(config)),
                    notes={"temporal_noise": cfg.noise})
 
