@@ -161,3 +161,14 @@ def test_pooled_mapping_round_trips_through_json(rng):
         QuantileMapping.from_dict(bad)
     with pytest.raises(ConfigError, match="malformed"):
         QuantileMapping.from_dict({"method": "eqm"})
+
+
+def test_rainfarm_uniform_fields_stay_uniform(rng):
+    """A coarse field without structure (dry, or one value everywhere) has no spectral slope:
+    pysteps fails on it; the baseline returns the uniform field (its coarse means kept)."""
+    pytest.importorskip("pysteps")
+    values = np.stack([np.zeros((8, 8)), np.full((8, 8), 2.5), rng.gamma(0.6, 3.0, (8, 8))])
+    out = get_baseline("rainfarm")(_field(values), 4, members=2, rng=1)
+    assert float(abs(out[:, 0]).max()) == 0.0
+    np.testing.assert_allclose(out[:, 1].values, 2.5)
+    assert float(out[:, 2].std()) > 0

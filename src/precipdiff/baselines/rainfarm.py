@@ -73,10 +73,19 @@ def rainfarm(lr: xr.DataArray, factor: int, *, members: int = 4,
     out = np.empty((members, nt, ny * factor, nx * factor), dtype=np.float32)
     for m in range(members):
         for t in range(nt):
-            with _global_seed(int(gen.integers(2**32))):
-                field = downscale(np.nan_to_num(values[t], nan=0.0), ds_factor=factor,
-                                  alpha=alpha, threshold=threshold, kernel_type=kernel_type,
-                                  spectral_fusion=spectral_fusion)
+            coarse = np.nan_to_num(values[t], nan=0.0)
+            seed = int(gen.integers(2**32))
+            if np.ptp(coarse) == 0:  # no structure to extrapolate: the uniform field itself
+                out[m, t] = max(float(coarse.flat[0]), 0.0)
+                continue
+            try:
+                with _global_seed(seed):
+                    field = downscale(coarse, ds_factor=factor, alpha=alpha,
+                                      threshold=threshold, kernel_type=kernel_type,
+                                      spectral_fusion=spectral_fusion)
+            except ValueError as exc:  # pysteps finds no usable spectrum
+                raise ConfigError(f"RainFARM: field {t} ({ny} x {nx} cells) gives no spectral "
+                                  f"slope ({exc}); pass alpha") from None
             out[m, t] = np.maximum(np.nan_to_num(field, nan=0.0), 0.0)
     fine_missing = np.repeat(np.repeat(missing, factor, axis=1), factor, axis=2)
     out[:, fine_missing] = np.nan
