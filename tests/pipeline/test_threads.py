@@ -52,3 +52,16 @@ def test_cli_threads_option_is_applied(tmp_path):
                          timeout=300)
     assert res.returncode == 0, res.stderr
     assert "CPU threads: 1 (--threads)" in res.stdout
+
+
+@pytest.mark.parametrize("given,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_cli_lets_openmp_threads_sleep_unless_told(given, expected):
+    code = ("import os, sys\nfrom precipdiff import cli\nsys.argv = ['precipdiff', '--version']\n"
+            "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+            "print('policy', os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert f"policy {expected}" in res.stdout, res.stdout + res.stderr
