@@ -109,5 +109,10 @@ _CONFIGS = Path(__file__).resolve().parents[2] / "configs"
     ids=lambda p: p.stem,
 )
 def test_example_configs_are_valid(path):
-    cfg = load_config(path, [])
+    from precipdiff.training.temporal import is_temporal_config, load_temporal_config
+
+    if is_temporal_config(path):  # a run config plus a temporal section
+        cfg = load_temporal_config(path, []).run
+    else:
+        cfg = load_config(path, [])
     assert cfg.total_samples > 0
