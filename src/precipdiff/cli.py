@@ -11,6 +11,7 @@ inside the commands, so ``--help`` and ``--version`` are quick.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -123,7 +124,15 @@ def prepare(
     ],
     output: Annotated[Path, typer.Option(help="Zarr store to write.", metavar="DIR")],
     sets: Sets = None,
-    workers: Annotated[int, typer.Option(help="Parallel worker processes.", metavar="N")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes of an embedded dask cluster.", metavar="N")
+    ] = 1,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Run the tasks on the dask cluster at ADDRESS (default: "
+                          "$DASK_SCHEDULER_ADDRESS, else embedded when --workers > 1).",
+                     metavar="ADDRESS"),
+    ] = None,
 ) -> None:
     """Build a paired training store (zarr v3) from source and reference files.
 
@@ -149,7 +158,8 @@ def prepare(
     cfg = load_prepare_config(config, sets or [])
     check_writable(output, directory=True, what="store")
     with progress_bar("prepare", disable=_quiet()) as cb:
-        path = prepare_store(cfg, output, workers=workers, progress=cb)
+        path = prepare_store(cfg, output, workers=workers, progress=cb,
+                             scheduler=scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"))
     typer.echo(f"store written: {path}")
 
 

@@ -124,6 +124,20 @@ def test_workers_match_serial(pair_files, tmp_path):
     assert a.attrs["transform"] == b.attrs["transform"]
 
 
+@pytest.mark.slow
+def test_existing_dask_cluster_matches_serial(pair_files, tmp_path):
+    """prepare on a scheduler given by address (what --scheduler does): the same store."""
+    distributed = pytest.importorskip("distributed")
+    _, refs, srcs = pair_files
+    cfg = _cfg(refs[:2], srcs[:2], split="space")
+    a = open_store(prepare_store(cfg, tmp_path / "a.zarr"))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster:
+        b = open_store(prepare_store(cfg, tmp_path / "b.zarr", scheduler=cluster.scheduler_address))
+    for name in ("src_lr", "ref_lr", "ref_hr"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+
+
 def test_accumulation_converted_to_rate(S, tmp_path):
     ref = S.scene(n_time=2, step_minutes=30.0)
     amount = (ref * np.float32(0.5)).assign_attrs(units="mm", accumulation="30min")

@@ -3,7 +3,7 @@
 ``prepare_store(cfg, out)`` scans every file (checking it, and keeping the cropped field in
 ``<out>.partial/_staged`` so that it is decoded only once), pairs source and reference by valid
 time, fixes the fine grid (bbox crop trimmed to whole coarse blocks) and the split, then writes
-frame by frame — in worker processes when ``workers > 1`` — into ``<out>.partial``. Each written
+frame by frame — as dask.distributed tasks when ``workers > 1`` — into ``<out>.partial``. Each written
 frame is marked done, so a rerun after a crash skips it. Last, the ``PrecipTransform`` is fitted
 on the train split's fine-grid reference, ``complete=True`` is set and the directory is renamed
 atomically to ``out``. Store layout: docs/interfaces.md.
@@ -12,11 +12,11 @@ atomically to ``out``. Store layout: docs/interfaces.md.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import datetime as dt
 import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -309,25 +309,51 @@ def _publish(partial: Path, out: Path) -> None:
     replace_dir(partial, out)
 
 
-def _pool(workers: int) -> cf.ProcessPoolExecutor:
-    """Worker processes forked from a clean server that has imported the frame code once
-    (no inherited zarr/torch threads, unlike ``fork``; faster start than ``spawn``)."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["precipdiff.data.prepare", "precipdiff.data.frames",
-                                "precipdiff.grid", "precipdiff.io"])
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+def _write_frames(cfg: PrepareConfig, partial: Path, pool: cf.Executor | None,
+                  steps: _Steps) -> dict[str, Any]:
+    """Plan (or resume) ``partial`` and write every frame not yet written; returns the plan."""
+    plan = _load_plan(partial, cfg.to_dict())
+    if plan is None:
+        if partial.exists():
+            log.warning("discarding %s: written with another config or unfinished setup",
+                        partial)
+            shutil.rmtree(partial)
+        try:
+            (partial / STAGE_DIR).mkdir(parents=True)
+            plan = _make_plan(cfg, pool, str(partial / STAGE_DIR), steps)
+            _create(partial, cfg, plan)
+        except BaseException:
+            # without a plan nothing is resumable (a rerun discards it): leave no .partial
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    total = len(plan["frames"])
+    todo = [fr for fr in plan["frames"] if not done_marker(partial, fr["index"]).exists()]
+    done = total - len(todo)
+    if done:
+        log.info("resuming %s: %d of %d frames already written, skipped", partial, done, total)
+    steps.set(plan["n_scan"] + done, plan["n_scan"] + total)
+    tasks: dict[str, list[dict]] = {}
+    for fr in todo:
+        tasks.setdefault(fr["ref"][0], []).append(fr)
+    cfg_d, geo = plan["config"], plan["geometry"]
+    _map(pool, run_task, [(str(partial), cfg_d, geo, frs) for frs in tasks.values()],
+         lambda written: steps.add(len(written)))
+    return plan
 
 
 def prepare_store(cfg: PrepareConfig, out: str | os.PathLike, *, workers: int = 1,
-                  progress: ProgressCallback | None = None) -> Path:
+                  progress: ProgressCallback | None = None,
+                  scheduler: str | None = None) -> Path:
     """Write the paired store for ``cfg`` at ``out`` and return ``out``.
 
     Resumable: an unfinished ``<out>.partial`` with the same config is continued (written
     frames are skipped); one with another config is discarded. A run that stops before its
     plan is written (a config or input error found while scanning, an interrupt) or whose
     finishing step fails with a user error leaves no ``<out>.partial``: there is nothing a rerun
-    could resume. ``workers > 1`` scans and
-    writes in that many processes. ``progress(done, total)`` is called as files are scanned
+    could resume. ``workers > 1`` scans and writes as tasks on an embedded dask.distributed
+    ``LocalCluster`` of that many one-thread processes; ``scheduler`` (an address) uses an
+    existing cluster instead (:func:`precipdiff.cluster.dask_client`; the store's path must be
+    reachable from its workers). ``progress(done, total)`` is called as files are scanned
     and frames written (``total`` = files to scan + frames; a resumed run starts at the
     steps already done).
     """
@@ -335,38 +361,14 @@ def prepare_store(cfg: PrepareConfig, out: str | os.PathLike, *, workers: int = 
         raise ConfigError(f"workers must be >= 1, found {workers}")
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
-    pool = _pool(int(workers)) if workers > 1 else None
-    steps = _Steps(progress)
-    try:
-        plan = _load_plan(partial, cfg.to_dict())
-        if plan is None:
-            if partial.exists():
-                log.warning("discarding %s: written with another config or unfinished setup",
-                            partial)
-                shutil.rmtree(partial)
-            try:
-                (partial / STAGE_DIR).mkdir(parents=True)
-                plan = _make_plan(cfg, pool, str(partial / STAGE_DIR), steps)
-                _create(partial, cfg, plan)
-            except BaseException:
-                # without a plan nothing is resumable (a rerun discards it): leave no .partial
-                shutil.rmtree(partial, ignore_errors=True)
-                raise
-        total = len(plan["frames"])
-        todo = [fr for fr in plan["frames"] if not done_marker(partial, fr["index"]).exists()]
-        done = total - len(todo)
-        if done:
-            log.info("resuming %s: %d of %d frames already written, skipped", partial, done, total)
-        steps.set(plan["n_scan"] + done, plan["n_scan"] + total)
-        tasks: dict[str, list[dict]] = {}
-        for fr in todo:
-            tasks.setdefault(fr["ref"][0], []).append(fr)
-        cfg_d, geo = plan["config"], plan["geometry"]
-        _map(pool, run_task, [(str(partial), cfg_d, geo, frs) for frs in tasks.values()],
-             lambda written: steps.add(len(written)))
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if workers > 1 or scheduler:
+            from precipdiff.cluster import dask_client
+
+            pool = stack.enter_context(dask_client(int(workers), scheduler)).get_executor()
+        plan = _write_frames(cfg, partial, pool, _Steps(progress))
+    total = len(plan["frames"])
     try:
         _finish_attrs(partial, cfg, plan)
     except PrecipdiffError:
