@@ -334,6 +334,11 @@ def predict(
     workers: Annotated[
         int, typer.Option(help="Processes across files in --archive mode.", metavar="N")
     ] = PREDICT.workers,
+    fine_threshold: Annotated[
+        float | None,
+        typer.Option(help="Fine-grid wet/dry threshold in mm/h (default: the weights' "
+                          "calibrated one if any, else 0.1).", metavar="MM_H"),
+    ] = None,
     threads: Annotated[
         int,
         typer.Option(help="CPU threads of a single-file run; 0: the cores idle now (an "
@@ -390,6 +395,7 @@ def predict(
         precision=precision,
         workers=workers,
         threads=threads,
+        fine_threshold=fine_threshold,
         archive_format=output_format,
         scheduler=scheduler,
         extras=tuple(extras or ()),

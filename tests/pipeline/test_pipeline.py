@@ -356,3 +356,23 @@ def test_dry_rule_functions() -> None:
     hr[0, 4:6, 4:6] = 2.0
     out = dry_fine(hr.copy(), dry, 2, trace=0.1)
     assert out[0, 4:6, 4:6].min() == 2.0 and (out[0] == 0).sum() == 96
+
+
+def test_fine_threshold_applies_to_the_fine_grid_only(pipeline: Pipeline) -> None:
+    src = _dry_field(ny=10, nx=10)
+    src.values[0, 3:7, 3:7] = 0.6
+    base = pipeline.predict(src, _opts())
+    ds = pipeline.predict(src, _opts(fine_threshold=0.5))
+    hr, lr = ds["precip"].values, ds["corrected_lr"].values
+    assert not ((hr > 0) & (hr < 0.5)).any()
+    np.testing.assert_array_equal(lr, base["corrected_lr"].values)  # the coarse grid: as before
+    keep = base["precip"].values >= 0.5
+    np.testing.assert_array_equal(hr[keep], base["precip"].values[keep])
+    assert ds.attrs["fine_threshold"] == 0.5 and ds.attrs["trace_threshold"] == 0.1
+    stage = pipeline.downscale
+    stage.metadata["fine_threshold"] = "0.3"
+    try:
+        assert pipeline.fine_threshold(_opts()) == 0.3
+        assert pipeline.fine_threshold(_opts(trace_threshold=0.4)) == 0.4  # never below trace
+    finally:
+        del stage.metadata["fine_threshold"]

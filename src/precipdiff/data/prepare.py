@@ -3,10 +3,10 @@
 ``prepare_store(cfg, out)`` scans every file (checking it, and keeping the cropped field in
 ``<out>.partial/_staged`` so that it is decoded only once), pairs source and reference by valid
 time, fixes the fine grid (bbox crop trimmed to whole coarse blocks) and the split, then writes
-frame by frame — as dask.distributed tasks when ``workers > 1`` — into ``<out>.partial``. Each written
-frame is marked done, so a rerun after a crash skips it. Last, the ``PrecipTransform`` is fitted
-on the train split's fine-grid reference, ``complete=True`` is set and the directory is renamed
-atomically to ``out``. Store layout: docs/interfaces.md.
+frame by frame — as dask.distributed tasks when ``workers > 1`` — into ``<out>.partial``. Each
+written frame is marked done, so a rerun after a crash skips it. Last, the ``PrecipTransform`` is
+fitted on the train split's fine-grid reference, ``complete=True`` is set and the directory is
+renamed atomically to ``out``. Store layout: docs/interfaces.md.
 """
 
 from __future__ import annotations

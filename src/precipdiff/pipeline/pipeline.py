@@ -96,8 +96,11 @@ class PredictOptions:
     coarsen : pool the input by this factor first (mean pooling, or max for ``block_maximum``).
     allow_semantics_mismatch / allow_spacing_mismatch : log instead of refusing a mismatch.
     trace_threshold : mm/h below which outputs are 0 (:mod:`precipdiff.pipeline.dry`); None: the
-    weights' ``trace_threshold`` metadata if present, else 0.1 mm/h. dry_halo : coarse cells of
-    the dry-neighbourhood rule.
+    weights' ``trace_threshold`` metadata if present, else 0.1 mm/h. fine_threshold : mm/h below
+    which *fine-grid* outputs are 0 (at least the trace threshold; None: the Stage-II weights'
+    ``fine_threshold`` metadata if present, else the trace threshold): a wet/dry threshold
+    calibrated so that the fine wet area matches the truth's (``precipdiff.training.calibrate``).
+    dry_halo : coarse cells of the dry-neighbourhood rule.
     """
 
     members: int = PREDICT.members
@@ -114,6 +117,7 @@ class PredictOptions:
     device: str = "cpu"
     precision: str = "auto"
     trace_threshold: float | None = None
+    fine_threshold: float | None = None
     dry_halo: int = DEFAULT_HALO
     input_semantics: str | None = None
     coarsen: int = 1
@@ -272,6 +276,15 @@ class Pipeline:
             if stage is not None and "trace_threshold" in stage.metadata:
                 return float(stage.metadata["trace_threshold"])
         return DEFAULT_TRACE_MM_H
+
+    def fine_threshold(self, opts: PredictOptions) -> float:
+        """The fine-grid wet threshold (mm/h): ``opts``, else the Stage-II weights' metadata,
+        else the trace threshold; never below the trace threshold."""
+        value = opts.fine_threshold
+        if value is None and self.downscale is not None:
+            value = self.downscale.metadata.get("fine_threshold")
+        trace = self.trace(opts)
+        return max(trace, float(value)) if value is not None else trace
 
     # ---------------------------------------------------------------- checks
     def prepare_input(self, src: xr.DataArray, opts: PredictOptions) -> xr.DataArray:
@@ -466,7 +479,7 @@ class Pipeline:
         y1 = y0 + sample.shape[-2]
         ly0, ly1 = y0 // f, -(-y1 // f)
         hr = stage.transform.inverse(sample).astype(np.float32)
-        hr = dry_fine(hr, dry_lr[:, ly0:ly1], f, trace=self.trace(opts))
+        hr = dry_fine(hr, dry_lr[:, ly0:ly1], f, trace=self.fine_threshold(opts))
         if opts.mass_consistent:
             hr = mass_consistent(hr, corrected[:, ly0 : y1 // f], f, stage.pooling)
         band_valid = np.isfinite(corrected[:, ly0:ly1])
@@ -556,8 +569,11 @@ class Pipeline:
             "mass_consistent": int(opts.mass_consistent),
             "trace_threshold": self.trace(opts),
             "trace_threshold_units": "mm h-1",
+            "fine_threshold": self.fine_threshold(opts),
+            "fine_threshold_units": "mm h-1",
             "dry_rule": (
-                f"values below trace_threshold are 0; a coarse cell (fine pixel) is 0 where the "
+                f"values below trace_threshold (fine-grid values below fine_threshold) are 0; "
+                f"a coarse cell (fine pixel) is 0 where the "
                 f"source (corrected) coarse cells within {opts.dry_halo} cell(s) are all below it"
             ),
             "dry_halo_cells": opts.dry_halo,

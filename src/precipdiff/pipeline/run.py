@@ -94,6 +94,7 @@ class PredictRequest:
     allow_semantics_mismatch: bool = False
     allow_spacing_mismatch: bool = False
     time: TimeRange | None = None
+    fine_threshold: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -109,6 +110,9 @@ class PredictRequest:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, "
                                   f"got {value!r}")
+        if self.fine_threshold is not None and not 0 <= self.fine_threshold <= 50:
+            raise ConfigError(f"--fine-threshold must be a rain rate in [0, 50] mm/h, got "
+                              f"{self.fine_threshold!r}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) \
                 or self.threads < 0:
             raise ConfigError(f"--threads must be an integer >= 0 (0: the idle cores), got "
@@ -201,6 +205,7 @@ def _options(req: PredictRequest, device: str) -> PredictOptions:
         coarsen=req.coarsen,
         allow_semantics_mismatch=req.allow_semantics_mismatch,
         allow_spacing_mismatch=req.allow_spacing_mismatch,
+        fine_threshold=req.fine_threshold,
         device=device,
         precision=req.precision,
     )
