@@ -1,0 +1,133 @@
+"""Calibrate a Stage II's fine-grid wet/dry threshold on training data.
+
+A diffusion ensemble spreads light rain over more 1-km pixels than the radar shows (the wet area
+of a mean-pooled cell is not in its mean). The fine threshold ``t`` (mm/h, at least the trace
+threshold) zeroes fine values below it; calibrated here so that the ensemble's wet fraction
+(pixels >= ``wet`` mm/h) on **training** frames equals the truth's, then stored in the weights'
+metadata (``fine_threshold``), where ``predict`` finds it (:meth:`precipdiff.pipeline.Pipeline.
+fine_threshold`).
+
+    python -m precipdiff.training.calibrate --weights W.safetensors --corpus stores/corpus.zarr \\
+        --output W_calibrated.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+log = logging.getLogger(__name__)
+
+WET = 0.1  # mm/h: a wet pixel
+
+
+def matching_threshold(pred: np.ndarray, truth: np.ndarray, *, wet: float = WET) -> float:
+    """Smallest ``t >= wet`` with ``P(pred >= t) <= P(truth >= wet)`` over the finite values
+    (``pred`` may hold several members per truth value: fractions are compared, not counts)."""
+    p, o = pred[np.isfinite(pred)], truth[np.isfinite(truth)]
+    target = float(np.mean(o >= wet))
+    if float(np.mean(p >= wet)) <= target:
+        return wet
+    return max(wet, float(np.quantile(p, 1.0 - target)))
+
+
+def rain_window(ref_lr: np.ndarray, size: int) -> tuple[int, int]:
+    """Top-left cell of the ``size`` x ``size`` window with the most rain over ``ref_lr``
+    (time, Y, X) among windows without missing cells (the first window if none is complete)."""
+    rain = np.nan_to_num(ref_lr, nan=0.0).sum(0)
+    bad = np.isnan(ref_lr).any(0).astype(np.float64)
+
+    def box(a: np.ndarray) -> np.ndarray:
+        c = np.pad(a.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        return c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
+
+    total = np.where(box(bad) > 0, -np.inf, box(rain))
+    y, x = np.unravel_index(int(np.argmax(total)), total.shape)
+    return int(y), int(x)
+
+
+def training_samples(weights: str | Path, corpus: str | Path, *, frames: int = 4,
+                     crop: int = 128, members: int = 4, seed: int = 0) -> dict[str, Any]:
+    """Stage II (default sampler, trace rule only) on ``frames`` train frames of every network
+    (evenly spaced, a ``crop``-pixel window with the most rain): pooled members and truth."""
+    from precipdiff.data.corpus import open_corpus
+    from precipdiff.pipeline import Pipeline, PredictOptions, Stage
+
+    stage = Stage.load(weights)
+    handle = open_corpus(corpus)
+    preds, truths, per_network = [], [], {}
+    for network in handle.networks:
+        st = handle.open(network)
+        f = st.factor
+        train = np.asarray(st.splits["train"]["time"], np.int64)
+        chosen = train[np.linspace(0, train.size - 1, min(frames, train.size)).astype(int)]
+        lr = np.asarray(st["ref_lr"].oindex[chosen], np.float32)
+        size = min(crop // f, lr.shape[1], lr.shape[2])
+        y0, x0 = rain_window(lr, size)
+        lr = lr[:, y0:y0 + size, x0:x0 + size]
+        hr = np.asarray(st["ref_hr"].oindex[chosen, y0 * f:(y0 + size) * f,
+                                            x0 * f:(x0 + size) * f], np.float32)
+        src = xr.DataArray(np.nan_to_num(lr), dims=("time", "lat", "lon"),
+                           coords={"time": st.times[chosen].astype("datetime64[ns]"),
+                                   "lat": np.arange(size, dtype=np.float64),
+                                   "lon": np.arange(size, dtype=np.float64)})
+        opts = PredictOptions(members=members, seed=seed)
+        pred = np.asarray(Pipeline(None, stage).predict(src, opts)["precip"].values)
+        pred[:, np.isnan(hr)] = np.nan
+        preds.append(pred.ravel())
+        truths.append(hr.ravel())
+        per_network[network] = {"frames": int(chosen.size), "window_cells": int(size),
+                                "pred_wet_fraction": float(np.nanmean(pred >= WET)),
+                                "truth_wet_fraction": float(np.nanmean(hr >= WET))}
+        log.info("%s: %s", network, per_network[network])
+    return {"pred": np.concatenate(preds), "truth": np.concatenate(truths),
+            "per_network": per_network}
+
+
+def calibrate(weights: str | Path, corpus: str | Path, output: str | Path, **kw: Any) -> dict:
+    """Write ``weights`` with a calibrated ``fine_threshold`` note to ``output``; the
+    calibration summary (threshold, wet fractions, volume kept) is stored with it."""
+    from precipdiff.release import Release
+
+    s = training_samples(weights, corpus, **kw)
+    t = matching_threshold(s["pred"], s["truth"])
+    p = s["pred"][np.isfinite(s["pred"])]
+    kept = float(p[p >= t].sum() / max(p[p >= WET].sum(), 1e-12))
+    summary = {"fine_threshold_mm_h": t, "wet_mm_h": WET, "split": "train",
+               "pred_wet_fraction": float(np.mean(p >= WET)),
+               "truth_wet_fraction": float(np.nanmean(s["truth"] >= WET)),
+               "volume_kept_fraction": kept, "per_network": s["per_network"],
+               "settings": {k: v for k, v in kw.items()}}
+    release = Release.load(weights)
+    notes = {**release.notes, "fine_threshold": repr(round(t, 4)),
+             "fine_threshold_calibration": json.dumps(summary)}
+    dataclasses.replace(release, notes=notes).save(output)
+    log.info("fine threshold %.3f mm/h (volume kept %.3f): %s", t, kept, output)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", type=Path, required=True)
+    ap.add_argument("--corpus", type=Path, required=True)
+    ap.add_argument("--output", type=Path, required=True)
+    ap.add_argument("--frames", type=int, default=4, help="train frames per network")
+    ap.add_argument("--crop", type=int, default=128, help="window (fine pixels) per network")
+    ap.add_argument("--members", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    summary = calibrate(args.weights, args.corpus, args.output, frames=args.frames,
+                        crop=args.crop, members=args.members, seed=args.seed)
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_network"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
