@@ -37,7 +37,6 @@ an error), and the store holds the selected steps only.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from precipdiff.cluster import dask_client
 from precipdiff.errors import ConfigError, GridError, PrecipdiffError
 from precipdiff.pipeline.archive_store import (
     InputInfo,
@@ -87,31 +87,6 @@ Hook = Callable[[str, int], None]
 def scheduler_address(req: PredictRequest) -> str | None:
     """``--scheduler`` if given, else ``DASK_SCHEDULER_ADDRESS``, else None (embedded cluster)."""
     return getattr(req, "scheduler", None) or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
-
-
-@contextlib.contextmanager
-def dask_client(workers: int, address: str | None = None) -> Iterator:
-    """A :class:`distributed.Client`: connected to ``address``, or to an embedded
-    ``LocalCluster`` of ``workers`` processes with one thread each (no dashboard)."""
-    from distributed import Client, LocalCluster
-
-    quiet = logging.getLogger("distributed")  # its INFO lines are not ours to show
-    quiet.setLevel(max(quiet.getEffectiveLevel(), logging.WARNING))
-    # "Worker process still alive after 4 s, killing" at shutdown of a loaded machine is routine
-    nanny = logging.getLogger("distributed.nanny")
-    nanny.setLevel(max(nanny.getEffectiveLevel(), logging.ERROR))
-    if address:
-        with Client(address) as client:
-            yield client
-        return
-    with LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",
-        silence_logs=logging.ERROR,
-    ) as cluster, Client(cluster) as client:
-        yield client
 
 
 # ----------------------------------------------------------------------------- worker side
