@@ -336,3 +336,17 @@ def test_cli_unknown_format(tiny_weights, files, tmp_path) -> None:
                           "--output", str(tmp_path / "out")))
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "--format 'tiff' is unknown" in res.stderr and not list(tmp_path.iterdir())
+
+
+def test_worker_device_spreads_workers_over_gpus():
+    """With several GPUs, LocalCluster workers 0..N-1 take cuda:0..N-1 (round robin); one GPU,
+    the CPU or an explicit device are left as given."""
+    from precipdiff.pipeline.archive import worker_device
+
+    assert [worker_device("cuda", name=i, gpus=2) for i in range(4)] == [
+        "cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert worker_device("cuda", name=3, gpus=1) == "cuda"
+    assert worker_device("cpu", name=3, gpus=4) == "cpu"
+    assert worker_device("cuda:1", name=0, gpus=4) == "cuda:1"
+    assert worker_device("cuda", name="tcp-worker-a", gpus=3).startswith("cuda:")
+    assert worker_device("cuda", gpus=2) == "cuda"  # not on a dask worker

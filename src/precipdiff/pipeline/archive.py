@@ -113,6 +113,30 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def worker_device(device: str, *, name: object = None, gpus: int | None = None) -> str:
+    """The device of this worker: ``"cuda"`` on a machine with several GPUs becomes
+    ``"cuda:i"``, ``i`` the worker's name (its index in a LocalCluster) modulo the GPUs, so
+    that N workers share N GPUs; anything else is returned as given. ``name``/``gpus``
+    default to the running dask worker's name and ``torch.cuda.device_count()``."""
+    if device != "cuda":
+        return device
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    if gpus <= 1:
+        return device
+    if name is None:
+        try:
+            from distributed import get_worker
+
+            name = get_worker().name
+        except (ImportError, ValueError):  # not on a dask worker
+            return device
+    index = name if isinstance(name, int) else int.from_bytes(str(name).encode()[-4:], "big")
+    return f"cuda:{index % gpus}"
+
+
 def worker_pipeline(req: PredictRequest, device: str, key: tuple) -> Pipeline:
     """This process's pipeline for ``key`` (:func:`weights_key`), loaded on first use only."""
     pipeline = _PIPELINES.get(key)
@@ -145,6 +169,7 @@ def netcdf_task(
     )
 
     try:
+        device = worker_device(device)
         pipeline = worker_pipeline(req, device, key)
         opts = _options(req, device)
         raw = read_selected(req, path)
@@ -180,6 +205,7 @@ def scan_task(req: PredictRequest, device: str, key: tuple,
     from precipdiff.pipeline.run import _options
 
     try:
+        device = worker_device(device)
         pipeline = worker_pipeline(req, device, key)
         src = pipeline.prepare_input(read_selected(req, path), _options(req, device))
     except EmptySelectionError:
@@ -209,6 +235,7 @@ def zarr_task(
 
     call = None if hook is None else cloudpickle.loads(hook)
     try:
+        device = worker_device(device)
         pipeline = worker_pipeline(req, device, key)
         raw = read_selected(req, path)
         seed = file_seed(req.seed, raw)  # as in --format netcdf: predict FILE --seed reproduces
