@@ -530,7 +530,8 @@ def render(result: dict) -> str:
                   "spread–skill | RMSE | s |", "|---|---:|---:|---:|---|---|---:|---:|---:|"]
         for r in result["sampler"]:
             lo, hi = r.get("crps_diff_vs_ref_95", [float("nan")] * 2)
-            verdict = "worse" if lo > 0 else "better" if hi < 0 else "not separable"
+            verdict = ("reference" if lo == hi == 0 else "worse" if lo > 0
+                       else "better" if hi < 0 else "not separable")
             lines.append(f"| {r['sampler']} | {r['steps']} | {r['nfe']:g} | "
                          f"{r['crps_fair']:.4f} | [{lo:+.4f}, {hi:+.4f}] | {verdict} | "
                          f"{r['spread_skill_ratio']:.2f} | {r['rmse']:.3f} | "
