@@ -25,10 +25,23 @@ class Terminated(SystemExit):
         return f"terminated by {signal.Signals(self.signum).name}"
 
 
+#: Signals received (kept so that one a library swallowed is raised again, :func:`check_terminated`)
+_RECEIVED: list[int] = []
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
     # a second signal during the clean-up ends the process at once (default action)
     signal.signal(signum, signal.SIG_DFL)
+    _RECEIVED.append(signum)
     raise Terminated(signum)
+
+
+def check_terminated() -> None:
+    """Raise :class:`Terminated` again if a termination signal arrived but its exception was
+    swallowed (e.g. raised inside a library's worker-thread wait that catches everything).
+    Long loops call this between units of work."""
+    if _RECEIVED:
+        raise Terminated(_RECEIVED[0])
 
 
 def raise_on_termination() -> None:

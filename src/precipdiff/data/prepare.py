@@ -33,6 +33,7 @@ from precipdiff.data.frames import DONE_DIR, STAGE_DIR, done_marker, padded, run
 from precipdiff.data.prepare_config import PrepareConfig, apply_overrides, load_prepare_config
 from precipdiff.data.store import STORE_FORMAT, StoreHandle, create_store, open_store
 from precipdiff.errors import ConfigError, GridError, InputFileError, PrecipdiffError
+from precipdiff.interrupts import check_terminated
 
 __all__ = ["PrepareConfig", "ProgressCallback", "apply_overrides", "load_prepare_config",
            "open_store", "prepare_store", "recipe_emulated", "recipe_real_pairs", "StoreHandle"]
@@ -171,6 +172,7 @@ class _Steps:
         self._emit()
 
     def add(self, n: int = 1) -> None:
+        check_terminated()  # a SIGTERM raised inside zarr's I/O wait may have been swallowed
         self.done += n
         self._emit()
 
