@@ -54,6 +54,7 @@ import xarray as xr
 
 from precipdiff.baselines import get_baseline
 from precipdiff.data.corpus import open_corpus
+from precipdiff.data.windows import crop_around_rain
 from precipdiff.defaults import PREDICT
 from precipdiff.diffusion.samplers import native_schedule
 from precipdiff.evaluation.report import evaluate_fields
@@ -76,22 +77,6 @@ def pick_frames(ref_lr: np.ndarray, n: int) -> np.ndarray:
     return candidates[np.unique(take)]
 
 
-def rain_window(ref_lr: np.ndarray, size: int, max_missing: float = 0.05) -> tuple[int, int]:
-    """Top-left coarse cell of the ``size`` x ``size`` window with the most pooled rain summed
-    over the frames ``ref_lr`` (time, Y, X), among windows with at most ``max_missing`` NaN."""
-    rain = np.nansum(np.nan_to_num(ref_lr, nan=0.0), axis=0)
-    nan = np.isnan(ref_lr).any(axis=0).astype(np.float64)
-
-    def box(a: np.ndarray) -> np.ndarray:
-        c = np.pad(a.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        return c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
-
-    total, missing = box(rain), box(nan) / size**2
-    total[missing > max_missing] = -np.inf
-    y, x = np.unravel_index(int(np.argmax(total)), total.shape)
-    return int(y), int(x)
-
-
 def _field(values: np.ndarray, times: np.ndarray, n_y: int, n_x: int) -> xr.DataArray:
     """(time, lat, lon) on pixel-index coordinates (the metrics need only a regular grid)."""
     return xr.DataArray(np.asarray(values, np.float32), dims=("time", "lat", "lon"),
@@ -112,12 +97,7 @@ def load_case(corpus, network: str, frames: int, crop: int, task: str = "downsca
     test = np.asarray(st.splits["test"]["time"], dtype=np.int64)
     ref_lr_all = np.asarray(st["ref_lr"].oindex[test], np.float32)
     chosen = test[pick_frames(ref_lr_all, frames)]
-    lr = np.asarray(st["ref_lr"].oindex[chosen], np.float32)
-    size = min(crop // f, lr.shape[1], lr.shape[2])
-    y0, x0 = rain_window(lr, size)
-    lr = lr[:, y0:y0 + size, x0:x0 + size]
-    hr = np.asarray(st["ref_hr"].oindex[chosen, y0 * f:(y0 + size) * f,
-                                        x0 * f:(x0 + size) * f], np.float32)
+    lr, hr, y0, x0, size = crop_around_rain(st, chosen, crop, max_missing=0.05)
     if task == "downscale_max":
         lr = hr.reshape(hr.shape[0], size, f, size, f).max(axis=(2, 4))
     elif task == "chain":

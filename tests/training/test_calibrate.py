@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from precipdiff.training.calibrate import matching_threshold, rain_window
+from precipdiff.data.windows import rain_window
+from precipdiff.training.calibrate import matching_threshold
 
 
 def test_matching_threshold_reproduces_the_truth_wet_fraction():

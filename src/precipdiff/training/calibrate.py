@@ -38,26 +38,12 @@ def matching_threshold(pred: np.ndarray, truth: np.ndarray, *, wet: float = WET)
     return max(wet, float(np.quantile(p, 1.0 - target)))
 
 
-def rain_window(ref_lr: np.ndarray, size: int) -> tuple[int, int]:
-    """Top-left cell of the ``size`` x ``size`` window with the most rain over ``ref_lr``
-    (time, Y, X) among windows without missing cells (the first window if none is complete)."""
-    rain = np.nan_to_num(ref_lr, nan=0.0).sum(0)
-    bad = np.isnan(ref_lr).any(0).astype(np.float64)
-
-    def box(a: np.ndarray) -> np.ndarray:
-        c = np.pad(a.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        return c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
-
-    total = np.where(box(bad) > 0, -np.inf, box(rain))
-    y, x = np.unravel_index(int(np.argmax(total)), total.shape)
-    return int(y), int(x)
-
-
 def training_samples(weights: str | Path, corpus: str | Path, *, frames: int = 4,
                      crop: int = 128, members: int = 4, seed: int = 0) -> dict[str, Any]:
     """Stage II (default sampler, trace rule only) on ``frames`` train frames of every network
     (evenly spaced, a ``crop``-pixel window with the most rain): pooled members and truth."""
     from precipdiff.data.corpus import open_corpus
+    from precipdiff.data.windows import crop_around_rain
     from precipdiff.pipeline import Pipeline, PredictOptions, Stage
 
     stage = Stage.load(weights)
@@ -65,15 +51,9 @@ def training_samples(weights: str | Path, corpus: str | Path, *, frames: int = 4
     preds, truths, per_network = [], [], {}
     for network in handle.networks:
         st = handle.open(network)
-        f = st.factor
         train = np.asarray(st.splits["train"]["time"], np.int64)
         chosen = train[np.linspace(0, train.size - 1, min(frames, train.size)).astype(int)]
-        lr = np.asarray(st["ref_lr"].oindex[chosen], np.float32)
-        size = min(crop // f, lr.shape[1], lr.shape[2])
-        y0, x0 = rain_window(lr, size)
-        lr = lr[:, y0:y0 + size, x0:x0 + size]
-        hr = np.asarray(st["ref_hr"].oindex[chosen, y0 * f:(y0 + size) * f,
-                                            x0 * f:(x0 + size) * f], np.float32)
+        lr, hr, _, _, size = crop_around_rain(st, chosen, crop)
         src = xr.DataArray(np.nan_to_num(lr), dims=("time", "lat", "lon"),
                            coords={"time": st.times[chosen].astype("datetime64[ns]"),
                                    "lat": np.arange(size, dtype=np.float64),
