@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
 from precipdiff.data.transforms import PrecipTransform
 from precipdiff.errors import CheckpointError, ConfigError
@@ -151,6 +152,8 @@ def test_temporal_config_from_yaml(tmp_path):
     cfg = load_temporal_config(path, ["temporal.frames=5"])
     assert cfg.temporal.frames == 5 and cfg.temporal.attn_levels == (1,)
     assert cfg.noise == "frame" and cfg.freeze_spatial and cfg.run.data.patch == 16
+    path.write_text(yaml.safe_dump(cfg.to_dict()))  # what run dirs and releases record
+    assert load_temporal_config(path) == cfg
     path.write_text("train: {stage: downscale}\ntemporal: {frame: 4}\n")
     with pytest.raises(ConfigError, match="temporal.frame"):
         load_temporal_config(path)

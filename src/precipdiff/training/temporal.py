@@ -63,6 +63,14 @@ class TemporalRunConfig:
             raise ConfigError("train.mean_from: a regression mean is not supported by the "
                               "temporal training yet")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The run config's sections plus the ``temporal`` section (TemporalConfig fields,
+        ``noise``, ``freeze_spatial``): what :func:`load_temporal_config` reads, as plain
+        JSON/YAML types."""
+        temporal = {**dataclasses.asdict(self.temporal), "noise": self.noise,
+                    "freeze_spatial": self.freeze_spatial}
+        return json.loads(json.dumps({**self.run.to_dict(), "temporal": temporal}))
+
 
 @dataclass
 class TemporalResult:
@@ -150,11 +158,7 @@ def run_temporal(cfg: TemporalRunConfig) -> Path:
     out = Path(cfg.run.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "config.yaml") as tmp:
-        Path(tmp).write_text(yaml.safe_dump(
-            {**cfg.run.to_dict(), "temporal": {**dataclasses.asdict(cfg.temporal),
-                                               "noise": cfg.noise,
-                                               "freeze_spatial": cfg.freeze_spatial}},
-            sort_keys=False))
+        Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     train_temporal(cfg, out=out / "weights.safetensors")
     return out
 
@@ -239,14 +243,12 @@ def temporal_release(cfg: TemporalRunConfig, net: SpatioTemporalUNet, ds: Any) -
     patch = cfg.run.data.patch
     if cfg.freeze_spatial and cfg.run.train.init_from:  # the spatial span it was trained with
         patch = max(patch, Release.load(cfg.run.train.init_from).patch)
-    config = {**cfg.run.to_dict(), "temporal": dataclasses.asdict(cfg.temporal),
-              "noise": cfg.noise, "freeze_spatial": cfg.freeze_spatial}
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return Release(stage="downscale", model=net.cfg, state=state, transform=ds.transform,
                    factor=int(ds.factor), pooling=pooling,
                    semantics=InputSemantics.for_pooling(pooling),
                    sigma_data=cfg.run.diffusion.sigma_data, patch=patch,
-                   temporal=cfg.temporal, config=json.loads(json.dumps(config)),
+                   temporal=cfg.temporal, config=cfg.to_dict(),
                    notes={"temporal_noise": cfg.noise})
 
 
