@@ -23,3 +23,13 @@ def test_swallowed_termination_is_raised_again(monkeypatch):
         assert err.value.code == 143
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_swallowed_ctrl_c_is_raised_again(monkeypatch):
+    monkeypatch.setattr(interrupts, "_RECEIVED", [])
+    try:
+        interrupts._raise_interrupt(signal.SIGINT, None)
+    except BaseException:  # noqa: BLE001, S110
+        pass
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.check_terminated()

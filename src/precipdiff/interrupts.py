@@ -36,11 +36,18 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signum)
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    _RECEIVED.append(signum)
+    signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as without this handler
+
+
 def check_terminated() -> None:
-    """Raise :class:`Terminated` again if a termination signal arrived but its exception was
-    swallowed (e.g. raised inside a library's worker-thread wait that catches everything).
-    Long loops call this between units of work."""
+    """Raise again (:class:`Terminated`, or ``KeyboardInterrupt`` for Ctrl-C) if a signal
+    arrived but its exception was swallowed (e.g. raised inside a library's worker-thread wait
+    that catches everything). Long loops call this between units of work."""
     if _RECEIVED:
+        if _RECEIVED[0] == signal.SIGINT:
+            raise KeyboardInterrupt
         raise Terminated(_RECEIVED[0])
 
 
@@ -52,6 +59,8 @@ def raise_on_termination() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     signal.signal(signal.SIGTERM, _raise_terminated)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_interrupt)
     hup = getattr(signal, "SIGHUP", None)
     if hup is not None and signal.getsignal(hup) is not signal.SIG_IGN:
         signal.signal(hup, _raise_terminated)
