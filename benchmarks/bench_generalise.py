@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -65,7 +66,13 @@ from precipdiff.pipeline.shipped import shipped_weights
 WET = 0.1  # mm/h: wet pixel
 METRICS = ("crps_fair", "FSS@1/8px", "FSS@1/32px", "FSS@5/8px", "FSS@5/32px",
            "spread_skill_ratio", "volume_error_pct", "wet_fraction_error_pct", "trace_fraction",
-           "p99.9_error")
+           "p99.9_error", "p99.99_error")
+
+
+STAGE1_METRICS = ("crps_fair", "mean_bias", "spread_skill_ratio", "volume_error_pct",
+                  "wet_fraction_error_pct", "p99.9_error", "p99.99_error")
+STAGE1_HEAD = ["method", "CRPS fair", "bias", "spread/skill", "volume err %", "wet-frac err %",
+               "p99.9 err", "p99.99 err"]
 
 
 def pick_frames(ref_lr: np.ndarray, n: int) -> np.ndarray:
@@ -98,6 +105,7 @@ def load_case(corpus, network: str, frames: int, crop: int, task: str = "downsca
     ref_lr_all = np.asarray(st["ref_lr"].oindex[test], np.float32)
     chosen = test[pick_frames(ref_lr_all, frames)]
     lr, hr, y0, x0, size = crop_around_rain(st, chosen, crop, max_missing=0.05)
+    ref_lr = lr
     if task == "downscale_max":
         lr = hr.reshape(hr.shape[0], size, f, size, f).max(axis=(2, 4))
     elif task == "chain":
@@ -113,7 +121,7 @@ def load_case(corpus, network: str, frames: int, crop: int, task: str = "downsca
         attrs["crs"] = str(st.crs)
     src = xr.DataArray(lr, dims=("time", ydim, xdim), coords=coords, attrs=attrs)
     event = st.group.attrs["events"][int(st.group["event"][int(chosen[0])])]
-    return {"network": network, "event": event, "src": src, "lr": lr, "hr": hr,
+    return {"network": network, "event": event, "src": src, "lr": lr, "ref_lr": ref_lr, "hr": hr,
             "times": times, "frames": [str(t)[:16] for t in times], "factor": f,
             "window_lr": [y0, x0, size], "qm": fit_qm(st) if task == "chain" else None}
 
@@ -146,11 +154,19 @@ def score_case(case: dict, pipelines: dict[str, Pipeline], opts: PredictOptions,
     hr, times, f = case["hr"], case["times"], case["factor"]
     truth = _field(hr, times, *hr.shape[1:])
     preds: dict[str, np.ndarray] = {}
+    corrected: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     for name, pipeline in pipelines.items():
+        deterministic = pipeline.downscale is not None and pipeline.downscale.kind == "regression"
+        run_opts = dataclasses.replace(opts, members=1) if deterministic else opts
         t0 = time.perf_counter()
-        preds[name] = np.asarray(pipeline.predict(case["src"], opts)["precip"].values)
+        ds = pipeline.predict(case["src"], run_opts)
         seconds[name] = time.perf_counter() - t0
+        preds[name] = np.asarray(ds["precip"].values)
+        if deterministic:  # one member: scored as a point forecast (its CRPS is its MAE)
+            preds[name] = preds[name][0]
+        if pipeline.correct is not None and "corrected_lr" in ds:
+            corrected[name] = np.asarray(ds["corrected_lr"].values)
     lr = _field(case["lr"], times, *case["lr"].shape[1:])
     names = (*baselines, "qm") if case.get("qm") is not None else baselines
     for name, da in baseline_predictions(lr, f, names, qm=case.get("qm"), seed=seed,
@@ -169,9 +185,33 @@ def score_case(case: dict, pipelines: dict[str, Pipeline], opts: PredictOptions,
         m.update(extra_metrics(values, hr))
         rows[name] = {k: m.get(k, float("nan")) for k in METRICS}
     truth_trace = float(((hr > 0) & (hr < WET))[np.isfinite(hr)].mean())
-    return {"rows": rows, "seconds": seconds, "truth_trace_fraction": truth_trace,
+    stage1 = score_stage1(case, corrected, seed) if corrected else {}
+    return {"rows": rows, "stage1_rows": stage1, "seconds": seconds,
+            "truth_trace_fraction": truth_trace,
             "truth_mean_mm_h": float(np.nanmean(hr)),
             "truth_wet_fraction": float(np.nanmean(hr >= WET))}
+
+
+def score_stage1(case: dict, corrected: dict[str, np.ndarray], seed: int) -> dict:
+    """Stage I on its own grid: each pipeline's corrected members, the raw source and quantile
+    mapping against the mean-pooled radar (the coarse truth), so that each stage's extremes
+    (p99.9/p99.99 error) and skill are reported apart."""
+    ref = case["ref_lr"]
+    truth = _field(ref, case["times"], *ref.shape[1:])
+    preds = {f"{name}: Stage I output": values for name, values in corrected.items()}
+    preds["raw source"] = case["lr"]
+    if case.get("qm") is not None:
+        preds["quantile mapping"] = case["qm"].apply_values(case["lr"])
+    rows = {}
+    for name, values in preds.items():
+        dims = ("member", *truth.dims) if values.ndim == 4 else truth.dims
+        da = xr.DataArray(values, dims=dims, coords=truth.coords)
+        m = evaluate_fields(da, truth, scales_px=(4,), seed=seed, name=name)
+        if values.ndim == 3:
+            m["crps_fair"] = m["mae"]
+        m.update(extra_metrics(values, ref))
+        rows[name] = {k: m.get(k, float("nan")) for k in STAGE1_METRICS}
+    return rows
 
 
 def _fmt(v: float) -> str:
@@ -190,7 +230,8 @@ def report(results: list[dict], meta: dict, out: Path) -> None:
             for name, row in r["rows"].items():
                 w.writerow([r["network"], r["event"], name, *(row[k] for k in METRICS)])
     head = ["method", "CRPS fair", "FSS 1/8km", "FSS 1/32km", "FSS 5/8km", "FSS 5/32km",
-            "spread/skill", "volume err %", "wet-frac err %", "trace frac", "p99.9 err"]
+            "spread/skill", "volume err %", "wet-frac err %", "trace frac", "p99.9 err",
+            "p99.99 err"]
     lines = [f"# {meta['title']}", "", f"{meta['note']}", ""]
     for r in results:
         lines += [f"## {r['network']} / {r['event']} (held out): frames {', '.join(r['frames'])}, "
@@ -201,6 +242,14 @@ def report(results: list[dict], meta: dict, out: Path) -> None:
         for name, row in r["rows"].items():
             lines.append(f"| {name} | " + " | ".join(_fmt(row[k]) for k in METRICS) + " |")
         lines.append("")
+        if r.get("stage1_rows"):
+            lines += ["Stage I alone, on the coarse grid against the mean-pooled radar:", "",
+                      "| " + " | ".join(STAGE1_HEAD) + " |",
+                      "|---|" + "---:|" * (len(STAGE1_HEAD) - 1)]
+            for name, row in r["stage1_rows"].items():
+                lines.append(f"| {name} | "
+                             + " | ".join(_fmt(row[k]) for k in STAGE1_METRICS) + " |")
+            lines.append("")
     (out / "report.md").write_text("\n".join(lines))
     print("\n".join(lines), flush=True)
 
@@ -216,6 +265,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "shipped max-pooled Stage II)")
     ap.add_argument("--weights-correct", type=Path, default=None,
                     help="Stage I for --task chain (default: the shipped default Stage I)")
+    ap.add_argument("--regression", type=Path, default=None,
+                    help="regression-only weights (CorrDiff mean, configs/corpus_regression.yaml) "
+                         "scored as a point forecast in place of Stage II")
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/generalise"))
     ap.add_argument("--networks", nargs="*", default=None)
     ap.add_argument("--frames", type=int, default=2, help="frames per held-out event")
@@ -240,6 +292,9 @@ def build_pipelines(args: argparse.Namespace) -> dict[str, Pipeline]:
                 "precipdiff Stage II only (uncorrected source)": Pipeline(None, new)}
     else:
         rows = {"precipdiff Stage II (under test)": Pipeline(None, new)}
+    if args.regression is not None:
+        mean = Stage.load(args.regression)
+        rows["regression-only"] = Pipeline(correct if args.task == "chain" else None, mean)
     other = args.weights_shipped or (None if args.task == "chain" else shipped["downscale_max"])
     if other is not None:
         rows[f"precipdiff Stage II ({Path(other).name})"] = Pipeline(None, Stage.load(other))
@@ -271,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         case = load_case(corpus, network, args.frames, args.crop, args.task)
         scored = score_case(case, pipelines, opts, args.seed, baselines)
         results.append({k: v for k, v in case.items()
-                        if k not in ("src", "lr", "hr", "times", "qm")} | scored)
+                        if k not in ("src", "lr", "ref_lr", "hr", "times", "qm")} | scored)
         meta = {
             "title": f"Generalisation: {TITLES[args.task]}",
             "note": (f"{args.members} members, {args.sampler} {args.steps} steps on the "

@@ -100,3 +100,38 @@ def test_an_older_checkpoint_without_weighting_resumes_with_the_default():
     assert config_differences(saved, {"data": {"store": "s", "weighting": "frames"}}) == []
     assert config_differences(saved, {"data": {"store": "s", "weighting": "equal"}}) == \
         ["data.weighting"]
+
+
+def test_leave_one_network_out_trains_on_the_named_networks_only(corpus, tmp_path):
+    from precipdiff.training.build import open_data
+
+    cfg = load_config(None, _overrides(corpus, tmp_path / "r", "downscale",
+                                       "data.networks=[alpha]", "data.samples_per_epoch=20"))
+    _, ds, val_args, _ = open_data(cfg)
+    events = {ds.event_ids[int(ds[i]["event"])] for i in range(20)}
+    assert events == {"alpha/early"} and ds.chosen == ("alpha",)
+    assert val_args["networks"] == ("alpha",)
+    beta = load_config(None, _overrides(corpus, tmp_path / "b", "downscale",
+                                        "data.networks=[beta]"))
+    assert open_data(beta)[2] is None  # beta has no "val" event: no validation
+    run = train(cfg, progress=False)
+    trained_on = json.loads(Release.load(run / "weights.safetensors").notes["training_corpus"])
+    assert trained_on["networks"] == ["alpha"] and list(trained_on["frames"]) == ["alpha"]
+    with pytest.raises(CheckpointError, match="data.networks"):
+        train(load_config(None, _overrides(corpus, tmp_path / "r", "downscale",
+                                           "data.samples_per_epoch=20")),
+              resume=True, progress=False)
+
+
+def test_unknown_or_misplaced_networks_are_refused(corpus, tiny_store, tmp_path):
+    from precipdiff.training.build import open_data
+
+    cfg = load_config(None, _overrides(corpus, tmp_path / "r", "downscale",
+                                       "data.networks=[gamma]"))
+    with pytest.raises(ConfigError, match="gamma"):
+        open_data(cfg)
+    paired = load_config(None, tiny_overrides(tiny_store, tmp_path / "p", "data.networks=[a]"))
+    with pytest.raises(ConfigError, match="data.networks.*paired store"):
+        open_data(paired)
+    assert config_differences({"data": {"store": "s"}},
+                              {"data": {"store": "s", "networks": None}}) == []

@@ -53,7 +53,7 @@ class CorpusPatchDataset(PartsDataset):
             raise ConfigError(f"{corpus.path}: no network has split {split!r} (splits: "
                               f"{corpus.splits})")
         self.path, self.split, self.stage, self.seed = str(corpus.path), split, stage, int(seed)
-        self.networks = corpus.networks
+        self.networks, self.chosen = corpus.networks, tuple(chosen)
         self.event_ids = corpus.event_ids
         self.samples_per_epoch = int(samples_per_epoch)
         self.parts = [PatchDataset(corpus.network_path(n), split=split, stage=stage, patch=patch,

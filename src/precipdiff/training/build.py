@@ -78,25 +78,40 @@ def open_data(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any] | None, Any]:
         raise ConfigError(f"data.source_map: {d.source_map!r} is fitted on one paired store; "
                           f"{store.path} is a corpus of {len(store.networks)} networks "
                           "(set data.source_map: null)")
+    if not corpus and d.networks is not None:
+        raise ConfigError(f"data.networks: {list(d.networks)} selects networks of a corpus "
+                          f"store; {store.path} is a paired store (remove data.networks)")
     qm = fit_source_map(cfg, store)
     source_map = qm.apply_values if qm is not None else None
     common = {"split": "train", "stage": cfg.train.stage, "patch": d.patch,
               "samples_per_epoch": d.samples_per_epoch, "rain_weighted": d.rain_weighted,
               "augment": d.augment, "seed": cfg.train.seed}
     if corpus:
-        train_ds = CorpusPatchDataset(store.path, weighting=d.weighting, **common)
+        train_ds = CorpusPatchDataset(store.path, weighting=d.weighting, networks=d.networks,
+                                      **common)
         log.info("corpus %s: networks %s (weighting %s), factor %d, pooling %s", store.path,
-                 ", ".join(train_ds.networks), d.weighting, store.factor, store.pooling)
+                 ", ".join(train_ds.chosen), d.weighting, store.factor, store.pooling)
     else:
         train_ds = PatchDataset(store.path, source_map=source_map, **common)
     val = None
-    if d.val_patches and "val" in store.splits:
+    if d.val_patches and "val" in _splits_of(store, train_ds):
         val = {"store": store.path, "split": "val", "stage": cfg.train.stage, "n": d.val_patches,
                "patch": d.patch, "seed": cfg.train.seed, "rain_weighted": d.rain_weighted}
-        val.update({"weighting": d.weighting} if corpus else {"source_map": source_map})
+        val.update({"weighting": d.weighting, "networks": d.networks} if corpus
+                   else {"source_map": source_map})
     elif d.val_patches:
         log.warning("%s has no 'val' split: no validation", store.path)
     return store, train_ds, val, qm
+
+
+def _splits_of(store: Any, train_ds: Any) -> tuple[str, ...]:
+    """The splits of the networks that train (all of a paired store's)."""
+    if not isinstance(store, CorpusView):
+        return tuple(store.splits)
+    from precipdiff.data.corpus import open_corpus
+
+    per = open_corpus(store.path).splits
+    return tuple(sorted({s for n in train_ds.chosen for s in per[n]}))
 
 
 def validation_patches(**val_args: Any) -> dict[str, torch.Tensor]:
@@ -226,7 +241,9 @@ def make_release(cfg: RunConfig, ema_state: dict[str, torch.Tensor], store: Any,
         notes.setdefault("coarse_spacing", json.dumps(spacing, sort_keys=True))
     if isinstance(store, CorpusView):
         notes.setdefault("training_corpus", json.dumps(
-            {"networks": list(store.networks), "frames": store.attrs["frames"],
+            {"networks": list(cfg.data.networks or store.networks),
+             "frames": {n: f for n, f in store.attrs["frames"].items()
+                        if cfg.data.networks is None or n in cfg.data.networks},
              "weighting": cfg.data.weighting}, sort_keys=True))
     return Release(
         stage=cfg.train.stage, model=cfg.model.unet_config(), state=ema_state,

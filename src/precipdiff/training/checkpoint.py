@@ -47,6 +47,7 @@ RESUME_KEYS = (
     "model.*", "train.stage", "train.mean_from", "train.seed",
     "data.store", "data.patch", "data.batch_size", "data.samples_per_epoch",
     "data.rain_weighted", "data.augment", "data.source_map", "data.weighting",
+    "data.networks",
     "diffusion.sigma_data", "diffusion.P_mean", "diffusion.P_std", "optim.accumulate",
 )
 

@@ -38,7 +38,9 @@ class DataConfig:
     learns the residual around that: ``corrected = EQM(source) + sampled residual``; the
     mapping travels in the release metadata. ``store`` may also be a corpus store
     (``precipdiff prepare`` with ``sources:``): ``weighting`` then says how often each network
-    is drawn, ``"frames"`` (in proportion to its train frames) or ``"equal"``.
+    is drawn, ``"frames"`` (in proportion to its train frames) or ``"equal"``, and
+    ``networks`` which of its networks train (default all; a leave-one-network-out run names
+    the others).
     """
 
     store: str = ""
@@ -52,6 +54,7 @@ class DataConfig:
     source_map: str | None = None
     source_map_quantiles: int = 100
     weighting: Literal["frames", "equal"] = "frames"
+    networks: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ def open_clips(cfg: TemporalRunConfig, split: str = "train") -> Any:
               "samples_per_epoch": d.samples_per_epoch, "frames": frames,
               "rain_weighted": d.rain_weighted, "augment": d.augment, "seed": cfg.run.train.seed}
     if is_corpus(d.store):
-        return CorpusClipDataset(d.store, **common)
+        return CorpusClipDataset(d.store, networks=d.networks, **common)
     return ClipDataset(d.store, **common)
 
 
