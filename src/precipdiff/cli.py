@@ -320,6 +320,24 @@ def predict(
     allow_spacing_mismatch: Annotated[
         bool, typer.Option(help="Run although the input's grid spacing is not the models'.")
     ] = False,
+    time_factor: Annotated[
+        int,
+        typer.Option(
+            help="Split every input interval into N sub-steps first (e.g. 6: 30-min IMERG to "
+            "5-min frames); an input value is the mean rate until the next time.",
+            metavar="N",
+        ),
+    ] = 1,
+    time_interp: Annotated[
+        str,
+        typer.Option(help="Sub-steps by motion (optical flow; pysteps) or linear interpolation.",
+                     metavar="NAME"),
+    ] = "motion",
+    time_conserve: Annotated[
+        bool,
+        typer.Option(help="Keep each input interval's mean rate (its accumulation) in the "
+                          "sub-steps."),
+    ] = True,
     thresholds: Annotated[
         str, typer.Option(help="Exceedance thresholds, mm/h.", metavar="LIST")
     ] = ",".join(f"{t:g}" for t in PREDICT.thresholds),
@@ -404,6 +422,9 @@ def predict(
         allow_semantics_mismatch=allow_semantics_mismatch,
         coarsen=coarsen,
         allow_spacing_mismatch=allow_spacing_mismatch,
+        time_factor=time_factor,
+        time_interp=time_interp,
+        time_conserve=time_conserve,
         thresholds=_parse_thresholds(thresholds),
         archive=archive,
     )

@@ -47,6 +47,8 @@ from precipdiff.pipeline.output import predict_to_file
 from precipdiff.pipeline.pipeline import Pipeline, PredictOptions
 from precipdiff.pipeline.shipped import shipped_weights
 from precipdiff.pipeline.stage import SamplerSettings, Stage
+from precipdiff.pipeline.time_refine import METHODS as TIME_METHODS
+from precipdiff.pipeline.time_refine import REFINE_MEANING, refine_time
 from precipdiff.pipeline.timesel import TIME_SELECTION_MEANING, TimeRange
 from precipdiff.progress import ProgressCallback
 from precipdiff.threads import set_threads
@@ -95,6 +97,9 @@ class PredictRequest:
     allow_spacing_mismatch: bool = False
     time: TimeRange | None = None
     fine_threshold: float | None = None
+    time_factor: int = 1
+    time_interp: str = "motion"
+    time_conserve: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -105,7 +110,7 @@ class PredictRequest:
         from precipdiff.diffusion.schedules import SCHEDULES
         from precipdiff.io.registry import READERS
 
-        for name in ("members", "steps", "member_batch", "workers", "coarsen"):
+        for name in ("members", "steps", "member_batch", "workers", "coarsen", "time_factor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, "
@@ -146,6 +151,13 @@ class PredictRequest:
                               "or zarr")
         if self.archive_format == "zarr" and not self.archive:
             raise ConfigError("--format zarr writes one store for many inputs: it needs --archive")
+        if self.time_interp not in TIME_METHODS:
+            raise ConfigError(f"--time-interp {self.time_interp!r} is unknown; expected one of "
+                              f"{', '.join(TIME_METHODS)}")
+        if self.time_factor > 1 and self.archive:
+            raise ConfigError("--time-factor refines one record in time; an --archive run "
+                              "treats every input file apart (give the files as one run "
+                              "without --archive)")
         if self.time is not None and not isinstance(self.time, TimeRange):
             raise ConfigError(f"--time must be a TimeRange (timesel.parse_time_range), "
                               f"got {self.time!r}")
@@ -271,10 +283,20 @@ def select_time(req: PredictRequest, src, inputs: Sequence[Path]):
 
 
 def time_attrs(req: PredictRequest) -> dict[str, str]:
-    """Output attributes recording ``--time`` (none without it)."""
-    if req.time is None:
-        return {}
-    return {"time_selection": req.time.text, "time_selection_meaning": TIME_SELECTION_MEANING}
+    """Output attributes recording ``--time`` and ``--time-factor`` (none without them)."""
+    attrs = {}
+    if req.time is not None:
+        attrs |= {"time_selection": req.time.text,
+                  "time_selection_meaning": TIME_SELECTION_MEANING}
+    if req.time_factor > 1:
+        attrs |= {"time_factor": str(req.time_factor), "time_refinement": REFINE_MEANING.format(
+            method=req.time_interp,
+            conserve=", rescaled to keep each interval's mean" if req.time_conserve else "")}
+    return attrs
+
+
+def _names(inputs: Sequence[Path]) -> str:
+    return ", ".join(Path(p).name for p in inputs)
 
 
 def _extras_for(pipeline: Pipeline, req: PredictRequest, src) -> object:
@@ -316,6 +338,9 @@ def run_predict(req: PredictRequest, *,
         src = read_many(req.inputs, **kw) if len(req.inputs) > 1 else read(req.inputs[0], **kw)
         src = select_time(req, src, req.inputs)
         src = pipeline.prepare_input(src, opts)  # semantics and spacing, before any work
+        if req.time_factor > 1:
+            src = refine_time(src, req.time_factor, method=req.time_interp,
+                              conserve=req.time_conserve, name=_names(req.inputs))
         extras = _extras_for(pipeline, req, src)
         yield predict_to_file(pipeline, src, req.output, opts, thresholds=req.thresholds,
                               extras=extras, attrs=time_attrs(req))
