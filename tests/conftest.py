@@ -32,3 +32,24 @@ def _single_thread_torch():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _signal_running(proc, sig: int) -> bool:
+    """Send ``sig`` to the child ``proc`` only while it is still running: freeze it (SIGSTOP),
+    check that it has not exited, signal, resume. False when it had already finished (on a
+    loaded machine a short run can end between the test's last poll and its signal)."""
+    import os
+    import signal as _signal
+
+    os.kill(proc.pid, _signal.SIGSTOP)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(sig)
+    os.kill(proc.pid, _signal.SIGCONT)
+    return True
+
+
+@pytest.fixture
+def signal_running():
+    """:func:`_signal_running`: signal a child process only while it still runs."""
+    return _signal_running

@@ -51,6 +51,11 @@ def check_terminated() -> None:
         raise Terminated(_RECEIVED[0])
 
 
+def check_between_steps(_: object = None) -> None:
+    """:func:`check_terminated` as a sampler callback (called after every denoising step)."""
+    check_terminated()
+
+
 def raise_on_termination() -> None:
     """Make SIGTERM (and SIGHUP where it is not ignored) raise :class:`Terminated`.
 

@@ -350,3 +350,20 @@ def test_worker_device_spreads_workers_over_gpus():
     assert worker_device("cuda:1", name=0, gpus=4) == "cuda:1"
     assert worker_device("cuda", name="tcp-worker-a", gpus=3).startswith("cuda:")
     assert worker_device("cuda", gpus=2) == "cuda"  # not on a dask worker
+
+
+def test_embedded_workers_run_without_the_profiler() -> None:
+    """dask's profiler keeps a running task's call tree: a worker's memory grew with the
+    length of its input. The embedded cluster turns it off in its workers only."""
+    import dask
+
+    from precipdiff.cluster import dask_client
+
+    def profiling() -> bool:
+        import dask
+
+        return bool(dask.config.get("distributed.worker.profile.enabled"))
+
+    with dask_client(1) as client:
+        assert list(client.run(profiling).values()) == [False]
+    assert dask.config.get("distributed.worker.profile.enabled") is True

@@ -211,7 +211,8 @@ def slow_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_predict_cleanly(tiny_weights, slow_src, sig, code, tmp_path) -> None:
+def test_signal_stops_predict_cleanly(tiny_weights, slow_src, sig, code, tmp_path,
+                                     signal_running) -> None:
     """Ctrl-C exits 130 and SIGTERM 143, with the output temp file and the on-disk accumulator
     (``precipdiff-acc-*``) removed."""
     out, scratch = tmp_path / "out", tmp_path / "scratch"
@@ -223,7 +224,7 @@ def test_signal_stops_predict_cleanly(tiny_weights, slow_src, sig, code, tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "precipdiff", "-q", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: list(out.iterdir()) and list(scratch.glob("precipdiff-acc-*")), proc)
-    proc.send_signal(sig)
+    assert signal_running(proc, sig), "the 200-step run ended before it was signalled"
     _, stderr = proc.communicate(timeout=60)
     res = subprocess.CompletedProcess(args, proc.returncode, "", stderr)
     line = one_line_error(res, code)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from precipdiff.diffusion.samplers import get_sampler, sampler_options, sampler_sigmas
+from precipdiff.interrupts import check_between_steps
 from precipdiff.pipeline.tiling import make_tiles, position_noise, ramp_weights, tile_starts
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,8 @@ def sample_sequence(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray
         cc = (cond[c.t0:c.t1].repeat(m, 1, 1, 1) if cond.ndim == 4
               else cond[:, c.t0:c.t1].reshape(m * length, *cond.shape[2:]))
         gen = torch.Generator(device=cond.device).manual_seed(opts.seed)
-        y = sample_fn(st, x, sigmas, cond=cc, generator=gen, **extra).float()
+        y = sample_fn(st, x, sigmas, cond=cc, generator=gen, callback=check_between_steps,
+                      **extra).float()
         wt = c.weight.to(out)
         out[:, c.t0:c.t1] += y.reshape(m, length, channels, h, w) * wt[None, :, None, None, None]
         norm[c.t0:c.t1] += wt

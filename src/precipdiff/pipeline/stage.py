@@ -35,6 +35,7 @@ from precipdiff.defaults import PREDICT
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.diffusion.samplers import get_sampler, sampler_options, sampler_sigmas
 from precipdiff.errors import CheckpointError
+from precipdiff.interrupts import check_between_steps
 from precipdiff.models.temporal import TemporalConfig
 from precipdiff.models.unet import UNet
 from precipdiff.pipeline.tiling import TiledDenoiser
@@ -255,5 +256,5 @@ class Stage:
             sample_fn = get_sampler(settings.sampler)
             opts = sampler_options(settings.sampler, self.sigma_data)
             out = out + sample_fn(denoiser, x, sigmas, cond=cond, generator=generator,
-                                  **opts).float()
+                                  callback=check_between_steps, **opts).float()
         return out
