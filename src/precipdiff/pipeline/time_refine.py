@@ -4,13 +4,14 @@ Each input value ``R_i`` is read as the mean rate over ``[t_i, t_{i+1})`` (IMERG
 convention, and an accumulation divided by its period). :func:`refine_time` splits every
 interval into ``factor`` sub-steps at ``t_i + k dt_i / factor`` (``k = 0 .. factor-1``):
 
-* ``method="motion"`` (default): motion-compensated interpolation. A motion field ``V`` from
-  ``R_i`` to ``R_{i+1}`` (pysteps' Proesmans optical flow, coarse pixels per interval) moves
-  ``R_i`` forward by ``a V`` and ``R_{i+1}`` backward by ``(1-a) V``; the two are blended with
-  weights ``1-a`` and ``a`` (``a = k / factor``), so that a moving storm moves instead of fading
-  out in one place and in at another. The last interval has no ``R_{n}``: it is ``R_{n-1}``
-  carried on by the previous interval's motion (persistence for a one-step record).
-* ``method="linear"``: ``(1-a) R_i + a R_{i+1}`` (no dependency; fades rather than moves).
+* ``method="motion"`` (default): motion-compensated interpolation between interval centres
+  (an interval mean stands for the middle of its interval). Sub-step ``k`` lies ``c = (k +
+  1/2) / factor - 1/2`` intervals from the centre of its interval, between ``R_i`` and the
+  neighbour on that side; a motion field ``V`` between the two (pysteps' Proesmans optical
+  flow, coarse pixels per interval) moves the earlier one forward and the later one backward
+  to that time before they are blended linearly. At the ends of the record ``R_i`` is moved
+  along the nearest motion alone.
+* ``method="linear"``: the same blend without motion (fades rather than moves; the ends hold).
 
 ``conserve=True`` rescales the sub-steps of every interval and cell so that their mean is
 ``R_i`` exactly (the interval's accumulation is kept): ``s_k (R_i + e) / (mean_k s_k + e)``
@@ -78,17 +79,23 @@ def _advect(field: np.ndarray, motion: np.ndarray, fraction: float) -> np.ndarra
     return np.where(hit, np.maximum(out, 0.0), np.nan)
 
 
-def _interval(r0: np.ndarray, r1: np.ndarray, factor: int, method: str,
-              motion: np.ndarray | None) -> np.ndarray:
-    """The ``factor`` sub-steps ``(factor, y, x)`` from ``r0`` toward ``r1``."""
-    out = np.empty((factor, *r0.shape), np.float64)
-    for k in range(factor):
-        a = k / factor
-        if method == "linear" or motion is None:
-            out[k] = (1 - a) * r0 + a * r1
-        else:
-            out[k] = (1 - a) * _advect(r0, motion, a) + a * _advect(r1, motion, a - 1)
-    return out
+def _sub_step(values: np.ndarray, motions: list[np.ndarray | None], i: int, c: float
+              ) -> np.ndarray:
+    """The field at ``c`` intervals from the centre of interval ``i`` (``-0.5 < c < 0.5``):
+    blended between ``R_i`` and its neighbour on that side, each moved along the motion
+    between them; at the ends of the record ``R_i`` alone, moved along the nearest motion."""
+    n = values.shape[0]
+    j = i - 1 if c < 0 else i + 1
+    if c == 0:
+        return values[i]
+    if not 0 <= j < n:  # an end of the record (n >= 2): R_i moved along its one motion
+        v = motions[i - 1] if c > 0 else motions[i]
+        return values[i] if v is None else _advect(values[i], v, c)
+    a, b, frac = (j, i, 1 + c) if c < 0 else (i, j, c)  # from R_a to R_b, frac of the way
+    v = motions[a]
+    if v is None:
+        return (1 - frac) * values[a] + frac * values[b]
+    return (1 - frac) * _advect(values[a], v, frac) + frac * _advect(values[b], v, frac - 1)
 
 
 def conserve_interval(sub: np.ndarray, mean: np.ndarray, floor: float = CONSERVE_FLOOR
@@ -118,16 +125,13 @@ def refine_time(src: xr.DataArray, factor: int, *, method: str = "motion",
         raise PrecipdiffError(f"{name}: an interval of {steps.max()} does not split into "
                               f"{factor} whole-nanosecond sub-steps")
     values = np.asarray(src.transpose("time", ...).values, np.float64)
-    frames, new_times, motion = [], [], None
+    motions = [_motion(values[i], values[i + 1]) if method == "motion" else None
+               for i in range(times.size - 1)]
+    frames, new_times = [], []
     for i in range(times.size):
-        r0 = values[i]
-        if i + 1 < times.size:
-            motion = _motion(r0, values[i + 1]) if method == "motion" else None
-            r1 = values[i + 1]
-        else:  # the last interval: carried on by the previous motion
-            r1 = _advect(r0, motion, 1.0) if motion is not None else r0
-        sub = _interval(r0, r1, factor, method, motion)
-        frames.append(conserve_interval(sub, r0) if conserve else sub)
+        sub = np.stack([_sub_step(values, motions, i, (k + 0.5) / factor - 0.5)
+                        for k in range(factor)])
+        frames.append(conserve_interval(sub, values[i]) if conserve else sub)
         new_times.extend(times[i] + steps[i] // factor * k for k in range(factor))
     out = np.concatenate(frames).astype(np.float32)
     refined = src.transpose("time", ...).isel(time=np.repeat(np.arange(times.size), factor))
