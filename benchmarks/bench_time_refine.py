@@ -1,7 +1,8 @@
 """Temporal super-resolution: 30-min coarse input to 5-min frames, on held-out radar sequences.
 
 For each 5-min network of the corpus (held-out ``test`` events; no model saw them) the script
-takes the wettest run of ``--intervals`` x 6 consecutive 5-min frames and a ``--crop`` window
+takes the wettest run of ``--intervals`` x 6 consecutive 5-min frames (fewer intervals, down to 2,
+where its held-out event is shorter) and a ``--crop`` window
 (:func:`bench_temporal.load_case`), averages the mean-pooled radar over every 30 min (the coarse
 input of a half-hourly product such as IMERG: each value the mean rate of its half hour), and
 splits it back into 5-min frames with :func:`precipdiff.pipeline.time_refine.refine_time`:
@@ -96,7 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--temporal-weights", type=Path, default=None)
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results/time_refine"))
     ap.add_argument("--networks", nargs="*", default=None)
-    ap.add_argument("--intervals", type=int, default=3, help="30-min intervals per sequence")
+    ap.add_argument("--intervals", type=int, default=3,
+                    help="30-min intervals per sequence (fewer where the held-out event is short)")
     ap.add_argument("--crop", type=int, default=80)
     ap.add_argument("--members", type=int, default=8, help="0: coarse scores only")
     ap.add_argument("--sampler", default=PREDICT.sampler)
@@ -165,7 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     corpus = open_corpus(args.corpus)
     results = []
     for network in args.networks or corpus.networks:
-        case = load_case(corpus, network, args.intervals * FACTOR, args.crop)
+        case = None
+        for k in range(args.intervals, 1, -1):  # the longest held-out sequence up to that
+            case = load_case(corpus, network, k * FACTOR, args.crop)
+            if case is not None:
+                break
         if case is None or case["step_s"] != 300:
             log.info("%s: no %d-frame held-out 5-min sequence", network,
                      args.intervals * FACTOR)
