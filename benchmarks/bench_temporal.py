@@ -175,22 +175,47 @@ def report(results: list[dict], meta: dict, out: Path) -> None:
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def sequence_arguments(ap: argparse.ArgumentParser, *, output: str, crop: int,
+                       members: int = 8) -> None:
+    """The options this benchmark shares with ``bench_time_refine.py``."""
     ap.add_argument("--corpus", type=Path, default=Path("stores/corpus.zarr"))
     ap.add_argument("--weights", type=Path, default=SHIPPED)
     ap.add_argument("--temporal-weights", type=Path, default=None)
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/temporal"))
+    ap.add_argument("--output", type=Path, default=Path(output))
     ap.add_argument("--networks", nargs="*", default=None)
-    ap.add_argument("--frames", type=int, default=12)
-    ap.add_argument("--crop", type=int, default=120)
-    ap.add_argument("--members", type=int, default=8)
+    ap.add_argument("--crop", type=int, default=crop)
+    ap.add_argument("--members", type=int, default=members)
     ap.add_argument("--sampler", default=PREDICT.sampler)
     ap.add_argument("--steps", type=int, default=PREDICT.steps)
     ap.add_argument("--window", type=int, default=6)
     ap.add_argument("--overlap-frames", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sequence_arguments(ap, output="benchmarks/results/temporal", crop=120)
+    ap.add_argument("--frames", type=int, default=12)
     return ap.parse_args(argv)
+
+
+def temporal_net(args: argparse.Namespace, release: Release) -> SpatioTemporalUNet:
+    """``--temporal-weights``, else the per-frame ``release`` with zero temporal blocks."""
+    if args.temporal_weights is not None:
+        from precipdiff.training.temporal import load_temporal
+
+        net, _ = load_temporal(args.temporal_weights)
+    else:
+        net = SpatioTemporalUNet(release.model, TemporalConfig(frames=args.window))
+        net.load_per_frame(release.state)
+    return net.eval()
+
+
+def sequence_options(args: argparse.Namespace) -> SequenceOptions:
+    return SequenceOptions(members=max(args.members, 1), seed=args.seed, sampler=args.sampler,
+                           steps=args.steps, window=args.window,
+                           overlap_frames=args.overlap_frames, tile=max(args.crop, 64),
+                           overlap=32)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,18 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(0)
     release = Release.load(args.weights)
-    if args.temporal_weights is not None:
-        from precipdiff.training.temporal import load_temporal
-
-        temporal_net, _ = load_temporal(args.temporal_weights)
-    else:
-        temporal_net = SpatioTemporalUNet(release.model, TemporalConfig(frames=args.window))
-        temporal_net.load_per_frame(release.state)
-    temporal_net.eval()
-    opts = SequenceOptions(members=args.members, seed=args.seed, sampler=args.sampler,
-                           steps=args.steps, window=args.window,
-                           overlap_frames=args.overlap_frames, tile=max(args.crop, 64),
-                           overlap=32)
+    net, opts = temporal_net(args, release), sequence_options(args)
     corpus = open_corpus(args.corpus)
     results = []
     for network in args.networks or corpus.networks:
@@ -217,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         if case is None:
             log.info("%s: no %d-frame held-out sequence at <= 10 min", network, args.frames)
             continue
-        results.append(run_case(case, release, temporal_net, opts))
+        results.append(run_case(case, release, net, opts))
         log.info("%s: %s", network, json.dumps(results[-1]))
         args.output.mkdir(parents=True, exist_ok=True)
         figures(case, args.output)

@@ -41,11 +41,15 @@ import numpy as np
 import torch
 import xarray as xr
 
-from bench_temporal import SHIPPED, load_case, run_case  # this folder: run as a script
+from bench_temporal import (  # this folder: run as a script
+    load_case,
+    run_case,
+    sequence_arguments,
+    sequence_options,
+    temporal_net,
+)
 from precipdiff.data.corpus import open_corpus
-from precipdiff.defaults import PREDICT
 from precipdiff.evaluation.temporal import temporal_scores
-from precipdiff.pipeline.sequence import SequenceOptions
 from precipdiff.pipeline.time_refine import refine_time
 from precipdiff.release import Release
 
@@ -92,34 +96,10 @@ def coarse_scores(seq: np.ndarray, truth: np.ndarray, coarse: np.ndarray, factor
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", type=Path, default=Path("stores/corpus.zarr"))
-    ap.add_argument("--weights", type=Path, default=SHIPPED)
-    ap.add_argument("--temporal-weights", type=Path, default=None)
-    ap.add_argument("--output", type=Path, default=Path("benchmarks/results/time_refine"))
-    ap.add_argument("--networks", nargs="*", default=None)
+    sequence_arguments(ap, output="benchmarks/results/time_refine", crop=80)
     ap.add_argument("--intervals", type=int, default=3,
                     help="30-min intervals per sequence (fewer where the held-out event is short)")
-    ap.add_argument("--crop", type=int, default=80)
-    ap.add_argument("--members", type=int, default=8, help="0: coarse scores only")
-    ap.add_argument("--sampler", default=PREDICT.sampler)
-    ap.add_argument("--steps", type=int, default=PREDICT.steps)
-    ap.add_argument("--window", type=int, default=6)
-    ap.add_argument("--overlap-frames", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
-
-
-def _temporal_net(args: argparse.Namespace, release: Release):
-    from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
-
-    if args.temporal_weights is not None:
-        from precipdiff.training.temporal import load_temporal
-
-        net, _ = load_temporal(args.temporal_weights)
-    else:
-        net = SpatioTemporalUNet(release.model, TemporalConfig(frames=args.window))
-        net.load_per_frame(release.state)
-    return net.eval()
 
 
 def report(results: list[dict], meta: dict, out: Path) -> None:
@@ -159,11 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     release = Release.load(args.weights)
-    net = _temporal_net(args, release) if args.members > 0 else None
-    opts = SequenceOptions(members=max(args.members, 1), seed=args.seed, sampler=args.sampler,
-                           steps=args.steps, window=args.window,
-                           overlap_frames=args.overlap_frames, tile=max(args.crop, 64),
-                           overlap=32)
+    net = temporal_net(args, release) if args.members > 0 else None
+    opts = sequence_options(args)
     corpus = open_corpus(args.corpus)
     results = []
     for network in args.networks or corpus.networks:
