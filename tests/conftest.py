@@ -53,3 +53,20 @@ def _signal_running(proc, sig: int) -> bool:
 def signal_running():
     """:func:`_signal_running`: signal a child process only while it still runs."""
     return _signal_running
+
+
+def _default_signal_disposition() -> None:
+    """``preexec_fn`` of a child that a test will signal: Ctrl-C and SIGTERM at their defaults
+    and unblocked. A child inherits an ignored SIGINT (POSIX: background jobs do), and some
+    pytest worker processes have one: the child then rightly ignores the test's Ctrl-C."""
+    import signal as _signal
+
+    for sig in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGINT, _signal.SIGTERM})
+
+
+@pytest.fixture
+def signal_defaults():
+    """:func:`_default_signal_disposition`, for ``subprocess.Popen(preexec_fn=...)``."""
+    return _default_signal_disposition

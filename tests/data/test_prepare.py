@@ -357,7 +357,8 @@ def _write_config(path: Path, **cfg) -> Path:
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_while_scanning_leaves_nothing(S, sig, code, tmp_path, signal_running):
+def test_signal_while_scanning_leaves_nothing(S, sig, code, tmp_path, signal_running,
+                                              signal_defaults):
     """Interrupted before its plan exists, prepare has nothing to resume: no .partial is left.
     (The signal comes when the first file has been scanned; a run that ended before it could be
     signalled is repeated with more files.)"""
@@ -368,7 +369,7 @@ def test_signal_while_scanning_leaves_nothing(S, sig, code, tmp_path, signal_run
         srcs = S.write_frames(S.biased_source(ref), root / "in", "s")
         cfg = _write_config(root / "c.yaml", reference=refs, source=srcs, split="space")
         out = root / "out" / "s.zarr"
-        proc = _cli("--config", str(cfg), "--output", str(out))
+        proc = _cli("--config", str(cfg), "--output", str(out), preexec_fn=signal_defaults)
         staged = out.with_name("s.zarr.partial") / "_staged"
         deadline = time.monotonic() + 120
         while not (staged.is_dir() and list(staged.glob("*.npz"))):
@@ -383,7 +384,8 @@ def test_signal_while_scanning_leaves_nothing(S, sig, code, tmp_path, signal_run
     assert not out.parent.exists() or not list(out.parent.iterdir())
 
 
-def test_interrupt_mid_frames_keeps_partial_then_resumes(S, tmp_path, signal_running):
+def test_interrupt_mid_frames_keeps_partial_then_resumes(S, tmp_path, signal_running,
+                                                          signal_defaults):
     """Ctrl-C while frames are written: exit 130, one line, no temp files; the .partial is kept
     and the same command resumes it. (A run that ended before it could be signalled is repeated
     with more frames.)"""
@@ -395,7 +397,7 @@ def test_interrupt_mid_frames_keeps_partial_then_resumes(S, tmp_path, signal_run
         cfg = _write_config(root / "c.yaml", reference=refs, source=srcs, split="space")
         out = root / "out" / "s.zarr"
         partial = out.with_name("s.zarr.partial")
-        proc = _cli("--config", str(cfg), "--output", str(out))
+        proc = _cli("--config", str(cfg), "--output", str(out), preexec_fn=signal_defaults)
         deadline = time.monotonic() + 180
         while not ((partial / "_done").is_dir() and os.listdir(partial / "_done")):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

@@ -212,7 +212,7 @@ def slow_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_predict_cleanly(tiny_weights, slow_src, sig, code, tmp_path,
-                                     signal_running) -> None:
+                                     signal_running, signal_defaults) -> None:
     """Ctrl-C exits 130 and SIGTERM 143, with the output temp file and the on-disk accumulator
     (``precipdiff-acc-*``) removed."""
     out, scratch = tmp_path / "out", tmp_path / "scratch"
@@ -222,7 +222,8 @@ def test_signal_stops_predict_cleanly(tiny_weights, slow_src, sig, code, tmp_pat
     args = _predict(tiny_weights, str(slow_src), "--output", str(out / "o.nc"))
     args[args.index("--steps") + 1] = "200"
     proc = subprocess.Popen([sys.executable, "-m", "precipdiff", "-q", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=signal_defaults)
     _wait_for(lambda: list(out.iterdir()) and list(scratch.glob("precipdiff-acc-*")), proc)
     assert signal_running(proc, sig), "the 200-step run ended before it was signalled"
     _, stderr = proc.communicate(timeout=60)

@@ -275,15 +275,17 @@ def test_extra_channels_are_standardised_and_checked(tmp_path) -> None:
 
 
 def test_disk_accumulator_gives_the_same_file(pipeline: Pipeline, tmp_path, monkeypatch) -> None:
-    """Large domains blend windows in a temporary zarr array: same numbers as in memory."""
+    """Large domains blend windows in a temporary zarr array: same numbers as in memory, for
+    every time step (the second step's array once collided with the first's)."""
     import precipdiff.pipeline.pipeline as pp
 
-    src = coarse_field(ny=6, nx=8, n_time=1)
+    src = coarse_field(ny=6, nx=8, n_time=2)
     opts = _opts(window=16, halo=4, tile=16, overlap=4)
     in_memory = predict_to_file(pipeline, src, tmp_path / "mem.nc", opts)
     monkeypatch.setattr(pp, "IN_MEMORY_LIMIT", 0)
     on_disk = predict_to_file(pipeline, src, tmp_path / "disk.nc", opts)
     a, b = xr.open_dataset(in_memory)["precip"].values, xr.open_dataset(on_disk)["precip"].values
+    assert a.shape[1] == 2
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 

@@ -197,7 +197,10 @@ class StepResult:
 
 
 class _Accumulator:
-    """Weighted sum of window outputs and the sum of weights, in memory or on disk (zarr)."""
+    """Weighted sum of window outputs and the sum of weights, in memory or on disk (zarr).
+
+    On disk, every time step's accumulator replaces the previous step's in ``scratch`` (its bands
+    have been read by then), so a run's scratch space is one step's, however many steps."""
 
     def __init__(self, members: int, height: int, width: int, scratch: Path | None):
         nbytes = members * height * width * 4
@@ -214,6 +217,7 @@ class _Accumulator:
                 chunks=chunks,
                 dtype="float32",
                 fill_value=0.0,
+                overwrite=True,
             )
             self.wnorm = zarr.create_array(
                 scratch / "wnorm.zarr",
@@ -221,6 +225,7 @@ class _Accumulator:
                 chunks=chunks[1:],
                 dtype="float32",
                 fill_value=0.0,
+                overwrite=True,
             )
 
     def add(self, m0: int, y0: int, x0: int, values: np.ndarray, weight: np.ndarray) -> None:
