@@ -33,3 +33,20 @@ def test_swallowed_ctrl_c_is_raised_again(monkeypatch):
         pass
     with pytest.raises(KeyboardInterrupt):
         interrupts.check_terminated()
+
+
+def test_a_recorded_signal_raised_where_it_cannot_propagate_is_not_printed(monkeypatch):
+    """A SIGTERM raised inside a weakref callback is "Exception ignored in ..." on stderr; once
+    recorded it is raised again by check_terminated, so the hook drops it (others pass)."""
+    import types
+
+    seen = []
+    hook = interrupts._quiet_unraisable(seen.append)
+    terminated = types.SimpleNamespace(exc_value=interrupts.Terminated(signal.SIGTERM))
+    other = types.SimpleNamespace(exc_value=ValueError("a real problem"))
+    monkeypatch.setattr(interrupts, "_RECEIVED", [])
+    hook(terminated)  # not recorded (not ours): passed on
+    monkeypatch.setattr(interrupts, "_RECEIVED", [signal.SIGTERM])
+    hook(terminated)
+    hook(other)
+    assert seen == [terminated, other]

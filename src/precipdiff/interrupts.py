@@ -10,7 +10,9 @@ catches ``Exception`` does not swallow it.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 
@@ -56,13 +58,33 @@ def check_between_steps(_: object = None) -> None:
     check_terminated()
 
 
+def _quiet_unraisable(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A ``sys.unraisablehook`` that drops a signal's exception raised where Python cannot
+    propagate it (e.g. inside a weakref callback, printed as "Exception ignored in ...") once
+    the signal is recorded: :func:`check_terminated` raises it again at the next unit of work,
+    and the user sees one error line instead of a traceback. Other exceptions go to
+    ``previous``."""
+
+    def hook(unraisable: Any) -> None:
+        if _RECEIVED and isinstance(unraisable.exc_value, (Terminated, KeyboardInterrupt)):
+            return
+        previous(unraisable)
+
+    hook.quiet_signals = True  # type: ignore[attr-defined]
+    return hook
+
+
 def raise_on_termination() -> None:
-    """Make SIGTERM (and SIGHUP where it is not ignored) raise :class:`Terminated`.
+    """Make SIGTERM (and SIGHUP where it is not ignored) raise :class:`Terminated`, and keep a
+    signal's exception that surfaces where it cannot propagate off stderr
+    (:func:`_quiet_unraisable`).
 
     Only possible in the main thread; elsewhere this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         return
+    if not getattr(sys.unraisablehook, "quiet_signals", False):
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
     signal.signal(signal.SIGTERM, _raise_terminated)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _raise_interrupt)
