@@ -356,30 +356,41 @@ def _write_config(path: Path, **cfg) -> Path:
     return path
 
 
+def _signal_mid_run(S, tmp_path, sizes, shape, ready, sig, signal_running, signal_defaults,
+                    timeout: float):
+    """Run prepare on a scene of ``n_time`` frames (the first of ``sizes``) and send ``sig``
+    once ``ready(out)`` holds, while it still runs; a run that ended before it could be
+    signalled is repeated with the next size. Returns ``(proc, out, cfg, ref)``."""
+    for attempt, n_time in enumerate(sizes):
+        root = tmp_path / str(attempt)
+        ref = S.scene(n_time=n_time, shape=shape)
+        refs = S.write_frames(ref, root / "in", "r")
+        srcs = S.write_frames(S.biased_source(ref), root / "in", "s")
+        cfg = _write_config(root / "c.yaml", reference=refs, source=srcs, split="space")
+        out = root / "out" / "s.zarr"
+        proc = _cli("--config", str(cfg), "--output", str(out), preexec_fn=signal_defaults)
+        deadline = time.monotonic() + timeout
+        while not ready(out):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        if signal_running(proc, sig):
+            return proc, out, cfg, ref
+        proc.communicate()
+    pytest.fail(f"prepare finished before it could be signalled, {len(sizes)} times")
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_while_scanning_leaves_nothing(S, sig, code, tmp_path, signal_running,
                                               signal_defaults):
     """Interrupted before its plan exists, prepare has nothing to resume: no .partial is left.
     (The signal comes when the first file has been scanned; a run that ended before it could be
     signalled is repeated with more files.)"""
-    for attempt, n_time in enumerate((40, 160)):
-        root = tmp_path / str(attempt)
-        ref = S.scene(n_time=n_time, shape=(40, 80))
-        refs = S.write_frames(ref, root / "in", "r")
-        srcs = S.write_frames(S.biased_source(ref), root / "in", "s")
-        cfg = _write_config(root / "c.yaml", reference=refs, source=srcs, split="space")
-        out = root / "out" / "s.zarr"
-        proc = _cli("--config", str(cfg), "--output", str(out), preexec_fn=signal_defaults)
+    def scanned(out: Path) -> bool:
         staged = out.with_name("s.zarr.partial") / "_staged"
-        deadline = time.monotonic() + 120
-        while not (staged.is_dir() and list(staged.glob("*.npz"))):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.01)
-        if signal_running(proc, sig):
-            break
-        proc.communicate()
-    else:
-        pytest.fail("prepare finished before it could be signalled, twice")
+        return staged.is_dir() and bool(list(staged.glob("*.npz")))
+
+    proc, out, _, _ = _signal_mid_run(S, tmp_path, (40, 160), (40, 80), scanned, sig,
+                                      signal_running, signal_defaults, timeout=120)
     assert ("interrupted" if sig == signal.SIGINT else "SIGTERM") in _one_line(proc, code)
     assert not out.parent.exists() or not list(out.parent.iterdir())
 
@@ -389,29 +400,19 @@ def test_interrupt_mid_frames_keeps_partial_then_resumes(S, tmp_path, signal_run
     """Ctrl-C while frames are written: exit 130, one line, no temp files; the .partial is kept
     and the same command resumes it. (A run that ended before it could be signalled is repeated
     with more frames.)"""
-    for attempt, n_time in enumerate((40, 120)):
-        root = tmp_path / str(attempt)
-        ref = S.scene(n_time=n_time, shape=(100, 200))
-        refs = S.write_frames(ref, root / "in", "r")
-        srcs = S.write_frames(S.biased_source(ref), root / "in", "s")
-        cfg = _write_config(root / "c.yaml", reference=refs, source=srcs, split="space")
-        out = root / "out" / "s.zarr"
-        partial = out.with_name("s.zarr.partial")
-        proc = _cli("--config", str(cfg), "--output", str(out), preexec_fn=signal_defaults)
-        deadline = time.monotonic() + 180
-        while not ((partial / "_done").is_dir() and os.listdir(partial / "_done")):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.02)
-        if signal_running(proc, signal.SIGINT):
-            break
-        proc.communicate()
-    else:
-        pytest.fail("prepare finished before it could be signalled, twice")
+    def written(out: Path) -> bool:
+        done = out.with_name("s.zarr.partial") / "_done"
+        return done.is_dir() and bool(os.listdir(done))
+
+    proc, out, cfg, ref = _signal_mid_run(S, tmp_path, (40, 120), (100, 200), written,
+                                          signal.SIGINT, signal_running, signal_defaults,
+                                          timeout=180)
+    partial = out.with_name("s.zarr.partial")
     assert "interrupted" in _one_line(proc, 130)
     assert sorted(p.name for p in out.parent.iterdir()) == ["s.zarr.partial"]
     assert not [p for p in partial.rglob("*") if ".tmp-" in p.name]
     done = len(os.listdir(partial / "_done"))
-    assert 1 <= done < n_time
+    assert 1 <= done < ref.sizes["time"]
     proc = _cli("--config", str(cfg), "--output", str(out))
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err

@@ -48,7 +48,7 @@ from precipdiff.pipeline.pipeline import Pipeline, PredictOptions
 from precipdiff.pipeline.shipped import shipped_weights
 from precipdiff.pipeline.stage import SamplerSettings, Stage
 from precipdiff.pipeline.time_refine import METHODS as TIME_METHODS
-from precipdiff.pipeline.time_refine import REFINE_MEANING, refine_time
+from precipdiff.pipeline.time_refine import refine_time, refinement_meaning
 from precipdiff.pipeline.timesel import TIME_SELECTION_MEANING, TimeRange
 from precipdiff.progress import ProgressCallback
 from precipdiff.threads import set_threads
@@ -278,7 +278,7 @@ def select_time(req: PredictRequest, src, inputs: Sequence[Path]):
     """The steps of ``src`` (read from ``inputs``) within ``--time`` (all without it)."""
     if req.time is None:
         return src
-    names = ", ".join(Path(p).name for p in inputs)
+    names = _names(inputs)
     return req.time.select(src, names if len(inputs) == 1 else f"the inputs ({names})")
 
 
@@ -289,9 +289,8 @@ def time_attrs(req: PredictRequest) -> dict[str, str]:
         attrs |= {"time_selection": req.time.text,
                   "time_selection_meaning": TIME_SELECTION_MEANING}
     if req.time_factor > 1:
-        attrs |= {"time_factor": str(req.time_factor), "time_refinement": REFINE_MEANING.format(
-            method=req.time_interp,
-            conserve=", rescaled to keep each interval's mean" if req.time_conserve else "")}
+        attrs |= {"time_factor": str(req.time_factor),
+                  "time_refinement": refinement_meaning(req.time_interp, req.time_conserve)}
     return attrs
 
 

@@ -14,9 +14,9 @@ interval into ``factor`` sub-steps at ``t_i + k dt_i / factor`` (``k = 0 .. fact
 * ``method="linear"``: the same blend without motion (fades rather than moves; the ends hold).
 
 ``conserve=True`` rescales the sub-steps of every interval and cell so that their mean is
-``R_i`` exactly (the interval's accumulation is kept): ``s_k (R_i + e) / (mean_k s_k + e)``
-scaled to mean ``R_i``, with ``e`` = :data:`CONSERVE_FLOOR` so that a cell the motion left dry
-receives ``R_i`` spread evenly rather than a spike. A dry interval stays dry.
+``R_i`` exactly (the interval's accumulation is kept): ``(s_k + e) R_i / (mean_k s_k + e)``,
+with ``e`` = :data:`CONSERVE_FLOOR` so that a cell the motion left dry receives ``R_i`` spread
+evenly rather than a spike. A dry interval stays dry.
 
 Reference for motion-compensated interpolation of radar rain: e.g. the pysteps optical-flow
 methods (Pulkkinen et al. 2019, GMD 12, 4185) and Proesmans et al. (1994, ECCV).
@@ -39,6 +39,12 @@ METHODS = ("motion", "linear")
 MIN_MOTION_SIDE = 8
 REFINE_MEANING = ("each input value is the mean rate over [t, next t); every interval is split "
                   "into time_factor sub-steps by {method} interpolation{conserve}")
+
+
+def refinement_meaning(method: str, conserve: bool) -> str:
+    """The ``time_refinement`` attribute of a refined record (and of its outputs)."""
+    return REFINE_MEANING.format(
+        method=method, conserve=", rescaled to keep each interval's mean" if conserve else "")
 
 
 def _motion(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -137,6 +143,5 @@ def refine_time(src: xr.DataArray, factor: int, *, method: str = "motion",
     refined = src.transpose("time", ...).isel(time=np.repeat(np.arange(times.size), factor))
     refined = refined.copy(data=out).assign_coords(time=np.array(new_times))
     refined.attrs["time_factor"] = int(factor)
-    refined.attrs["time_refinement"] = REFINE_MEANING.format(
-        method=method, conserve=", rescaled to keep each interval's mean" if conserve else "")
+    refined.attrs["time_refinement"] = refinement_meaning(method, conserve)
     return refined

@@ -24,14 +24,15 @@ class CorpusView:
     """A corpus store (:mod:`precipdiff.data.corpus`) seen as a run's store: the attributes the
     run and its release read (``path``, ``factor``, ``pooling``, ``attrs["transform"]``,
     ``extra_names``, ``splits``). Corpus samples carry no extras; ``splits`` names the splits
-    that at least one network has (whole events: ``train``, ``test``, optionally ``val``)."""
+    that at least one network has (whole events: ``train``, ``test``, optionally ``val``);
+    ``network_splits`` each network's."""
 
     path: Any
     factor: int
     pooling: str
     attrs: dict[str, Any]
-    splits: tuple[str, ...]
     networks: tuple[str, ...]
+    network_splits: dict[str, tuple[str, ...]]
     extra_names: tuple[str, ...] = ()
 
     @classmethod
@@ -39,11 +40,19 @@ class CorpusView:
         from precipdiff.data.corpus import open_corpus
 
         corpus = open_corpus(path)
-        names = sorted({s for per in corpus.splits.values() for s in per})
         attrs = {"transform": dict(corpus.attrs["transform"]), "extra_stats": {},
                  "event_ids": corpus.event_ids, "frames": dict(corpus.attrs.get("frames", {}))}
         return cls(path=corpus.path, factor=corpus.factor, pooling=corpus.pooling, attrs=attrs,
-                   splits=tuple(names), networks=tuple(corpus.networks))
+                   networks=tuple(corpus.networks),
+                   network_splits={n: tuple(per) for n, per in corpus.splits.items()})
+
+    def splits_of(self, networks: Any) -> tuple[str, ...]:
+        """The splits that at least one of ``networks`` has."""
+        return tuple(sorted({s for n in networks for s in self.network_splits[n]}))
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return self.splits_of(self.networks)
 
 
 def open_store_or_corpus(path: Any) -> Any:
@@ -94,7 +103,8 @@ def open_data(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any] | None, Any]:
     else:
         train_ds = PatchDataset(store.path, source_map=source_map, **common)
     val = None
-    if d.val_patches and "val" in _splits_of(store, train_ds):
+    splits = store.splits_of(train_ds.chosen) if corpus else store.splits
+    if d.val_patches and "val" in splits:
         val = {"store": store.path, "split": "val", "stage": cfg.train.stage, "n": d.val_patches,
                "patch": d.patch, "seed": cfg.train.seed, "rain_weighted": d.rain_weighted}
         val.update({"weighting": d.weighting, "networks": d.networks} if corpus
@@ -102,16 +112,6 @@ def open_data(cfg: RunConfig) -> tuple[Any, Any, dict[str, Any] | None, Any]:
     elif d.val_patches:
         log.warning("%s has no 'val' split: no validation", store.path)
     return store, train_ds, val, qm
-
-
-def _splits_of(store: Any, train_ds: Any) -> tuple[str, ...]:
-    """The splits of the networks that train (all of a paired store's)."""
-    if not isinstance(store, CorpusView):
-        return tuple(store.splits)
-    from precipdiff.data.corpus import open_corpus
-
-    per = open_corpus(store.path).splits
-    return tuple(sorted({s for n in train_ds.chosen for s in per[n]}))
 
 
 def validation_patches(**val_args: Any) -> dict[str, torch.Tensor]:
