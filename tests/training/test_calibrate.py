@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 
 from precipdiff.data.windows import rain_window
-from precipdiff.training.calibrate import matching_threshold
+from precipdiff.training.calibrate import calibration_networks, matching_threshold, trained_networks
 
 
 def test_matching_threshold_reproduces_the_truth_wet_fraction():
@@ -26,3 +29,15 @@ def test_rain_window_avoids_missing_cells():
     lr[0, 0:2, 0:2] = np.nan  # the wettest block has missing cells
     lr[:, 3:5, 3:5] = 1.0
     assert rain_window(lr, 2) == (3, 3)
+
+
+def test_calibration_uses_the_networks_the_weights_were_trained_on():
+    available = ["mrms", "radolan", "mch", "fmi", "opera"]
+    notes = {"training_corpus": json.dumps({"networks": ["mrms", "radolan", "mch", "opera"]})}
+    trained = trained_networks(notes)
+    assert calibration_networks(available, trained) == ["mrms", "radolan", "mch", "opera"]
+    assert trained_networks({}) is None
+    assert calibration_networks(available, None) == available
+    assert calibration_networks(available, trained, ["fmi"]) == ["fmi"]
+    with pytest.raises(ValueError, match="'dwd'"):
+        calibration_networks(available, trained, ["dwd"])

@@ -38,18 +38,45 @@ def matching_threshold(pred: np.ndarray, truth: np.ndarray, *, wet: float = WET)
     return max(wet, float(np.quantile(p, 1.0 - target)))
 
 
+def trained_networks(notes: dict[str, str]) -> list[str] | None:
+    """The corpus networks a release was trained on (its ``training_corpus`` note), or None
+    for weights trained on a single store."""
+    record = notes.get("training_corpus")
+    return list(json.loads(record)["networks"]) if record else None
+
+
+def calibration_networks(available: list[str], trained: list[str] | None,
+                         requested: list[str] | None = None) -> list[str]:
+    """The networks to calibrate on: ``requested``, else those the weights were trained on
+    (a leave-one-network-out model must not see its held-out network here either), else all."""
+    chosen = list(requested or trained or available)
+    unknown = [n for n in chosen if n not in available]
+    if unknown:
+        raise ValueError(f"networks {unknown} are not in the corpus (it has {available})")
+    if requested and trained:
+        unseen = [n for n in requested if n not in trained]
+        if unseen:
+            log.warning("calibrating on %s, which the weights were not trained on", unseen)
+    return chosen
+
+
 def training_samples(weights: str | Path, corpus: str | Path, *, frames: int = 4,
-                     crop: int = 128, members: int = 4, seed: int = 0) -> dict[str, Any]:
-    """Stage II (default sampler, trace rule only) on ``frames`` train frames of every network
-    (evenly spaced, a ``crop``-pixel window with the most rain): pooled members and truth."""
+                     crop: int = 128, members: int = 4, seed: int = 0,
+                     networks: list[str] | None = None) -> dict[str, Any]:
+    """Stage II (default sampler, trace rule only) on ``frames`` train frames of each network
+    (evenly spaced, a ``crop``-pixel window with the most rain): pooled members and truth.
+    ``networks`` defaults to those the weights were trained on (:func:`calibration_networks`)."""
     from precipdiff.data.corpus import open_corpus
     from precipdiff.data.windows import crop_around_rain
     from precipdiff.pipeline import Pipeline, PredictOptions, Stage
+    from precipdiff.release import Release
 
     stage = Stage.load(weights)
     handle = open_corpus(corpus)
+    chosen_networks = calibration_networks(
+        list(handle.networks), trained_networks(dict(Release.load(weights).notes)), networks)
     preds, truths, per_network = [], [], {}
-    for network in handle.networks:
+    for network in chosen_networks:
         st = handle.open(network)
         train = np.asarray(st.splits["train"]["time"], np.int64)
         chosen = train[np.linspace(0, train.size - 1, min(frames, train.size)).astype(int)]
@@ -84,7 +111,8 @@ def calibrate(weights: str | Path, corpus: str | Path, output: str | Path, **kw:
                "pred_wet_fraction": float(np.mean(p >= WET)),
                "truth_wet_fraction": float(np.nanmean(s["truth"] >= WET)),
                "volume_kept_fraction": kept, "per_network": s["per_network"],
-               "settings": {k: v for k, v in kw.items()}}
+               "networks": list(s["per_network"]),
+               "settings": {k: v for k, v in kw.items() if k != "networks"}}
     release = Release.load(weights)
     notes = {**release.notes, "fine_threshold": repr(round(t, 4)),
              "fine_threshold_calibration": json.dumps(summary)}
@@ -102,10 +130,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--crop", type=int, default=128, help="window (fine pixels) per network")
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--networks", nargs="+", default=None,
+                    help="corpus networks (default: those the weights were trained on)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = calibrate(args.weights, args.corpus, args.output, frames=args.frames,
-                        crop=args.crop, members=args.members, seed=args.seed)
+                        crop=args.crop, members=args.members, seed=args.seed,
+                        networks=args.networks)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_network"}, indent=1))
 
 
