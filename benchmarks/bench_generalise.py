@@ -154,8 +154,10 @@ def extra_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def score_case(case: dict, pipelines: dict[str, Pipeline], opts: PredictOptions, seed: int,
-               baselines: tuple[str, ...] = ("bilinear", "bicubic")) -> dict:
-    """Every method's metrics on one case; seconds per pipeline prediction."""
+               baselines: tuple[str, ...] = ("bilinear", "bicubic"),
+               row_options: dict[str, dict] | None = None) -> dict:
+    """Every method's metrics on one case; seconds per pipeline prediction. ``row_options``
+    overrides predict options per row (e.g. ``{"mass_consistent": True}``)."""
     hr, times, f = case["hr"], case["times"], case["factor"]
     truth = _field(hr, times, *hr.shape[1:])
     preds: dict[str, np.ndarray] = {}
@@ -164,6 +166,7 @@ def score_case(case: dict, pipelines: dict[str, Pipeline], opts: PredictOptions,
     for name, pipeline in pipelines.items():
         deterministic = pipeline.downscale is not None and pipeline.downscale.kind == "regression"
         run_opts = dataclasses.replace(opts, members=1) if deterministic else opts
+        run_opts = dataclasses.replace(run_opts, **(row_options or {}).get(name, {}))
         t0 = time.perf_counter()
         ds = pipeline.predict(case["src"], run_opts)
         seconds[name] = time.perf_counter() - t0
@@ -266,8 +269,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--weights-new", type=Path, default=None,
                     help="the Stage II under test (default: the shipped default Stage II)")
     ap.add_argument("--weights-shipped", type=Path, default=None,
-                    help="a second Stage II to compare (default: none for chain, else the "
-                         "shipped max-pooled Stage II)")
+                    help="a second Stage II to compare ('none': no second one; default: "
+                         "none for chain, else the shipped max-pooled Stage II)")
     ap.add_argument("--weights-correct", type=Path, default=None,
                     help="Stage I for --task chain (default: the shipped default Stage I)")
     ap.add_argument("--regression", type=Path, default=None,
@@ -279,6 +282,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--crop", type=int, default=250, help="window size in fine pixels")
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--rainfarm", action="store_true", help="add the RainFARM baseline (pysteps)")
+    ap.add_argument("--mass-consistent", action="store_true",
+                    help="add the precipdiff rows again with predict's --mass-consistent")
     ap.add_argument("--sampler", default=PREDICT.sampler)
     ap.add_argument("--steps", type=int, default=PREDICT.steps)
     ap.add_argument("--schedule", default=PREDICT.schedule,
@@ -297,13 +302,15 @@ def build_pipelines(args: argparse.Namespace) -> dict[str, Pipeline]:
                 "precipdiff Stage II only (uncorrected source)": Pipeline(None, new)}
     else:
         rows = {"precipdiff Stage II (under test)": Pipeline(None, new)}
+    if args.mass_consistent:  # the same stages, every coarse cell's mean restored
+        rows.update({f"{name}, mass-consistent": p for name, p in list(rows.items())})
     if args.regression is not None:  # deterministic end to end: on the raw input, as the
         # interpolations and quantile mapping (Stage I samples would make it a random draw)
         name = "regression-only (uncorrected source)" if args.task == "chain" else \
             "regression-only"
         rows[name] = Pipeline(None, Stage.load(args.regression))
     other = args.weights_shipped or (None if args.task == "chain" else shipped["downscale_max"])
-    if other is not None:
+    if other is not None and str(other) != "none":
         rows[f"precipdiff Stage II ({Path(other).name})"] = Pipeline(None, Stage.load(other))
     return rows
 
@@ -331,7 +338,9 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     for network in args.networks or corpus.networks:  # the report grows after every network
         case = load_case(corpus, network, args.frames, args.crop, args.task)
-        scored = score_case(case, pipelines, opts, args.seed, baselines)
+        scored = score_case(case, pipelines, opts, args.seed, baselines,
+                            {n: {"mass_consistent": True} for n in pipelines
+                             if n.endswith(", mass-consistent")})
         results.append({k: v for k, v in case.items()
                         if k not in ("src", "lr", "ref_lr", "hr", "times", "qm")} | scored)
         meta = {
