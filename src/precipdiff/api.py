@@ -105,6 +105,13 @@ def downscale(
     if pipeline.downscale is not None:
         fine = Grid.from_dataarray(da).refine(pipeline.factor)
     layout = _Layout(ydim, xdim, members, fine)
+    if pipeline.temporal:  # one trajectory per member: the whole record in one call
+        if da.chunks is not None:
+            raise ConfigError(
+                "downscale: a temporal Stage II samples whole records, not one time step per "
+                "task; load the array into memory first (.load()) or use per-frame weights")
+        out = _predict_record(da, req=req, device=device, key=key, layout=layout)
+        return out.assign_attrs(time_attrs(req))
     step = partial(_predict_block, req=req, device=device, key=key, layout=layout)
     if da.chunks is None:
         out = xr.concat([step(da.isel(time=[t])) for t in range(da.sizes["time"])], "time")
@@ -177,6 +184,28 @@ class _Layout:
             for name, shape in shapes.items()
         }
         return self.dataset(src, arrays)
+
+
+def _predict_record(da: xr.DataArray, *, req, device: str, key: tuple,
+                    layout: _Layout) -> xr.Dataset:
+    """A whole record through a pipeline with a temporal Stage II
+    (:func:`~precipdiff.pipeline.record.downscale_record`): one seed for the record."""
+    from precipdiff.pipeline.archive import worker_pipeline
+    from precipdiff.pipeline.run import _options, file_seed
+
+    pipeline = worker_pipeline(req, device, key)
+    seed = file_seed(req.seed, da)
+    ds = pipeline.predict(da.load(), dataclasses.replace(_options(req, device), seed=seed))
+    hr = np.asarray(ds["precip"].values, np.float32).swapaxes(0, 1)  # (time, member, y, x)
+    arrays: dict[str, np.ndarray] = {
+        "corrected_lr": np.asarray(ds["corrected_lr"].values, np.float32).swapaxes(0, 1),
+        "seed": np.full(da.sizes["time"], seed, np.int64),
+        "precip": hr,
+        "ensemble_mean": hr.mean(axis=1),
+        "ensemble_std": (hr.std(axis=1, ddof=1) if req.members > 1
+                         else np.zeros_like(hr[:, 0])).astype(np.float32),
+    }
+    return layout.dataset(da, arrays)
 
 
 def _predict_block(block: xr.DataArray, *, req, device: str, key: tuple,

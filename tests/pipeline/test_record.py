@@ -208,3 +208,22 @@ def test_cli_predict_with_a_temporal_stage_two(weights, tmp_path) -> None:
         hr = ds["precip"].values
         assert np.nanmin(hr) >= 0 and np.isfinite(hr).any()
 
+
+
+def test_xarray_api_samples_the_whole_record(weights) -> None:
+    from precipdiff import downscale
+    from precipdiff.pipeline.run import file_seed
+
+    src = _record(3)
+    kw = dict(stages=("downscale",), weights_downscale=weights["trained"], members=2, steps=2,
+              sampler="dpmpp_2m", member_batch=1, precision="fp32", seed=5)
+    out = downscale(src, **kw)
+    assert out["precip"].dims == ("time", "member", "lat", "lon")
+    assert (out["seed"].values == file_seed(5, src)).all()
+    pipe = Pipeline(None, Stage.load(weights["trained"]))
+    ref = pipe.predict(src, _opts(seed=file_seed(5, src)))
+    np.testing.assert_array_equal(out["precip"].values, ref["precip"].values.swapaxes(0, 1))
+    np.testing.assert_allclose(out["ensemble_mean"].values, ref["precip"].values.mean(axis=0),
+                               rtol=1e-6)
+    with pytest.raises(ConfigError, match="temporal Stage II samples whole records"):
+        downscale(src.chunk({"time": 1}), **kw)
