@@ -292,12 +292,15 @@ def predict(
         ),
     ] = PREDICT.precision,
     mass_consistent: Annotated[
-        bool,
+        bool | None,
         typer.Option(
+            "--mass-consistent/--no-mass-consistent",
             help="Pooled output reproduces Stage I: every coarse cell's fine-grid mean (block "
-            "maximum for max-pooled models) equals the corrected value."
+            "maximum for max-pooled models) equals the corrected value. Default: on for "
+            "areal-mean weights (the shipped default), off for block-maximum ones.",
+            show_default=False,
         ),
-    ] = False,
+    ] = PREDICT.mass_consistent,
     input_semantics: Annotated[
         str,
         typer.Option(

@@ -22,7 +22,10 @@ class PredictDefaults:
     device : ``auto`` (CUDA when available) | ``cpu`` | ``cuda[:N]``. precision : ``auto`` |
     ``fp32`` | ``bf16``. thresholds : exceedance thresholds (mm/h). workers : processes across
     files in archive mode. threads : intra-op CPU threads of a single-file run, 0 = the idle
-    cores (:mod:`precipdiff.threads`).
+    cores (:mod:`precipdiff.threads`). mass_consistent : None (auto) rescales every coarse cell's
+    1-km block to its corrected value for areal-mean Stage II weights (lower CRPS and volume
+    error on all five held-out radar events: BENCHMARKS.md, "Mass consistency by default"), not
+    for block-maximum ones; True / False force it.
     """
 
     members: int = 16
@@ -38,6 +41,7 @@ class PredictDefaults:
     thresholds: tuple[float, ...] = (1.0, 5.0, 10.0)
     workers: int = 1
     threads: int = 0
+    mass_consistent: bool | None = None
 
     @property
     def min_window(self) -> int:

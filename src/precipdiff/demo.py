@@ -105,6 +105,7 @@ def run_demo(
         member_batch=PREDICT.member_batch,
         window=256,
         device=device,
+        mass_consistent=PREDICT.mass_consistent,
     )
     n_win = sum(1 for _ in windows(*truth.shape[1:], opts.window, opts.halo, multiple=FACTOR))
     total = n_win + 1

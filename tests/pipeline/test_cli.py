@@ -75,6 +75,7 @@ def test_predict_then_evaluate(tiny_weights, inputs, tmp_path) -> None:
     assert res.returncode == 0, res.stderr
     ds = xr.open_dataset(out)
     assert ds["precip"].shape == (2, 1, 24, 32) and ds.attrs["members"] == 2
+    assert ds.attrs["mass_consistent"] == 1  # the default for areal-mean weights
     # truth on the same fine grid: any field of the right shape works for the plumbing
     truth = ds["precip"].isel(member=0).rename("precip") * 1.1
     truth_path = write_netcdf(truth, tmp_path / "truth.nc")

@@ -104,6 +104,21 @@ def test_mass_consistency_of_a_max_pooled_model_keeps_block_maxima(tmp_path) -> 
     assert "not a volume error" in ds.attrs["volume_error_meaning"]
 
 
+def test_mass_consistency_default_follows_the_weights_pooling(pipeline: Pipeline,
+                                                               tmp_path) -> None:
+    """None (predict's default) is on for areal-mean weights, off for block-maximum ones;
+    True / False force it."""
+    from .conftest import write_tiny_weights
+
+    w = write_tiny_weights(tmp_path / "max.safetensors", "downscale", seed=2, pooling="max")
+    maxed = Pipeline(None, Stage.load(w))
+    assert pipeline.mass_consistent(_opts(mass_consistent=None))
+    assert not maxed.mass_consistent(_opts(mass_consistent=None))
+    assert maxed.mass_consistent(_opts(mass_consistent=True))
+    assert not pipeline.mass_consistent(_opts(mass_consistent=False))
+    assert not Pipeline(pipeline.correct, None).mass_consistent(_opts(mass_consistent=None))
+
+
 def test_volume_error_without_mass_consistency(pipeline: Pipeline, tmp_path) -> None:
     """Reported in the output: fine-grid mean / corrected coarse mean - 1."""
     src = coarse_field(n_time=1)
@@ -141,7 +156,7 @@ def test_mass_consistent_mean_pooling() -> None:
 def test_mass_consistent_after_the_dry_rule_factor_10(pooling: str) -> None:
     """Synthetic members with trace values, dry cells and a wide dynamic range (0.1 to 150 mm/h):
     after the dry rule then the rescaling, every wet cell's block mean (max) equals the corrected
-    value to 1e-5 relative and dry cells are exactly 0."""
+    value to 1e-5 relative, dry cells are exactly 0 and no value is left below the threshold."""
     from precipdiff.pipeline.dry import dry_cells, dry_fine
 
     rng = np.random.default_rng(3)
@@ -151,7 +166,10 @@ def test_mass_consistent_after_the_dry_rule_factor_10(pooling: str) -> None:
     lr[:, :2, :2] = 0.0
     hr = rng.gamma(0.3, 1.0, (3, 60, 70)).astype(np.float32)  # many values below trace
     hr = dry_fine(hr, dry_cells(lr, trace=trace), f, trace=trace)
-    out = mass_consistent(hr, lr, f, pooling)
+    plain = mass_consistent(hr, lr, f, pooling)
+    assert ((plain > 0) & (plain < 0.3)).any()  # scaling down makes new light values
+    out = mass_consistent(hr, lr, f, pooling, threshold=0.3)  # ... a threshold zeroes them
+    assert not ((out > 0) & (out < 0.3)).any()
     blocks = out.reshape(3, 6, f, 7, f).astype(np.float64)
     pooled = blocks.mean(axis=(2, 4)) if pooling == "mean" else blocks.max(axis=(2, 4))
     np.testing.assert_allclose(pooled, lr, rtol=1e-5, atol=0)

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,8 @@ class PredictOptions:
     mass_consistent : rescale each fine block so that pooling it (the Stage-II model's pooling)
     reproduces the corrected coarse value: for a mean-pooled model every coarse cell's fine-grid
     mean equals the corrected value (exact conservation), for a max-pooled one its block maximum.
+    None (``predict``'s default): on for a mean-pooled Stage II, off for a max-pooled one
+    (:meth:`Pipeline.mass_consistent`).
     input_semantics : what a coarse input value is, ``areal_mean`` (satellites, reanalyses, gauge
     analyses; the ``predict`` command's default) or ``block_maximum``; a declared semantics and
     the input's grid spacing are checked against the weights (:meth:`Pipeline.prepare_input`).
@@ -113,7 +116,7 @@ class PredictOptions:
     tile: int | None = None
     overlap: int | None = None
     tile_batch: int = 8
-    mass_consistent: bool = False
+    mass_consistent: bool | None = False
     device: str = "cpu"
     precision: str = "auto"
     trace_threshold: float | None = None
@@ -281,6 +284,13 @@ class Pipeline:
             if stage is not None and "trace_threshold" in stage.metadata:
                 return float(stage.metadata["trace_threshold"])
         return DEFAULT_TRACE_MM_H
+
+    def mass_consistent(self, opts: PredictOptions) -> bool:
+        """Whether fine blocks are rescaled to the corrected coarse values: ``opts``, or with
+        None (auto) for a Stage II trained on areal means (``pooling == "mean"``)."""
+        if opts.mass_consistent is not None:
+            return bool(opts.mass_consistent)
+        return self.downscale is not None and self.downscale.pooling == "mean"
 
     def fine_threshold(self, opts: PredictOptions) -> float:
         """The fine-grid wet threshold (mm/h): ``opts``, else the Stage-II weights' metadata,
@@ -485,8 +495,9 @@ class Pipeline:
         ly0, ly1 = y0 // f, -(-y1 // f)
         hr = stage.transform.inverse(sample).astype(np.float32)
         hr = dry_fine(hr, dry_lr[:, ly0:ly1], f, trace=self.fine_threshold(opts))
-        if opts.mass_consistent:
-            hr = mass_consistent(hr, corrected[:, ly0 : y1 // f], f, stage.pooling)
+        if self.mass_consistent(opts):
+            hr = mass_consistent(hr, corrected[:, ly0 : y1 // f], f, stage.pooling,
+                                 threshold=self.fine_threshold(opts))
         band_valid = np.isfinite(corrected[:, ly0:ly1])
         mask = np.repeat(np.repeat(band_valid, f, axis=-2), f, axis=-1)[:, : y1 - y0]
         hr[~mask] = np.nan
@@ -571,7 +582,7 @@ class Pipeline:
             "seed": opts.seed,
             "precision": "bf16" if opts.bf16 else "fp32",
             "members": opts.members,
-            "mass_consistent": int(opts.mass_consistent),
+            "mass_consistent": int(self.mass_consistent(opts)),
             "trace_threshold": self.trace(opts),
             "trace_threshold_units": "mm h-1",
             "fine_threshold": self.fine_threshold(opts),
@@ -639,12 +650,15 @@ def _member_field(
     )
 
 
-def mass_consistent(hr: np.ndarray, lr: np.ndarray, factor: int, pooling: str) -> np.ndarray:
+def mass_consistent(hr: np.ndarray, lr: np.ndarray, factor: int, pooling: str, *,
+                    threshold: float = 0.0) -> np.ndarray:
     """Rescale each ``factor``² block of ``hr`` (M, h, w) so its pooled value equals ``lr``.
 
     Multiplicative per block: ``hr * lr / pool(hr)``, ``pool`` = block max (``pooling="max"``) or
     block mean (``"mean"``). Blocks whose pooled value is 0 while ``lr > 0`` are filled uniformly
-    with ``lr``, which satisfies both poolings (a rare case).
+    with ``lr``, which satisfies both poolings (a rare case). A scaling below 1 can push values
+    under the wet ``threshold`` (mm/h): those are zeroed and the block rescaled once more, which
+    only scales up, so no value ends in ``(0, threshold)`` unless a block had to be filled.
 
     In the pipeline this runs after the wet/dry rule (:mod:`precipdiff.pipeline.dry`): a wet
     corrected cell (``lr >= trace``) is never in a dry neighbourhood, so the rule only zeroes
@@ -654,16 +668,31 @@ def mass_consistent(hr: np.ndarray, lr: np.ndarray, factor: int, pooling: str) -
     m, h, w = hr.shape
     # float64 inside: the block means of the float32 result then match ``lr`` to ~1e-7
     blocks = hr.reshape(m, h // factor, factor, w // factor, factor).astype(np.float64)
-    pooled = np.nanmax(blocks, axis=(2, 4)) if pooling == "max" else np.nanmean(blocks, axis=(2, 4))
+    target = lr.astype(np.float64)
+    out = _rescale_blocks(blocks, target, pooling)
+    if threshold > 0:
+        low = (out > 0) & (out < threshold)
+        if low.any():
+            out[low] = 0.0
+            out = _rescale_blocks(out, target, pooling)
+    return out.reshape(m, h, w).astype(np.float32)
+
+
+def _rescale_blocks(blocks: np.ndarray, lr: np.ndarray, pooling: str) -> np.ndarray:
+    """Blocks (M, Y, f, X, f) scaled so that each one's pooled value is ``lr`` (M, Y, X)."""
+    with warnings.catch_warnings():  # all-missing blocks pool to NaN and stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pooled = (np.nanmax(blocks, axis=(2, 4)) if pooling == "max"
+                  else np.nanmean(blocks, axis=(2, 4)))
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(pooled > 0, lr.astype(np.float64) / pooled, 0.0)
+        ratio = np.where(pooled > 0, lr / pooled, 0.0)
     out = blocks * ratio[:, :, None, :, None]
     empty = (pooled <= 0) & (lr > 0)
     if empty.any():
         fill = np.broadcast_to(lr[:, :, None, :, None], out.shape)
         mask = np.broadcast_to(empty[:, :, None, :, None], out.shape)
         out = np.where(mask, fill, out)
-    return out.reshape(m, h, w).astype(np.float32)
+    return out
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory:

@@ -82,7 +82,7 @@ class PredictRequest:
     member_batch: int = PREDICT.member_batch
     window: int = PREDICT.window
     device: str = PREDICT.device
-    mass_consistent: bool = False
+    mass_consistent: bool | None = PREDICT.mass_consistent
     thresholds: tuple[float, ...] = PREDICT.thresholds
     archive: bool = False
     precision: str = PREDICT.precision
