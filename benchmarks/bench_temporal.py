@@ -48,7 +48,12 @@ from precipdiff.diffusion.samplers import get_sampler, nfe, sampler_sigmas
 from precipdiff.evaluation.metrics import crps_ensemble
 from precipdiff.evaluation.temporal import temporal_scores
 from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
-from precipdiff.pipeline.sequence import SequenceOptions, downscale_sequence, sequence_noise
+from precipdiff.pipeline.sequence import (
+    SequenceOptions,
+    clips_per_call,
+    downscale_sequence,
+    sequence_noise,
+)
 from precipdiff.release import Release
 
 log = logging.getLogger("bench_temporal")
@@ -215,7 +220,7 @@ def sequence_options(args: argparse.Namespace) -> SequenceOptions:
     return SequenceOptions(members=max(args.members, 1), seed=args.seed, sampler=args.sampler,
                            steps=args.steps, window=args.window,
                            overlap_frames=args.overlap_frames, tile=max(args.crop, 64),
-                           overlap=32)
+                           overlap=32, tile_batch=clips_per_call(args.window, args.members))
 
 
 def main(argv: list[str] | None = None) -> None:

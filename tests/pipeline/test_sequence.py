@@ -171,3 +171,10 @@ def test_per_member_conditioning_records():
     assert (mixed[1] - shared[1]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="3 members, expected 2"):
         sample_sequence(d, cond[None].repeat(3, 1, 1, 1, 1), TIMES[:5], OPTS)
+
+
+def test_clips_per_call_keeps_a_call_within_the_frame_budget() -> None:
+    from precipdiff.pipeline.sequence import clips_per_call
+
+    assert clips_per_call(6, 8) == 1 and clips_per_call(3, 8) == 2 and clips_per_call(4, 8) == 2
+    assert clips_per_call(12, 8) == 1  # one clip at least

@@ -46,7 +46,12 @@ from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.errors import ConfigError
 from precipdiff.grid import upsample_tensor
 from precipdiff.pipeline.dry import dry_cells
-from precipdiff.pipeline.sequence import SequenceOptions, TemporalDenoiser, sample_sequence
+from precipdiff.pipeline.sequence import (
+    SequenceOptions,
+    TemporalDenoiser,
+    clips_per_call,
+    sample_sequence,
+)
 
 if TYPE_CHECKING:
     from precipdiff.pipeline.pipeline import Pipeline, PredictOptions, RunTally
@@ -96,8 +101,9 @@ def record_seconds(times: np.ndarray) -> np.ndarray:
 
 def sequence_options(stage: Stage, opts: PredictOptions) -> SequenceOptions:
     """The sequence sampler's options for ``stage`` under the pipeline options ``opts``:
-    window ``temporal.frames`` (overlap :func:`frame_overlap`), the per-frame tiles, about
-    ``opts.tile_batch`` frames per network call, the Stage-II sampler settings and seed."""
+    window ``temporal.frames`` (overlap :func:`frame_overlap`), the per-frame tiles, at most
+    ``opts.tile_batch`` frames per network call (one clip at least: :func:`clips_per_call`), the
+    Stage-II sampler settings and seed."""
     assert stage.temporal is not None
     frames = stage.temporal.frames
     tile, overlap = stage.tiling(opts.tile, opts.overlap)
@@ -106,7 +112,7 @@ def sequence_options(stage: Stage, opts: PredictOptions) -> SequenceOptions:
         members=opts.members, seed=opts.seed + 1, sampler=s.sampler, steps=s.steps,
         sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho, schedule=s.schedule,
         window=frames, overlap_frames=frame_overlap(frames), tile=tile, overlap=overlap,
-        tile_batch=max(1, -(-opts.tile_batch // frames)),
+        tile_batch=clips_per_call(frames, opts.tile_batch),
     )
 
 

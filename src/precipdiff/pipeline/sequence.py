@@ -155,6 +155,13 @@ class SequenceOptions:
     chunk_halo: int = 2
 
 
+def clips_per_call(frames: int, images: int) -> int:
+    """Clips of ``frames`` frames per network call so that a call holds at most ``images``
+    frames (at least one clip): on CPU a frame costs more in bigger batches (BENCHMARKS.md,
+    "Temporal model: cost")."""
+    return max(1, int(images) // max(1, int(frames)))
+
+
 def sequence_noise(members: int, t0: int, t1: int, h: int, w: int, *, seed: int,
                    channels: int = 1) -> Tensor:
     """Starting noise ``(M*(t1-t0), C, h, w)`` of frames ``[t0, t1)``: each value depends on
