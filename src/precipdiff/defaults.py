@@ -23,9 +23,9 @@ class PredictDefaults:
     ``fp32`` | ``bf16``. thresholds : exceedance thresholds (mm/h). workers : processes across
     files in archive mode. threads : intra-op CPU threads of a single-file run, 0 = the idle
     cores (:mod:`precipdiff.threads`). mass_consistent : None (auto) rescales every coarse cell's
-    1-km block to its corrected value for areal-mean Stage II weights (lower CRPS and volume
-    error on all five held-out radar events: BENCHMARKS.md, "Mass consistency by default"), not
-    for block-maximum ones; True / False force it.
+    1-km block to its corrected value for areal-mean Stage II weights (lower volume error on all
+    five held-out radar events, lower CRPS on four: BENCHMARKS.md, "Mass consistency by
+    default"), not for block-maximum ones; True / False force it.
     """
 
     members: int = 16
