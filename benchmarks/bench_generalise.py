@@ -292,6 +292,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+#: Suffix of the rows run with predict's mass consistency (``--mass-consistent``).
+MASS = ", mass-consistent"
+
+
 def build_pipelines(args: argparse.Namespace) -> dict[str, Pipeline]:
     """The precipdiff rows of ``args.task``, by name."""
     shipped = shipped_weights()
@@ -303,7 +307,7 @@ def build_pipelines(args: argparse.Namespace) -> dict[str, Pipeline]:
     else:
         rows = {"precipdiff Stage II (under test)": Pipeline(None, new)}
     if args.mass_consistent:  # the same stages, every coarse cell's mean restored
-        rows.update({f"{name}, mass-consistent": p for name, p in list(rows.items())})
+        rows.update({f"{name}{MASS}": p for name, p in list(rows.items())})
     if args.regression is not None:  # deterministic end to end: on the raw input, as the
         # interpolations and quantile mapping (Stage I samples would make it a random draw)
         name = "regression-only (uncorrected source)" if args.task == "chain" else \
@@ -340,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         case = load_case(corpus, network, args.frames, args.crop, args.task)
         scored = score_case(case, pipelines, opts, args.seed, baselines,
                             {n: {"mass_consistent": True} for n in pipelines
-                             if n.endswith(", mass-consistent")})
+                             if n.endswith(MASS)})
         results.append({k: v for k, v in case.items()
                         if k not in ("src", "lr", "ref_lr", "hr", "times", "qm")} | scored)
         meta = {

@@ -200,12 +200,17 @@ def _predict_record(da: xr.DataArray, *, req, device: str, key: tuple,
     arrays: dict[str, np.ndarray] = {
         "corrected_lr": np.asarray(ds["corrected_lr"].values, np.float32).swapaxes(0, 1),
         "seed": np.full(da.sizes["time"], seed, np.int64),
-        "precip": hr,
-        "ensemble_mean": hr.mean(axis=1),
-        "ensemble_std": (hr.std(axis=1, ddof=1) if req.members > 1
-                         else np.zeros_like(hr[:, 0])).astype(np.float32),
+        **_ensemble_arrays(hr),
     }
     return layout.dataset(da, arrays)
+
+
+def _ensemble_arrays(hr: np.ndarray) -> dict[str, np.ndarray]:
+    """``precip`` and its ``ensemble_mean`` / ``ensemble_std`` (0 for one member) of members
+    ``hr`` (time, member, y, x)."""
+    std = hr.std(axis=1, ddof=1) if hr.shape[1] > 1 else np.zeros_like(hr[:, 0])
+    return {"precip": hr, "ensemble_mean": hr.mean(axis=1),
+            "ensemble_std": std.astype(np.float32)}
 
 
 def _predict_block(block: xr.DataArray, *, req, device: str, key: tuple,
@@ -235,8 +240,5 @@ def _predict_block(block: xr.DataArray, *, req, device: str, key: tuple,
             for y0, y1, band in pipeline.downscale_step(corrected, 0, opts,
                                                         scratch=Path(scratch)):
                 hr[:, y0:y1] = band
-        arrays["precip"] = hr[None]
-        arrays["ensemble_mean"] = hr.mean(axis=0)[None]
-        std = hr.std(axis=0, ddof=1) if req.members > 1 else np.zeros_like(hr[0])
-        arrays["ensemble_std"] = std[None].astype(np.float32)
+        arrays.update(_ensemble_arrays(hr[None]))
     return layout.dataset(block, arrays)

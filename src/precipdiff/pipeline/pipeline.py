@@ -494,10 +494,11 @@ class Pipeline:
         y1 = y0 + sample.shape[-2]
         ly0, ly1 = y0 // f, -(-y1 // f)
         hr = stage.transform.inverse(sample).astype(np.float32)
-        hr = dry_fine(hr, dry_lr[:, ly0:ly1], f, trace=self.fine_threshold(opts))
+        threshold = self.fine_threshold(opts)
+        hr = dry_fine(hr, dry_lr[:, ly0:ly1], f, trace=threshold)
         if self.mass_consistent(opts):
             hr = mass_consistent(hr, corrected[:, ly0 : y1 // f], f, stage.pooling,
-                                 threshold=self.fine_threshold(opts))
+                                 threshold=threshold)
         band_valid = np.isfinite(corrected[:, ly0:ly1])
         mask = np.repeat(np.repeat(band_valid, f, axis=-2), f, axis=-1)[:, : y1 - y0]
         hr[~mask] = np.nan

@@ -71,10 +71,11 @@ def training_samples(weights: str | Path, corpus: str | Path, *, frames: int = 4
     from precipdiff.pipeline import Pipeline, PredictOptions, Stage
     from precipdiff.release import Release
 
-    stage = Stage.load(weights)
+    release = Release.load(weights)
+    stage = Stage.from_release(release)
     handle = open_corpus(corpus)
     chosen_networks = calibration_networks(
-        list(handle.networks), trained_networks(dict(Release.load(weights).notes)), networks)
+        list(handle.networks), trained_networks(dict(release.notes)), networks)
     preds, truths, per_network = [], [], {}
     for network in chosen_networks:
         st = handle.open(network)
