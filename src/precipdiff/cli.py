@@ -341,6 +341,12 @@ def predict(
         typer.Option(help="Keep each input interval's mean rate (its accumulation) in the "
                           "sub-steps."),
     ] = True,
+    temporal_windows: Annotated[
+        str,
+        typer.Option(help="How a temporal Stage II covers a record: alternate (partitions "
+                     "shifted by half a window every other step) or overlap (blended).",
+                     metavar="NAME"),
+    ] = PREDICT.temporal_windows,
     thresholds: Annotated[
         str, typer.Option(help="Exceedance thresholds, mm/h.", metavar="LIST")
     ] = ",".join(f"{t:g}" for t in PREDICT.thresholds),
@@ -428,6 +434,7 @@ def predict(
         time_factor=time_factor,
         time_interp=time_interp,
         time_conserve=time_conserve,
+        temporal_windows=temporal_windows,
         thresholds=_parse_thresholds(thresholds),
         archive=archive,
     )

@@ -25,7 +25,10 @@ class PredictDefaults:
     cores (:mod:`precipdiff.threads`). mass_consistent : None (auto) rescales every coarse cell's
     1-km block to its corrected value for areal-mean Stage II weights (lower volume error on all
     five held-out radar events, lower CRPS on four: BENCHMARKS.md, "Mass consistency by
-    default"), not for block-maximum ones; True / False force it.
+    default"), not for block-maximum ones; True / False force it. temporal_windows : how a
+    temporal Stage II covers a record, ``alternate`` (partitions shifted by half a window on
+    every other evaluation: each frame evaluated once a step, BENCHMARKS.md, "Temporal windows")
+    or ``overlap`` (windows sharing a third, blended).
     """
 
     members: int = 16
@@ -42,6 +45,7 @@ class PredictDefaults:
     workers: int = 1
     threads: int = 0
     mass_consistent: bool | None = None
+    temporal_windows: str = "alternate"
 
     @property
     def min_window(self) -> int:

@@ -82,6 +82,17 @@ def test_stage_knows_it_is_temporal(weights) -> None:
     assert (seq.window, seq.overlap_frames, seq.seed, seq.steps) == (FRAMES, 1, 6, 2)
     assert (seq.tile, seq.overlap, seq.tile_batch) == (256, 64, 2)  # at most 8 frames a call
     assert frame_overlap(1) == 1 and frame_overlap(6) == 2
+    assert seq.windows == "alternate"  # the default: each frame evaluated once a step
+    assert sequence_options(untrained, _opts(temporal_windows="overlap")).windows == "overlap"
+
+
+def test_unknown_temporal_windows_refused(tmp_path) -> None:
+    from precipdiff.errors import ConfigError
+    from precipdiff.pipeline.run import PredictRequest
+
+    with pytest.raises(ConfigError, match="--temporal-windows must be one of overlap, alternate"):
+        PredictRequest(inputs=[tmp_path / "x.nc"], output=tmp_path / "o.nc",
+                       temporal_windows="rolling")
 
 
 @pytest.mark.parametrize(("with_stage1", "tile"), [(False, None), (True, None), (True, 16)])
@@ -102,6 +113,7 @@ def test_untrained_temporal_stage_samples_what_the_per_frame_stage_samples(
     np.testing.assert_array_equal(temporal["corrected_lr"].values, per_frame["corrected_lr"])
     assert np.std(a, axis=0)[np.isfinite(a).all(axis=0)].mean() > 1e-3  # members differ
     assert temporal.attrs["downscale_temporal_frames"] == FRAMES
+    assert temporal.attrs["downscale_temporal_windows"] == "alternate"
     assert "downscale_temporal_frames" not in per_frame.attrs
     assert temporal.attrs["volume_error"] == pytest.approx(per_frame.attrs["volume_error"],
                                                            abs=1e-4)

@@ -14,9 +14,11 @@ from precipdiff.pipeline.sequence import (
     SequenceOptions,
     SpaceTimeDenoiser,
     downscale_sequence,
+    frame_partition,
     frame_windows,
     sample_sequence,
     sequence_noise,
+    window_sets,
 )
 
 CFG = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), head_channels=8)
@@ -129,6 +131,41 @@ def test_blended_output_is_continuous_across_window_joins():
     assert out.diff().abs().max() < 0.75 * hard.diff().abs().max()
     assert torch.all(out.diff() >= 0)  # monotone, like the record
     assert out.min() >= min(means) and out.max() <= max(means)
+
+
+def test_alternate_windows_partition_the_record_and_shift_every_evaluation():
+    assert [(w.t0, w.t1) for w in frame_partition(12, 6)] == [(0, 6), (6, 12)]
+    assert [(w.t0, w.t1) for w in frame_partition(12, 6, 3)] == [(0, 3), (3, 9), (9, 12)]
+    assert len(window_sets(5, 6, 2, "alternate")) == 1  # a record that fits stays whole
+    with pytest.raises(ValueError, match="alternate"):
+        window_sets(12, 6, 2, "rolling")
+    seen = []
+
+    def recording(x, s, c, time_offsets):  # noqa: ARG001
+        seen.append(int(time_offsets.shape[1]) * int(time_offsets.shape[0]))
+        return x * 2
+
+    st = SpaceTimeDenoiser(recording, frames=12, time_s=np.arange(12) * 300.0, window=6,
+                           overlap_frames=2, tile=8, overlap=4, tile_batch=1,
+                           windows="alternate")
+    x = torch.randn(2 * 12, 1, 8, 8)
+    for _ in range(2):  # each frame evaluated once per evaluation, whatever the cut
+        before = len(seen)
+        torch.testing.assert_close(st(x, torch.ones(24)), 2 * x)
+        assert sum(seen[before:]) == 2 * 12
+    # 2 members x (2 six-frame windows), then x (1 six-frame window + 2 three-frame windows,
+    # two of which fill one call): every call holds 6 frames
+    assert seen == [6] * 8 and st.evaluations == 2
+
+
+def test_alternate_windows_sample_seeded_records():
+    _, net = _nets()
+    lr = torch.rand(10, 3, 3)
+    opts = SequenceOptions(**{**OPTS.__dict__, "windows": "alternate"})
+    times = np.arange(10) * 300.0
+    a = downscale_sequence(net, lr, times, 4, opts)
+    torch.testing.assert_close(a, downscale_sequence(net, lr, times, 4, opts))
+    assert a.shape == (2, 10, 12, 12) and torch.isfinite(a).all()
 
 
 def test_memory_is_bounded_by_window_and_tile():

@@ -140,6 +140,33 @@ def test_init_from_per_frame_release_and_freeze_spatial(tmp_path):
         load_temporal(path)
 
 
+def test_spatial_weights_train_at_a_fraction_of_the_learning_rate(tmp_path):
+    import dataclasses
+
+    from precipdiff.training.optim import set_lr
+    from precipdiff.training.temporal import temporal_optimizer, temporal_release
+
+    cfg = _cfg()
+    unet = cfg.run.model.unet_config(1)
+    torch.manual_seed(3)
+    per_frame = UNet(unet)
+    path = Release(stage="downscale", model=unet, state=per_frame.state_dict(),
+                   transform=PrecipTransform(), factor=4, patch=96).save(tmp_path / "w.safetensors")
+    slow = dataclasses.replace(_cfg(init_from=str(path), steps=2), spatial_lr_ratio=0.1)
+    net = build_temporal_net(slow, 1)
+    opt = temporal_optimizer(net, slow)
+    set_lr(opt, 1e-3)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-4])
+    result = train_temporal(slow, dataset=MovingBlobs(n=8))
+    moved = [n for n, p in result.net.named_parameters() if not n.startswith("temporal.")
+             and not torch.equal(p, per_frame.state_dict()[n])]
+    assert moved  # the spatial weights train, slowly: the release keeps their span
+    assert temporal_release(slow, result.ema, MovingBlobs(n=2)).patch == 96
+    for bad in ({"spatial_lr_ratio": 1.5}, {"freeze_spatial": True, "spatial_lr_ratio": 0.5}):
+        with pytest.raises(ConfigError, match="spatial_lr_ratio"):
+            dataclasses.replace(slow, **bad)
+
+
 def test_temporal_config_from_yaml(tmp_path):
     from precipdiff.training.temporal import is_temporal_config, load_temporal_config
 

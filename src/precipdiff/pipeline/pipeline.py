@@ -103,7 +103,8 @@ class PredictOptions:
     which *fine-grid* outputs are 0 (at least the trace threshold; None: the Stage-II weights'
     ``fine_threshold`` metadata if present, else the trace threshold): a wet/dry threshold
     calibrated so that the fine wet area matches the truth's (``precipdiff.training.calibrate``).
-    dry_halo : coarse cells of the dry-neighbourhood rule.
+    dry_halo : coarse cells of the dry-neighbourhood rule. temporal_windows : how a temporal
+    Stage II covers a record (:data:`~precipdiff.pipeline.sequence.WINDOW_MODES`).
     """
 
     members: int = PREDICT.members
@@ -126,6 +127,7 @@ class PredictOptions:
     coarsen: int = 1
     allow_semantics_mismatch: bool = False
     allow_spacing_mismatch: bool = False
+    temporal_windows: str = PREDICT.temporal_windows
 
     @property
     def bf16(self) -> bool:
@@ -620,6 +622,7 @@ class Pipeline:
             attrs[f"{name}_nfe"] = stage.nfe(s)
             if stage.temporal is not None:
                 attrs[f"{name}_temporal_frames"] = stage.temporal.frames
+                attrs[f"{name}_temporal_windows"] = opts.temporal_windows
         return attrs
 
 

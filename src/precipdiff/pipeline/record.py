@@ -10,10 +10,12 @@ predict_to_file` downscale all time steps of the input at once with the sequence
   the input when there is no Stage I), transformed and upsampled as the per-frame path does,
   ``base = up_bilinear(T(corrected))`` (NaN cells as 0), plus the standardised extra channels;
   the sample is ``base + r``;
-* the network sees windows of ``temporal.frames`` frames overlapping by
-  :func:`frame_overlap` frames and spatial tiles of the per-frame path's size
-  (:meth:`~precipdiff.pipeline.stage.Stage.tiling`), fused at every denoising step; a record
-  shorter than a window (one time step included) is one clip of its own length;
+* the network sees windows of ``temporal.frames`` frames and spatial tiles of the per-frame
+  path's size (:meth:`~precipdiff.pipeline.stage.Stage.tiling`), fused at every denoising
+  step; the windows cut the record into partitions shifted by half a window on every other
+  evaluation (``opts.temporal_windows="alternate"``, the default) or overlap by
+  :func:`frame_overlap` frames (``"overlap"``); a record shorter than a window (one time step
+  included) is one clip of its own length;
 * each frame then gets the per-frame path's post-processing
   (:meth:`~precipdiff.pipeline.pipeline.Pipeline.finish_band`: inverse transform, wet/dry rule,
   mass-consistent option, missing cells, volume tally).
@@ -101,7 +103,8 @@ def record_seconds(times: np.ndarray) -> np.ndarray:
 
 def sequence_options(stage: Stage, opts: PredictOptions) -> SequenceOptions:
     """The sequence sampler's options for ``stage`` under the pipeline options ``opts``:
-    window ``temporal.frames`` (overlap :func:`frame_overlap`), the per-frame tiles, at most
+    window ``temporal.frames`` (``opts.temporal_windows``; overlap :func:`frame_overlap`), the
+    per-frame tiles, at most
     ``opts.tile_batch`` frames per network call (one clip at least: :func:`clips_per_call`), the
     Stage-II sampler settings and seed."""
     assert stage.temporal is not None
@@ -112,7 +115,7 @@ def sequence_options(stage: Stage, opts: PredictOptions) -> SequenceOptions:
         members=opts.members, seed=opts.seed + 1, sampler=s.sampler, steps=s.steps,
         sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho, schedule=s.schedule,
         window=frames, overlap_frames=frame_overlap(frames), tile=tile, overlap=overlap,
-        tile_batch=clips_per_call(frames, opts.tile_batch),
+        tile_batch=clips_per_call(frames, opts.tile_batch), windows=opts.temporal_windows,
     )
 
 
@@ -172,8 +175,8 @@ def downscale_record(
     check_record_memory(stage, m, n, ny * f, nx * f, channels)
     seq = sequence_options(stage, opts)
     base, cond = record_condition(stage, corrected, extras, opts.device)
-    log.info("temporal Stage II: %d member(s) x %d time step(s), windows of %d frames",
-             m, n, seq.window)
+    log.info("temporal Stage II: %d member(s) x %d time step(s), windows of %d frames (%s)",
+             m, n, seq.window, seq.windows)
     r = sample_sequence(temporal_denoiser(stage, bf16=opts.bf16), cond, record_seconds(times),
                         seq, sigma_data=stage.sigma_data)
     sample = (base + r[:, :, 0]).cpu().numpy()

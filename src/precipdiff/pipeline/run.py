@@ -45,6 +45,7 @@ from precipdiff.errors import CheckpointError, ConfigError, PrecipdiffError
 from precipdiff.pipeline.inputs import AGGREGATIONS
 from precipdiff.pipeline.output import predict_to_file
 from precipdiff.pipeline.pipeline import Pipeline, PredictOptions
+from precipdiff.pipeline.sequence import WINDOW_MODES
 from precipdiff.pipeline.shipped import shipped_weights
 from precipdiff.pipeline.stage import SamplerSettings, Stage
 from precipdiff.pipeline.time_refine import METHODS as TIME_METHODS
@@ -100,6 +101,7 @@ class PredictRequest:
     time_factor: int = 1
     time_interp: str = "motion"
     time_conserve: bool = True
+    temporal_windows: str = PREDICT.temporal_windows
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,6 +117,9 @@ class PredictRequest:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, "
                                   f"got {value!r}")
+        if self.temporal_windows not in WINDOW_MODES:
+            raise ConfigError(f"--temporal-windows must be one of {', '.join(WINDOW_MODES)}, "
+                              f"got {self.temporal_windows!r}")
         if self.fine_threshold is not None and not 0 <= self.fine_threshold <= 50:
             raise ConfigError(f"--fine-threshold must be a rain rate in [0, 50] mm/h, got "
                               f"{self.fine_threshold!r}")
@@ -218,6 +223,7 @@ def _options(req: PredictRequest, device: str) -> PredictOptions:
         allow_semantics_mismatch=req.allow_semantics_mismatch,
         allow_spacing_mismatch=req.allow_spacing_mismatch,
         fine_threshold=req.fine_threshold,
+        temporal_windows=req.temporal_windows,
         device=device,
         precision=req.precision,
     )

@@ -9,6 +9,13 @@ cosine weights in time and space (MultiDiffusion, Bar-Tal et al. 2023; CorrDiff 
 member is one sampler state across the whole record, so it is one trajectory: the windows
 cannot drift apart, and frames in a window's overlap see the same noise from every window.
 
+``windows="alternate"`` (shifted windows, as Swin Transformer shifts its attention windows
+between layers, Liu et al. 2021) evaluates every frame once per step instead: the record is
+cut into windows that do not overlap, and on every other denoiser evaluation the cut moves by
+half a window, so that information crosses each boundary on the next evaluation. It costs one
+frame evaluation per frame and step, against ``window / (window - overlap_frames)`` and more
+for overlapping windows (1.5x for windows of 6 sharing 2 on a 12-frame record).
+
 Memory: the network sees at most ``tile_batch`` windows of ``window`` frames of one ``tile``
 (activations bounded by window x tile); the sampler state is ``members x chunk x H x W``
 where ``chunk`` (default: the whole record) cuts very long records into chunks of frames
@@ -25,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -36,6 +44,8 @@ from precipdiff.pipeline.tiling import make_tiles, position_noise, ramp_weights,
 
 log = logging.getLogger(__name__)
 
+#: How temporal windows cover a record (see the module docstring).
+WINDOW_MODES = ("overlap", "alternate")
 #: ``D(x, sigma, cond, *, time_offsets)`` on clips ``(B*T, C, h, w)``, offsets ``(B, T)`` s.
 TemporalDenoiser = Callable[..., Tensor]
 
@@ -61,6 +71,27 @@ def frame_windows(n: int, window: int, overlap: int) -> list[FrameWindow]:
     return out
 
 
+def frame_partition(n: int, window: int, offset: int = 0) -> list[FrameWindow]:
+    """Windows of at most ``window`` frames that cut ``n`` frames at ``offset + k * window``
+    (``0 <= offset < window``), each frame in exactly one (weight 1)."""
+    cuts = [0, *range(offset % window or window, n, window), n]
+    return [FrameWindow(a, b, torch.ones(b - a)) for a, b in pairwise(cuts) if b > a]
+
+
+def window_sets(n: int, window: int, overlap: int, mode: str = "overlap"
+                ) -> list[list[FrameWindow]]:
+    """The window sets the denoiser's evaluations cycle through: one set of overlapping
+    windows (``"overlap"``), or two partitions shifted by half a window (``"alternate"``; a
+    record no longer than ``window`` stays one window)."""
+    if mode == "overlap":
+        return [frame_windows(n, window, overlap)]
+    if mode != "alternate":
+        raise ValueError(f"windows: got {mode!r}, expected one of {WINDOW_MODES}")
+    if n <= window:
+        return [frame_partition(n, n)]
+    return [frame_partition(n, window), frame_partition(n, window, window // 2)]
+
+
 class SpaceTimeDenoiser:
     """A temporal denoiser applied on overlapping windows x tiles, blended at every call.
 
@@ -71,19 +102,28 @@ class SpaceTimeDenoiser:
     time_s : ``(N,)`` valid times in seconds; each window sees offsets from its first frame.
     window, overlap_frames : temporal window and overlap (frames).
     tile, overlap : spatial tile and overlap (pixels).
-    tile_batch : windows (members x tiles) per network call.
+    tile_batch : windows (members x tiles) of ``window`` frames per network call (shorter
+        windows fill a call with as many frames).
+    windows : ``"overlap"`` or ``"alternate"`` (:func:`window_sets`).
     """
 
     def __init__(self, denoiser: TemporalDenoiser, *, frames: int, time_s: np.ndarray,
                  window: int, overlap_frames: int, tile: int, overlap: int,
-                 tile_batch: int = 4) -> None:
+                 tile_batch: int = 4, windows: str = "overlap") -> None:
         if len(time_s) != frames:
             raise ValueError(f"time_s has {len(time_s)} values for {frames} frames")
         self.denoiser, self.frames = denoiser, int(frames)
         self.time_s = torch.as_tensor(np.asarray(time_s, np.float64))
-        self.windows = frame_windows(self.frames, window, overlap_frames)
+        self.window_sets = window_sets(self.frames, window, overlap_frames, windows)
+        self.window = max(len(w.weight) for w in self.window_sets[0])
         self.tile, self.overlap, self.tile_batch = tile, overlap, max(1, tile_batch)
         self.calls = 0  # network calls (for tests and cost accounting)
+        self.evaluations = 0  # denoiser evaluations (the window set cycles with them)
+
+    @property
+    def windows(self) -> list[FrameWindow]:
+        """The windows of the next evaluation."""
+        return self.window_sets[self.evaluations % len(self.window_sets)]
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Tensor | None = None) -> Tensor:
         n = self.frames
@@ -97,16 +137,21 @@ class SpaceTimeDenoiser:
         tiles = make_tiles(h, w, self.tile, self.overlap)
         out = torch.zeros_like(xs)
         norm = torch.zeros((n, h, w), dtype=x.dtype, device=x.device)
-        jobs = [(m, win, t) for win in self.windows for t in tiles for m in range(members)]
-        for k in range(0, len(jobs), self.tile_batch):
-            chunk = jobs[k:k + self.tile_batch]
-            d = self._run(chunk, xs, ss, cs)
-            for (m, win, t), dm in zip(chunk, d, strict=True):
-                wt = self._weight(win, t, x)
-                out[m, win.t0:win.t1, :, t.y0:t.y0 + t.h, t.x0:t.x0 + t.w] += dm * wt[:, None]
-        for win in self.windows:
+        windows = self.windows
+        for length in sorted({w.t1 - w.t0 for w in windows}, reverse=True):
+            jobs = [(m, win, t) for win in windows if win.t1 - win.t0 == length
+                    for t in tiles for m in range(members)]
+            per_call = max(1, self.tile_batch * self.window // length)
+            for k in range(0, len(jobs), per_call):
+                chunk = jobs[k:k + per_call]
+                d = self._run(chunk, xs, ss, cs)
+                for (m, win, t), dm in zip(chunk, d, strict=True):
+                    wt = self._weight(win, t, x)
+                    out[m, win.t0:win.t1, :, t.y0:t.y0 + t.h, t.x0:t.x0 + t.w] += dm * wt[:, None]
+        for win in windows:
             for t in tiles:
                 norm[win.t0:win.t1, t.y0:t.y0 + t.h, t.x0:t.x0 + t.w] += self._weight(win, t, x)
+        self.evaluations += 1
         return (out / norm[None, :, None]).reshape(x.shape)
 
     @staticmethod
@@ -135,7 +180,9 @@ class SequenceOptions:
     """How a record is sampled: members, seed, sampler, windows, tiles and chunks.
 
     ``chunk`` frames (with ``chunk_halo`` frames shared by neighbouring chunks) bound the
-    sampler state; ``None`` samples the whole record as one state.
+    sampler state; ``None`` samples the whole record as one state. ``windows``: overlapping
+    temporal windows (``overlap_frames`` shared) or ``"alternate"`` partitions (module
+    docstring).
     """
 
     members: int = 4
@@ -153,6 +200,7 @@ class SequenceOptions:
     tile_batch: int = 4
     chunk: int | None = None
     chunk_halo: int = 2
+    windows: str = "overlap"
 
 
 def clips_per_call(frames: int, images: int) -> int:
@@ -201,7 +249,8 @@ def sample_sequence(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray
         length = c.t1 - c.t0
         st = SpaceTimeDenoiser(denoiser, frames=length, time_s=np.asarray(time_s)[c.t0:c.t1],
                                window=opts.window, overlap_frames=opts.overlap_frames,
-                               tile=opts.tile, overlap=opts.overlap, tile_batch=opts.tile_batch)
+                               tile=opts.tile, overlap=opts.overlap, tile_batch=opts.tile_batch,
+                               windows=opts.windows)
         x = sequence_noise(m, c.t0, c.t1, h, w, seed=opts.seed, channels=channels)
         x = x.to(cond.device) * float(sigmas[0])
         cc = (cond[c.t0:c.t1].repeat(m, 1, 1, 1) if cond.ndim == 4

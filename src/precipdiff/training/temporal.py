@@ -12,7 +12,9 @@ unit-normal noise is independent per frame either way.
 
 ``train.init_from`` names a per-frame ``downscale`` release: the temporal model then starts as
 exactly that model (zero-initialised temporal blocks) and ``freeze_spatial`` trains the
-temporal blocks only. The EMA net is written as release weights with the ``temporal`` key
+temporal blocks only; ``spatial_lr_ratio`` (0 to 1) trains the spatial weights too, at that
+fraction of the learning rate (fine-tuning them to clips without forgetting the frames).
+The EMA net is written as release weights with the ``temporal`` key
 (:func:`save_temporal`, :mod:`precipdiff.release`); ``precipdiff train --config`` runs this
 loop when the config has a ``temporal`` section (:func:`load_temporal_config`). Not yet here:
 DDP, resume, a CorrDiff regression mean, validation during training.
@@ -52,10 +54,29 @@ class TemporalRunConfig:
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     noise: NoiseMode = "clip"
     freeze_spatial: bool = False
+    spatial_lr_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         if self.noise not in ("clip", "frame"):
             raise ConfigError(f"temporal noise: got {self.noise!r}, expected 'clip' or 'frame'")
+        if not 0.0 <= self.spatial_lr_ratio <= 1.0:
+            raise ConfigError(f"temporal.spatial_lr_ratio: {self.spatial_lr_ratio} is not in "
+                              "[0, 1]")
+        if self.freeze_spatial and self.spatial_lr_ratio not in (0.0, 1.0):
+            raise ConfigError("temporal: freeze_spatial and a spatial_lr_ratio between 0 and 1 "
+                              "contradict each other; give one")
+
+    @property
+    def spatial_frozen(self) -> bool:
+        """Only the temporal blocks train."""
+        return self.freeze_spatial or self.spatial_lr_ratio == 0.0
+
+    @property
+    def spatial_kept(self) -> bool:
+        """The spatial weights stay (nearly) those of ``train.init_from``: frozen or trained
+        at a reduced learning rate."""
+        return bool(self.run.train.init_from) and (self.spatial_frozen
+                                                   or self.spatial_lr_ratio < 1.0)
         if self.run.train.stage != "downscale":
             raise ConfigError(f"train.stage: the temporal model is a 'downscale' stage, got "
                               f"{self.run.train.stage!r}")
@@ -65,10 +86,11 @@ class TemporalRunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The run config's sections plus the ``temporal`` section (TemporalConfig fields,
-        ``noise``, ``freeze_spatial``): what :func:`load_temporal_config` reads, as plain
-        JSON/YAML types."""
+        ``noise``, ``freeze_spatial``, ``spatial_lr_ratio``): what :func:`load_temporal_config`
+        reads, as plain JSON/YAML types."""
         temporal = {**dataclasses.asdict(self.temporal), "noise": self.noise,
-                    "freeze_spatial": self.freeze_spatial}
+                    "freeze_spatial": self.freeze_spatial,
+                    "spatial_lr_ratio": self.spatial_lr_ratio}
         return json.loads(json.dumps({**self.run.to_dict(), "temporal": temporal}))
 
 
@@ -144,10 +166,24 @@ def build_temporal_net(cfg: TemporalRunConfig, cond_channels: int) -> SpatioTemp
             raise CheckpointError(f"{cfg.run.train.init_from}: network {release.model} differs "
                                   f"from model {unet}")
         net.load_per_frame(release.state)
-    if cfg.freeze_spatial:
+    if cfg.spatial_frozen:
         for name, p in net.named_parameters():
             p.requires_grad_(name.startswith("temporal."))
     return net
+
+
+def temporal_optimizer(net: SpatioTemporalUNet, cfg: TemporalRunConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters: the temporal blocks at the scheduled learning rate,
+    the spatial weights at ``spatial_lr_ratio`` of it (the ``lr_ratio`` of their group)."""
+    o = cfg.run.optim
+    temporal = [p for n, p in net.named_parameters() if p.requires_grad
+                and n.startswith("temporal.")]
+    spatial = [p for n, p in net.named_parameters() if p.requires_grad
+               and not n.startswith("temporal.")]
+    groups = [{"params": temporal, "lr_ratio": 1.0}]
+    if spatial:
+        groups.append({"params": spatial, "lr_ratio": cfg.spatial_lr_ratio})
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
 
 
 def run_temporal(cfg: TemporalRunConfig) -> Path:
@@ -173,7 +209,7 @@ def train_temporal(cfg: TemporalRunConfig, *, dataset: Any = None,
     """
     from precipdiff.diffusion.precond import EDMPrecond
     from precipdiff.training.ema import EMA
-    from precipdiff.training.optim import build_optimizer, lr_at, set_lr
+    from precipdiff.training.optim import lr_at, set_lr
 
     run = cfg.run
     ds = dataset if dataset is not None else open_clips(cfg)
@@ -185,7 +221,7 @@ def train_temporal(cfg: TemporalRunConfig, *, dataset: Any = None,
     model = EDMPrecond(net, run.diffusion.sigma_data)
     ema = EMA(net, halflife_samples=run.train.ema_halflife_samples,
               rampup_ratio=run.train.ema_rampup_ratio)
-    optimizer = build_optimizer(net, run.optim)
+    optimizer = temporal_optimizer(net, cfg)
     b, d = run.data.batch_size, run.diffusion
     shape = tuple(first["target"].shape[1:])
     losses: list[float] = []
@@ -238,10 +274,11 @@ def temporal_release(cfg: TemporalRunConfig, net: SpatioTemporalUNet, ds: Any) -
     """The :class:`~precipdiff.release.Release` of a trained temporal net (weights format
     ``precipdiff-weights/1`` with the ``temporal`` key; ``temporal_noise`` as a note). Its
     ``patch`` (the attention span applied at inference) is the clip patch, or, with frozen
-    spatial weights, the larger patch those were trained on (``train.init_from``)."""
+    spatial weights (frozen or at a reduced learning rate), the larger patch those were
+    trained on (``train.init_from``)."""
     pooling = _store_pooling(ds, cfg.run.data.store)
     patch = cfg.run.data.patch
-    if cfg.freeze_spatial and cfg.run.train.init_from:  # the spatial span it was trained with
+    if cfg.spatial_kept:  # the spatial span it was trained with
         patch = max(patch, Release.load(cfg.run.train.init_from).patch)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return Release(stage="downscale", model=net.cfg, state=state, transform=ds.transform,
@@ -274,7 +311,7 @@ def load_temporal(path: str | Path) -> tuple[SpatioTemporalUNet, dict[str, Any]]
     return net, meta
 
 
-TEMPORAL_KEYS = ("noise", "freeze_spatial")
+TEMPORAL_KEYS = ("noise", "freeze_spatial", "spatial_lr_ratio")
 
 
 def load_temporal_config(path: str | Path | None,
@@ -301,7 +338,8 @@ def load_temporal_config(path: str | Path | None,
         raise ConfigError(f"temporal: {exc}") from None
     run = RunConfig.from_dict(raw)
     return TemporalRunConfig(run=run, temporal=temporal, noise=section.get("noise", "clip"),
-                             freeze_spatial=bool(section.get("freeze_spatial", False)))
+                             freeze_spatial=bool(section.get("freeze_spatial", False)),
+                             spatial_lr_ratio=float(section.get("spatial_lr_ratio", 1.0)))
 
 
 def is_temporal_config(path: str | Path | None) -> bool:
