@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +13,9 @@ import torch
 import xarray as xr
 
 from precipdiff.data.transforms import PrecipTransform
+from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
 from precipdiff.models.unet import UNet, UNetConfig
+from precipdiff.release import Release
 from precipdiff.training.checkpoint import save_weights
 
 FACTOR = 4
@@ -99,3 +102,18 @@ def coarse_field(ny: int = 12, nx: int = 20, n_time: int = 2, seed: int = 0) -> 
         },
         attrs={"units": "mm/h"},
     )
+
+
+def write_temporal(per_frame: Path, path: Path, *, trained: bool, frames: int = 3) -> Path:
+    """The per-frame release ``per_frame`` as a temporal release of ``frames`` frames: zero temporal
+    blocks (exactly the per-frame model) or random ones (``trained``)."""
+    rel = Release.load(per_frame)
+    net = SpatioTemporalUNet(rel.model, TemporalConfig(frames=frames, head_channels=8))
+    net.load_per_frame(rel.state)
+    if trained:
+        g = torch.Generator().manual_seed(11)
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                if name.startswith("temporal.") and name.endswith("proj.weight"):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return dataclasses.replace(rel, state=net.state_dict(), temporal=net.temporal_cfg).save(path)

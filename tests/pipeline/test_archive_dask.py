@@ -19,7 +19,7 @@ from precipdiff.io import write_netcdf
 from precipdiff.pipeline import archive
 from precipdiff.pipeline.run import PredictRequest, _options, load_pipeline
 
-from .conftest import coarse_field
+from .conftest import coarse_field, write_temporal
 
 distributed = pytest.importorskip("distributed")
 
@@ -140,6 +140,36 @@ def test_rerun_does_only_missing_steps(tiny_weights, files, cluster, reference, 
     log.unlink()
     _run(req, hook=_Logger(str(log)))
     assert not log.exists()
+
+
+def test_temporal_stage_two_in_the_store(tiny_weights, files, cluster, tmp_path) -> None:
+    """With a temporal Stage II each file is one record: the store holds what the NetCDF
+    mode writes per file, and a resumed step is sampled again with its record."""
+    temporal = write_temporal(tiny_weights["downscale"], tmp_path / "t.safetensors",
+                              trained=True)
+    weights = {**tiny_weights, "downscale": temporal}
+    store = tmp_path / "t.zarr"
+    req = _request(weights, files, store, cluster[0], archive_format="zarr")
+    assert _run(req) == [store]
+    ds = xr.open_zarr(store)
+    assert (ds["step_done"].values == 1).all() and np.isfinite(ds["precip"].values).any()
+    out = tmp_path / "nc"
+    _run(_request(weights, files[2:], out, cluster[0]))
+    for path in files[2:]:  # f3.nc has two steps: one record
+        nc = xr.open_dataset(out / f"{path.name}.precipdiff.nc")
+        assert nc.attrs["downscale_temporal_frames"] == 3
+        steps = ds.sel(time=nc["time"].values)
+        np.testing.assert_array_equal(steps["precip"].values,
+                                      nc["precip"].transpose("time", "member", ...).values)
+    reference = {n: zarr.open_group(store)[n][:] for n in ("precip", "volume_error")}
+    root = zarr.open_group(store, mode="r+")
+    root["step_done"][4] = 0
+    root["precip"][4] = np.nan
+    log = tmp_path / "steps.log"
+    _run(req, hook=_Logger(str(log)))
+    assert log.read_text().split() == ["step_written:4", "step_done:4"]
+    for name, value in reference.items():
+        np.testing.assert_array_equal(zarr.open_group(store)[name][:], value)
 
 
 def test_worker_killed_mid_task(tiny_weights, files, cluster, reference, tmp_path) -> None:

@@ -10,19 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from precipdiff.errors import CheckpointError, ConfigError
 from precipdiff.io import write_netcdf
-from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
+from precipdiff.models.temporal import TemporalConfig
 from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
 from precipdiff.pipeline import record as record_module
 from precipdiff.pipeline.output import predict_to_file
 from precipdiff.pipeline.record import frame_overlap, sequence_options
-from precipdiff.release import Release
 
-from .conftest import FACTOR, coarse_field, write_tiny_weights
+from .conftest import FACTOR, coarse_field, write_temporal, write_tiny_weights
 
 FAST = SamplerSettings(sampler="dpmpp_2m", steps=2)
 FRAMES = 3
@@ -42,21 +40,6 @@ def _record(n: int, ny: int = 6, nx: int = 8) -> xr.DataArray:
     return src.assign_coords(time=t0 + np.arange(n) * np.timedelta64(30, "m"))
 
 
-def write_temporal(per_frame: Path, path: Path, *, trained: bool) -> Path:
-    """The per-frame release ``per_frame`` as a temporal release (frames 3): zero temporal
-    blocks (exactly the per-frame model) or random ones (``trained``)."""
-    rel = Release.load(per_frame)
-    net = SpatioTemporalUNet(rel.model, TemporalConfig(frames=FRAMES, head_channels=8))
-    net.load_per_frame(rel.state)
-    if trained:
-        g = torch.Generator().manual_seed(11)
-        with torch.no_grad():
-            for name, p in net.named_parameters():
-                if name.startswith("temporal.") and name.endswith("proj.weight"):
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return dataclasses.replace(rel, state=net.state_dict(), temporal=net.temporal_cfg).save(path)
-
-
 @pytest.fixture(scope="module")
 def weights(tiny_weights, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("temporal")
@@ -64,8 +47,10 @@ def weights(tiny_weights, tmp_path_factory) -> dict[str, Path]:
     return {
         "correct": tiny_weights["correct"],
         "per_frame": per_frame,
-        "untrained": write_temporal(per_frame, root / "untrained.safetensors", trained=False),
-        "trained": write_temporal(per_frame, root / "trained.safetensors", trained=True),
+        "untrained": write_temporal(per_frame, root / "untrained.safetensors", trained=False,
+                                    frames=FRAMES),
+        "trained": write_temporal(per_frame, root / "trained.safetensors", trained=True,
+                                  frames=FRAMES),
     }
 
 

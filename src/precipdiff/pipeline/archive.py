@@ -24,6 +24,9 @@ Two outputs (``--format``):
   step (with its sums ``fine_volume`` / ``coarse_volume``) is written with the step's fields;
   once every step is done the run's ``volume_error`` goes into the global attributes
   (:func:`finish_store`), as :class:`~precipdiff.pipeline.pipeline.RunTally` does for NetCDF.
+  With a temporal Stage II each input file is one record (each member one trajectory over its
+  steps): a task samples the file's whole record and writes its steps one by one; a resumed
+  file samples the record again (same seed, same values) and writes the steps not yet done.
 
 A bad input file is reported and skipped; the others complete and the run then fails with a
 message listing the skipped files (exit status 2). Every run that gets to its tasks writes a JSON
@@ -246,13 +249,8 @@ def zarr_task(
         done = np.asarray(root["step_done"][:])
         extras = _extras_for(pipeline, req, src)
         ident = int(input_id(path), 16) >> 1
-        for t, i in enumerate(index):
-            if done[i]:
-                continue
-            ext = None if extras is None else extras.isel(time=t).values
-            tally = pipeline.new_tally()
-            _write_step(root, pipeline, opts, src.isel(time=t).values, t, i, req.thresholds, ext,
-                        tally)
+
+        def finish(i: int, tally: RunTally) -> None:
             _record_volume(root, i, tally)
             if call is not None:
                 call("step_written", int(i))
@@ -261,6 +259,18 @@ def zarr_task(
             root["step_done"][i] = 1  # last: a step is complete only once this is set
             if call is not None:
                 call("step_done", int(i))
+
+        if pipeline.temporal:
+            _write_record(root, pipeline, opts, src, index, done, req.thresholds, extras, finish)
+            return path, None
+        for t, i in enumerate(index):
+            if done[i]:
+                continue
+            ext = None if extras is None else extras.isel(time=t).values
+            tally = pipeline.new_tally()
+            _write_step(root, pipeline, opts, src.isel(time=t).values, t, i, req.thresholds, ext,
+                        tally)
+            finish(i, tally)
         return path, None
     except PrecipdiffError as exc:
         return path, str(exc)
@@ -303,13 +313,61 @@ def _write_step(root, pipeline: Pipeline, opts: PredictOptions, field: np.ndarra
     with scratch_dir() as scratch:
         for y0, y1, hr in pipeline.downscale_step(corrected, t, opts, extras=extras,
                                                   scratch=Path(scratch), tally=tally):
-            root["precip"][i, :, y0:y1] = hr
-            root["ensemble_mean"][i, y0:y1] = hr.mean(axis=0)
-            root["ensemble_std"][i, y0:y1] = hr.std(axis=0, ddof=1) if len(hr) > 1 else 0.0
-            for k, thr in enumerate(thresholds):
-                prob = (hr >= thr).mean(axis=0).astype(np.float32)
-                prob[np.isnan(hr[0])] = np.nan
-                root["exceedance_probability"][i, k, y0:y1] = prob
+            _write_band(root, i, y0, y1, hr, thresholds)
+
+
+def _write_band(root, i: int, y0: int, y1: int, hr: np.ndarray,
+                thresholds: Sequence[float]) -> None:
+    """Fine rows ``[y0, y1)`` of the store's step ``i``: members and their summaries."""
+    root["precip"][i, :, y0:y1] = hr
+    root["ensemble_mean"][i, y0:y1] = hr.mean(axis=0)
+    root["ensemble_std"][i, y0:y1] = hr.std(axis=0, ddof=1) if len(hr) > 1 else 0.0
+    for k, thr in enumerate(thresholds):
+        prob = (hr >= thr).mean(axis=0).astype(np.float32)
+        prob[np.isnan(hr[0])] = np.nan
+        root["exceedance_probability"][i, k, y0:y1] = prob
+
+
+def _write_record(root, pipeline: Pipeline, opts: PredictOptions, src: xr.DataArray,
+                  index: np.ndarray, done: np.ndarray, thresholds: Sequence[float],
+                  extras: xr.DataArray | None, finish: Callable[[int, RunTally], None]) -> None:
+    """A temporal Stage II over the input's whole record (:mod:`precipdiff.pipeline.record`),
+    written step by step; ``finish(i, tally)`` marks the store's step ``i`` done.
+
+    Each member is one trajectory over the record, so a resumed file samples the whole record
+    again (Stage I of every step, Stage II of all): the same seed gives the same values, and
+    only the steps not yet done are written."""
+    from precipdiff.pipeline.record import downscale_record
+
+    if done[index].all():
+        return
+    tallies, corrected = [], []
+    for t, i in enumerate(index):
+        field = src.isel(time=t).values
+        tallies.append(pipeline.new_tally())
+        corrected.append(pipeline.correct_step(field, t, opts, tallies[-1]))
+        if not done[i]:
+            root["source_lr"][i] = field
+            root["corrected_lr"][i] = corrected[-1]
+    if pipeline.downscale is None:
+        for t, i in enumerate(index):
+            if not done[i]:
+                finish(int(i), tallies[t])
+        return
+    record = pipeline.new_tally()
+    ext = None if extras is None else np.asarray(extras.values, np.float32)
+    fine, coarse = 0.0, 0.0
+    for t, hr in downscale_record(pipeline, np.stack(corrected, axis=1), src["time"].values,
+                                  opts, extras=ext, tally=record):
+        step = tallies[t]  # this step's share of the record's volume sums
+        step.volume, step.pooling = record.volume, record.pooling
+        step.fine_sum, step.coarse_sum = record.fine_sum - fine, record.coarse_sum - coarse
+        fine, coarse = record.fine_sum, record.coarse_sum
+        i = int(index[t])
+        if done[i]:
+            continue
+        _write_band(root, i, 0, hr.shape[-2], hr, thresholds)
+        finish(i, step)
 
 
 def _record_volume(root, i: int, tally: RunTally) -> None:
