@@ -172,6 +172,31 @@ def test_temporal_stage_two_in_the_store(tiny_weights, files, cluster, tmp_path)
         np.testing.assert_array_equal(zarr.open_group(store)[name][:], value)
 
 
+def test_time_factor_refines_each_file(tiny_weights, files, cluster, tmp_path) -> None:
+    """--time-factor in archive mode: each file refined on its own; the store's time axis holds
+    the sub-steps, as the NetCDF mode's file does, with the same values; a rerun with another
+    factor is refused."""
+    store = tmp_path / "r.zarr"
+    req = _request(tiny_weights, files[3:], store, cluster[0], archive_format="zarr",
+                   time_factor=2)
+    assert _run(req) == [store]
+    ds = xr.open_zarr(store)
+    assert ds.sizes["time"] == 4 and ds.attrs["time_factor"] == "2"
+    assert (np.diff(ds["time"].values) == np.timedelta64(15, "m")).all()
+    out = tmp_path / "nc"
+    _run(_request(tiny_weights, files[3:], out, cluster[0], time_factor=2))
+    nc = xr.open_dataset(out / f"{files[3].name}.precipdiff.nc")
+    np.testing.assert_array_equal(ds["time"].values, nc["time"].values)
+    np.testing.assert_array_equal(ds["precip"].values,
+                                  nc["precip"].transpose("time", "member", ...).values)
+    pairs = ds["source_lr"].values.reshape(2, 2, *ds["source_lr"].shape[1:]).mean(axis=1)
+    given = xr.open_dataset(files[3])["precip"].values
+    np.testing.assert_allclose(pairs, given, rtol=1e-4, atol=1e-5)  # each interval's mean kept
+    with pytest.raises(ConfigError, match="time_factor"):
+        _run(_request(tiny_weights, files[3:], store, cluster[0], archive_format="zarr",
+                      time_factor=3))
+
+
 def test_worker_killed_mid_task(tiny_weights, files, cluster, reference, tmp_path) -> None:
     """The first task to finish writing a step's fields kills its worker before marking the
     step done: dask reruns the task elsewhere and the store ends identical to the reference."""

@@ -35,7 +35,9 @@ and run attributes are in :mod:`precipdiff.pipeline.archive_store`.
 
 With ``--time`` (:mod:`precipdiff.pipeline.timesel`) each input is cut to the interval before
 anything else (its seed is that of the steps kept); an input with no step in it is skipped (not
-an error), and the store holds the selected steps only.
+an error), and the store holds the selected steps only. With ``--time-factor N``
+(:mod:`precipdiff.pipeline.time_refine`) each input file is refined in time on its own after
+that, and the outputs (and the store's time axis) hold its sub-steps.
 """
 
 from __future__ import annotations
@@ -175,9 +177,8 @@ def netcdf_task(
         device = worker_device(device)
         pipeline = worker_pipeline(req, device, key)
         opts = _options(req, device)
-        raw = read_selected(req, path)
+        raw, src = read_prepared(req, pipeline, opts, path)
         own = dataclasses.replace(opts, seed=file_seed(opts.seed, raw))
-        src = pipeline.prepare_input(raw, opts)
         extras = _extras_for(pipeline, req, src)
         attrs = {INPUT_ATTR: input_id(path), "archive_base_seed": int(opts.seed),
                  **time_attrs(req)}
@@ -201,6 +202,22 @@ def read_selected(req: PredictRequest, path: Path) -> xr.DataArray:
     return select_time(req, raw, [path])
 
 
+def read_prepared(req: PredictRequest, pipeline: Pipeline, opts: PredictOptions,
+                  path: Path) -> tuple[xr.DataArray, xr.DataArray]:
+    """``(raw, src)``: one input cut to ``--time`` (:func:`read_selected`; its seed comes from
+    it) and as predicted: checked and pooled (:meth:`Pipeline.prepare_input`), then refined in
+    time with ``--time-factor`` (each file on its own: its first and last intervals are
+    extrapolated along the nearest motion)."""
+    from precipdiff.pipeline.time_refine import refine_time
+
+    raw = read_selected(req, path)
+    src = pipeline.prepare_input(raw, opts)
+    if req.time_factor > 1:
+        src = refine_time(src, req.time_factor, method=req.time_interp,
+                          conserve=req.time_conserve, name=Path(path).name)
+    return raw, src
+
+
 def scan_task(req: PredictRequest, device: str, key: tuple,
               path: Path) -> InputInfo | str | None:
     """Read one input's times (within ``--time``) and grid (prepared as for prediction); its
@@ -210,7 +227,7 @@ def scan_task(req: PredictRequest, device: str, key: tuple,
     try:
         device = worker_device(device)
         pipeline = worker_pipeline(req, device, key)
-        src = pipeline.prepare_input(read_selected(req, path), _options(req, device))
+        _, src = read_prepared(req, pipeline, _options(req, device), path)
     except EmptySelectionError:
         return None
     except PrecipdiffError as exc:
@@ -240,10 +257,10 @@ def zarr_task(
     try:
         device = worker_device(device)
         pipeline = worker_pipeline(req, device, key)
-        raw = read_selected(req, path)
+        opts = _options(req, device)
+        raw, src = read_prepared(req, pipeline, opts, path)
         seed = file_seed(req.seed, raw)  # as in --format netcdf: predict FILE --seed reproduces
-        opts = dataclasses.replace(_options(req, device), seed=seed)
-        src = pipeline.prepare_input(raw, opts)
+        opts = dataclasses.replace(opts, seed=seed)
         root = _Arrays(zarr.open_group(store, mode="r+", use_consolidated=False))
         index = _time_index(root, src["time"].values, path)
         done = np.asarray(root["step_done"][:])
@@ -493,7 +510,7 @@ def _store_for(store: Path, req: PredictRequest, pipeline: Pipeline, opts: Predi
     settings = run_settings(req, key)
     if store.exists():
         return (times, *open_store(store, settings, times))
-    first = pipeline.prepare_input(read_selected(req, infos[0].path), opts)
+    _, first = read_prepared(req, pipeline, opts, infos[0].path)
     create_store(store, pipeline, first, opts, times, req.thresholds, settings, time_attrs(req))
     return times, times, np.zeros(len(times), np.int8)
 

@@ -102,6 +102,8 @@ def run_settings(req: PredictRequest, key: tuple) -> str:
     }
     if req.time is not None:
         settings["time"] = req.time.text
+    if req.time_factor > 1:
+        settings["time_factor"] = [req.time_factor, req.time_interp, req.time_conserve]
     return json.dumps(settings, sort_keys=True)
 
 

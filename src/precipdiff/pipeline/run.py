@@ -159,10 +159,6 @@ class PredictRequest:
         if self.time_interp not in TIME_METHODS:
             raise ConfigError(f"--time-interp {self.time_interp!r} is unknown; expected one of "
                               f"{', '.join(TIME_METHODS)}")
-        if self.time_factor > 1 and self.archive:
-            raise ConfigError("--time-factor refines one record in time; an --archive run "
-                              "treats every input file apart (give the files as one run "
-                              "without --archive)")
         if self.time is not None and not isinstance(self.time, TimeRange):
             raise ConfigError(f"--time must be a TimeRange (timesel.parse_time_range), "
                               f"got {self.time!r}")

@@ -182,7 +182,8 @@ class SequenceOptions:
     ``chunk`` frames (with ``chunk_halo`` frames shared by neighbouring chunks) bound the
     sampler state; ``None`` samples the whole record as one state. ``windows``: overlapping
     temporal windows (``overlap_frames`` shared) or ``"alternate"`` partitions (module
-    docstring).
+    docstring). ``noise_correlation``: lag-1 correlation of the starting noise in time
+    (:func:`sequence_noise`).
     """
 
     members: int = 4
@@ -201,6 +202,7 @@ class SequenceOptions:
     chunk: int | None = None
     chunk_halo: int = 2
     windows: str = "overlap"
+    noise_correlation: float = 0.0
 
 
 def clips_per_call(frames: int, images: int) -> int:
@@ -211,12 +213,33 @@ def clips_per_call(frames: int, images: int) -> int:
 
 
 def sequence_noise(members: int, t0: int, t1: int, h: int, w: int, *, seed: int,
-                   channels: int = 1) -> Tensor:
+                   channels: int = 1, correlation: float = 0.0) -> Tensor:
     """Starting noise ``(M*(t1-t0), C, h, w)`` of frames ``[t0, t1)``: each value depends on
-    ``(seed, member, global frame, pixel)`` only."""
-    return torch.stack([position_noise(0, 0, h, w, seed=seed, member=m, time_index=t,
-                                       channels=channels)
-                        for m in range(members) for t in range(t0, t1)])
+    ``(seed, member, global frame, pixel)`` only.
+
+    ``correlation`` ``phi`` in ``[0, 1)`` correlates each pixel's noise in time as a first-order
+    autoregressive process, lag-``k`` correlation ``phi**k`` (a temporally correlated noise
+    prior, as Ge et al. 2023, "Preserve Your Own Correlation", for video diffusion): frame
+    ``t`` is ``sum_j phi**j e(t - j) / norm`` over the independent position noise ``e`` of
+    frames ``t - j`` (truncated where ``phi**j < 1e-3``, renormalised: unit variance), so a
+    window or chunk anywhere in the record gets the same values. 0: independent frames."""
+    if not 0.0 <= correlation < 1.0:
+        raise ValueError(f"noise correlation must be in [0, 1), got {correlation}")
+
+    def e(m: int, t: int) -> Tensor:
+        return position_noise(0, 0, h, w, seed=seed, member=m, time_index=t, channels=channels)
+
+    if correlation == 0.0:
+        return torch.stack([e(m, t) for m in range(members) for t in range(t0, t1)])
+    taps = min(64, int(np.ceil(np.log(1e-3) / np.log(correlation))) + 1)
+    weights = correlation ** np.arange(taps)
+    weights = weights / np.sqrt((weights**2).sum())
+    out = []
+    for m in range(members):
+        cache = {t: e(m, t) for t in range(t0 - taps + 1, t1)}
+        out += [sum(float(wj) * cache[t - j] for j, wj in enumerate(weights))
+                for t in range(t0, t1)]
+    return torch.stack(out)
 
 
 @torch.no_grad()
@@ -251,7 +274,8 @@ def sample_sequence(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray
                                window=opts.window, overlap_frames=opts.overlap_frames,
                                tile=opts.tile, overlap=opts.overlap, tile_batch=opts.tile_batch,
                                windows=opts.windows)
-        x = sequence_noise(m, c.t0, c.t1, h, w, seed=opts.seed, channels=channels)
+        x = sequence_noise(m, c.t0, c.t1, h, w, seed=opts.seed, channels=channels,
+                           correlation=opts.noise_correlation)
         x = x.to(cond.device) * float(sigmas[0])
         cc = (cond[c.t0:c.t1].repeat(m, 1, 1, 1) if cond.ndim == 4
               else cond[:, c.t0:c.t1].reshape(m * length, *cond.shape[2:]))
