@@ -11,7 +11,9 @@ fine-pixel window around the rain, feeds the coarse (mean-pooled) radar to
   save_temporal` file), sampled with :func:`precipdiff.pipeline.sequence.downscale_sequence`
   (windows of ``--window`` frames fused at every step) from the same noise; one row per
   ``--windows`` mode (``overlap``: windows sharing ``--overlap-frames``; ``alternate``:
-  partitions shifted by half a window on every other evaluation),
+  partitions shifted by half a window on every other evaluation), and both again for every
+  further ``--noise-correlation`` (starting noise correlated in time, AR(1), the same for both
+  models: :func:`precipdiff.pipeline.sequence.sequence_noise`),
 
 and scores both against the 1-km radar: per-frame CRPS (fair), lag-1/lag-3 correlation error,
 flicker ratio and the CRPS of 30-min and hourly accumulations
@@ -109,8 +111,8 @@ def per_frame(net, lr_t: torch.Tensor, f: int, opts: SequenceOptions, sd: float)
 
     base = upsample_tensor(lr_t[:, None].float(), f, method="bilinear")
     n, h, w = base.shape[0], base.shape[-2], base.shape[-1]
-    noise = sequence_noise(opts.members, 0, n, h, w, seed=opts.seed).reshape(
-        opts.members, n, 1, h, w)
+    noise = sequence_noise(opts.members, 0, n, h, w, seed=opts.seed,
+                           correlation=opts.noise_correlation).reshape(opts.members, n, 1, h, w)
     sig = sampler_sigmas(opts.sampler, opts.steps, sigma_data=sd).float()
     d = EDMPrecond(net, sigma_data=sd)
     out = []
@@ -131,9 +133,12 @@ def score(pred_mm: np.ndarray, truth: np.ndarray, times: np.ndarray) -> dict[str
 
 
 def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
-             modes: tuple[str, ...] = ("overlap",)) -> dict:
-    """Per-frame and temporal (one row per window mode in ``modes``; the first is named
-    ``temporal``) members of ``case``, scored, with the cost ratio of each temporal row."""
+             modes: tuple[str, ...] = ("overlap",),
+             correlations: tuple[float, ...] = (0.0,)) -> dict:
+    """Per-frame and temporal members of ``case``, scored: for every noise correlation in
+    ``correlations`` the per-frame model and one temporal row per window mode in ``modes``
+    (named ``per-frame`` / ``temporal`` for the first mode at the first correlation), with the
+    cost ratio of each row to the first per-frame row (timed before and after the others)."""
     tr, f, sd = release.transform, case["factor"], release.sigma_data
     lr_t = torch.from_numpy(tr.forward(case["lr"]).astype(np.float32))
     per_frame_net = release.build_net().eval()
@@ -144,13 +149,18 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
         preds[name] = fn()
         secs.setdefault(name, []).append(time.perf_counter() - t0)
 
-    timed("per-frame", lambda: per_frame(per_frame_net, lr_t, f, opts, sd))
-    for k, mode in enumerate(modes):
-        name = "temporal" if k == 0 else f"temporal, {mode} windows"
-        timed(name, lambda mode=mode: downscale_sequence(
-            temporal_net, lr_t, case["time_s"].astype(np.float64), f,
-            replace(opts, windows=mode), sigma_data=sd))
-    timed("per-frame", lambda: per_frame(per_frame_net, lr_t, f, opts, sd))
+    first = correlations[0]
+    for phi in correlations:
+        noise = "" if phi == first else f", noise correlation {phi:g}"
+        o = replace(opts, noise_correlation=phi)
+        timed(f"per-frame{noise}", lambda o=o: per_frame(per_frame_net, lr_t, f, o, sd))
+        for k, mode in enumerate(modes):
+            name = ("temporal" if k == 0 else f"temporal, {mode} windows") + noise
+            timed(name, lambda mode=mode, o=o: downscale_sequence(
+                temporal_net, lr_t, case["time_s"].astype(np.float64), f,
+                replace(o, windows=mode), sigma_data=sd))
+    o = replace(opts, noise_correlation=first)
+    timed("per-frame", lambda: per_frame(per_frame_net, lr_t, f, o, sd))
     times = case["time_s"].astype("datetime64[s]").astype("datetime64[ns]")
     n = case["lr"].shape[0]
     t_frame = float(np.mean(secs["per-frame"]))
@@ -158,14 +168,15 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
     for name, pred in preds.items():
         mm = np.asarray(tr.inverse(pred.numpy()), np.float32)
         rows[name] = {**score(mm, case["hr"], times), "s_per_frame": float(np.mean(secs[name])) / n}
-        member0[f"{name}, member 0"] = mm[0]
+        if "noise correlation" not in name or name.startswith("temporal"):
+            member0[f"{name}, member 0"] = mm[0]
     case["member0"] = member0
-    temporal = [name for name in preds if name != "per-frame"]
     return {"network": case["network"], "start": case["start"], "frames": n,
             "step_s": case["step_s"], "crop": int(case["hr"].shape[-1]),
             "max_abs_diff_transformed": float((preds["per-frame"] - preds["temporal"]).abs().max()),
             "cost_ratio": float(np.mean(secs["temporal"])) / t_frame,
-            "cost_ratios": {name: float(np.mean(secs[name])) / t_frame for name in temporal},
+            "cost_ratios": {name: float(np.mean(secs[name])) / t_frame
+                            for name in preds if name != "per-frame"},
             "per_frame_s": secs["per-frame"], "rows": rows}
 
 
@@ -218,6 +229,9 @@ def sequence_arguments(ap: argparse.ArgumentParser, *, output: str, crop: int,
     ap.add_argument("--overlap-frames", type=int, default=2)
     ap.add_argument("--windows", nargs="+", default=["overlap"], choices=WINDOW_MODES,
                     help="temporal window modes, one temporal row each (the first is 'temporal')")
+    ap.add_argument("--noise-correlation", type=float, nargs="+", default=[0.0],
+                    help="lag-1 correlations of the starting noise in time (AR(1)), the "
+                    "per-frame and temporal rows again for each")
     ap.add_argument("--seed", type=int, default=0)
 
 
@@ -260,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
         if case is None:
             log.info("%s: no %d-frame held-out sequence at <= 10 min", network, args.frames)
             continue
-        results.append(run_case(case, release, net, opts, tuple(args.windows)))
+        results.append(run_case(case, release, net, opts, tuple(args.windows),
+                                tuple(args.noise_correlation)))
         log.info("%s: %s", network, json.dumps(results[-1]))
         args.output.mkdir(parents=True, exist_ok=True)
         figures(case, args.output)

@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
             seq = refined(method, coarse, case["lr"], FACTOR).astype(np.float32)
             row["coarse"][method] = coarse_scores(seq, case["lr"], coarse.values, FACTOR, times)
             if net is not None:
-                fine = run_case({**case, "lr": seq}, release, net, opts, tuple(args.windows))
+                fine = run_case({**case, "lr": seq}, release, net, opts, tuple(args.windows),
+                                tuple(args.noise_correlation))
                 row["fine"][method] = fine["rows"]
             log.info("%s %s: %s", network, method, json.dumps(row["coarse"][method]))
         results.append(row)

@@ -347,6 +347,11 @@ def predict(
                      "shifted by half a window every other step) or overlap (blended).",
                      metavar="NAME"),
     ] = PREDICT.temporal_windows,
+    temporal_noise_correlation: Annotated[
+        float,
+        typer.Option(help="Lag-1 correlation in time of a temporal Stage II's starting noise "
+                     "(0: independent frames).", metavar="PHI"),
+    ] = PREDICT.temporal_noise_correlation,
     thresholds: Annotated[
         str, typer.Option(help="Exceedance thresholds, mm/h.", metavar="LIST")
     ] = ",".join(f"{t:g}" for t in PREDICT.thresholds),
@@ -435,6 +440,7 @@ def predict(
         time_interp=time_interp,
         time_conserve=time_conserve,
         temporal_windows=temporal_windows,
+        temporal_noise_correlation=temporal_noise_correlation,
         thresholds=_parse_thresholds(thresholds),
         archive=archive,
     )

@@ -28,7 +28,10 @@ class PredictDefaults:
     default"), not for block-maximum ones; True / False force it. temporal_windows : how a
     temporal Stage II covers a record, ``alternate`` (partitions shifted by half a window on
     every other evaluation: each frame evaluated once a step, BENCHMARKS.md, "Temporal windows")
-    or ``overlap`` (windows sharing a third, blended).
+    or ``overlap`` (windows sharing a third, blended). temporal_noise_correlation : lag-1
+    correlation in time of a temporal Stage II's starting noise (AR(1),
+    :func:`~precipdiff.pipeline.sequence.sequence_noise`; BENCHMARKS.md, "Temporally
+    correlated noise").
     """
 
     members: int = 16
@@ -46,6 +49,7 @@ class PredictDefaults:
     threads: int = 0
     mass_consistent: bool | None = None
     temporal_windows: str = "alternate"
+    temporal_noise_correlation: float = 0.5
 
     @property
     def min_window(self) -> int:

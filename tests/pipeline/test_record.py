@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from precipdiff.defaults import PREDICT
 from precipdiff.errors import CheckpointError, ConfigError
 from precipdiff.io import write_netcdf
 from precipdiff.models.temporal import TemporalConfig
@@ -27,8 +28,9 @@ FRAMES = 3
 
 
 def _opts(**kw) -> PredictOptions:
+    # independent noise per frame: the equivalence with the per-frame path holds
     base = dict(members=2, correct=FAST, downscale=FAST, seed=5, member_batch=1, window=512,
-                precision="fp32")
+                precision="fp32", temporal_noise_correlation=0.0)
     return PredictOptions(**{**base, **kw})
 
 
@@ -71,6 +73,17 @@ def test_stage_knows_it_is_temporal(weights) -> None:
     assert sequence_options(untrained, _opts(temporal_windows="overlap")).windows == "overlap"
 
 
+def test_correlated_noise_is_seeded_and_recorded(weights) -> None:
+    src = _record(4)
+    pipe = Pipeline(None, Stage.load(weights["trained"]))
+    opts = _opts(temporal_noise_correlation=0.5)
+    a, b = pipe.predict(src, opts), pipe.predict(src, opts)
+    np.testing.assert_array_equal(a["precip"].values, b["precip"].values)
+    assert a.attrs["downscale_temporal_noise_correlation"] == 0.5
+    independent = pipe.predict(src, _opts())["precip"].values
+    assert np.nanmax(np.abs(a["precip"].values - independent)) > 1e-3
+
+
 def test_unknown_temporal_windows_refused(tmp_path) -> None:
     from precipdiff.errors import ConfigError
     from precipdiff.pipeline.run import PredictRequest
@@ -78,6 +91,9 @@ def test_unknown_temporal_windows_refused(tmp_path) -> None:
     with pytest.raises(ConfigError, match="--temporal-windows must be one of overlap, alternate"):
         PredictRequest(inputs=[tmp_path / "x.nc"], output=tmp_path / "o.nc",
                        temporal_windows="rolling")
+    with pytest.raises(ConfigError, match="--temporal-noise-correlation must be in"):
+        PredictRequest(inputs=[tmp_path / "x.nc"], output=tmp_path / "o.nc",
+                       temporal_noise_correlation=1.0)
 
 
 @pytest.mark.parametrize(("with_stage1", "tile"), [(False, None), (True, None), (True, 16)])
@@ -99,6 +115,7 @@ def test_untrained_temporal_stage_samples_what_the_per_frame_stage_samples(
     assert np.std(a, axis=0)[np.isfinite(a).all(axis=0)].mean() > 1e-3  # members differ
     assert temporal.attrs["downscale_temporal_frames"] == FRAMES
     assert temporal.attrs["downscale_temporal_windows"] == "alternate"
+    assert temporal.attrs["downscale_temporal_noise_correlation"] == 0.0
     assert "downscale_temporal_frames" not in per_frame.attrs
     assert temporal.attrs["volume_error"] == pytest.approx(per_frame.attrs["volume_error"],
                                                            abs=1e-4)
@@ -218,7 +235,8 @@ def test_xarray_api_samples_the_whole_record(weights) -> None:
     assert out["precip"].dims == ("time", "member", "lat", "lon")
     assert (out["seed"].values == file_seed(5, src)).all()
     pipe = Pipeline(None, Stage.load(weights["trained"]))
-    ref = pipe.predict(src, _opts(seed=file_seed(5, src), mass_consistent=None))
+    ref = pipe.predict(src, _opts(seed=file_seed(5, src), mass_consistent=None,
+                                  temporal_noise_correlation=PREDICT.temporal_noise_correlation))
     np.testing.assert_array_equal(out["precip"].values, ref["precip"].values.swapaxes(0, 1))
     np.testing.assert_allclose(out["ensemble_mean"].values, ref["precip"].values.mean(axis=0),
                                rtol=1e-6)

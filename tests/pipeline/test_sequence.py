@@ -168,6 +168,21 @@ def test_alternate_windows_sample_seeded_records():
     assert a.shape == (2, 10, 12, 12) and torch.isfinite(a).all()
 
 
+def test_correlated_noise_is_ar1_in_time_and_the_same_in_any_window():
+    n = sequence_noise(3, 0, 10, 64, 64, seed=2, correlation=0.6).reshape(3, 10, -1)
+    assert abs(float(n.std()) - 1) < 0.02
+    for k in (1, 2, 4):
+        r = float(torch.corrcoef(torch.stack([n[:, 3].flatten(), n[:, 3 + k].flatten()]))[0, 1])
+        assert abs(r - 0.6**k) < 0.03, (k, r)
+    part = sequence_noise(3, 4, 7, 64, 64, seed=2, correlation=0.6).reshape(3, 3, -1)
+    torch.testing.assert_close(part, n[:, 4:7], rtol=0, atol=1e-6)
+    independent = sequence_noise(3, 0, 10, 64, 64, seed=2).reshape(3, 10, -1)
+    assert torch.equal(sequence_noise(3, 0, 10, 64, 64, seed=2, correlation=0.0).reshape(
+        3, 10, -1), independent)
+    with pytest.raises(ValueError, match="noise correlation"):
+        sequence_noise(1, 0, 2, 8, 8, seed=0, correlation=1.0)
+
+
 def test_memory_is_bounded_by_window_and_tile():
     shapes = []
 

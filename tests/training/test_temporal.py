@@ -78,6 +78,21 @@ def test_clip_noise_per_clip_or_per_frame():
         TemporalRunConfig(run=_cfg().run, noise="pixel")
 
 
+def test_clip_noise_correlated_in_time():
+    _, noise = clip_noise(list(range(40)), 4, (1, 32, 32), seed=1, mode="clip", P_mean=-1.2,
+                          P_std=1.2, correlation=0.6)
+    n = noise.reshape(40, 4, -1)
+    assert abs(float(n.std()) - 1) < 0.02
+    for k in (1, 2):
+        r = float(torch.corrcoef(torch.stack([n[:, 1].flatten(), n[:, 1 + k].flatten()]))[0, 1])
+        assert abs(r - 0.6**k) < 0.03, (k, r)
+    _, independent = clip_noise(list(range(40)), 4, (1, 32, 32), seed=1, mode="clip",
+                                P_mean=-1.2, P_std=1.2)
+    assert torch.equal(noise.reshape(40, 4, -1)[:, 0], independent.reshape(40, 4, -1)[:, 0])
+    with pytest.raises(ConfigError, match="noise_correlation"):
+        TemporalRunConfig(run=_cfg().run, noise_correlation=1.0)
+
+
 @pytest.mark.parametrize("mode", ["clip", "frame"])
 def test_smoke_training_lowers_the_loss(mode, tmp_path):
     import dataclasses

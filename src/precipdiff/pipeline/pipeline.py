@@ -105,6 +105,7 @@ class PredictOptions:
     calibrated so that the fine wet area matches the truth's (``precipdiff.training.calibrate``).
     dry_halo : coarse cells of the dry-neighbourhood rule. temporal_windows : how a temporal
     Stage II covers a record (:data:`~precipdiff.pipeline.sequence.WINDOW_MODES`).
+    temporal_noise_correlation : lag-1 correlation in time of its starting noise.
     """
 
     members: int = PREDICT.members
@@ -128,6 +129,7 @@ class PredictOptions:
     allow_semantics_mismatch: bool = False
     allow_spacing_mismatch: bool = False
     temporal_windows: str = PREDICT.temporal_windows
+    temporal_noise_correlation: float = PREDICT.temporal_noise_correlation
 
     @property
     def bf16(self) -> bool:
@@ -623,6 +625,7 @@ class Pipeline:
             if stage.temporal is not None:
                 attrs[f"{name}_temporal_frames"] = stage.temporal.frames
                 attrs[f"{name}_temporal_windows"] = opts.temporal_windows
+                attrs[f"{name}_temporal_noise_correlation"] = opts.temporal_noise_correlation
         return attrs
 
 

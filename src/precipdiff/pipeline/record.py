@@ -22,9 +22,11 @@ predict_to_file` downscale all time steps of the input at once with the sequence
 
 Noise: the starting noise of a value depends on ``(seed + 1, member, global time index,
 pixel)`` only, the per-frame Stage II's noise (:func:`~precipdiff.pipeline.tiling.
-position_noise`): the same seed gives the same output, and a temporal model whose temporal
-blocks are zero (as initialised) samples what the per-frame model samples on a domain that fits
-one window and one tile (with a deterministic sampler).
+position_noise`), correlated in time with ``opts.temporal_noise_correlation`` (an AR(1)
+combination of it, :func:`~precipdiff.pipeline.sequence.sequence_noise`): the same seed gives
+the same output, and with independent frames (0) a temporal model whose temporal blocks are
+zero (as initialised) samples what the per-frame model samples on a domain that fits one
+window and one tile (with a deterministic sampler).
 
 Memory: the network's activations are bounded by window x tile as in the per-frame path, but the
 sampler state of the whole record, members x time x fine grid, is in memory (about
@@ -116,6 +118,7 @@ def sequence_options(stage: Stage, opts: PredictOptions) -> SequenceOptions:
         sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho, schedule=s.schedule,
         window=frames, overlap_frames=frame_overlap(frames), tile=tile, overlap=overlap,
         tile_batch=clips_per_call(frames, opts.tile_batch), windows=opts.temporal_windows,
+        noise_correlation=opts.temporal_noise_correlation,
     )
 
 

@@ -102,6 +102,7 @@ class PredictRequest:
     time_interp: str = "motion"
     time_conserve: bool = True
     temporal_windows: str = PREDICT.temporal_windows
+    temporal_noise_correlation: float = PREDICT.temporal_noise_correlation
 
     def __post_init__(self) -> None:
         self.validate()
@@ -120,6 +121,10 @@ class PredictRequest:
         if self.temporal_windows not in WINDOW_MODES:
             raise ConfigError(f"--temporal-windows must be one of {', '.join(WINDOW_MODES)}, "
                               f"got {self.temporal_windows!r}")
+        if not (isinstance(self.temporal_noise_correlation, int | float)
+                and 0 <= self.temporal_noise_correlation < 1):
+            raise ConfigError(f"--temporal-noise-correlation must be in [0, 1), got "
+                              f"{self.temporal_noise_correlation!r}")
         if self.fine_threshold is not None and not 0 <= self.fine_threshold <= 50:
             raise ConfigError(f"--fine-threshold must be a rain rate in [0, 50] mm/h, got "
                               f"{self.fine_threshold!r}")
@@ -220,6 +225,7 @@ def _options(req: PredictRequest, device: str) -> PredictOptions:
         allow_spacing_mismatch=req.allow_spacing_mismatch,
         fine_threshold=req.fine_threshold,
         temporal_windows=req.temporal_windows,
+        temporal_noise_correlation=req.temporal_noise_correlation,
         device=device,
         precision=req.precision,
     )

@@ -8,7 +8,10 @@ clips folded into the batch, with each clip's frame time offsets.
 
 Noise level (``noise``): ``"clip"`` (default) draws one ``sigma`` per clip, broadcast to its
 frames, as video diffusion models do; ``"frame"`` draws one per frame (STVD's option). The
-unit-normal noise is independent per frame either way.
+unit-normal noise is independent per frame, or with ``noise_correlation`` ``phi`` correlated
+in time within the clip as a stationary AR(1) process (lag-``k`` correlation ``phi**k``; a
+temporally correlated noise prior, Ge et al. 2023), the noise the sequence sampler starts
+from (:func:`precipdiff.pipeline.sequence.sequence_noise`).
 
 ``train.init_from`` names a per-frame ``downscale`` release: the temporal model then starts as
 exactly that model (zero-initialised temporal blocks) and ``freeze_spatial`` trains the
@@ -55,6 +58,7 @@ class TemporalRunConfig:
     noise: NoiseMode = "clip"
     freeze_spatial: bool = False
     spatial_lr_ratio: float = 1.0
+    noise_correlation: float = 0.0
 
     def __post_init__(self) -> None:
         if self.noise not in ("clip", "frame"):
@@ -62,6 +66,9 @@ class TemporalRunConfig:
         if not 0.0 <= self.spatial_lr_ratio <= 1.0:
             raise ConfigError(f"temporal.spatial_lr_ratio: {self.spatial_lr_ratio} is not in "
                               "[0, 1]")
+        if not 0.0 <= self.noise_correlation < 1.0:
+            raise ConfigError(f"temporal.noise_correlation: {self.noise_correlation} is not "
+                              "in [0, 1)")
         if self.freeze_spatial and self.spatial_lr_ratio not in (0.0, 1.0):
             raise ConfigError("temporal: freeze_spatial and a spatial_lr_ratio between 0 and 1 "
                               "contradict each other; give one")
@@ -86,11 +93,12 @@ class TemporalRunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The run config's sections plus the ``temporal`` section (TemporalConfig fields,
-        ``noise``, ``freeze_spatial``, ``spatial_lr_ratio``): what :func:`load_temporal_config`
-        reads, as plain JSON/YAML types."""
+        ``noise``, ``freeze_spatial``, ``spatial_lr_ratio``, ``noise_correlation``): what
+        :func:`load_temporal_config` reads, as plain JSON/YAML types."""
         temporal = {**dataclasses.asdict(self.temporal), "noise": self.noise,
                     "freeze_spatial": self.freeze_spatial,
-                    "spatial_lr_ratio": self.spatial_lr_ratio}
+                    "spatial_lr_ratio": self.spatial_lr_ratio,
+                    "noise_correlation": self.noise_correlation}
         return json.loads(json.dumps({**self.run.to_dict(), "temporal": temporal}))
 
 
@@ -105,14 +113,21 @@ class TemporalResult:
 
 
 def clip_noise(serials: list[int], frames: int, shape: tuple[int, ...], *, seed: int,
-               mode: NoiseMode, P_mean: float, P_std: float) -> tuple[Tensor, Tensor]:
+               mode: NoiseMode, P_mean: float, P_std: float, correlation: float = 0.0
+               ) -> tuple[Tensor, Tensor]:
     """Per-frame ``sigma (B*T,)`` and unit noise ``(B*T, *shape)`` of clips ``serials``.
 
     ``mode="clip"``: the clip's ``sigma`` (EDM, ``ln sigma ~ N(P_mean, P_std^2)``) repeated
     over its frames; ``"frame"``: ``T`` independent draws per clip (an extra stream).
-    Everything about clip ``i`` depends only on ``(seed, serials[i])``.
+    ``correlation`` ``phi``: the unit noise of frame ``t`` is ``phi n(t-1) + sqrt(1 - phi^2)
+    e(t)`` (stationary AR(1), unit variance). Everything about clip ``i`` depends only on
+    ``(seed, serials[i])``.
     """
     sigma, noise = draw_noise(serials, (frames, *shape), seed=seed, P_mean=P_mean, P_std=P_std)
+    if correlation > 0:
+        noise, fresh = noise.clone(), math.sqrt(1 - correlation**2)
+        for t in range(1, frames):
+            noise[:, t] = correlation * noise[:, t - 1] + fresh * noise[:, t]
     if mode == "frame":
         sig = [torch.exp(torch.randn(frames, generator=sample_generator(seed, s, 2)) * P_std
                          + P_mean) for s in serials]
@@ -235,7 +250,8 @@ def train_temporal(cfg: TemporalRunConfig, *, dataset: Any = None,
                  ("cond", "target", "mask", "time_offsets")}
         serials = list(range(serial, serial + b))
         sigma, noise = clip_noise(serials, frames, shape, seed=run.train.seed, mode=cfg.noise,
-                                  P_mean=d.P_mean, P_std=d.P_std)
+                                  P_mean=d.P_mean, P_std=d.P_std,
+                                  correlation=cfg.noise_correlation)
         valid = batch["mask"].sum().clamp_min(1).float()
         loss = clip_loss_sum(model, batch, sigma, noise, sigma_data=d.sigma_data) / valid
         loss.backward()
@@ -286,7 +302,8 @@ def temporal_release(cfg: TemporalRunConfig, net: SpatioTemporalUNet, ds: Any) -
                    semantics=InputSemantics.for_pooling(pooling),
                    sigma_data=cfg.run.diffusion.sigma_data, patch=patch,
                    temporal=cfg.temporal, config=cfg.to_dict(),
-                   notes={"temporal_noise": cfg.noise})
+                   notes={"temporal_noise": cfg.noise,
+                          "temporal_noise_correlation": str(cfg.noise_correlation)})
 
 
 def save_temporal(path: str | Path, cfg: TemporalRunConfig, net: SpatioTemporalUNet,
@@ -311,7 +328,7 @@ def load_temporal(path: str | Path) -> tuple[SpatioTemporalUNet, dict[str, Any]]
     return net, meta
 
 
-TEMPORAL_KEYS = ("noise", "freeze_spatial", "spatial_lr_ratio")
+TEMPORAL_KEYS = ("noise", "freeze_spatial", "spatial_lr_ratio", "noise_correlation")
 
 
 def load_temporal_config(path: str | Path | None,
@@ -339,7 +356,8 @@ def load_temporal_config(path: str | Path | None,
     run = RunConfig.from_dict(raw)
     return TemporalRunConfig(run=run, temporal=temporal, noise=section.get("noise", "clip"),
                              freeze_spatial=bool(section.get("freeze_spatial", False)),
-                             spatial_lr_ratio=float(section.get("spatial_lr_ratio", 1.0)))
+                             spatial_lr_ratio=float(section.get("spatial_lr_ratio", 1.0)),
+                             noise_correlation=float(section.get("noise_correlation", 0.0)))
 
 
 def is_temporal_config(path: str | Path | None) -> bool:
