@@ -15,7 +15,8 @@ fine-pixel window around the rain, feeds the coarse (mean-pooled) radar to
   further ``--noise-correlation`` (starting noise correlated in time, AR(1), the same for both
   models: :func:`precipdiff.pipeline.sequence.sequence_noise`),
 
-and scores both against the 1-km radar: per-frame CRPS (fair), lag-1/lag-3 correlation error,
+and scores both against the 1-km radar: per-frame CRPS (fair), ensemble FSS (1 mm/h over 8 km,
+5 mm/h over 32 km, all frames pooled), lag-1/lag-3 correlation error,
 flicker ratio and the CRPS of 30-min and hourly accumulations
 (:mod:`precipdiff.evaluation.temporal`), plus the wall time per frame at the same NFE. The
 per-frame model is timed before and after the temporal runs and the cost ratios use the mean
@@ -53,6 +54,7 @@ from precipdiff.defaults import PREDICT
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.diffusion.samplers import get_sampler, nfe, sampler_sigmas
 from precipdiff.evaluation.metrics import crps_ensemble
+from precipdiff.evaluation.spatial import fss
 from precipdiff.evaluation.temporal import temporal_scores
 from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
 from precipdiff.pipeline.sequence import (
@@ -128,6 +130,9 @@ def score(pred_mm: np.ndarray, truth: np.ndarray, times: np.ndarray) -> dict[str
     fc = xr.DataArray(pred_mm, dims=("member", "time", "y", "x"), coords=coords)
     ob = xr.DataArray(truth, dims=("time", "y", "x"), coords=coords)
     out = {"crps_fair": float(crps_ensemble(fc, ob, estimator="fair"))}
+    for thr, km in ((1.0, 8), (5.0, 32)):  # ensemble FSS over every frame (1-km pixels)
+        out[f"fss_{thr:g}mm_{km}km"] = float(fss(fc, ob, threshold=thr, scale=km,
+                                                 spatial_dims=("y", "x"), reduce_dims="time"))
     out.update(temporal_scores(fc, ob, lags=(1, 3), periods_h=(0.5, 1.0)))
     return out
 
@@ -195,8 +200,8 @@ def figures(case: dict, out: Path) -> None:
 def report(results: list[dict], meta: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    keys = ["crps_fair", "lag1_corr_error", "lag3_corr_error", "flicker_ratio",
-            "crps_fair_30min_accum", "crps_fair_60min_accum", "s_per_frame"]
+    keys = ["crps_fair", "fss_1mm_8km", "fss_5mm_32km", "lag1_corr_error", "lag3_corr_error",
+            "flicker_ratio", "crps_fair_30min_accum", "crps_fair_60min_accum", "s_per_frame"]
     lines = ["# Per-frame Stage II vs temporal model (held-out radar sequences)", "",
              f"Settings: {json.dumps(meta)}", "",
              "| network | model | " + " | ".join(keys) + " |",
