@@ -289,6 +289,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--schedule", default=PREDICT.schedule,
                     help="noise schedule (default: the sampler's own)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trace-threshold", type=float, default=None,
+                    help="coarse trace threshold (mm/h) of the precipdiff rows; default: the "
+                    "weights' own")
     return ap.parse_args(argv)
 
 
@@ -336,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     pipelines = build_pipelines(args)
     sampler = SamplerSettings(sampler=args.sampler, steps=args.steps, schedule=args.schedule)
     opts = PredictOptions(members=args.members, correct=sampler, downscale=sampler,
-                          seed=args.seed, allow_semantics_mismatch=True)
+                          seed=args.seed, allow_semantics_mismatch=True,
+                          trace_threshold=args.trace_threshold)
     baselines = ("bilinear", "bicubic", *(("rainfarm",) if args.rainfarm else ()))
     results = []
     start = time.perf_counter()

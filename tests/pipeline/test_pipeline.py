@@ -177,6 +177,26 @@ def test_mass_consistent_after_the_dry_rule_factor_10(pooling: str) -> None:
             == 0).all()
 
 
+def test_light_cells_dried_by_the_threshold_keep_their_rain_on_the_likeliest_pixels() -> None:
+    """A cell lighter than the fine threshold whose every pixel the rule dried: its volume goes
+    to the pixels the sample ranked highest, each at least the threshold (no trace values); a
+    cell lighter than threshold / f² stays dry."""
+    f, thr = 4, 0.2
+    lr = np.array([[[0.05, 0.5, 0.01]]], np.float32)
+    raw = np.zeros((1, 4, 12), np.float32)
+    raw[0, 1, 2], raw[0, 3, 0] = 0.15, 0.12  # the likeliest two pixels of the first cell
+    raw[0, :, 4:8] = 0.6
+    hr = raw.copy()
+    hr[hr < thr] = 0.0  # the dry rule at the fine threshold
+    out = mass_consistent(hr, lr, f, "mean", threshold=thr, ranking=raw)
+    first = out[0, :, :4]
+    assert first.mean() == pytest.approx(0.05, rel=1e-6)  # 0.05 x 16 / 0.2: 4 pixels at 0.2
+    assert (first > 0).sum() == 4 and first[1, 2] > 0 and first[3, 0] > 0
+    assert out[0, :, 4:8].mean() == pytest.approx(0.5, rel=1e-6)
+    assert (out[0, :, 8:] == 0).all()  # 0.01 x 16 < 0.2: too light for one wet pixel
+    assert not ((out > 0) & (out < thr)).any()
+
+
 # ---------------------------------------------------------------- bounded Stage I
 
 

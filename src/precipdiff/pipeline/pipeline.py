@@ -499,10 +499,12 @@ class Pipeline:
         ly0, ly1 = y0 // f, -(-y1 // f)
         hr = stage.transform.inverse(sample).astype(np.float32)
         threshold = self.fine_threshold(opts)
+        rescale = self.mass_consistent(opts)
+        raw = hr.copy() if rescale else None  # where a cell's rain goes if the rule dried it
         hr = dry_fine(hr, dry_lr[:, ly0:ly1], f, trace=threshold)
-        if self.mass_consistent(opts):
+        if rescale:
             hr = mass_consistent(hr, corrected[:, ly0 : y1 // f], f, stage.pooling,
-                                 threshold=threshold)
+                                 threshold=threshold, ranking=raw)
         band_valid = np.isfinite(corrected[:, ly0:ly1])
         mask = np.repeat(np.repeat(band_valid, f, axis=-2), f, axis=-1)[:, : y1 - y0]
         hr[~mask] = np.nan
@@ -658,19 +660,25 @@ def _member_field(
 
 
 def mass_consistent(hr: np.ndarray, lr: np.ndarray, factor: int, pooling: str, *,
-                    threshold: float = 0.0) -> np.ndarray:
+                    threshold: float = 0.0, ranking: np.ndarray | None = None) -> np.ndarray:
     """Rescale each ``factor``² block of ``hr`` (M, h, w) so its pooled value equals ``lr``.
 
     Multiplicative per block: ``hr * lr / pool(hr)``, ``pool`` = block max (``pooling="max"``) or
-    block mean (``"mean"``). Blocks whose pooled value is 0 while ``lr > 0`` are filled uniformly
-    with ``lr``, which satisfies both poolings (a rare case). A scaling below 1 can push values
-    under the wet ``threshold`` (mm/h): those are zeroed and the block rescaled once more, which
-    only scales up, so no value ends in ``(0, threshold)`` unless a block had to be filled.
+    block mean (``"mean"``). A scaling below 1 can push values under the wet ``threshold``
+    (mm/h): those are zeroed and the block rescaled once more, which only scales up.
+
+    A block whose pooled value is 0 while ``lr > 0`` (the wet/dry rule dried all of it: a light
+    cell whose every pixel fell below ``threshold``) is filled: for mean pooling with a
+    ``threshold``, its volume goes to the ``k = floor(lr f² / threshold)`` pixels ranked highest
+    by ``ranking`` (the sample before the rule; else the first ``k``), each ``lr f² / k >=
+    threshold``, so the mean is kept and no value ends in ``(0, threshold)``; a cell lighter
+    than ``threshold / f²`` stays dry. Otherwise (max pooling, no threshold) it is filled
+    uniformly with ``lr``, which satisfies both poolings.
 
     In the pipeline this runs after the wet/dry rule (:mod:`precipdiff.pipeline.dry`): a wet
     corrected cell (``lr >= trace``) is never in a dry neighbourhood, so the rule only zeroes
-    trace values inside it, and the rescaling restores the cell's mean (or maximum) exactly;
-    dry cells have ``lr = 0`` and stay 0.
+    values below the threshold inside it, and the rescaling restores the cell's mean (or
+    maximum) exactly; dry cells have ``lr = 0`` and stay 0.
     """
     m, h, w = hr.shape
     # float64 inside: the block means of the float32 result then match ``lr`` to ~1e-7
@@ -682,7 +690,35 @@ def mass_consistent(hr: np.ndarray, lr: np.ndarray, factor: int, pooling: str, *
         if low.any():
             out[low] = 0.0
             out = _rescale_blocks(out, target, pooling)
+        if pooling == "mean":
+            rank = None if ranking is None else ranking.reshape(blocks.shape)
+            out = _concentrate(out, target, threshold, rank)
     return out.reshape(m, h, w).astype(np.float32)
+
+
+def _concentrate(out: np.ndarray, lr: np.ndarray, threshold: float,
+                 ranking: np.ndarray | None) -> np.ndarray:
+    """Blocks (M, Y, f, X, f) of ``out`` filled uniformly below ``threshold`` (every value
+    under it while ``lr > 0``): their mean ``lr`` on the ``k`` top-ranked pixels instead."""
+    f2 = out.shape[2] * out.shape[4]
+    with np.errstate(invalid="ignore"):
+        filled = (out < threshold).all(axis=(2, 4)) & (lr > 0)
+    if not filled.any():
+        return out
+    idx = np.nonzero(filled)
+    volume = lr[idx] * f2  # (E,) mm/h x pixels
+    k = np.minimum(np.floor(volume / threshold + 1e-9), f2).astype(np.int64)
+    if ranking is None:
+        score = np.zeros((len(volume), f2))
+    else:
+        score = np.nan_to_num(ranking.transpose(0, 1, 3, 2, 4)[idx].reshape(-1, f2), nan=-np.inf)
+    order = np.argsort(-score, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(f2)[None].repeat(len(order), 0), axis=1)
+    values = np.where(ranks < k[:, None], (volume / np.maximum(k, 1))[:, None], 0.0)
+    blocks = out.transpose(0, 1, 3, 2, 4).copy()
+    blocks[idx] = values.reshape(len(values), out.shape[2], out.shape[4])
+    return blocks.transpose(0, 1, 3, 2, 4)
 
 
 def _rescale_blocks(blocks: np.ndarray, lr: np.ndarray, pooling: str) -> np.ndarray:

@@ -93,7 +93,8 @@ def window_sets(n: int, window: int, overlap: int, mode: str = "overlap"
 
 
 class SpaceTimeDenoiser:
-    """A temporal denoiser applied on overlapping windows x tiles, blended at every call.
+    """A temporal denoiser applied on windows x tiles (overlapping windows, or partitions that
+    alternate between evaluations), blended where they overlap at every call.
 
     Parameters
     ----------
