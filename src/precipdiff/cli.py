@@ -348,9 +348,10 @@ def predict(
                      metavar="NAME"),
     ] = PREDICT.temporal_windows,
     temporal_noise_correlation: Annotated[
-        float,
+        float | None,
         typer.Option(help="Lag-1 correlation in time of a temporal Stage II's starting noise "
-                     "(0: independent frames).", metavar="PHI"),
+                     "(0: independent frames; default: what the weights were trained with).",
+                     metavar="PHI", show_default=False),
     ] = PREDICT.temporal_noise_correlation,
     thresholds: Annotated[
         str, typer.Option(help="Exceedance thresholds, mm/h.", metavar="LIST")

@@ -30,8 +30,8 @@ class PredictDefaults:
     every other evaluation: each frame evaluated once a step, BENCHMARKS.md, "Temporal windows")
     or ``overlap`` (windows sharing a third, blended). temporal_noise_correlation : lag-1
     correlation in time of a temporal Stage II's starting noise (AR(1),
-    :func:`~precipdiff.pipeline.sequence.sequence_noise`; BENCHMARKS.md, "Temporally
-    correlated noise").
+    :func:`~precipdiff.pipeline.sequence.sequence_noise`); None: the correlation the weights
+    were trained with (their ``temporal_noise_correlation`` note, 0 without one).
     """
 
     members: int = 16
@@ -49,7 +49,7 @@ class PredictDefaults:
     threads: int = 0
     mass_consistent: bool | None = None
     temporal_windows: str = "alternate"
-    temporal_noise_correlation: float = 0.5
+    temporal_noise_correlation: float | None = None
 
     @property
     def min_window(self) -> int:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from precipdiff.defaults import PREDICT
 from precipdiff.errors import CheckpointError, ConfigError
 from precipdiff.io import write_netcdf
 from precipdiff.models.temporal import TemporalConfig
@@ -20,6 +19,7 @@ from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
 from precipdiff.pipeline import record as record_module
 from precipdiff.pipeline.output import predict_to_file
 from precipdiff.pipeline.record import frame_overlap, sequence_options
+from precipdiff.release import Release
 
 from .conftest import FACTOR, coarse_field, write_temporal, write_tiny_weights
 
@@ -73,7 +73,7 @@ def test_stage_knows_it_is_temporal(weights) -> None:
     assert sequence_options(untrained, _opts(temporal_windows="overlap")).windows == "overlap"
 
 
-def test_correlated_noise_is_seeded_and_recorded(weights) -> None:
+def test_correlated_noise_is_seeded_and_recorded(weights, tmp_path) -> None:
     src = _record(4)
     pipe = Pipeline(None, Stage.load(weights["trained"]))
     opts = _opts(temporal_noise_correlation=0.5)
@@ -82,6 +82,15 @@ def test_correlated_noise_is_seeded_and_recorded(weights) -> None:
     assert a.attrs["downscale_temporal_noise_correlation"] == 0.5
     independent = pipe.predict(src, _opts())["precip"].values
     assert np.nanmax(np.abs(a["precip"].values - independent)) > 1e-3
+    # by default the correlation the weights were trained with (none recorded: 0)
+    default = _opts(temporal_noise_correlation=None)
+    assert pipe.predict(src, default).attrs["downscale_temporal_noise_correlation"] == 0.0
+    rel = Release.load(weights["trained"])
+    noted = dataclasses.replace(rel, notes={**rel.notes, "temporal_noise_correlation": "0.5"}
+                                ).save(tmp_path / "noted.safetensors")
+    out = Pipeline(None, Stage.load(noted)).predict(src, default)
+    assert out.attrs["downscale_temporal_noise_correlation"] == 0.5
+    np.testing.assert_array_equal(out["precip"].values, a["precip"].values)
 
 
 def test_unknown_temporal_windows_refused(tmp_path) -> None:
@@ -236,7 +245,7 @@ def test_xarray_api_samples_the_whole_record(weights) -> None:
     assert (out["seed"].values == file_seed(5, src)).all()
     pipe = Pipeline(None, Stage.load(weights["trained"]))
     ref = pipe.predict(src, _opts(seed=file_seed(5, src), mass_consistent=None,
-                                  temporal_noise_correlation=PREDICT.temporal_noise_correlation))
+                                  temporal_noise_correlation=None))
     np.testing.assert_array_equal(out["precip"].values, ref["precip"].values.swapaxes(0, 1))
     np.testing.assert_allclose(out["ensemble_mean"].values, ref["precip"].values.mean(axis=0),
                                rtol=1e-6)

@@ -59,7 +59,7 @@ from precipdiff.pipeline.inputs import (
     check_spacing,
     coarsen_input,
 )
-from precipdiff.pipeline.record import downscale_record
+from precipdiff.pipeline.record import downscale_record, noise_correlation
 from precipdiff.pipeline.stage import SamplerSettings, Stage, bf16_is_fast
 from precipdiff.pipeline.tiling import position_noise, windows
 
@@ -105,7 +105,8 @@ class PredictOptions:
     calibrated so that the fine wet area matches the truth's (``precipdiff.training.calibrate``).
     dry_halo : coarse cells of the dry-neighbourhood rule. temporal_windows : how a temporal
     Stage II covers a record (:data:`~precipdiff.pipeline.sequence.WINDOW_MODES`).
-    temporal_noise_correlation : lag-1 correlation in time of its starting noise.
+    temporal_noise_correlation : lag-1 correlation in time of its starting noise; None: what
+    the weights were trained with (:func:`~precipdiff.pipeline.record.noise_correlation`).
     """
 
     members: int = PREDICT.members
@@ -129,7 +130,7 @@ class PredictOptions:
     allow_semantics_mismatch: bool = False
     allow_spacing_mismatch: bool = False
     temporal_windows: str = PREDICT.temporal_windows
-    temporal_noise_correlation: float = PREDICT.temporal_noise_correlation
+    temporal_noise_correlation: float | None = PREDICT.temporal_noise_correlation
 
     @property
     def bf16(self) -> bool:
@@ -627,7 +628,7 @@ class Pipeline:
             if stage.temporal is not None:
                 attrs[f"{name}_temporal_frames"] = stage.temporal.frames
                 attrs[f"{name}_temporal_windows"] = opts.temporal_windows
-                attrs[f"{name}_temporal_noise_correlation"] = opts.temporal_noise_correlation
+                attrs[f"{name}_temporal_noise_correlation"] = noise_correlation(stage, opts)
         return attrs
 
 

@@ -22,11 +22,11 @@ predict_to_file` downscale all time steps of the input at once with the sequence
 
 Noise: the starting noise of a value depends on ``(seed + 1, member, global time index,
 pixel)`` only, the per-frame Stage II's noise (:func:`~precipdiff.pipeline.tiling.
-position_noise`), correlated in time with ``opts.temporal_noise_correlation`` (an AR(1)
-combination of it, :func:`~precipdiff.pipeline.sequence.sequence_noise`): the same seed gives
-the same output, and with independent frames (0) a temporal model whose temporal blocks are
-zero (as initialised) samples what the per-frame model samples on a domain that fits one
-window and one tile (with a deterministic sampler).
+position_noise`), correlated in time as the weights were trained (:func:`noise_correlation`:
+an AR(1) combination of it, :func:`~precipdiff.pipeline.sequence.sequence_noise`): the same
+seed gives the same output, and with independent frames (0) a temporal model whose temporal
+blocks are zero (as initialised) samples what the per-frame model samples on a domain that
+fits one window and one tile (with a deterministic sampler).
 
 Memory: the network's activations are bounded by window x tile as in the per-frame path, but the
 sampler state of the whole record, members x time x fine grid, is in memory (about
@@ -103,6 +103,14 @@ def record_seconds(times: np.ndarray) -> np.ndarray:
     return np.asarray(times).astype("datetime64[ms]").astype(np.int64) / 1000.0
 
 
+def noise_correlation(stage: Stage, opts: PredictOptions) -> float:
+    """Lag-1 correlation in time of the temporal Stage II's starting noise: ``opts``, else the
+    one its weights were trained with (``temporal_noise_correlation`` note), else 0."""
+    if opts.temporal_noise_correlation is not None:
+        return float(opts.temporal_noise_correlation)
+    return float(stage.metadata.get("temporal_noise_correlation", 0.0))
+
+
 def sequence_options(stage: Stage, opts: PredictOptions) -> SequenceOptions:
     """The sequence sampler's options for ``stage`` under the pipeline options ``opts``:
     window ``temporal.frames`` (``opts.temporal_windows``; overlap :func:`frame_overlap`), the
@@ -118,7 +126,7 @@ def sequence_options(stage: Stage, opts: PredictOptions) -> SequenceOptions:
         sigma_min=s.sigma_min, sigma_max=s.sigma_max, rho=s.rho, schedule=s.schedule,
         window=frames, overlap_frames=frame_overlap(frames), tile=tile, overlap=overlap,
         tile_batch=clips_per_call(frames, opts.tile_batch), windows=opts.temporal_windows,
-        noise_correlation=opts.temporal_noise_correlation,
+        noise_correlation=noise_correlation(stage, opts),
     )
 
 

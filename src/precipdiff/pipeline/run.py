@@ -102,7 +102,7 @@ class PredictRequest:
     time_interp: str = "motion"
     time_conserve: bool = True
     temporal_windows: str = PREDICT.temporal_windows
-    temporal_noise_correlation: float = PREDICT.temporal_noise_correlation
+    temporal_noise_correlation: float | None = PREDICT.temporal_noise_correlation
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,8 +121,8 @@ class PredictRequest:
         if self.temporal_windows not in WINDOW_MODES:
             raise ConfigError(f"--temporal-windows must be one of {', '.join(WINDOW_MODES)}, "
                               f"got {self.temporal_windows!r}")
-        if not (isinstance(self.temporal_noise_correlation, int | float)
-                and 0 <= self.temporal_noise_correlation < 1):
+        phi = self.temporal_noise_correlation
+        if phi is not None and not (isinstance(phi, int | float) and 0 <= phi < 1):
             raise ConfigError(f"--temporal-noise-correlation must be in [0, 1), got "
                               f"{self.temporal_noise_correlation!r}")
         if self.fine_threshold is not None and not 0 <= self.fine_threshold <= 50:
