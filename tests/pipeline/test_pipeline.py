@@ -366,10 +366,15 @@ def test_no_trace_values_and_rain_only_near_wet_cells(pipeline: Pipeline) -> Non
 
 
 def test_trace_threshold_default_and_from_weights(pipeline: Pipeline) -> None:
-    from precipdiff.pipeline.dry import DEFAULT_TRACE_MM_H
+    from precipdiff.pipeline.dry import AREAL_MEAN_TRACE_MM_H, DEFAULT_TRACE_MM_H
 
     assert pipeline.trace(_opts()) == DEFAULT_TRACE_MM_H == 0.1
     stage = pipeline.downscale
+    # an areal-mean input straight to a mean-pooled Stage II keeps its light cells
+    alone = Pipeline(None, stage)
+    expected = AREAL_MEAN_TRACE_MM_H if stage.pooling == "mean" else DEFAULT_TRACE_MM_H
+    assert alone.trace(_opts()) == expected and AREAL_MEAN_TRACE_MM_H == 0.02
+    assert Pipeline(pipeline.correct, stage).trace(_opts()) == 0.1  # Stage I's drizzle is noise
     stage.metadata["trace_threshold"] = "0.3"
     try:
         assert pipeline.trace(_opts()) == 0.3

@@ -13,7 +13,9 @@ over dry land, and an all-zero input came out with rain on most pixels. The rule
    across a rain edge.
 3. **No trace values**: anything below ``trace`` (mm/h) is 0, at both grids. The default
    :data:`DEFAULT_TRACE_MM_H` = 0.1 mm/h is the usual wet/dry threshold of radar and gauge
-   verification (and the smallest non-zero step of most radar products). Weights may carry a
+   verification (and the smallest non-zero step of most radar products); an areal-mean input
+   that goes to a mean-pooled Stage II as it is (no Stage I) uses
+   :data:`AREAL_MEAN_TRACE_MM_H` = 0.02 mm/h at the coarse grid. Weights may carry a
    calibrated value in their metadata (``trace_threshold``, mm/h), which is then the default.
 
 "Dry" means below ``trace``; missing (NaN) cells count as dry neighbours. The threshold used is
@@ -27,6 +29,10 @@ import numpy as np
 import scipy.ndimage as ndi
 
 DEFAULT_TRACE_MM_H = 0.1
+#: The trace threshold of an areal-mean input downscaled as it is (no Stage I): a 10-km mean of
+#: 0.05 mm/h is real rain, kept by the mass-consistent rescaling on a few pixels (BENCHMARKS.md,
+#: "Light cells"); Stage I samples keep 0.1, their drizzle being noise.
+AREAL_MEAN_TRACE_MM_H = 0.02
 DEFAULT_HALO = 1
 
 

@@ -47,6 +47,7 @@ from precipdiff.diffusion.samplers import native_schedule
 from precipdiff.errors import CheckpointError, GridError
 from precipdiff.grid import Grid, spatial_dims, upsample_tensor
 from precipdiff.pipeline.dry import (
+    AREAL_MEAN_TRACE_MM_H,
     DEFAULT_HALO,
     DEFAULT_TRACE_MM_H,
     dry_cells,
@@ -282,12 +283,18 @@ class Pipeline:
         return self.downscale.factor if self.downscale is not None else 1
 
     def trace(self, opts: PredictOptions) -> float:
-        """The trace threshold (mm/h): ``opts``, else the weights' metadata, else the default."""
+        """The trace threshold (mm/h): ``opts``, else the weights' metadata, else the default:
+        :data:`~precipdiff.pipeline.dry.AREAL_MEAN_TRACE_MM_H` when an areal-mean input goes
+        to a mean-pooled Stage II as it is (no Stage I), else
+        :data:`~precipdiff.pipeline.dry.DEFAULT_TRACE_MM_H`."""
         if opts.trace_threshold is not None:
             return float(opts.trace_threshold)
         for stage in (self.downscale, self.correct):
             if stage is not None and "trace_threshold" in stage.metadata:
                 return float(stage.metadata["trace_threshold"])
+        if self.correct is None and self.downscale is not None \
+                and self.downscale.pooling == "mean":
+            return AREAL_MEAN_TRACE_MM_H
         return DEFAULT_TRACE_MM_H
 
     def mass_consistent(self, opts: PredictOptions) -> bool:
