@@ -374,6 +374,9 @@ def test_trace_threshold_default_and_from_weights(pipeline: Pipeline) -> None:
     alone = Pipeline(None, stage)
     expected = AREAL_MEAN_TRACE_MM_H if stage.pooling == "mean" else DEFAULT_TRACE_MM_H
     assert alone.trace(_opts()) == expected and AREAL_MEAN_TRACE_MM_H == 0.02
+    if "fine_threshold" not in stage.metadata:  # ... at the coarse grid only
+        assert alone.fine_threshold(_opts()) == DEFAULT_TRACE_MM_H
+        assert alone.fine_threshold(_opts(trace_threshold=0.05)) == 0.05
     assert Pipeline(pipeline.correct, stage).trace(_opts()) == 0.1  # Stage I's drizzle is noise
     stage.metadata["trace_threshold"] = "0.3"
     try:

@@ -306,12 +306,16 @@ class Pipeline:
 
     def fine_threshold(self, opts: PredictOptions) -> float:
         """The fine-grid wet threshold (mm/h): ``opts``, else the Stage-II weights' metadata,
-        else the trace threshold; never below the trace threshold."""
+        else the trace threshold but at least :data:`~precipdiff.pipeline.dry.
+        DEFAULT_TRACE_MM_H` (the lower areal-mean trace is a coarse-grid rule: no 1-km value
+        ends below 0.1 mm/h); never below the trace threshold."""
         value = opts.fine_threshold
         if value is None and self.downscale is not None:
             value = self.downscale.metadata.get("fine_threshold")
         trace = self.trace(opts)
-        return max(trace, float(value)) if value is not None else trace
+        if value is None:
+            return trace if opts.trace_threshold is not None else max(trace, DEFAULT_TRACE_MM_H)
+        return max(trace, float(value))
 
     # ---------------------------------------------------------------- checks
     def prepare_input(self, src: xr.DataArray, opts: PredictOptions) -> xr.DataArray:
