@@ -132,15 +132,19 @@ def test_init_from_per_frame_release_and_freeze_spatial(tmp_path):
     with torch.no_grad():
         per_frame.conv_out.weight.normal_(0, 0.1)
     path = Release(stage="downscale", model=unet, state=per_frame.state_dict(),
-                   transform=PrecipTransform(), factor=4, patch=96).save(tmp_path / "w.safetensors")
+                   transform=PrecipTransform(), factor=4, patch=96,
+                   notes={"fine_threshold": "0.18"}).save(tmp_path / "w.safetensors")
     import dataclasses
 
     from precipdiff.training.temporal import temporal_release
 
     frozen = dataclasses.replace(_cfg(init_from=str(path), steps=3), freeze_spatial=True)
     result = train_temporal(frozen, dataset=MovingBlobs(n=8))
-    # the frozen spatial blocks keep the attention span they were trained with
-    assert temporal_release(frozen, result.ema, MovingBlobs(n=2)).patch == 96
+    # the frozen spatial blocks keep the attention span they were trained with, and the
+    # fine wet threshold calibrated for them
+    kept = temporal_release(frozen, result.ema, MovingBlobs(n=2))
+    assert kept.patch == 96 and kept.notes["fine_threshold"] == "0.18"
+    assert kept.notes["temporal_noise_correlation"] == "0.0"
     assert temporal_release(_cfg(steps=1), result.ema, MovingBlobs(n=2)).patch == PATCH
     for name, p in result.net.named_parameters():
         if not name.startswith("temporal."):

@@ -289,21 +289,24 @@ def _store_pooling(ds: Any, store: str) -> str:
 def temporal_release(cfg: TemporalRunConfig, net: SpatioTemporalUNet, ds: Any) -> Release:
     """The :class:`~precipdiff.release.Release` of a trained temporal net (weights format
     ``precipdiff-weights/1`` with the ``temporal`` key; ``temporal_noise`` as a note). Its
-    ``patch`` (the attention span applied at inference) is the clip patch, or, with frozen
+    ``patch`` (the attention span applied at inference) is the clip patch, or, with kept
     spatial weights (frozen or at a reduced learning rate), the larger patch those were
-    trained on (``train.init_from``)."""
+    trained on (``train.init_from``), whose calibrated ``fine_threshold`` notes it inherits."""
     pooling = _store_pooling(ds, cfg.run.data.store)
     patch = cfg.run.data.patch
-    if cfg.spatial_kept:  # the spatial span it was trained with
-        patch = max(patch, Release.load(cfg.run.train.init_from).patch)
+    notes = {"temporal_noise": cfg.noise,
+             "temporal_noise_correlation": str(cfg.noise_correlation)}
+    if cfg.spatial_kept:  # the spatial span it was trained with, and its fine wet threshold
+        init = Release.load(cfg.run.train.init_from)
+        patch = max(patch, init.patch)
+        notes |= {k: v for k, v in init.notes.items() if k.startswith("fine_threshold")}
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return Release(stage="downscale", model=net.cfg, state=state, transform=ds.transform,
                    factor=int(ds.factor), pooling=pooling,
                    semantics=InputSemantics.for_pooling(pooling),
                    sigma_data=cfg.run.diffusion.sigma_data, patch=patch,
                    temporal=cfg.temporal, config=cfg.to_dict(),
-                   notes={"temporal_noise": cfg.noise,
-                          "temporal_noise_correlation": str(cfg.noise_correlation)})
+                   notes=notes)
 
 
 def save_temporal(path: str | Path, cfg: TemporalRunConfig, net: SpatioTemporalUNet,
