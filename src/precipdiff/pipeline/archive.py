@@ -336,12 +336,13 @@ def _write_step(root, pipeline: Pipeline, opts: PredictOptions, field: np.ndarra
 def _write_band(root, i: int, y0: int, y1: int, hr: np.ndarray,
                 thresholds: Sequence[float]) -> None:
     """Fine rows ``[y0, y1)`` of the store's step ``i``: members and their summaries."""
+    from precipdiff.pipeline.output import band_summaries
+
     root["precip"][i, :, y0:y1] = hr
-    root["ensemble_mean"][i, y0:y1] = hr.mean(axis=0)
-    root["ensemble_std"][i, y0:y1] = hr.std(axis=0, ddof=1) if len(hr) > 1 else 0.0
-    for k, thr in enumerate(thresholds):
-        prob = (hr >= thr).mean(axis=0).astype(np.float32)
-        prob[np.isnan(hr[0])] = np.nan
+    mean, std, probs = band_summaries(hr, thresholds)
+    root["ensemble_mean"][i, y0:y1] = mean
+    root["ensemble_std"][i, y0:y1] = std
+    for k, prob in enumerate(probs):
         root["exceedance_probability"][i, k, y0:y1] = prob
 
 
@@ -366,11 +367,6 @@ def _write_record(root, pipeline: Pipeline, opts: PredictOptions, src: xr.DataAr
         if not done[i]:
             root["source_lr"][i] = field
             root["corrected_lr"][i] = corrected[-1]
-    if pipeline.downscale is None:
-        for t, i in enumerate(index):
-            if not done[i]:
-                finish(int(i), tallies[t])
-        return
     record = pipeline.new_tally()
     ext = None if extras is None else np.asarray(extras.values, np.float32)
     fine, coarse = 0.0, 0.0

@@ -299,15 +299,27 @@ def predict_to_file(
     return Path(path)
 
 
+def band_summaries(hr: np.ndarray, thresholds: Sequence[float]
+                   ) -> tuple[np.ndarray, np.ndarray | float, list[np.ndarray]]:
+    """Ensemble mean, std (0 for one member) and the probability of ``>= thr`` for each
+    threshold (NaN where the field is missing) of members ``hr`` (M, h, W) mm/h."""
+    std = hr.std(axis=0, ddof=1) if hr.shape[0] > 1 else 0.0
+    probs = []
+    for thr in thresholds:
+        prob = (hr >= thr).mean(axis=0).astype(np.float32)
+        prob[np.isnan(hr[0])] = np.nan
+        probs.append(prob)
+    return hr.mean(axis=0), std, probs
+
+
 def _write_band(ds: netCDF4.Dataset, t: int, y0: int, y1: int, hr: np.ndarray,
                 thresholds: Sequence[float]) -> None:
     """Fine rows ``[y0, y1)`` of time step ``t``: members (M, h, W) mm/h and their summaries."""
     ds["precip"][:, t, y0:y1] = hr
-    ds["ensemble_mean"][t, y0:y1] = hr.mean(axis=0)
-    ds["ensemble_std"][t, y0:y1] = hr.std(axis=0, ddof=1) if hr.shape[0] > 1 else 0.0
-    for k, thr in enumerate(thresholds):
-        prob = (hr >= thr).mean(axis=0).astype(np.float32)
-        prob[np.isnan(hr[0])] = np.nan
+    mean, std, probs = band_summaries(hr, thresholds)
+    ds["ensemble_mean"][t, y0:y1] = mean
+    ds["ensemble_std"][t, y0:y1] = std
+    for k, prob in enumerate(probs):
         ds["exceedance_probability"][k, t, y0:y1] = prob
 
 

@@ -724,9 +724,7 @@ def _concentrate(out: np.ndarray, lr: np.ndarray, threshold: float,
         score = np.zeros((len(volume), f2))
     else:
         score = np.nan_to_num(ranking.transpose(0, 1, 3, 2, 4)[idx].reshape(-1, f2), nan=-np.inf)
-    order = np.argsort(-score, axis=1, kind="stable")
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(f2)[None].repeat(len(order), 0), axis=1)
+    ranks = np.argsort(np.argsort(-score, axis=1, kind="stable"), axis=1)
     values = np.where(ranks < k[:, None], (volume / np.maximum(k, 1))[:, None], 0.0)
     blocks = out.transpose(0, 1, 3, 2, 4).copy()
     blocks[idx] = values.reshape(len(values), out.shape[2], out.shape[4])

@@ -27,9 +27,11 @@ def lr_at(samples_seen: int, cfg: OptimConfig, total_samples: int) -> float:
     return cfg.lr * warm * decay
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; the learning rate is set every step by :func:`lr_at`."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: nn.Module, cfg: OptimConfig,
+                    groups: list[dict] | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, or over parameter ``groups`` (each may carry an
+    ``lr_ratio``, see :func:`set_lr`); the learning rate is set every step by :func:`lr_at`."""
+    params = groups if groups is not None else [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 

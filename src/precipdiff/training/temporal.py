@@ -190,7 +190,8 @@ def build_temporal_net(cfg: TemporalRunConfig, cond_channels: int) -> SpatioTemp
 def temporal_optimizer(net: SpatioTemporalUNet, cfg: TemporalRunConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters: the temporal blocks at the scheduled learning rate,
     the spatial weights at ``spatial_lr_ratio`` of it (the ``lr_ratio`` of their group)."""
-    o = cfg.run.optim
+    from precipdiff.training.optim import build_optimizer
+
     temporal = [p for n, p in net.named_parameters() if p.requires_grad
                 and n.startswith("temporal.")]
     spatial = [p for n, p in net.named_parameters() if p.requires_grad
@@ -198,7 +199,7 @@ def temporal_optimizer(net: SpatioTemporalUNet, cfg: TemporalRunConfig) -> torch
     groups = [{"params": temporal, "lr_ratio": 1.0}]
     if spatial:
         groups.append({"params": spatial, "lr_ratio": cfg.spatial_lr_ratio})
-    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    return build_optimizer(net, cfg.run.optim, groups)
 
 
 def run_temporal(cfg: TemporalRunConfig) -> Path:
