@@ -15,7 +15,9 @@ fine-pixel window around the rain, feeds the coarse (mean-pooled) radar to
   further ``--noise-correlation`` (starting noise correlated in time, AR(1), the same for both
   models: :func:`precipdiff.pipeline.sequence.sequence_noise`),
 
-and scores both against the 1-km radar: per-frame CRPS (fair), ensemble FSS (1 mm/h over 8 km,
+(``--split all`` takes every event instead, for leave-one-network-out weights that never saw
+the network: ``--networks mrms --split all`` for the 2-min MRMS sequence), and scores both
+against the 1-km radar: per-frame CRPS (fair), ensemble FSS (1 mm/h over 8 km,
 5 mm/h over 32 km, all frames pooled), lag-1/lag-3 correlation error,
 flicker ratio and the CRPS of 30-min and hourly accumulations
 (:mod:`precipdiff.evaluation.temporal`), plus the wall time per frame at the same NFE. The
@@ -55,7 +57,7 @@ from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.diffusion.samplers import get_sampler, nfe, sampler_sigmas
 from precipdiff.evaluation.metrics import crps_ensemble
 from precipdiff.evaluation.spatial import fss
-from precipdiff.evaluation.temporal import temporal_scores
+from precipdiff.evaluation.temporal import lag_correlation, temporal_scores
 from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
 from precipdiff.pipeline.sequence import (
     WINDOW_MODES,
@@ -70,12 +72,17 @@ log = logging.getLogger("bench_temporal")
 SHIPPED = Path("src/precipdiff/weights/stage2_downscale_mean.safetensors")
 
 
-def load_case(corpus, network: str, frames: int, crop: int) -> dict | None:
-    """The wettest ``frames`` consecutive held-out frames of ``network`` and the coarse window
-    (``crop // factor`` cells) with the most rain over them and no missing cell."""
+def load_case(corpus, network: str, frames: int, crop: int, split: str = "test"
+              ) -> dict | None:
+    """The wettest ``frames`` consecutive frames of ``network``'s ``split`` (``all``: every
+    event, for weights that never saw the network) and the coarse window (``crop // factor``
+    cells) with the most rain over them and no missing cell."""
     st = corpus.open(network)
     f = st.factor
-    test = np.asarray(st.splits.get("test", {"time": []})["time"], np.int64)
+    if split == "all":
+        test = np.arange(st["time"].shape[0], dtype=np.int64)
+    else:
+        test = np.asarray(st.splits.get(split, {"time": []})["time"], np.int64)
     if test.size < frames:
         return None
     times_s = np.asarray(st["time"][:], np.int64)[test]
@@ -134,6 +141,8 @@ def score(pred_mm: np.ndarray, truth: np.ndarray, times: np.ndarray) -> dict[str
         out[f"fss_{thr:g}mm_{km}km"] = float(fss(fc, ob, threshold=thr, scale=km,
                                                  spatial_dims=("y", "x"), reduce_dims="time"))
     out.update(temporal_scores(fc, ob, lags=(1, 3), periods_h=(0.5, 1.0)))
+    out["lag1_corr"] = float(np.nanmean(lag_correlation(fc, 1).values))  # mean over members
+    out["lag1_corr_radar"] = float(lag_correlation(ob, 1))
     return out
 
 
@@ -200,7 +209,8 @@ def figures(case: dict, out: Path) -> None:
 def report(results: list[dict], meta: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    keys = ["crps_fair", "fss_1mm_8km", "fss_5mm_32km", "lag1_corr_error", "lag3_corr_error",
+    keys = ["crps_fair", "fss_1mm_8km", "fss_5mm_32km", "lag1_corr", "lag1_corr_radar",
+            "lag1_corr_error", "lag3_corr_error",
             "flicker_ratio", "crps_fair_30min_accum", "crps_fair_60min_accum", "s_per_frame"]
     lines = ["# Per-frame Stage II vs temporal model (held-out radar sequences)", "",
              f"Settings: {json.dumps(meta)}", "",
@@ -244,6 +254,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sequence_arguments(ap, output="benchmarks/results/temporal", crop=120)
     ap.add_argument("--frames", type=int, default=12)
+    ap.add_argument("--split", default="test",
+                    help="corpus split of the sequences; 'all' for a network the weights never "
+                    "saw (leave-one-network-out weights)")
     return ap.parse_args(argv)
 
 
@@ -275,9 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     corpus = open_corpus(args.corpus)
     results = []
     for network in args.networks or corpus.networks:
-        case = load_case(corpus, network, args.frames, args.crop)
+        case = load_case(corpus, network, args.frames, args.crop, args.split)
         if case is None:
-            log.info("%s: no %d-frame held-out sequence at <= 10 min", network, args.frames)
+            log.info("%s: no %d-frame %s sequence at <= 10 min", network, args.frames,
+                     args.split)
             continue
         results.append(run_case(case, release, net, opts, tuple(args.windows),
                                 tuple(args.noise_correlation)))

@@ -353,6 +353,12 @@ def predict(
                      "(0: independent frames; default: what the weights were trained with).",
                      metavar="PHI", show_default=False),
     ] = PREDICT.temporal_noise_correlation,
+    temporal_chunk: Annotated[
+        int,
+        typer.Option(help="Frames a temporal Stage II samples as one state (neighbouring "
+                     "chunks share a window); bounds its memory with --member-batch and "
+                     "--window.", metavar="N"),
+    ] = PREDICT.temporal_chunk,
     thresholds: Annotated[
         str, typer.Option(help="Exceedance thresholds, mm/h.", metavar="LIST")
     ] = ",".join(f"{t:g}" for t in PREDICT.thresholds),
@@ -442,6 +448,7 @@ def predict(
         time_conserve=time_conserve,
         temporal_windows=temporal_windows,
         temporal_noise_correlation=temporal_noise_correlation,
+        temporal_chunk=temporal_chunk,
         thresholds=_parse_thresholds(thresholds),
         archive=archive,
     )

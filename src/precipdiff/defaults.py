@@ -32,6 +32,9 @@ class PredictDefaults:
     correlation in time of a temporal Stage II's starting noise (AR(1),
     :func:`~precipdiff.pipeline.sequence.sequence_noise`); None: the correlation the weights
     were trained with (their ``temporal_noise_correlation`` note, 0 without one).
+    temporal_chunk : frames a temporal Stage II samples as one state (neighbouring chunks share
+    a temporal window, blended); with ``member_batch`` and ``window`` it bounds the sampler's
+    memory whatever the record's length (:mod:`precipdiff.pipeline.record`).
     """
 
     members: int = 16
@@ -50,6 +53,7 @@ class PredictDefaults:
     mass_consistent: bool | None = None
     temporal_windows: str = "alternate"
     temporal_noise_correlation: float | None = None
+    temporal_chunk: int = 24
 
     @property
     def min_window(self) -> int:

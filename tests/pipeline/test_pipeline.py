@@ -315,7 +315,7 @@ def test_extra_channels_are_standardised_and_checked(tmp_path) -> None:
 def test_disk_accumulator_gives_the_same_file(pipeline: Pipeline, tmp_path, monkeypatch) -> None:
     """Large domains blend windows in a temporary zarr array: same numbers as in memory, for
     every time step (the second step's array once collided with the first's)."""
-    import precipdiff.pipeline.pipeline as pp
+    import precipdiff.pipeline.accumulate as pp
 
     src = coarse_field(ny=6, nx=8, n_time=2)
     opts = _opts(window=16, halo=4, tile=16, overlap=4)

@@ -278,7 +278,11 @@ def zarr_task(
                 call("step_done", int(i))
 
         if pipeline.temporal:
-            _write_record(root, pipeline, opts, src, index, done, req.thresholds, extras, finish)
+            from precipdiff.pipeline.pipeline import scratch_dir
+
+            with scratch_dir() as scratch:
+                _write_record(root, pipeline, opts, src, index, done, req.thresholds, extras,
+                              finish, Path(scratch))
             return path, None
         for t, i in enumerate(index):
             if done[i]:
@@ -348,7 +352,8 @@ def _write_band(root, i: int, y0: int, y1: int, hr: np.ndarray,
 
 def _write_record(root, pipeline: Pipeline, opts: PredictOptions, src: xr.DataArray,
                   index: np.ndarray, done: np.ndarray, thresholds: Sequence[float],
-                  extras: xr.DataArray | None, finish: Callable[[int, RunTally], None]) -> None:
+                  extras: xr.DataArray | None, finish: Callable[[int, RunTally], None],
+                  scratch: Path) -> None:
     """A temporal Stage II over the input's whole record (:mod:`precipdiff.pipeline.record`),
     written step by step; ``finish(i, tally)`` marks the store's step ``i`` done.
 
@@ -370,17 +375,18 @@ def _write_record(root, pipeline: Pipeline, opts: PredictOptions, src: xr.DataAr
     record = pipeline.new_tally()
     ext = None if extras is None else np.asarray(extras.values, np.float32)
     fine, coarse = 0.0, 0.0
-    for t, hr in downscale_record(pipeline, np.stack(corrected, axis=1), src["time"].values,
-                                  opts, extras=ext, tally=record):
+    for t, bands in downscale_record(pipeline, np.stack(corrected, axis=1), src["time"].values,
+                                     opts, extras=ext, tally=record, scratch=scratch):
+        i = int(index[t])
+        for y0, y1, hr in bands:
+            if not done[i]:
+                _write_band(root, i, y0, y1, hr, thresholds)
         step = tallies[t]  # this step's share of the record's volume sums
         step.volume, step.pooling = record.volume, record.pooling
         step.fine_sum, step.coarse_sum = record.fine_sum - fine, record.coarse_sum - coarse
         fine, coarse = record.fine_sum, record.coarse_sum
-        i = int(index[t])
-        if done[i]:
-            continue
-        _write_band(root, i, 0, hr.shape[-2], hr, thresholds)
-        finish(i, step)
+        if not done[i]:
+            finish(i, step)
 
 
 def _record_volume(root, i: int, tally: RunTally) -> None:

@@ -294,7 +294,8 @@ def predict_to_file(
                     _write_band(ds, t, y0, y1, hr, thresholds)
                 log.info("time step %d/%d written", t + 1, len(times))
             if fine is not None and record:
-                _write_record(ds, pipeline, times, opts, extras, thresholds, tally, on_window)
+                _write_record(ds, pipeline, times, opts, extras, thresholds, tally, on_window,
+                              Path(scratch))
             ds.setncatts(tally.attrs())
     return Path(path)
 
@@ -325,14 +326,15 @@ def _write_band(ds: netCDF4.Dataset, t: int, y0: int, y1: int, hr: np.ndarray,
 
 def _write_record(ds: netCDF4.Dataset, pipeline: Pipeline, times: np.ndarray,
                   opts: PredictOptions, extras: xr.DataArray | None,
-                  thresholds: Sequence[float], tally, on_window) -> None:
+                  thresholds: Sequence[float], tally, on_window, scratch: Path) -> None:
     """A temporal Stage II over the whole record (:mod:`precipdiff.pipeline.record`), from the
     corrected members already in the file."""
     from precipdiff.pipeline.record import downscale_record
 
     corrected = np.asarray(np.ma.filled(ds["corrected_lr"][:], np.nan), np.float32)
     ext = None if extras is None else np.asarray(extras.values, np.float32)
-    for t, hr in downscale_record(pipeline, corrected, times, opts, extras=ext, tally=tally,
-                                  on_window=on_window):
-        _write_band(ds, t, 0, hr.shape[-2], hr, thresholds)
+    for t, bands in downscale_record(pipeline, corrected, times, opts, extras=ext,
+                                     tally=tally, on_window=on_window, scratch=scratch):
+        for y0, y1, hr in bands:
+            _write_band(ds, t, y0, y1, hr, thresholds)
         log.info("time step %d/%d written", t + 1, len(times))

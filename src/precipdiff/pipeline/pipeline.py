@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -45,7 +44,8 @@ import xarray as xr
 from precipdiff.defaults import PREDICT
 from precipdiff.diffusion.samplers import native_schedule
 from precipdiff.errors import CheckpointError, GridError
-from precipdiff.grid import Grid, spatial_dims, upsample_tensor
+from precipdiff.grid import Grid, spatial_dims
+from precipdiff.pipeline.accumulate import Accumulator
 from precipdiff.pipeline.dry import (
     AREAL_MEAN_TRACE_MM_H,
     DEFAULT_HALO,
@@ -62,7 +62,7 @@ from precipdiff.pipeline.inputs import (
 )
 from precipdiff.pipeline.record import downscale_record, noise_correlation
 from precipdiff.pipeline.stage import SamplerSettings, Stage, bf16_is_fast
-from precipdiff.pipeline.tiling import position_noise, windows
+from precipdiff.pipeline.tiling import position_noise, window_base, windows
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ STAGE1_BOUND = {"mean": (3.0, 10.0), "max": (10.0, 20.0)}
 
 #: Accumulators larger than this many bytes go to a temporary zarr array on disk
 #: (environment variable PRECIPDIFF_ACCUMULATOR_MB overrides it).
-IN_MEMORY_LIMIT = int(os.environ.get("PRECIPDIFF_ACCUMULATOR_MB", "256")) * 2**20
 
 
 @dataclass(frozen=True)
@@ -108,6 +107,7 @@ class PredictOptions:
     Stage II covers a record (:data:`~precipdiff.pipeline.sequence.WINDOW_MODES`).
     temporal_noise_correlation : lag-1 correlation in time of its starting noise; None: what
     the weights were trained with (:func:`~precipdiff.pipeline.record.noise_correlation`).
+    temporal_chunk : frames it samples as one state (:mod:`precipdiff.pipeline.record`).
     """
 
     members: int = PREDICT.members
@@ -132,6 +132,7 @@ class PredictOptions:
     allow_spacing_mismatch: bool = False
     temporal_windows: str = PREDICT.temporal_windows
     temporal_noise_correlation: float | None = PREDICT.temporal_noise_correlation
+    temporal_chunk: int = PREDICT.temporal_chunk
 
     @property
     def bf16(self) -> bool:
@@ -203,50 +204,6 @@ class StepResult:
     corrected_lr: np.ndarray
     hr_bands: Iterator[tuple[int, int, np.ndarray]] | None = None
     stats: dict[str, float] = field(default_factory=dict)
-
-
-class _Accumulator:
-    """Weighted sum of window outputs and the sum of weights, in memory or on disk (zarr).
-
-    On disk, every time step's accumulator replaces the previous step's in ``scratch`` (its bands
-    have been read by then), so a run's scratch space is one step's, however many steps."""
-
-    def __init__(self, members: int, height: int, width: int, scratch: Path | None):
-        nbytes = members * height * width * 4
-        if nbytes <= IN_MEMORY_LIMIT or scratch is None:
-            self.wsum = np.zeros((members, height, width), np.float32)
-            self.wnorm = np.zeros((height, width), np.float32)
-        else:
-            import zarr
-
-            chunks = (members, 512, 512)
-            self.wsum = zarr.create_array(
-                scratch / "wsum.zarr",
-                shape=(members, height, width),
-                chunks=chunks,
-                dtype="float32",
-                fill_value=0.0,
-                overwrite=True,
-            )
-            self.wnorm = zarr.create_array(
-                scratch / "wnorm.zarr",
-                shape=(height, width),
-                chunks=chunks[1:],
-                dtype="float32",
-                fill_value=0.0,
-                overwrite=True,
-            )
-
-    def add(self, m0: int, y0: int, x0: int, values: np.ndarray, weight: np.ndarray) -> None:
-        m1, (h, w) = m0 + values.shape[0], weight.shape
-        self.wsum[m0:m1, y0 : y0 + h, x0 : x0 + w] = (
-            self.wsum[m0:m1, y0 : y0 + h, x0 : x0 + w] + values * weight
-        )
-        if m0 == 0:
-            self.wnorm[y0 : y0 + h, x0 : x0 + w] = self.wnorm[y0 : y0 + h, x0 : x0 + w] + weight
-
-    def band(self, y0: int, y1: int) -> np.ndarray:
-        return np.asarray(self.wsum[:, y0:y1]) / np.asarray(self.wnorm[y0:y1])[None]
 
 
 def _nan_to_zero(a: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
@@ -446,16 +403,10 @@ class Pipeline:
         tcor, _ = _nan_to_zero(stage.transform.forward(corrected))
         trace = self.trace(opts)
         dry_lr = dry_cells(corrected, trace=trace, halo=opts.dry_halo)
-        acc = _Accumulator(m, h, w, scratch)
+        acc = Accumulator(m, h, w, scratch)
+        lr = tcor[:, None].to(opts.device)
         for win in windows(h, w, opts.window, opts.halo, multiple=f):
-            ly0, ly1, lx0, lx1 = win.y0 // f, -(-win.y1 // f), win.x0 // f, -(-win.x1 // f)
-            # one coarse cell of margin, so bilinear weights at window edges see the real
-            # neighbours (as in a whole-domain upsampling), then crop back to the window
-            my0, mx0 = max(ly0 - 1, 0), max(lx0 - 1, 0)
-            lr = tcor[:, None, my0 : min(ly1 + 1, ny), mx0 : min(lx1 + 1, nx)].to(opts.device)
-            oy, ox = (ly0 - my0) * f, (lx0 - mx0) * f
-            base_all = upsample_tensor(lr, f, method="bilinear")
-            base_all = base_all[..., oy : oy + win.y1 - win.y0, ox : ox + win.x1 - win.x0]
+            base_all = window_base(lr, win, f)
             ext = None
             if extras is not None:
                 window_extras = extras[:, win.y0 : win.y1, win.x0 : win.x1]
@@ -562,9 +513,10 @@ class Pipeline:
                 hr[:, t, y0:y1] = band
         if self.temporal:
             ext = None if extras is None else extras.values
-            for t, frame in downscale_record(self, lr, times, opts, extras=ext, tally=tally,
+            for t, bands in downscale_record(self, lr, times, opts, extras=ext, tally=tally,
                                              on_window=on_window):
-                hr[:, t] = frame
+                for y0, y1, band in bands:
+                    hr[:, t, y0:y1] = band
         ds = self._dataset(src, grid, fine, lr, hr if self.downscale is not None else None, opts)
         return ds.assign_attrs(tally.attrs())
 

@@ -28,11 +28,18 @@ seed gives the same output, and with independent frames (0) a temporal model who
 blocks are zero (as initialised) samples what the per-frame model samples on a domain that
 fits one window and one tile (with a deterministic sampler).
 
-Memory: the network's activations are bounded by window x tile as in the per-frame path, but the
-sampler state of the whole record, members x time x fine grid, is in memory (about
-:data:`STATE_COPIES` float32 copies: state, denoised, fusion sum, the sampler's history, plus the
-conditioning). :func:`check_record_memory` refuses a record above :data:`SEQUENCE_LIMIT` before
-any work; split such a record in time (several input files) or the domain (``--bbox``).
+Memory: the record is sampled in blocks of at most ``opts.member_batch`` members x
+``opts.temporal_chunk`` frames x one fine-grid window of the per-frame path
+(:func:`~precipdiff.pipeline.tiling.windows`, ``opts.window`` / ``opts.halo``); each block is
+one sampler state whose starting noise is the record's own at those members, frames and pixels
+(:func:`~precipdiff.pipeline.sequence.sample_block`), and blocks are blended where their
+windows (in space) or chunks (in time, sharing a temporal window) overlap, as the per-frame
+path blends its windows. The sampler state is bounded by ``member_batch x chunk x window``,
+whatever the record's length and domain: a frame is finished and handed on (in row bands) once
+every block covering it is done, and the blend sums of frames still open go to a scratch
+folder on disk when they are larger than the per-frame path's in-memory limit.
+:func:`check_record_memory` refuses a block above :data:`SEQUENCE_LIMIT` before any work.
+A record that fits one block (one chunk, one window) is sampled as one state, as before.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -48,14 +57,17 @@ from torch import Tensor
 
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.errors import ConfigError
-from precipdiff.grid import upsample_tensor
+from precipdiff.pipeline.accumulate import Accumulator
 from precipdiff.pipeline.dry import dry_cells
 from precipdiff.pipeline.sequence import (
+    FrameWindow,
     SequenceOptions,
     TemporalDenoiser,
     clips_per_call,
-    sample_sequence,
+    sample_block,
+    time_chunks,
 )
+from precipdiff.pipeline.tiling import Window, window_base, windows
 
 if TYPE_CHECKING:
     from precipdiff.pipeline.pipeline import Pipeline, PredictOptions, RunTally
@@ -63,11 +75,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Largest sampler state of a record, bytes (environment variable PRECIPDIFF_SEQUENCE_MB,
-#: MiB, overrides it; see :func:`check_record_memory`).
+#: Largest sampler state of one block of a record, bytes (environment variable
+#: PRECIPDIFF_SEQUENCE_MB, MiB, overrides it; see :func:`check_record_memory`).
 SEQUENCE_LIMIT = int(os.environ.get("PRECIPDIFF_SEQUENCE_MB", "8192")) * 2**20
 
-#: float32 copies of the members x time x fine-grid state the sampler holds at once
+#: float32 copies of a block's members x frames x window state the sampler holds at once
 #: (state, denoised, fusion sum, the sampler's history, base, the output).
 STATE_COPIES = 8
 
@@ -78,23 +90,23 @@ def frame_overlap(frames: int) -> int:
 
 
 def record_bytes(members: int, frames: int, height: int, width: int, channels: int = 1) -> int:
-    """Estimated peak bytes of sampling ``members`` records of ``frames`` fine fields
+    """Estimated peak bytes of sampling a block of ``members`` x ``frames`` fine fields
     ``height`` x ``width`` with ``channels`` conditioning channels (:data:`STATE_COPIES`)."""
     return members * frames * height * width * 4 * (STATE_COPIES + channels)
 
 
 def check_record_memory(stage: Stage, members: int, frames: int, height: int, width: int,
                         channels: int = 1) -> None:
-    """:class:`~precipdiff.errors.ConfigError` when :func:`record_bytes` exceeds
+    """:class:`~precipdiff.errors.ConfigError` when a block's :func:`record_bytes` exceeds
     :data:`SEQUENCE_LIMIT`, naming the weights, the sizes and the way out."""
     need = record_bytes(members, frames, height, width, channels)
     if need > SEQUENCE_LIMIT:
         raise ConfigError(
-            f"{stage.source}: a temporal Stage II holds the whole record in memory: {members} "
-            f"members x {frames} times x {height}x{width} fine pixels need about "
-            f"{need / 2**20:.0f} MiB, above the limit of {SEQUENCE_LIMIT / 2**20:.0f} MiB "
-            "(PRECIPDIFF_SEQUENCE_MB); use fewer members, fewer times per input file or a "
-            "smaller --bbox"
+            f"{stage.source}: a temporal Stage II samples blocks of {members} members x "
+            f"{frames} times x {height}x{width} fine pixels at once, about "
+            f"{need / 2**20:.1f} MiB, above the limit of {SEQUENCE_LIMIT / 2**20:.1f} MiB "
+            "(PRECIPDIFF_SEQUENCE_MB); use a smaller --member-batch, --temporal-chunk or "
+            "--window"
         )
 
 
@@ -116,7 +128,8 @@ def sequence_options(stage: Stage, opts: PredictOptions) -> SequenceOptions:
     window ``temporal.frames`` (``opts.temporal_windows``; overlap :func:`frame_overlap`), the
     per-frame tiles, at most
     ``opts.tile_batch`` frames per network call (one clip at least: :func:`clips_per_call`), the
-    Stage-II sampler settings and seed."""
+    Stage-II sampler settings and seed, chunks of ``opts.temporal_chunk`` frames whose
+    neighbours share a window (half a window of halo each side)."""
     assert stage.temporal is not None
     frames = stage.temporal.frames
     tile, overlap = stage.tiling(opts.tile, opts.overlap)
@@ -127,23 +140,24 @@ def sequence_options(stage: Stage, opts: PredictOptions) -> SequenceOptions:
         window=frames, overlap_frames=frame_overlap(frames), tile=tile, overlap=overlap,
         tile_batch=clips_per_call(frames, opts.tile_batch), windows=opts.temporal_windows,
         noise_correlation=noise_correlation(stage, opts),
+        chunk=opts.temporal_chunk, chunk_halo=max(1, frames // 2),
     )
 
 
-def record_condition(stage: Stage, corrected: np.ndarray, extras: np.ndarray | None,
-                     device: str | torch.device) -> tuple[Tensor, Tensor]:
-    """``(base (M, N, H, W), cond (M, N, C, H, W))`` of corrected members (M, N, Y, X) mm/h:
-    ``base = up_bilinear(T(corrected))`` (NaN as 0), ``cond`` = base then the standardised
-    ``extras`` (N, E, H, W) on the fine grid."""
-    m, n, ny, nx = corrected.shape
-    tcor = np.nan_to_num(stage.transform.forward(corrected), nan=0.0).astype(np.float32)
-    lr = torch.from_numpy(tcor).reshape(m * n, 1, ny, nx).to(device)
-    base = upsample_tensor(lr, stage.factor, method="bilinear")
+def block_condition(stage: Stage, tcor: Tensor, extras: np.ndarray | None, win: Window,
+                    ) -> tuple[Tensor, Tensor]:
+    """``(base (M, L, h, w), cond (M, L, C, h, w))`` of a block: transformed corrected members
+    ``tcor (M, L, Y, X)`` (NaN as 0) upsampled over the fine window ``win``
+    (:func:`~precipdiff.pipeline.tiling.window_base`), then the standardised ``extras``
+    (L, E, H, W) of the whole fine grid, cut to the window."""
+    m, n = tcor.shape[:2]
+    base = window_base(tcor.reshape(m * n, 1, *tcor.shape[-2:]), win, stage.factor)
     base = base.reshape(m, n, *base.shape[-2:])
     cond = base[:, :, None]
     if extras is not None:
-        ext = np.stack([stage.standardise_extras(e) for e in extras])
-        ext_t = torch.from_numpy(ext).to(device)[None].expand(m, -1, -1, -1, -1)
+        cut = extras[..., win.y0:win.y1, win.x0:win.x1]
+        ext = np.stack([stage.standardise_extras(e) for e in cut])
+        ext_t = torch.from_numpy(ext).to(tcor.device)[None].expand(m, -1, -1, -1, -1)
         cond = torch.cat([cond, ext_t], dim=2)
     stage.check_cond(cond.shape[2])
     return base, cond
@@ -162,6 +176,26 @@ def temporal_denoiser(stage: Stage, *, bf16: bool = False) -> TemporalDenoiser:
     return denoise
 
 
+def _blocks(n: int, h: int, w: int, f: int, members: int, seq: SequenceOptions,
+            opts: PredictOptions) -> tuple[list[FrameWindow], list[Window], int]:
+    """Time chunks, fine windows and the member batch of a record (module docstring)."""
+    chunks = time_chunks(n, seq.chunk, seq.chunk_halo)
+    wins = list(windows(h, w, opts.window, opts.halo, multiple=f))
+    return chunks, wins, max(1, min(members, opts.member_batch))
+
+
+def _bands(pipeline: Pipeline, acc: Accumulator, corrected: np.ndarray, opts: PredictOptions,
+           dry_lr: np.ndarray, band: int, tally: RunTally | None
+           ) -> Iterator[tuple[int, int, np.ndarray]]:
+    """A finished frame's row bands in mm/h (:meth:`Pipeline.finish_band`)."""
+    h = acc.wnorm.shape[0]
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        yield y0, y1, pipeline.finish_band(acc.band(y0, y1), corrected, y0, opts,
+                                           dry_lr=dry_lr, tally=tally)
+    acc.close()
+
+
 def downscale_record(
     pipeline: Pipeline,
     corrected: np.ndarray,
@@ -171,31 +205,63 @@ def downscale_record(
     extras: np.ndarray | None = None,
     tally: RunTally | None = None,
     on_window: Callable[[], None] | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
+    scratch: Path | None = None,
+) -> Iterator[tuple[int, Iterator[tuple[int, int, np.ndarray]]]]:
     """Downscale corrected members (M, N, Y, X) mm/h at valid ``times`` (N,) with the
-    pipeline's temporal Stage II; yields ``(t, (M, Y*f, X*f) mm/h)`` per time step.
+    pipeline's temporal Stage II; yields ``(t, bands)`` per time step in order, ``bands`` an
+    iterator of fine row bands ``(y0, y1, (M, h, W) mm/h)`` as
+    :meth:`~precipdiff.pipeline.pipeline.Pipeline.downscale_step` gives (read them before the
+    next step).
 
     ``extras`` (N, E, H, W) are extra channels on the fine grid; ``tally`` collects the volume;
-    ``on_window`` is called once, when the record is sampled (see the module docstring).
+    ``on_window`` is called after each block; ``scratch`` holds blend sums too large for
+    memory (see the module docstring).
     """
     stage = pipeline.downscale
     assert stage is not None and stage.temporal is not None
     m, n, ny, nx = corrected.shape
     f = stage.factor
+    h, w = ny * f, nx * f
     channels = 1 + (0 if extras is None else extras.shape[1])
-    check_record_memory(stage, m, n, ny * f, nx * f, channels)
     seq = sequence_options(stage, opts)
-    base, cond = record_condition(stage, corrected, extras, opts.device)
-    log.info("temporal Stage II: %d member(s) x %d time step(s), windows of %d frames (%s)",
-             m, n, seq.window, seq.windows)
-    r = sample_sequence(temporal_denoiser(stage, bf16=opts.bf16), cond, record_seconds(times),
-                        seq, sigma_data=stage.sigma_data)
-    sample = (base + r[:, :, 0]).cpu().numpy()
-    del base, cond, r
-    if on_window is not None:
-        on_window()
+    chunks, wins, mb = _blocks(n, h, w, f, m, seq, opts)
+    check_record_memory(stage, mb, max(c.t1 - c.t0 for c in chunks),
+                        max(v.y1 - v.y0 for v in wins), max(v.x1 - v.x0 for v in wins), channels)
+    tcor = torch.from_numpy(np.nan_to_num(stage.transform.forward(corrected), nan=0.0)
+                            .astype(np.float32)).to(opts.device)
+    seconds = record_seconds(times)
+    denoiser = temporal_denoiser(stage, bf16=opts.bf16)
+    log.info("temporal Stage II: %d member(s) x %d time step(s), windows of %d frames (%s), "
+             "%d chunk(s) x %d fine window(s)", m, n, seq.window, seq.windows, len(chunks),
+             len(wins))
     trace = pipeline.trace(opts)
-    for t in range(n):
-        dry_lr = dry_cells(corrected[:, t], trace=trace, halo=opts.dry_halo)
-        yield t, pipeline.finish_band(sample[:, t], corrected[:, t], 0, opts, dry_lr=dry_lr,
-                                      tally=tally)
+    band = max(f, (opts.window // f) * f)
+    open_frames: dict[int, Accumulator] = {}
+    done = 0
+    for i, c in enumerate(chunks):
+        for t in range(c.t0, c.t1):
+            if t not in open_frames:
+                folder = None if scratch is None else Path(scratch) / f"frame{t}"
+                open_frames[t] = Accumulator(m, h, w, folder)
+        for win in wins:
+            for m0 in range(0, m, mb):
+                mm = min(mb, m - m0)
+                base, cond = block_condition(
+                    stage, tcor[m0:m0 + mm, c.t0:c.t1],
+                    None if extras is None else extras[c.t0:c.t1], win)
+                r = sample_block(denoiser, cond, seconds[c.t0:c.t1],
+                                 replace(seq, members=mm), sigma_data=stage.sigma_data,
+                                 start=(m0, c.t0, win.y0, win.x0))
+                y = (base + r[:, :, 0]).cpu().numpy()
+                for k in range(c.t1 - c.t0):
+                    open_frames[c.t0 + k].add(m0, win.y0, win.x0, y[:, k],
+                                              win.weight.numpy() * float(c.weight[k]))
+                del base, cond, r, y
+            if on_window is not None:
+                on_window()
+        last = chunks[i + 1].t0 if i + 1 < len(chunks) else n
+        for t in range(done, last):
+            dry_lr = dry_cells(corrected[:, t], trace=trace, halo=opts.dry_halo)
+            yield t, _bands(pipeline, open_frames.pop(t), corrected[:, t], opts, dry_lr,
+                            band, tally)
+        done = last

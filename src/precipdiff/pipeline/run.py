@@ -103,6 +103,7 @@ class PredictRequest:
     time_conserve: bool = True
     temporal_windows: str = PREDICT.temporal_windows
     temporal_noise_correlation: float | None = PREDICT.temporal_noise_correlation
+    temporal_chunk: int = PREDICT.temporal_chunk
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,7 +114,8 @@ class PredictRequest:
         from precipdiff.diffusion.schedules import SCHEDULES
         from precipdiff.io.registry import READERS
 
-        for name in ("members", "steps", "member_batch", "workers", "coarsen", "time_factor"):
+        for name in ("members", "steps", "member_batch", "workers", "coarsen", "time_factor",
+                     "temporal_chunk"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, "
@@ -226,6 +228,7 @@ def _options(req: PredictRequest, device: str) -> PredictOptions:
         fine_threshold=req.fine_threshold,
         temporal_windows=req.temporal_windows,
         temporal_noise_correlation=req.temporal_noise_correlation,
+        temporal_chunk=req.temporal_chunk,
         device=device,
         precision=req.precision,
     )

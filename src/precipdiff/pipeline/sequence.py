@@ -17,11 +17,14 @@ frame evaluation per frame and step, against ``window / (window - overlap_frames
 for overlapping windows (1.5x for windows of 6 sharing 2 on a 12-frame record).
 
 Memory: the network sees at most ``tile_batch`` windows of ``window`` frames of one ``tile``
-(activations bounded by window x tile); the sampler state is ``members x chunk x H x W``
-where ``chunk`` (default: the whole record) cuts very long records into chunks of frames
-with a halo, each sampled on its own from starting noise that depends on ``(seed, member,
-global frame, pixel)`` only (:func:`~precipdiff.pipeline.tiling.position_noise`), then
-blended in time, as the spatial windows of :func:`~precipdiff.pipeline.tiling.windows` are.
+(activations bounded by window x tile). The sampler state is one *block*
+(:func:`sample_block`): members x frames x pixels placed anywhere in the record by its
+``start``, its starting noise depending on ``(seed, member, global frame, global pixel)`` only
+(:func:`sequence_noise`, :func:`~precipdiff.pipeline.tiling.position_noise`), so blocks that
+overlap start from the same values and are blended in their overlap, as the spatial windows of
+:func:`~precipdiff.pipeline.tiling.windows` are. :func:`sample_sequence` cuts a record into
+chunks of ``chunk`` frames in time (:func:`time_chunks`; default: the whole record);
+:func:`precipdiff.pipeline.record.downscale_record` cuts members, time and space.
 
 Layout: sampler tensors hold the frames of each member consecutively, ``(M*N, C, H, W)``
 (row ``m*N + t``), the clip layout of :class:`~precipdiff.models.temporal.SpatioTemporalUNet`.
@@ -214,9 +217,11 @@ def clips_per_call(frames: int, images: int) -> int:
 
 
 def sequence_noise(members: int, t0: int, t1: int, h: int, w: int, *, seed: int,
-                   channels: int = 1, correlation: float = 0.0) -> Tensor:
-    """Starting noise ``(M*(t1-t0), C, h, w)`` of frames ``[t0, t1)``: each value depends on
-    ``(seed, member, global frame, pixel)`` only.
+                   channels: int = 1, correlation: float = 0.0, member0: int = 0,
+                   y0: int = 0, x0: int = 0) -> Tensor:
+    """Starting noise ``(M*(t1-t0), C, h, w)`` of members ``[member0, member0 + M)``, frames
+    ``[t0, t1)`` and the pixels from ``(y0, x0)``: each value depends on ``(seed, member,
+    global frame, global pixel)`` only.
 
     ``correlation`` ``phi`` in ``[0, 1)`` correlates each pixel's noise in time as a first-order
     autoregressive process, lag-``k`` correlation ``phi**k`` (a temporally correlated noise
@@ -228,7 +233,8 @@ def sequence_noise(members: int, t0: int, t1: int, h: int, w: int, *, seed: int,
         raise ValueError(f"noise correlation must be in [0, 1), got {correlation}")
 
     def e(m: int, t: int) -> Tensor:
-        return position_noise(0, 0, h, w, seed=seed, member=m, time_index=t, channels=channels)
+        return position_noise(y0, x0, h, w, seed=seed, member=member0 + m, time_index=t,
+                              channels=channels)
 
     if correlation == 0.0:
         return torch.stack([e(m, t) for m in range(members) for t in range(t0, t1)])
@@ -243,6 +249,52 @@ def sequence_noise(members: int, t0: int, t1: int, h: int, w: int, *, seed: int,
     return torch.stack(out)
 
 
+def time_chunks(n: int, chunk: int | None, halo: int) -> list[FrameWindow]:
+    """Chunks of ``chunk`` frames covering ``n`` frames, neighbours sharing at least ``2 *
+    halo`` (raised-cosine weights, as :func:`frame_windows`); ``None`` or ``chunk >= n``: the
+    whole record, weight 1."""
+    if chunk is None or chunk >= n:
+        return [FrameWindow(0, n, torch.ones(n))]
+    return frame_windows(n, chunk, 2 * halo)
+
+
+@torch.no_grad()
+def sample_block(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray,
+                 opts: SequenceOptions, *, sigma_data: float = 0.5, channels: int = 1,
+                 start: tuple[int, int, int, int] = (0, 0, 0, 0)) -> Tensor:
+    """One block of a record, sampled as one state: ``(M, L, channels, h, w)`` for the
+    conditioning ``cond (L, C, h, w)`` (shared by the members) or ``(M, L, C, h, w)``.
+
+    ``start = (member0, t0, y0, x0)`` places the block in the record: its starting noise is
+    that of members ``member0 + m``, frames ``t0 + t`` and pixels ``(y0 + i, x0 + j)``
+    (:func:`sequence_noise`), so overlapping blocks start from the same values. ``opts.chunk``
+    is ignored (the caller chunks: :func:`time_chunks`)."""
+    length, (h, w) = cond.shape[-4], cond.shape[-2:]
+    m = opts.members
+    if cond.ndim == 5 and cond.shape[0] != m:
+        raise ValueError(f"cond holds records of {cond.shape[0]} members, expected {m}")
+    member0, t0, y0, x0 = start
+    sigmas = sampler_sigmas(opts.sampler, opts.steps, sigma_min=opts.sigma_min,
+                            sigma_max=opts.sigma_max, rho=opts.rho,
+                            sigma_data=sigma_data, schedule=opts.schedule
+                            ).to(device=cond.device, dtype=torch.float32)
+    st = SpaceTimeDenoiser(denoiser, frames=length, time_s=np.asarray(time_s),
+                           window=opts.window, overlap_frames=opts.overlap_frames,
+                           tile=opts.tile, overlap=opts.overlap, tile_batch=opts.tile_batch,
+                           windows=opts.windows)
+    x = sequence_noise(m, t0, t0 + length, h, w, seed=opts.seed, channels=channels,
+                       correlation=opts.noise_correlation, member0=member0, y0=y0, x0=x0)
+    x = x.to(cond.device) * float(sigmas[0])
+    cc = (cond.repeat(m, 1, 1, 1) if cond.ndim == 4
+          else cond.reshape(m * length, *cond.shape[2:]))
+    gen = torch.Generator(device=cond.device).manual_seed(opts.seed)
+    y = get_sampler(opts.sampler)(st, x, sigmas, cond=cc, generator=gen,
+                                  callback=check_between_steps,
+                                  **sampler_options(opts.sampler, sigma_data)).float()
+    log.debug("block %s (%d frames) sampled with %d network calls", start, length, st.calls)
+    return y.reshape(m, length, channels, h, w)
+
+
 @torch.no_grad()
 def sample_sequence(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray,
                     opts: SequenceOptions = SequenceOptions(), *, sigma_data: float = 0.5,
@@ -251,42 +303,19 @@ def sample_sequence(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray
     shared by the members, or ``(M, N, C, H, W)``, one record per member.
 
     The same seed gives the same members; a member is one trajectory over the record (see
-    the module docstring for windows, tiles and chunks).
+    the module docstring for windows, tiles and chunks: :func:`sample_block` per chunk).
     """
     n, (h, w) = cond.shape[-4], cond.shape[-2:]
     m = opts.members
-    if cond.ndim == 5 and cond.shape[0] != m:
-        raise ValueError(f"cond holds records of {cond.shape[0]} members, expected {m}")
-    sigmas = sampler_sigmas(opts.sampler, opts.steps, sigma_min=opts.sigma_min,
-                            sigma_max=opts.sigma_max, rho=opts.rho,
-                            sigma_data=sigma_data, schedule=opts.schedule
-                            ).to(device=cond.device, dtype=torch.float32)
-    sample_fn = get_sampler(opts.sampler)
-    extra = sampler_options(opts.sampler, sigma_data)
-    if opts.chunk is None or opts.chunk >= n:
-        chunks = [FrameWindow(0, n, torch.ones(n))]
-    else:
-        chunks = frame_windows(n, opts.chunk, 2 * opts.chunk_halo)
     out = torch.zeros((m, n, channels, h, w), dtype=torch.float32, device=cond.device)
     norm = torch.zeros(n, dtype=torch.float32, device=cond.device)
-    for c in chunks:
-        length = c.t1 - c.t0
-        st = SpaceTimeDenoiser(denoiser, frames=length, time_s=np.asarray(time_s)[c.t0:c.t1],
-                               window=opts.window, overlap_frames=opts.overlap_frames,
-                               tile=opts.tile, overlap=opts.overlap, tile_batch=opts.tile_batch,
-                               windows=opts.windows)
-        x = sequence_noise(m, c.t0, c.t1, h, w, seed=opts.seed, channels=channels,
-                           correlation=opts.noise_correlation)
-        x = x.to(cond.device) * float(sigmas[0])
-        cc = (cond[c.t0:c.t1].repeat(m, 1, 1, 1) if cond.ndim == 4
-              else cond[:, c.t0:c.t1].reshape(m * length, *cond.shape[2:]))
-        gen = torch.Generator(device=cond.device).manual_seed(opts.seed)
-        y = sample_fn(st, x, sigmas, cond=cc, generator=gen, callback=check_between_steps,
-                      **extra).float()
+    for c in time_chunks(n, opts.chunk, opts.chunk_halo):
+        block = cond[c.t0:c.t1] if cond.ndim == 4 else cond[:, c.t0:c.t1]
+        y = sample_block(denoiser, block, np.asarray(time_s)[c.t0:c.t1], opts,
+                         sigma_data=sigma_data, channels=channels, start=(0, c.t0, 0, 0))
         wt = c.weight.to(out)
-        out[:, c.t0:c.t1] += y.reshape(m, length, channels, h, w) * wt[None, :, None, None, None]
+        out[:, c.t0:c.t1] += y * wt[None, :, None, None, None]
         norm[c.t0:c.t1] += wt
-        log.debug("frames %d-%d sampled with %d network calls", c.t0, c.t1, st.calls)
     return out / norm[None, :, None, None, None]
 
 

@@ -197,3 +197,18 @@ def windows(
             x1 = min(width, x0 + size)
             wx = ramp_weights(x1 - x0, overlap, at_start=x0 == 0, at_end=x1 == width)
             yield Window(y0, y1, x0, x1, (wy[:, None] * wx[None, :]).float())
+
+
+def window_base(lr: torch.Tensor, win: Window, factor: int) -> torch.Tensor:
+    """Bilinear upsampling ``(B, C, h, w)`` of the coarse field ``lr (B, C, Y, X)`` over the
+    fine window ``win``, with one coarse cell of margin so that the weights at the window's
+    edges see the real neighbours (as a whole-domain upsampling does), cropped to the window."""
+    from precipdiff.grid import upsample_tensor
+
+    f, (ny, nx) = factor, lr.shape[-2:]
+    ly0, ly1, lx0, lx1 = win.y0 // f, -(-win.y1 // f), win.x0 // f, -(-win.x1 // f)
+    my0, mx0 = max(ly0 - 1, 0), max(lx0 - 1, 0)
+    up = upsample_tensor(lr[..., my0 : min(ly1 + 1, ny), mx0 : min(lx1 + 1, nx)], f,
+                         method="bilinear")
+    oy, ox = (ly0 - my0) * f, (lx0 - mx0) * f
+    return up[..., oy : oy + win.y1 - win.y0, ox : ox + win.x1 - win.x0]
