@@ -424,3 +424,33 @@ def test_fine_threshold_applies_to_the_fine_grid_only(pipeline: Pipeline) -> Non
         assert pipeline.fine_threshold(_opts(trace_threshold=0.4)) == 0.4  # never below trace
     finally:
         del stage.metadata["fine_threshold"]
+
+
+# ---------------------------------------------------------------- dry windows are not sampled
+
+
+def _half_dry(n_time: int = 2) -> xr.DataArray:
+    """Rain in the western 6 columns only; the east is dry by a margin wider than the halo."""
+    src = coarse_field(ny=6, nx=20, n_time=n_time)
+    data = src.values.copy()
+    data[..., 6:] = 0.0
+    return src.copy(data=data)
+
+
+def test_dry_windows_are_skipped_with_the_same_output(tiny_weights, monkeypatch) -> None:
+    """A window whose coarse cells are all dry (in every member of the batch) is zero after the
+    dry rule whatever is sampled there, so it is not sampled: the output is bit for bit the one
+    sampled everywhere, and the output says how many blocks were skipped."""
+    import precipdiff.pipeline.pipeline as pp
+
+    pipe = Pipeline(None, Stage.load(tiny_weights["downscale"]))
+    opts = _opts(window=16, halo=4, tile=16, overlap=4)
+    src = _half_dry()
+    skipped = pipe.predict(src, opts)
+    assert skipped.attrs["stage2_blocks_dry"] > 0 and skipped.attrs["stage2_blocks_sampled"] > 0
+    monkeypatch.setattr(pp, "dry_block", lambda *a, **k: False)
+    sampled = pipe.predict(src, opts)
+    assert sampled.attrs["stage2_blocks_dry"] == 0
+    np.testing.assert_array_equal(skipped["precip"].values, sampled["precip"].values)
+    east = skipped["precip"].values[..., 8 * FACTOR :]
+    assert np.nanmax(east) == 0.0

@@ -302,3 +302,19 @@ def test_xarray_api_samples_the_whole_record(weights) -> None:
                                rtol=1e-6)
     with pytest.raises(ConfigError, match="temporal Stage II samples whole records"):
         downscale(src.chunk({"time": 1}), **kw)
+
+
+def test_dry_blocks_of_a_record_are_skipped_with_the_same_output(weights, monkeypatch) -> None:
+    """A block (members x chunk x window) whose coarse cells are dry in every frame is not
+    sampled; the record is bit for bit the one sampled everywhere."""
+    src = _record(4, ny=6, nx=20)
+    data = src.values.copy()
+    data[..., 6:] = 0.0
+    src = src.copy(data=data)
+    pipe = Pipeline(None, Stage.load(weights["trained"]))
+    opts = _opts(window=16, halo=4, tile=16, overlap=4, temporal_chunk=3)
+    skipped = pipe.predict(src, opts)
+    assert skipped.attrs["stage2_blocks_dry"] > 0 and skipped.attrs["stage2_blocks_sampled"] > 0
+    monkeypatch.setattr(record_module, "dry_block", lambda *a, **k: False)
+    sampled = pipe.predict(src, opts)
+    np.testing.assert_array_equal(skipped["precip"].values, sampled["precip"].values)

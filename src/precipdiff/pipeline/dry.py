@@ -45,6 +45,14 @@ def dry_cells(lr: np.ndarray, *, trace: float, halo: int = DEFAULT_HALO) -> np.n
     return ~wet
 
 
+def dry_block(dry_lr: np.ndarray, win, factor: int) -> bool:
+    """Whether every coarse cell under the fine window ``win`` (``y0, y1, x0, x1`` in fine
+    pixels) is dry in every member of ``dry_lr`` (…, Y, X) (:func:`dry_cells`): the rule then
+    zeroes the whole window, so Stage II need not sample it (the output is the same)."""
+    f = factor
+    return bool(dry_lr[..., win.y0 // f : -(-win.y1 // f), win.x0 // f : -(-win.x1 // f)].all())
+
+
 def dry_coarse(
     corrected: np.ndarray, source: np.ndarray, *, trace: float, halo: int = DEFAULT_HALO
 ) -> np.ndarray:

@@ -50,6 +50,7 @@ from precipdiff.pipeline.dry import (
     AREAL_MEAN_TRACE_MM_H,
     DEFAULT_HALO,
     DEFAULT_TRACE_MM_H,
+    dry_block,
     dry_cells,
     dry_coarse,
     dry_fine,
@@ -157,6 +158,16 @@ class RunTally:
     volume: bool = False
     clipped: int | None = None
     bound: str = ""
+    blocks_sampled: int = 0
+    blocks_dry: int = 0
+
+    def count_block(self, dry: bool) -> None:
+        """Count one Stage-II block (members x window, x frames for a record): sampled, or
+        skipped because every coarse cell under it is dry (:func:`dry_block`)."""
+        if dry:
+            self.blocks_dry += 1
+        else:
+            self.blocks_sampled += 1
 
     def add_volume(self, hr: np.ndarray, lr: np.ndarray, factor: int) -> None:
         """Add one band: fine members ``hr`` (M, h, w) and their coarse cells ``lr`` (M, h/f, w/f)
@@ -187,6 +198,9 @@ class RunTally:
         out: dict[str, float | int | str] = {}
         if self.clipped is not None:
             out.update(stage1_clipped=self.clipped, stage1_bound=self.bound)
+        if self.blocks_sampled or self.blocks_dry:
+            out.update(stage2_blocks_sampled=self.blocks_sampled,
+                       stage2_blocks_dry=self.blocks_dry)
         if not self.volume:
             return out
         meaning = ("fine-grid mean divided by the corrected coarse mean, minus 1 (all members and "
@@ -413,6 +427,13 @@ class Pipeline:
                 ext = torch.from_numpy(stage.standardise_extras(window_extras))
             for m0 in range(0, m, opts.member_batch):
                 mb = min(opts.member_batch, m - m0)
+                dry = dry_block(dry_lr[m0 : m0 + mb], win, f)
+                if tally is not None:
+                    tally.count_block(dry)
+                if dry:  # the rule zeroes all of it: nothing to sample (exact)
+                    acc.add(m0, win.y0, win.x0, np.zeros((mb, *win.weight.shape), np.float32),
+                            win.weight.numpy())
+                    continue
                 noise = torch.stack(
                     [
                         position_noise(

@@ -58,7 +58,7 @@ from torch import Tensor
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.errors import ConfigError
 from precipdiff.pipeline.accumulate import Accumulator
-from precipdiff.pipeline.dry import dry_cells
+from precipdiff.pipeline.dry import dry_block, dry_cells
 from precipdiff.pipeline.sequence import (
     FrameWindow,
     SequenceOptions,
@@ -235,6 +235,7 @@ def downscale_record(
              "%d chunk(s) x %d fine window(s)", m, n, seq.window, seq.windows, len(chunks),
              len(wins))
     trace = pipeline.trace(opts)
+    dry_lr = dry_cells(corrected, trace=trace, halo=opts.dry_halo)  # (M, N, Y, X)
     band = max(f, (opts.window // f) * f)
     open_frames: dict[int, Accumulator] = {}
     done = 0
@@ -246,6 +247,15 @@ def downscale_record(
         for win in wins:
             for m0 in range(0, m, mb):
                 mm = min(mb, m - m0)
+                dry = dry_block(dry_lr[m0:m0 + mm, c.t0:c.t1], win, f)
+                if tally is not None:
+                    tally.count_block(dry)
+                if dry:  # the rule zeroes all of it: nothing to sample (exact)
+                    zero = np.zeros((mm, *win.weight.shape), np.float32)
+                    for k in range(c.t1 - c.t0):
+                        open_frames[c.t0 + k].add(m0, win.y0, win.x0, zero,
+                                                  win.weight.numpy() * float(c.weight[k]))
+                    continue
                 base, cond = block_condition(
                     stage, tcor[m0:m0 + mm, c.t0:c.t1],
                     None if extras is None else extras[c.t0:c.t1], win)
@@ -261,7 +271,6 @@ def downscale_record(
                 on_window()
         last = chunks[i + 1].t0 if i + 1 < len(chunks) else n
         for t in range(done, last):
-            dry_lr = dry_cells(corrected[:, t], trace=trace, halo=opts.dry_halo)
-            yield t, _bands(pipeline, open_frames.pop(t), corrected[:, t], opts, dry_lr,
+            yield t, _bands(pipeline, open_frames.pop(t), corrected[:, t], opts, dry_lr[:, t],
                             band, tally)
         done = last

@@ -178,23 +178,38 @@ class Window:
     weight: torch.Tensor  # (y1 - y0, x1 - x0)
 
 
+def balanced_size(n: int, size: int, overlap: int, multiple: int = 1) -> int:
+    """The smallest window length (a multiple of ``multiple``, at most ``size``) that covers
+    ``n`` pixels with as many windows as ``size`` needs, overlapping by ``overlap``: a domain
+    just above one window gets two windows of about half its length, not two full windows that
+    overlap by almost all of it (each window is sampled on its own, so overlap is work)."""
+    if size >= n:
+        return size
+    count = int(np.ceil((n - size) / (size - overlap))) + 1
+    need = -(-(n + (count - 1) * overlap) // count)
+    return min(size, -(-need // multiple) * multiple)
+
+
 def windows(
     height: int, width: int, size: int, halo: int, *, multiple: int = 1
 ) -> Iterator[Window]:
-    """Windows of at most ``size`` pixels overlapping by ``2*halo`` and their blend weights.
+    """Windows of at most ``size`` pixels overlapping by ``2*halo`` and their blend weights
+    (as few as cover the domain, each as long as needed: :func:`balanced_size`).
 
     ``multiple`` rounds the window starts and sizes to a multiple (the grid factor, so a fine-grid
     window maps onto whole coarse cells).
     """
     size = max(multiple, size // multiple * multiple)
     overlap = min(2 * halo, size - multiple) // multiple * multiple
-    ys = [s // multiple * multiple for s in tile_starts(height, size, overlap)]
-    xs = [s // multiple * multiple for s in tile_starts(width, size, overlap)]
+    sy = balanced_size(height, size, overlap, multiple)
+    sx = balanced_size(width, size, overlap, multiple)
+    ys = [s // multiple * multiple for s in tile_starts(height, sy, overlap)]
+    xs = [s // multiple * multiple for s in tile_starts(width, sx, overlap)]
     for y0 in ys:
-        y1 = min(height, y0 + size)
+        y1 = min(height, y0 + sy)
         wy = ramp_weights(y1 - y0, overlap, at_start=y0 == 0, at_end=y1 == height)
         for x0 in xs:
-            x1 = min(width, x0 + size)
+            x1 = min(width, x0 + sx)
             wx = ramp_weights(x1 - x0, overlap, at_start=x0 == 0, at_end=x1 == width)
             yield Window(y0, y1, x0, x1, (wy[:, None] * wx[None, :]).float())
 
