@@ -55,8 +55,8 @@ from precipdiff.data.corpus import open_corpus
 from precipdiff.defaults import PREDICT
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.diffusion.samplers import get_sampler, nfe, sampler_sigmas
-from precipdiff.evaluation.metrics import crps_ensemble
-from precipdiff.evaluation.spatial import fss
+from precipdiff.evaluation.metrics import crps_ensemble, crps_ensemble_pointwise
+from precipdiff.evaluation.spatial import fss, fss_from_sums, fss_sums
 from precipdiff.evaluation.temporal import lag_correlation, temporal_scores
 from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
 from precipdiff.pipeline.sequence import (
@@ -70,6 +70,7 @@ from precipdiff.release import Release
 
 log = logging.getLogger("bench_temporal")
 SHIPPED = Path("src/precipdiff/weights/stage2_downscale_mean.safetensors")
+FSS_CASES = ((1.0, 8), (5.0, 32))  # (mm/h, km = 1-km pixels)
 
 
 def load_case(corpus, network: str, frames: int, crop: int, split: str = "test"
@@ -137,12 +138,43 @@ def score(pred_mm: np.ndarray, truth: np.ndarray, times: np.ndarray) -> dict[str
     fc = xr.DataArray(pred_mm, dims=("member", "time", "y", "x"), coords=coords)
     ob = xr.DataArray(truth, dims=("time", "y", "x"), coords=coords)
     out = {"crps_fair": float(crps_ensemble(fc, ob, estimator="fair"))}
-    for thr, km in ((1.0, 8), (5.0, 32)):  # ensemble FSS over every frame (1-km pixels)
+    for thr, km in FSS_CASES:  # ensemble FSS over every frame (1-km pixels)
         out[f"fss_{thr:g}mm_{km}km"] = float(fss(fc, ob, threshold=thr, scale=km,
                                                  spatial_dims=("y", "x"), reduce_dims="time"))
     out.update(temporal_scores(fc, ob, lags=(1, 3), periods_h=(0.5, 1.0)))
     out["lag1_corr"] = float(np.nanmean(lag_correlation(fc, 1).values))  # mean over members
     out["lag1_corr_radar"] = float(lag_correlation(ob, 1))
+    return out
+
+
+def frame_terms(pred_mm: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame pieces of the per-frame scores: fair CRPS ``(T,)`` (mean over pixels) and the
+    ensemble FSS sums ``(T, 3)`` of each (threshold, scale), which add over frames."""
+    crps = crps_ensemble_pointwise(pred_mm, truth, axis=0, estimator="fair")
+    out = {"crps_fair": np.nanmean(crps, axis=(-2, -1))}
+    for thr, km in FSS_CASES:
+        out[f"fss_{thr:g}mm_{km}km"] = fss_sums(pred_mm, truth, threshold=thr, scale=km,
+                                                member_axis=0)
+    return out
+
+
+def paired_interval(a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, n_boot: int = 2000,
+                    block: int = 3, seed: int = 0) -> dict[str, list[float]]:
+    """95 % interval of ``score(b) - score(a)`` for every per-frame score, from a moving-block
+    bootstrap over frames (blocks of ``block`` consecutive frames, the same resampled frames
+    for both models: frames of one sequence are correlated in time)."""
+    rng = np.random.default_rng(seed)
+    n = a["crps_fair"].shape[0]
+    block = min(block, n)
+    starts = rng.integers(0, n - block + 1, size=(n_boot, -(-n // block)))
+    idx = (starts[..., None] + np.arange(block)).reshape(n_boot, -1)[:, :n]
+    out = {}
+    for key in a:
+        if key == "crps_fair":
+            d = b[key][idx].mean(1) - a[key][idx].mean(1)
+        else:
+            d = fss_from_sums(b[key][idx].sum(1)) - fss_from_sums(a[key][idx].sum(1))
+        out[key] = [float(np.nanpercentile(d, 2.5)), float(np.nanpercentile(d, 97.5))]
     return out
 
 
@@ -178,12 +210,16 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
     times = case["time_s"].astype("datetime64[s]").astype("datetime64[ns]")
     n = case["lr"].shape[0]
     t_frame = float(np.mean(secs["per-frame"]))
-    rows, member0 = {}, {"truth (radar)": case["hr"]}
+    rows, member0, terms = {}, {"truth (radar)": case["hr"]}, {}
     for name, pred in preds.items():
         mm = np.asarray(tr.inverse(pred.numpy()), np.float32)
         rows[name] = {**score(mm, case["hr"], times), "s_per_frame": float(np.mean(secs[name])) / n}
+        terms[name] = frame_terms(mm, case["hr"])
         if "noise correlation" not in name or name.startswith("temporal"):
             member0[f"{name}, member 0"] = mm[0]
+    for name in rows:  # how sure is a difference from the per-frame model (one sequence)?
+        if name != "per-frame":
+            rows[name]["minus_per_frame_95"] = paired_interval(terms["per-frame"], terms[name])
     case["member0"] = member0
     return {"network": case["network"], "start": case["start"], "frames": n,
             "step_s": case["step_s"], "crop": int(case["hr"].shape[-1]),
@@ -221,6 +257,12 @@ def report(results: list[dict], meta: dict, out: Path) -> None:
             lines.append(f"| {r['network']} ({r['start']}, {r['frames']} x {r['step_s']} s) | "
                          f"{name} | " + " | ".join(f"{row.get(k, float('nan')):.4g}"
                                                   for k in keys) + " |")
+        for name, row in r["rows"].items():
+            if "minus_per_frame_95" in row:
+                iv = "; ".join(f"{k} [{lo:+.4f}, {hi:+.4f}]"
+                               for k, (lo, hi) in row["minus_per_frame_95"].items())
+                lines.append(f"| | {name} minus per-frame, 95 % (block bootstrap over frames): "
+                             f"{iv} |" + " |" * (len(keys) - 1))
         ratios = ", ".join(f"{name} {v:.2f}" for name, v in
                            r.get("cost_ratios", {"temporal": r["cost_ratio"]}).items())
         lines.append(f"| | max abs diff (transformed) {r['max_abs_diff_transformed']:.2e}, "
