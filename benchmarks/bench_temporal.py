@@ -147,6 +147,23 @@ def score(pred_mm: np.ndarray, truth: np.ndarray, times: np.ndarray) -> dict[str
     return out
 
 
+def residual_terms(pred_t: np.ndarray, base: np.ndarray, truth_t: np.ndarray
+                   ) -> dict[str, float]:
+    """Lag-1 correlation of the residual ``T(x) - up(T(LR))`` (members: mean over members)
+    and the residual's share of the variance of ``T(x)``, for the members and the radar."""
+    def lag1(x: np.ndarray) -> float:
+        a, b = x[:-1].ravel() - x[:-1].mean(), x[1:].ravel() - x[1:].mean()
+        return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+    res = pred_t - base[None]
+    obs = truth_t - base
+    return {"residual_lag1": float(np.mean([lag1(r) for r in res])),
+            "residual_lag1_radar": lag1(obs),
+            "residual_var_share": float(np.mean([r.var() / p.var()
+                                                 for r, p in zip(res, pred_t, strict=True)])),
+            "residual_var_share_radar": float(obs.var() / truth_t.var())}
+
+
 def frame_terms(pred_mm: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
     """Per-frame pieces of the per-frame scores: fair CRPS ``(T,)`` (mean over pixels) and the
     ensemble FSS sums ``(T, 3)`` of each (threshold, scale), which add over frames."""
@@ -217,6 +234,14 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
         terms[name] = frame_terms(mm, case["hr"])
         if "noise correlation" not in name or name.startswith("temporal"):
             member0[f"{name}, member 0"] = mm[0]
+    # where the frame-to-frame correlation is lost: the residual r = T(x) - up(T(LR)) of the
+    # members and of the radar, its lag-1 correlation and its share of the field's variance
+    from precipdiff.grid import upsample_tensor
+
+    base = upsample_tensor(lr_t[:, None].float(), f, method="bilinear")[:, 0].numpy()
+    t_truth = np.nan_to_num(tr.forward(case["hr"]).astype(np.float32))
+    for name, pred in preds.items():
+        rows[name].update(residual_terms(pred.numpy(), base, t_truth))
     for name in rows:  # how sure is a difference from the per-frame model (one sequence)?
         if name != "per-frame":
             rows[name]["minus_per_frame_95"] = paired_interval(terms["per-frame"], terms[name])
@@ -246,7 +271,8 @@ def report(results: list[dict], meta: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     keys = ["crps_fair", "fss_1mm_8km", "fss_5mm_32km", "lag1_corr", "lag1_corr_radar",
-            "lag1_corr_error", "lag3_corr_error",
+            "residual_lag1", "residual_lag1_radar", "residual_var_share",
+            "residual_var_share_radar", "lag1_corr_error", "lag3_corr_error",
             "flicker_ratio", "crps_fair_30min_accum", "crps_fair_60min_accum", "s_per_frame"]
     lines = ["# Per-frame Stage II vs temporal model (held-out radar sequences)", "",
              f"Settings: {json.dumps(meta)}", "",
