@@ -147,7 +147,8 @@ def real_pair(ctx: Context) -> dict:
         for name, p in preds.items()
     }
     write_report(
-        {"Real pair, coarse grid: radar-only -> gauge-corrected (max-pooled)": metric_table(rows)},
+        {f"Real pair, coarse grid: radar-only -> gauge-corrected ({st.pooling}-pooled)":
+         metric_table(rows)},
         None,
         output_dir=args.output / "real_pair",
         title="MRMS radar-only vs gauge-corrected, 2021-07-06 00Z, test band",
