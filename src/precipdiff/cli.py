@@ -350,7 +350,8 @@ def predict(
     temporal_noise_correlation: Annotated[
         float | None,
         typer.Option(help="Lag-1 correlation in time of a temporal Stage II's starting noise "
-                     "(0: independent frames; default: what the weights were trained with).",
+                     "(0: independent frames; default: the weights' calibrated value, else "
+                     "what they were trained with).",
                      metavar="PHI", show_default=False),
     ] = PREDICT.temporal_noise_correlation,
     temporal_chunk: Annotated[

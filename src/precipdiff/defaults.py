@@ -30,8 +30,10 @@ class PredictDefaults:
     every other evaluation: each frame evaluated once a step, BENCHMARKS.md, "Temporal windows")
     or ``overlap`` (windows sharing a third, blended). temporal_noise_correlation : lag-1
     correlation in time of a temporal Stage II's starting noise (AR(1),
-    :func:`~precipdiff.pipeline.sequence.sequence_noise`); None: the correlation the weights
-    were trained with (their ``temporal_noise_correlation`` note, 0 without one).
+    :func:`~precipdiff.pipeline.sequence.sequence_noise`); None: the one calibrated for the
+    weights on training sequences (``temporal_noise_correlation_calibrated`` note,
+    :mod:`precipdiff.training.calibrate_time`), else the one they were trained with
+    (``temporal_noise_correlation``), else 0.
     temporal_chunk : frames a temporal Stage II samples as one state (neighbouring chunks share
     a temporal window, blended); with ``member_batch`` and ``window`` it bounds the sampler's
     memory whatever the record's length (:mod:`precipdiff.pipeline.record`).

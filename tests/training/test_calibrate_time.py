@@ -1,0 +1,88 @@
+"""Calibration of a temporal Stage II's noise correlation in time on training sequences."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from _training_store import make_corpus
+
+from precipdiff.data.corpus import open_corpus
+from precipdiff.data.transforms import PrecipTransform
+from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
+from precipdiff.models.unet import UNetConfig
+from precipdiff.pipeline.record import noise_correlation
+from precipdiff.pipeline.stage import Stage
+from precipdiff.release import Release
+from precipdiff.training.calibrate_time import calibrate_time, choose, training_sequences
+from precipdiff.training.checkpoint import save_weights
+
+
+def _temporal_weights(path, factor: int) -> Release:
+    torch.manual_seed(0)
+    cfg = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), head_channels=8)
+    net = SpatioTemporalUNet(cfg, TemporalConfig(frames=3, head_channels=8))
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().sum() == 0 and p.ndim > 1:
+                p.normal_(0, 0.05)
+    meta = {"stage": "downscale", "config": json.dumps({"train": {"stage": "downscale"}}),
+            "model": json.dumps(asdict(cfg)),
+            "transform": json.dumps(PrecipTransform(scale=1.0, sigma=1.5).to_dict()),
+            "factor": str(factor), "pooling": "mean", "sigma_data": "0.5", "patch": "16",
+            "version": "test", "temporal": json.dumps(asdict(net.temporal_cfg)),
+            "temporal_noise_correlation": "0.0"}
+    save_weights(path, net.state_dict(), metadata=meta)
+    return Release.load(path)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    torch.set_num_threads(1)
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def test_training_sequences_are_train_events_at_one_cadence(corpus):
+    cases = training_sequences(open_corpus(corpus), ["alpha", "beta"], frames=3, crop=16)
+    assert sorted(c["network"] for c in cases) == ["alpha", "beta"]  # one train event each
+    for c in cases:
+        assert c["lr"].shape[0] == 3 and c["hr"].shape[0] == 3 and c["step_s"] == 300
+        assert np.all(np.diff(c["time_s"]) == 300)
+
+
+def test_calibrated_correlation_is_stored_and_used_by_predict(corpus, tmp_path):
+    weights = tmp_path / "t.safetensors"
+    _temporal_weights(weights, factor=2)
+    out = tmp_path / "t_cal.safetensors"
+    summary = calibrate_time(weights, corpus, out, grid=(0.0, 0.5), frames=3, crop=16,
+                             members=2, steps=2)
+    errors = summary["mean_lag1_error"]
+    assert summary["noise_correlation"] == min((0.0, 0.5), key=lambda p: errors[repr(p)])
+    assert len(summary["sequences"]) == 2 and summary["split"] == "train"
+    stage = Stage.load(out)
+    assert stage.metadata["temporal_noise_correlation_calibrated"] == repr(
+        summary["noise_correlation"])
+
+    class Opts:
+        temporal_noise_correlation = None
+
+    assert noise_correlation(stage, Opts()) == summary["noise_correlation"]
+    Opts.temporal_noise_correlation = 0.25
+    assert noise_correlation(stage, Opts()) == 0.25  # the option wins
+    torch.testing.assert_close(Release.load(out).state, Release.load(weights).state)
+
+
+def test_the_smallest_mean_error_wins_and_ties_go_to_less_correlation():
+    assert choose({0.5: [0.1, 0.1], 0.0: [0.1, 0.1], 0.25: [0.3]}) == 0.0
+    assert choose({0.0: [0.2], 0.5: [0.05, 0.1]}) == 0.5
+
+
+def test_a_model_for_another_factor_is_refused(corpus, tmp_path):
+    weights = tmp_path / "t4.safetensors"
+    _temporal_weights(weights, factor=4)
+    with pytest.raises(ValueError, match="downscales x4"):
+        calibrate_time(weights, corpus, tmp_path / "o.safetensors", grid=(0.0,), frames=3,
+                       crop=16, members=1, steps=1)
