@@ -116,6 +116,10 @@ def test_shipped_defaults_are_areal_mean_models():
     temporal = Release.load(paths["downscale_temporal"])
     assert temporal.temporal is not None and temporal.semantics.aggregation == "areal_mean"
     assert temporal.model == Release.load(paths["downscale"]).model  # same spatial network
+    # its starting-noise correlation in time, calibrated on train events (calibrate_time)
+    assert temporal.notes["temporal_noise_correlation_calibrated"] == "0.5"
+    record = json.loads(temporal.notes["temporal_noise_correlation_calibration"])
+    assert record["split"] == "train" and record["noise_correlation"] == 0.5
 
 
 def test_old_file_without_pooling_means_max_pooling(tmp_path):
