@@ -230,3 +230,14 @@ def test_clips_per_call_keeps_a_call_within_the_frame_budget() -> None:
 
     assert clips_per_call(6, 8) == 1 and clips_per_call(3, 8) == 2 and clips_per_call(4, 8) == 2
     assert clips_per_call(12, 8) == 1  # one clip at least
+
+
+def test_blocks_away_from_the_origin_get_their_own_generator_seed():
+    from precipdiff.pipeline.sequence import block_seed
+
+    assert block_seed(5, (0, 0, 0, 0)) == 5  # a whole record: as before blocks existed
+    seeds = {block_seed(5, s) for s in [(0, 0, 0, 16), (0, 0, 16, 0), (0, 24, 0, 0),
+                                        (8, 0, 0, 0), (0, 0, 0, 32)]}
+    assert len(seeds) == 5 and 5 not in seeds
+    assert block_seed(5, (0, 0, 0, 16)) == block_seed(5, (0, 0, 0, 16))
+    assert all(0 <= s < 2**63 for s in seeds)

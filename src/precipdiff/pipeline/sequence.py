@@ -32,6 +32,7 @@ Layout: sampler tensors hold the frames of each member consecutively, ``(M*N, C,
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -258,6 +259,16 @@ def time_chunks(n: int, chunk: int | None, halo: int) -> list[FrameWindow]:
     return frame_windows(n, chunk, 2 * halo)
 
 
+def block_seed(seed: int, start: tuple[int, int, int, int]) -> int:
+    """Seed of a block's generator (the fresh noise of stochastic samplers): ``seed`` for a
+    block at the record's origin, else one derived from ``(seed, start)``, so that blocks at
+    different places do not add the same noise pattern."""
+    if not any(start):
+        return int(seed)
+    key = ":".join(str(int(v)) for v in (seed, *start)).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
 @torch.no_grad()
 def sample_block(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray,
                  opts: SequenceOptions, *, sigma_data: float = 0.5, channels: int = 1,
@@ -287,7 +298,7 @@ def sample_block(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray,
     x = x.to(cond.device) * float(sigmas[0])
     cc = (cond.repeat(m, 1, 1, 1) if cond.ndim == 4
           else cond.reshape(m * length, *cond.shape[2:]))
-    gen = torch.Generator(device=cond.device).manual_seed(opts.seed)
+    gen = torch.Generator(device=cond.device).manual_seed(block_seed(opts.seed, start))
     y = get_sampler(opts.sampler)(st, x, sigmas, cond=cc, generator=gen,
                                   callback=check_between_steps,
                                   **sampler_options(opts.sampler, sigma_data)).float()
