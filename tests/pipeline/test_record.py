@@ -318,3 +318,18 @@ def test_dry_blocks_of_a_record_are_skipped_with_the_same_output(weights, monkey
     monkeypatch.setattr(record_module, "dry_block", lambda *a, **k: False)
     sampled = pipe.predict(src, opts)
     np.testing.assert_array_equal(skipped["precip"].values, sampled["precip"].values)
+
+
+def test_open_frames_share_the_in_memory_limit(tmp_path, monkeypatch) -> None:
+    """Frames of a chunk are open together: each keeps its blend sums in memory only up to the
+    limit divided by their number, the rest on disk (removed when the frame is done)."""
+    import precipdiff.pipeline.accumulate as acc
+
+    monkeypatch.setattr(acc, "IN_MEMORY_LIMIT", 1000)
+    alone = acc.Accumulator(2, 10, 10, tmp_path / "a")  # 800 bytes: in memory
+    shared = acc.Accumulator(2, 10, 10, tmp_path / "b", share=4)  # 800 > 1000 / 4: on disk
+    assert alone.folder is None and shared.folder == tmp_path / "b"
+    shared.add(0, 0, 0, np.ones((2, 10, 10), np.float32), np.full((10, 10), 0.5, np.float32))
+    np.testing.assert_allclose(shared.band(0, 10), 1.0)
+    shared.close()
+    assert not (tmp_path / "b" / "wsum.zarr").exists()

@@ -26,10 +26,13 @@ class Accumulator:
     next accumulator in the same folder: the per-frame path reuses one folder for every time
     step (its bands have been read by then), so a run's scratch space is one step's."""
 
-    def __init__(self, members: int, height: int, width: int, scratch: Path | None):
+    def __init__(self, members: int, height: int, width: int, scratch: Path | None, *,
+                 share: int = 1):
+        """``share``: accumulators open at once; each stays in memory up to
+        :data:`IN_MEMORY_LIMIT` / ``share`` bytes, so that together they stay under it."""
         nbytes = members * height * width * 4
         self.folder: Path | None = None
-        if nbytes <= IN_MEMORY_LIMIT or scratch is None:
+        if nbytes <= IN_MEMORY_LIMIT // max(1, share) or scratch is None:
             self.wsum = np.zeros((members, height, width), np.float32)
             self.wnorm = np.zeros((height, width), np.float32)
         else:

@@ -230,7 +230,8 @@ def downscale_record(
     channels = 1 + (0 if extras is None else extras.shape[1])
     seq = sequence_options(stage, opts)
     chunks, wins, mb = _blocks(n, h, w, f, m, seq, opts)
-    check_record_memory(stage, mb, max(c.t1 - c.t0 for c in chunks),
+    longest = max(c.t1 - c.t0 for c in chunks)  # frames open at once, at most
+    check_record_memory(stage, mb, longest,
                         max(v.y1 - v.y0 for v in wins), max(v.x1 - v.x0 for v in wins), channels)
     tcor = torch.from_numpy(np.nan_to_num(stage.transform.forward(corrected), nan=0.0)
                             .astype(np.float32)).to(opts.device)
@@ -248,7 +249,7 @@ def downscale_record(
         for t in range(c.t0, c.t1):
             if t not in open_frames:
                 folder = None if scratch is None else Path(scratch) / f"frame{t}"
-                open_frames[t] = Accumulator(m, h, w, folder)
+                open_frames[t] = Accumulator(m, h, w, folder, share=longest)
         for win in wins:
             for m0 in range(0, m, mb):
                 mm = min(mb, m - m0)
