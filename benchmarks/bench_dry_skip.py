@@ -21,6 +21,8 @@ the default models):
   fixed-size layout with every window sampled (the code before), balanced windows with every
   window sampled, balanced windows with dry ones skipped (now); CPU and wall seconds, and the
   fair CRPS against the 1-km radar. The last two outputs must be bit-identical.
+  ``--compare-windows 256 384`` adds the current code at other window sizes (``--now-only``:
+  only those and the current default).
 
 Writes Markdown to ``--out`` (default ``benchmarks/results/dry_skip.md``).
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import sys
 import time
@@ -96,7 +99,8 @@ RUNS = (("before: fixed-size windows, every window sampled", False, False),
         ("now: balanced windows, dry ones skipped", True, True))
 
 
-def run(src, truth, members: int) -> dict:
+def run(src, truth, members: int, extra_windows: tuple[int, ...] = (),
+        now_only: bool = False) -> dict:
     import xarray as xr
 
     import precipdiff.pipeline.pipeline as pp
@@ -108,11 +112,14 @@ def run(src, truth, members: int) -> dict:
     opts = PredictOptions(members=members, mass_consistent=None, trace_threshold=0.02)
     out = {}
     original = pp.dry_block
-    for name, balanced, skip in RUNS:
+    runs = [(name, balanced, skip, opts.window) for name, balanced, skip in RUNS
+            if skip or not now_only]
+    runs += [(f"now, window {w}", True, True, w) for w in extra_windows]
+    for name, balanced, skip, window in runs:
         pp.dry_block = original if skip else (lambda *a, **k: False)
         with layout(balanced):
             c0, w0 = time.process_time(), time.perf_counter()
-            ds = pipe.predict(src, opts)
+            ds = pipe.predict(src, dataclasses.replace(opts, window=window))
             cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         pred = ds["precip"].isel(time=0)
         ob = xr.DataArray(truth, dims=pred.dims[1:])
@@ -121,8 +128,9 @@ def run(src, truth, members: int) -> dict:
                      "dry": ds.attrs.get("stage2_blocks_dry"), "precip": pred.values,
                      "crps": float(crps_ensemble(fc, ob, estimator="fair"))}
     pp.dry_block = original
-    a, b = out[RUNS[1][0]]["precip"], out[RUNS[2][0]]["precip"]
-    out["identical"] = bool(np.array_equal(a, b, equal_nan=True))
+    if not now_only:
+        a, b = out[RUNS[1][0]]["precip"], out[RUNS[2][0]]["precip"]
+        out["identical"] = bool(np.array_equal(a, b, equal_nan=True))
     return out
 
 
@@ -135,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--trace", type=float, default=0.02, help="coarse trace threshold, mm/h "
                     "(predict's for areal-mean input to Stage II alone)")
+    ap.add_argument("--compare-windows", type=int, nargs="*", default=[],
+                    help="also run the current code with these --window sizes")
+    ap.add_argument("--now-only", action="store_true",
+                    help="run only the current code (with --compare-windows)")
     ap.add_argument("--skip-run", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/dry_skip.md"))
     args = ap.parse_args(argv)
@@ -159,20 +171,24 @@ def main(argv: list[str] | None = None) -> None:
         truth = fine.sortby("lat").sel(box)
         src = src.expand_dims(time=[np.datetime64(
             f"2019-06-10T{args.time[:2]}:{args.time[2:]}", "ns")]).astype(np.float32)
-        res = run(src, np.asarray(truth.values, np.float32), args.members)
+        res = run(src, np.asarray(truth.values, np.float32), args.members,
+                  tuple(args.compare_windows), args.now_only)
         ny, nx = src.shape[-2:]
         lines += ["", f"Stage II alone over lat {lat0}–{lat1}, lon {lon0}–{lon1} ({ny * 10} x "
                   f"{nx * 10} fine pixels), {args.members} members, predict's defaults "
                   "(window 512, DPM-Solver++(2M) 8 steps), scored against the 1-km radar:", "",
                   "| run | blocks sampled | blocks dry | CPU s | wall s | CPU time x | CRPS fair |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        base = res[RUNS[0][0]]["cpu_s"]
-        for name, _, _ in RUNS:
+        names = [n for n, _, skip in RUNS if skip or not args.now_only]
+        base = res[names[0]]["cpu_s"]
+        names += [f"now, window {w}" for w in args.compare_windows]
+        for name in names:
             r = res[name]
             lines.append(f"| {name} | {r['sampled']} | {r['dry']} | {r['cpu_s']:.1f} | "
                          f"{r['wall_s']:.1f} | {r['cpu_s'] / base:.2f} | {r['crps']:.4f} |")
-        lines += ["", f"Balanced windows with and without skipping bit-identical: "
-                  f"{res['identical']}"]
+        if "identical" in res:
+            lines += ["", f"Balanced windows with and without skipping bit-identical: "
+                      f"{res['identical']}"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[-8:]))
