@@ -18,9 +18,12 @@ fine-pixel window around the rain, feeds the coarse (mean-pooled) radar to
 (``--split all`` takes every event instead, for leave-one-network-out weights that never saw
 the network: ``--networks mrms --split all`` for the 2-min MRMS sequence), and scores both
 against the 1-km radar: per-frame CRPS (fair), ensemble FSS (1 mm/h over 8 km,
-5 mm/h over 32 km, all frames pooled), lag-1/lag-3 correlation error,
-flicker ratio and the CRPS of 30-min and hourly accumulations
-(:mod:`precipdiff.evaluation.temporal`), plus the wall time per frame at the same NFE. The
+5 mm/h over 32 km, all frames pooled), lag-1/lag-3 correlation error, flicker ratio, the
+log-spectral distance of the spectrum of frame differences ``x_t - x_{t-1}`` to the radar's
+(where in scale the changes from frame to frame sit; figure ``difference_spectra_<net>.png``)
+and the CRPS of 30-min and hourly accumulations (:mod:`precipdiff.evaluation.temporal`); the
+fine residual's lag-1 correlation and share of the variance; 95 % intervals of the per-frame
+scores' differences from the per-frame model; plus the wall time per frame at the same NFE. The
 per-frame model is timed before and after the temporal runs and the cost ratios use the mean
 of both (load on a shared machine drifts within a run).
 
@@ -57,7 +60,12 @@ from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.diffusion.samplers import get_sampler, nfe, sampler_sigmas
 from precipdiff.evaluation.metrics import crps_ensemble, crps_ensemble_pointwise
 from precipdiff.evaluation.spatial import fss, fss_from_sums, fss_sums
-from precipdiff.evaluation.temporal import lag_correlation, temporal_scores
+from precipdiff.evaluation.spectra import log_spectral_distance
+from precipdiff.evaluation.temporal import (
+    difference_spectrum,
+    lag_correlation,
+    temporal_scores,
+)
 from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
 from precipdiff.pipeline.sequence import (
     WINDOW_MODES,
@@ -142,6 +150,8 @@ def score(pred_mm: np.ndarray, truth: np.ndarray, times: np.ndarray) -> dict[str
         out[f"fss_{thr:g}mm_{km}km"] = float(fss(fc, ob, threshold=thr, scale=km,
                                                  spatial_dims=("y", "x"), reduce_dims="time"))
     out.update(temporal_scores(fc, ob, lags=(1, 3), periods_h=(0.5, 1.0)))
+    out["diff_spectrum_lsd_db"] = log_spectral_distance(difference_spectrum(fc),
+                                                        difference_spectrum(ob))
     out["lag1_corr"] = float(np.nanmean(lag_correlation(fc, 1).values))  # mean over members
     out["lag1_corr_radar"] = float(lag_correlation(ob, 1))
     return out
@@ -246,6 +256,12 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
         if name != "per-frame":
             rows[name]["minus_per_frame_95"] = paired_interval(terms["per-frame"], terms[name])
     case["member0"] = member0
+    case["diff_spectra"] = {"truth (radar)": difference_spectrum(
+        xr.DataArray(case["hr"], dims=("time", "y", "x")))}
+    for name, pred in preds.items():
+        mm = np.asarray(tr.inverse(pred.numpy()), np.float32)
+        case["diff_spectra"][name] = difference_spectrum(
+            xr.DataArray(mm, dims=("member", "time", "y", "x")))
     return {"network": case["network"], "start": case["start"], "frames": n,
             "step_s": case["step_s"], "crop": int(case["hr"].shape[-1]),
             "max_abs_diff_transformed": float((preds["per-frame"] - preds["temporal"]).abs().max()),
@@ -256,8 +272,12 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
 
 
 def figures(case: dict, out: Path) -> None:
-    """A strip of every other frame and a GIF: truth beside member 0 of both models."""
-    from precipdiff.evaluation.plots import sequence_gif, sequence_strip
+    """A strip of every other frame and a GIF: truth beside member 0 of both models; the
+    spectra of the frame-to-frame differences of every row and the radar."""
+    from precipdiff.evaluation.plots import psd_curves, sequence_gif, sequence_strip
+
+    psd_curves(case["diff_spectra"], out / f"difference_spectra_{case['network']}.png",
+               title=f"{case['network']}: spectrum of x(t) - x(t-1)")
 
     times = [str(t)[11:16] for t in case["time_s"].astype("datetime64[s]")]
     title = f"{case['network']} (held out), {case['start'][:10]}"
@@ -273,7 +293,8 @@ def report(results: list[dict], meta: dict, out: Path) -> None:
     keys = ["crps_fair", "fss_1mm_8km", "fss_5mm_32km", "lag1_corr", "lag1_corr_radar",
             "residual_lag1", "residual_lag1_radar", "residual_var_share",
             "residual_var_share_radar", "lag1_corr_error", "lag3_corr_error",
-            "flicker_ratio", "crps_fair_30min_accum", "crps_fair_60min_accum", "s_per_frame"]
+            "flicker_ratio", "diff_spectrum_lsd_db", "crps_fair_30min_accum",
+            "crps_fair_60min_accum", "s_per_frame"]
     lines = ["# Per-frame Stage II vs temporal model (held-out radar sequences)", "",
              f"Settings: {json.dumps(meta)}", "",
              "| network | model | " + " | ".join(keys) + " |",
