@@ -122,17 +122,24 @@ def calibrate(weights: str | Path, corpus: str | Path, output: str | Path, **kw:
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def calibration_arguments(ap: argparse.ArgumentParser, *, frames: int, crop: int,
+                          unit: str) -> None:
+    """The options of both calibrations (this module's and :mod:`.calibrate_time`):
+    weights, corpus, output, ``frames`` / ``crop`` per ``unit``, members, seed, networks."""
     ap.add_argument("--weights", type=Path, required=True)
     ap.add_argument("--corpus", type=Path, required=True)
     ap.add_argument("--output", type=Path, required=True)
-    ap.add_argument("--frames", type=int, default=4, help="train frames per network")
-    ap.add_argument("--crop", type=int, default=128, help="window (fine pixels) per network")
+    ap.add_argument("--frames", type=int, default=frames, help=f"train frames per {unit}")
+    ap.add_argument("--crop", type=int, default=crop, help=f"window (fine pixels) per {unit}")
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--networks", nargs="+", default=None,
                     help="corpus networks (default: those the weights were trained on)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    calibration_arguments(ap, frames=4, crop=128, unit="network")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = calibrate(args.weights, args.corpus, args.output, frames=args.frames,

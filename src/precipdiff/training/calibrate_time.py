@@ -151,18 +151,12 @@ def calibrate_time(weights: str | Path, corpus: str | Path, output: str | Path, 
 
 
 def main(argv: list[str] | None = None) -> None:
+    from precipdiff.training.calibrate import calibration_arguments
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", type=Path, required=True, help="temporal Stage II release")
-    ap.add_argument("--corpus", type=Path, required=True)
-    ap.add_argument("--output", type=Path, required=True)
+    calibration_arguments(ap, frames=12, crop=96, unit="sequence")
     ap.add_argument("--grid", type=float, nargs="+", default=list(GRID))
-    ap.add_argument("--frames", type=int, default=12)
-    ap.add_argument("--crop", type=int, default=96, help="window (fine pixels) per sequence")
-    ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--networks", nargs="+", default=None,
-                    help="corpus networks (default: those the weights were trained on)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = calibrate_time(args.weights, args.corpus, args.output, grid=tuple(args.grid),
