@@ -237,9 +237,9 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
     times = case["time_s"].astype("datetime64[s]").astype("datetime64[ns]")
     n = case["lr"].shape[0]
     t_frame = float(np.mean(secs["per-frame"]))
-    rows, member0, terms = {}, {"truth (radar)": case["hr"]}, {}
+    rows, member0, terms, in_mm = {}, {"truth (radar)": case["hr"]}, {}, {}
     for name, pred in preds.items():
-        mm = np.asarray(tr.inverse(pred.numpy()), np.float32)
+        mm = in_mm[name] = np.asarray(tr.inverse(pred.numpy()), np.float32)
         rows[name] = {**score(mm, case["hr"], times), "s_per_frame": float(np.mean(secs[name])) / n}
         terms[name] = frame_terms(mm, case["hr"])
         if "noise correlation" not in name or name.startswith("temporal"):
@@ -258,8 +258,7 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
     case["member0"] = member0
     case["diff_spectra"] = {"truth (radar)": difference_spectrum(
         xr.DataArray(case["hr"], dims=("time", "y", "x")))}
-    for name, pred in preds.items():
-        mm = np.asarray(tr.inverse(pred.numpy()), np.float32)
+    for name, mm in in_mm.items():
         case["diff_spectra"][name] = difference_spectrum(
             xr.DataArray(mm, dims=("member", "time", "y", "x")))
     return {"network": case["network"], "start": case["start"], "frames": n,

@@ -76,10 +76,6 @@ log = logging.getLogger(__name__)
 #: training store's statistics).
 STAGE1_BOUND = {"mean": (3.0, 10.0), "max": (10.0, 20.0)}
 
-#: Accumulators larger than this many bytes go to a temporary zarr array on disk
-#: (environment variable PRECIPDIFF_ACCUMULATOR_MB overrides it).
-
-
 @dataclass(frozen=True)
 class PredictOptions:
     """Inference options.

@@ -257,22 +257,19 @@ def downscale_record(
                 if tally is not None:
                     tally.count_block(dry)
                 if dry:  # the rule zeroes all of it: nothing to sample (exact)
-                    zero = np.zeros((mm, *win.weight.shape), np.float32)
-                    for k in range(c.t1 - c.t0):
-                        open_frames[c.t0 + k].add(m0, win.y0, win.x0, zero,
-                                                  win.weight.numpy() * float(c.weight[k]))
-                    continue
-                base, cond = block_condition(
-                    stage, tcor[m0:m0 + mm, c.t0:c.t1],
-                    None if extras is None else extras[c.t0:c.t1], win)
-                r = sample_block(denoiser, cond, seconds[c.t0:c.t1],
-                                 replace(seq, members=mm), sigma_data=stage.sigma_data,
-                                 start=(m0, c.t0, win.y0, win.x0))
-                y = (base + r[:, :, 0]).cpu().numpy()
+                    y = np.zeros((mm, c.t1 - c.t0, *win.weight.shape), np.float32)
+                else:
+                    base, cond = block_condition(
+                        stage, tcor[m0:m0 + mm, c.t0:c.t1],
+                        None if extras is None else extras[c.t0:c.t1], win)
+                    r = sample_block(denoiser, cond, seconds[c.t0:c.t1],
+                                     replace(seq, members=mm), sigma_data=stage.sigma_data,
+                                     start=(m0, c.t0, win.y0, win.x0))
+                    y = (base + r[:, :, 0]).cpu().numpy()
+                    del base, cond, r
                 for k in range(c.t1 - c.t0):
                     open_frames[c.t0 + k].add(m0, win.y0, win.x0, y[:, k],
                                               win.weight.numpy() * float(c.weight[k]))
-                del base, cond, r, y
             if on_window is not None:
                 on_window()
         last = chunks[i + 1].t0 if i + 1 < len(chunks) else n

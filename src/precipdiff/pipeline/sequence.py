@@ -32,7 +32,6 @@ Layout: sampler tensors hold the frames of each member consecutively, ``(M*N, C,
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +43,13 @@ from torch import Tensor
 
 from precipdiff.diffusion.samplers import get_sampler, sampler_options, sampler_sigmas
 from precipdiff.interrupts import check_between_steps
-from precipdiff.pipeline.tiling import make_tiles, position_noise, ramp_weights, tile_starts
+from precipdiff.pipeline.tiling import (
+    hashed_seed,
+    make_tiles,
+    position_noise,
+    ramp_weights,
+    tile_starts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +270,7 @@ def block_seed(seed: int, start: tuple[int, int, int, int]) -> int:
     different places do not add the same noise pattern."""
     if not any(start):
         return int(seed)
-    key = ":".join(str(int(v)) for v in (seed, *start)).encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+    return hashed_seed(seed, *start) >> 1
 
 
 @torch.no_grad()

@@ -131,8 +131,9 @@ class TiledDenoiser:
         return out / norm
 
 
-def _cell_seed(seed: int, member: int, time_index: int, cy: int, cx: int) -> int:
-    key = f"{seed}:{member}:{time_index}:{cy}:{cx}".encode()
+def hashed_seed(*parts: int) -> int:
+    """A 64-bit generator seed from integers (counter-based: the same parts, the same seed)."""
+    key = ":".join(str(int(p)) for p in parts).encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
 
 
@@ -157,7 +158,7 @@ def position_noise(
     out = torch.empty((channels, h, w), dtype=torch.float32)
     for cy in range(y0 // cell, (y0 + h - 1) // cell + 1):
         for cx in range(x0 // cell, (x0 + w - 1) // cell + 1):
-            g = torch.Generator().manual_seed(_cell_seed(seed, member, time_index, cy, cx))
+            g = torch.Generator().manual_seed(hashed_seed(seed, member, time_index, cy, cx))
             block = torch.randn((channels, cell, cell), generator=g)
             ya, yb = max(y0, cy * cell), min(y0 + h, (cy + 1) * cell)
             xa, xb = max(x0, cx * cell), min(x0 + w, (cx + 1) * cell)
