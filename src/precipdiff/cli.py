@@ -252,6 +252,12 @@ def predict(
         typer.Option(help="Noise schedule: karras | loglinear | trig (default: the sampler's "
                           "own; log-linear for dpmpp_2m).", metavar="NAME"),
     ] = PREDICT.schedule,
+    distilled: Annotated[
+        bool,
+        typer.Option(help="Sample weights distilled to a few steps on their own noise levels "
+                          "(Euler; --sampler, --steps and --schedule then apply to the other "
+                          "stages only); --no-distilled samples them like any other."),
+    ] = True,
     seed: Annotated[
         int, typer.Option(help="Seed: the same seed gives the same ensemble.", metavar="N")
     ] = PREDICT.seed,
@@ -424,6 +430,7 @@ def predict(
         sampler=sampler,
         steps=steps,
         schedule=schedule,
+        distilled=distilled,
         seed=seed,
         bbox=_parse_bbox(bbox),
         time=None if time is None else parse_time_range(time),

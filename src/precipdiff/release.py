@@ -36,6 +36,9 @@ Metadata (safetensors header; every value a string, JSON where noted)::
     temporal    (optional, ``downscale`` only, no mean net) TemporalConfig JSON: the file holds a
                 spatiotemporal Stage II (:class:`~precipdiff.models.temporal.SpatioTemporalUNet`,
                 its temporal blocks' tensors under ``temporal.``) that samples clips of frames
+    distilled   (optional note) JSON {"sampler": "euler", "sigmas": [...], ...}: a few-step
+                student (:mod:`precipdiff.training.distill`) that ``predict`` samples with one
+                Euler step per interval of ``sigmas`` (then to 0)
     config      the resolved RunConfig as a JSON object (provenance; not needed to apply the stage)
     version     precipdiff version that wrote the file
     any other key (e.g. ``exported_from``) is kept as a free-form note
@@ -143,6 +146,14 @@ class Release:
     notes: Mapping[str, str] = field(default_factory=dict)
     path: str = ""
     sha256: str = ""
+
+    @property
+    def distilled_sigmas(self) -> tuple[float, ...] | None:
+        """The noise levels a distilled student steps between with Euler steps (its
+        ``distilled`` note, :mod:`precipdiff.training.distill`), without the trailing 0;
+        None for a release that is not distilled."""
+        note = self.notes.get("distilled")
+        return _distilled(note) if note else None
 
     # ------------------------------------------------------------------ writing
     def metadata(self) -> dict[str, str]:
@@ -291,8 +302,23 @@ def _parse(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], path: s
     if temporal is not None and (stage != "downscale" or mean_model is not None):
         raise _Bad("temporal", "only a 'downscale' stage without a regression mean may be "
                    "temporal")
+    if "distilled" in meta:
+        _distilled(meta["distilled"])
     state, mean_state = _check_tensors(tensors, release)
     return dataclasses.replace(release, state=state, mean_state=mean_state)
+
+
+def _distilled(note: str) -> tuple[float, ...]:
+    """The noise levels of a ``distilled`` note: positive, strictly decreasing, finite."""
+    try:
+        sigmas = tuple(float(v) for v in json.loads(note)["sigmas"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise _Bad("distilled", f"not a JSON object with a list 'sigmas' ({exc})") from None
+    ok = 0 < len(sigmas) <= 1000 and all(math.isfinite(v) and v > 0 for v in sigmas)
+    if not ok or any(b >= a for a, b in zip(sigmas[:-1], sigmas[1:], strict=False)):
+        raise _Bad("distilled", f"sigmas must be positive and strictly decreasing, got "
+                   f"{list(sigmas)[:8]}")
+    return sigmas
 
 
 def _choice(meta: Mapping[str, str], key: str, allowed: tuple[str, ...]) -> str:

@@ -42,7 +42,6 @@ import torch
 import xarray as xr
 
 from precipdiff.defaults import PREDICT
-from precipdiff.diffusion.samplers import native_schedule
 from precipdiff.errors import CheckpointError, GridError
 from precipdiff.grid import Grid, spatial_dims
 from precipdiff.pipeline.accumulate import Accumulator
@@ -601,9 +600,12 @@ class Pipeline:
             if semantics is not None:
                 attrs[f"{name}_input_semantics"] = f"{semantics.aggregation} {semantics.quantity}"
             attrs[f"{name}_weights_sha256"] = stage.metadata.get("sha256", "")
-            attrs[f"{name}_sampler"] = s.sampler
-            attrs[f"{name}_steps"] = s.steps
-            attrs[f"{name}_schedule"] = s.schedule or native_schedule(s.sampler)
+            used = stage.sampling(s)
+            attrs[f"{name}_sampler"] = used.sampler
+            attrs[f"{name}_steps"] = used.steps
+            attrs[f"{name}_schedule"] = used.schedule_name
+            if used.sigmas is not None:
+                attrs[f"{name}_sigmas"] = ", ".join(f"{v:g}" for v in used.sigmas)
             attrs[f"{name}_nfe"] = stage.nfe(s)
             if stage.temporal is not None:
                 attrs[f"{name}_temporal_frames"] = stage.temporal.frames

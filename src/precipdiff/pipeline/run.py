@@ -76,6 +76,7 @@ class PredictRequest:
     sampler: str = PREDICT.sampler
     steps: int = PREDICT.steps
     schedule: str | None = PREDICT.schedule
+    distilled: bool = True
     seed: int = PREDICT.seed
     bbox: tuple[float, float, float, float] | None = None
     reader: str | None = None
@@ -212,7 +213,8 @@ def load_pipeline(req: PredictRequest, device: str) -> Pipeline:
 
 
 def _options(req: PredictRequest, device: str) -> PredictOptions:
-    settings = SamplerSettings(sampler=req.sampler, steps=req.steps, schedule=req.schedule)
+    settings = SamplerSettings(sampler=req.sampler, steps=req.steps, schedule=req.schedule,
+                               distilled=req.distilled)
     return PredictOptions(
         members=req.members,
         correct=settings,

@@ -22,6 +22,7 @@ it (:mod:`precipdiff.pipeline.record`), never frame by frame through :meth:`Stag
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,12 @@ from precipdiff.baselines.quantile_mapping import QuantileMapping
 from precipdiff.data.transforms import PrecipTransform
 from precipdiff.defaults import PREDICT
 from precipdiff.diffusion.precond import EDMPrecond
-from precipdiff.diffusion.samplers import get_sampler, sampler_options, sampler_sigmas
+from precipdiff.diffusion.samplers import (
+    get_sampler,
+    native_schedule,
+    sampler_options,
+    sampler_sigmas,
+)
 from precipdiff.errors import CheckpointError
 from precipdiff.interrupts import check_between_steps
 from precipdiff.models.temporal import TemporalConfig
@@ -58,6 +64,24 @@ class SamplerSettings:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
+    sigmas: tuple[float, ...] | None = None
+    distilled: bool = True
+
+    def noise_levels(self, sigma_data: float) -> torch.Tensor:
+        """The decreasing noise levels with the trailing 0 (float64): ``sigmas`` when given
+        (a distilled student's own grid), else the sampler's schedule."""
+        if self.sigmas is not None:
+            return torch.tensor([*self.sigmas, 0.0], dtype=torch.float64)
+        return sampler_sigmas(self.sampler, self.steps, sigma_min=self.sigma_min,
+                              sigma_max=self.sigma_max, rho=self.rho, sigma_data=sigma_data,
+                              schedule=self.schedule)
+
+    @property
+    def schedule_name(self) -> str:
+        """``distilled`` for an explicit grid, else the schedule's name."""
+        if self.sigmas is not None:
+            return "distilled"
+        return self.schedule or native_schedule(self.sampler)
 
 
 def bf16_is_fast(device: str | torch.device) -> bool:
@@ -100,6 +124,7 @@ class Stage:
     extra_names: tuple[str, ...] = ()
     extra_stats: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     temporal: TemporalConfig | None = None
+    distilled: tuple[float, ...] | None = None
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu",
@@ -140,6 +165,7 @@ class Stage:
             extra_names=release.extra_names,
             extra_stats=release.extra_stats,
             temporal=release.temporal,
+            distilled=release.distilled_sigmas,
         )
         stage.extra_channels = stage._cond_channels() - 1
         return stage.to(device)
@@ -195,8 +221,18 @@ class Stage:
         """Network evaluations per sample (diffusion steps; +1 for the regression mean)."""
         from precipdiff.diffusion.samplers import nfe
 
+        settings = self.sampling(settings)
         n = nfe(settings.sampler, settings.steps) if self.net is not None else 0
         return n + (1 if self.mean_net is not None else 0)
+
+    def sampling(self, settings: SamplerSettings) -> SamplerSettings:
+        """The settings this stage samples with: a distilled student (``distilled`` grid in its
+        weights, :mod:`precipdiff.training.distill`) takes Euler steps on its own grid unless
+        ``settings.distilled`` is False; every other stage takes ``settings`` as given."""
+        if self.distilled is None or not settings.distilled:
+            return settings
+        return dataclasses.replace(settings, sampler="euler", steps=len(self.distilled),
+                                   schedule=None, sigmas=self.distilled)
 
     @torch.no_grad()
     def apply(
@@ -247,11 +283,9 @@ class Stage:
                 return precond(x, s, c).float()
 
             denoiser = TiledDenoiser(as_float, tile=tile, overlap=overlap, batch_size=tile_batch)
-            sigmas = sampler_sigmas(
-                settings.sampler, settings.steps, sigma_min=settings.sigma_min,
-                sigma_max=settings.sigma_max, rho=settings.rho, sigma_data=self.sigma_data,
-                schedule=settings.schedule,
-            ).to(device=base.device, dtype=torch.float32)
+            settings = self.sampling(settings)
+            sigmas = settings.noise_levels(self.sigma_data).to(device=base.device,
+                                                                dtype=torch.float32)
             x = noise.to(base) * float(sigmas[0])
             sample_fn = get_sampler(settings.sampler)
             opts = sampler_options(settings.sampler, self.sigma_data)

@@ -132,12 +132,25 @@ class TrainConfig:
     tensorboard: bool = False
 
 
+@dataclass(frozen=True)
+class DistillConfig:
+    """Few-step distillation (:mod:`precipdiff.training.distill`): with a ``teacher`` release,
+    the run trains a student whose one Euler step on each interval of ``sigmas`` (then to 0)
+    matches ``substeps`` DPM-Solver++(2M) steps of the teacher; start the student from the
+    teacher with ``train.init_from``."""
+
+    teacher: str | None = None
+    sigmas: tuple[float, ...] = (80.0, 5.04, 0.317, 0.02)
+    substeps: int = 6
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
     "diffusion": DiffusionConfig,
     "optim": OptimConfig,
     "train": TrainConfig,
+    "distill": DistillConfig,
 }
 
 
@@ -150,6 +163,7 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (tuples as lists), JSON- and YAML-serialisable."""
@@ -265,7 +279,7 @@ def _check_values(cfg: RunConfig) -> None:
     :data:`~precipdiff.release.LIMITS` are refused before anything is allocated."""
     from precipdiff.release import LIMITS
 
-    d, m, o, t, f = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.diffusion
+    d, m, o, t, f, g = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.diffusion, cfg.distill
     levels = len(m.channel_mult)
     width = m.model_channels * max(m.channel_mult, default=1)
     checks = [
@@ -348,6 +362,12 @@ def _check_values(cfg: RunConfig) -> None:
         ("train.out_dir", bool(t.out_dir), "must name a directory"),
         ("train.mean_from", t.mean_from is None or t.stage == "downscale",
          f"only applies to stage 'downscale', not {t.stage!r}"),
+        ("distill.teacher", g.teacher is None or t.stage != "regression",
+         "applies to the diffusion stages only, not 'regression'"),
+        ("distill.sigmas", len(g.sigmas) > 0 and all(s > 0 for s in g.sigmas) and all(
+            b < a for a, b in zip(g.sigmas[:-1], g.sigmas[1:], strict=False)),
+         f"must be positive and strictly decreasing, got {list(g.sigmas)}"),
+        ("distill.substeps", 0 < g.substeps <= 64, f"must lie in [1, 64], got {g.substeps}"),
     ]
     for key, ok, message in checks:
         if not ok:

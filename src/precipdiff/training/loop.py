@@ -44,6 +44,13 @@ from precipdiff.training.build import (
     resolve_channels,
 )
 from precipdiff.training.config import RunConfig, save_config
+from precipdiff.training.distill import (
+    distill_loss_sum,
+    distilled_notes,
+    draw_intervals,
+    load_teacher,
+    student_grid,
+)
 from precipdiff.training.distributed import (
     DistInfo,
     barrier,
@@ -85,6 +92,7 @@ class Parts:
     ema: EMA
     optimizer: torch.optim.Optimizer
     mean_net: nn.Module | None
+    teacher: nn.Module | None  # EDMPrecond(teacher net) of a distillation run
     store: Any
     train_ds: Any
     val_batch: dict[str, torch.Tensor] | None
@@ -188,10 +196,11 @@ def _build(cfg: RunConfig, info: DistInfo, store: Any, train_ds: Any,
     ema = EMA(net, halflife_samples=cfg.train.ema_halflife_samples,
               rampup_ratio=cfg.train.ema_rampup_ratio)
     mean_net = load_mean_net(cfg, store, info.device) if cfg.train.mean_from else None
+    teacher = load_teacher(cfg, info.device) if cfg.distill.teacher else None
     val_batch = _val_batch(val_args, info.device, mean_net) if info.is_main else None
     return Parts(net=net, model=model, ema=ema, optimizer=build_optimizer(net, cfg.optim),
-                 mean_net=mean_net, store=store, train_ds=train_ds, val_batch=val_batch,
-                 source_map=source_map)
+                 mean_net=mean_net, teacher=teacher, store=store, train_ds=train_ds,
+                 val_batch=val_batch, source_map=source_map)
 
 
 
@@ -264,7 +273,7 @@ def _train_step(cfg: RunConfig, info: DistInfo, parts: Parts, pos: Position,
     loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
     for i, (mb, batch) in enumerate(zip(micro_plan, batches, strict=True)):
         with maybe_no_sync(parts.model, i < len(batches) - 1), _autocast(cfg, info.device):
-            term = _loss_sum(cfg, parts.model, batch, mb.serials)
+            term = _loss_sum(cfg, parts.model, batch, mb.serials, parts.teacher)
         (term * (info.world_size / total_valid).float()).backward()
         loss_sum += term.detach().double()
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
@@ -309,13 +318,18 @@ def _prepare(batch: dict[str, torch.Tensor], device: torch.device,
 
 
 def _loss_sum(cfg: RunConfig, model: nn.Module, batch: dict[str, torch.Tensor],
-              serials: list[int]) -> torch.Tensor:
+              serials: list[int], teacher: nn.Module | None = None) -> torch.Tensor:
     y, cond, mask = batch["target"], batch["cond"], batch["mask"]
     if cfg.train.stage == "regression":
         return regression_loss_sum(model, y, cond, mask)
     d = cfg.diffusion
     sigma, noise = draw_noise(serials, tuple(y.shape[1:]), seed=cfg.train.seed,
                               P_mean=d.P_mean, P_std=d.P_std)
+    if teacher is not None:
+        grid = student_grid(cfg.distill.sigmas)
+        intervals = draw_intervals(serials, len(grid) - 1, seed=cfg.train.seed)
+        return distill_loss_sum(model, teacher, y, cond, mask, noise.to(y.device), intervals,
+                                grid, substeps=cfg.distill.substeps, sigma_data=d.sigma_data)
     return edm_loss_sum(model, y, cond, mask, sigma.to(y.device), noise.to(y.device),
                         sigma_data=d.sigma_data)
 
@@ -358,7 +372,7 @@ def _after_step(cfg: RunConfig, info: DistInfo, parts: Parts, pos: Position, mon
 def _validate(cfg: RunConfig, parts: Parts) -> dict[str, float]:
     """EMA net on the fixed val patches: loss, and for diffusion a quick fair CRPS."""
     from precipdiff.diffusion.precond import EDMPrecond
-    from precipdiff.diffusion.samplers import sample
+    from precipdiff.diffusion.samplers import randn, sample, sample_euler
 
     start, net, batch = time.perf_counter(), parts.ema.module, parts.val_batch
     y, cond, mask = batch["target"], batch["cond"], batch["mask"]
@@ -374,9 +388,14 @@ def _validate(cfg: RunConfig, parts: Parts) -> dict[str, float]:
         out["val_loss"] = float(edm_loss_sum(denoiser, y, cond, mask, sigma.to(y.device),
                                              noise.to(y.device), sigma_data=d.sigma_data) / valid)
         g = torch.Generator(device=y.device).manual_seed(cfg.train.seed)
-        x = sample(denoiser, (d.val_members * n, *y.shape[1:]), cond=cond.repeat(d.val_members, 1,
-                   1, 1), steps=d.val_steps, sampler=d.val_sampler, generator=g,
-                   device=y.device, disable=True)
+        shape, conds = (d.val_members * n, *y.shape[1:]), cond.repeat(d.val_members, 1, 1, 1)
+        if cfg.distill.teacher:  # the student on its own grid
+            grid = torch.tensor(student_grid(cfg.distill.sigmas), device=y.device)
+            x = sample_euler(denoiser, randn(shape, g, device=y.device) * grid[0], grid,
+                             cond=conds)
+        else:
+            x = sample(denoiser, shape, cond=conds, steps=d.val_steps, sampler=d.val_sampler,
+                       generator=g, device=y.device, disable=True)
         out["val_crps_fair"] = crps_fair(x.view(d.val_members, *y.shape), y, mask)
     out["val_time_s"] = time.perf_counter() - start
     return out
@@ -395,8 +414,9 @@ def _checkpoint_state(cfg: RunConfig, parts: Parts, pos: Position) -> dict[str, 
 
 def _save_release(cfg: RunConfig, parts: Parts, path: Path) -> Path:
     """EMA weights + metadata (format in :mod:`precipdiff.release`)."""
+    notes = distilled_notes(cfg) if cfg.distill.teacher else None
     release = make_release(cfg, parts.ema.state_dict(), parts.store, parts.mean_net,
-                           parts.source_map)
+                           parts.source_map, notes)
     log.info("writing %s", path)
     return release.save(path)
 
