@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from precipdiff.errors import CheckpointError, GridError
@@ -444,13 +445,48 @@ def test_dry_windows_are_skipped_with_the_same_output(tiny_weights, monkeypatch)
     import precipdiff.pipeline.pipeline as pp
 
     pipe = Pipeline(None, Stage.load(tiny_weights["downscale"]))
-    opts = _opts(window=16, halo=4, tile=16, overlap=4)
+    opts = _opts(window=16, halo=4, tile=16, overlap=4, crop_to_rain=False)
     src = _half_dry()
     skipped = pipe.predict(src, opts)
     assert skipped.attrs["stage2_blocks_dry"] > 0 and skipped.attrs["stage2_blocks_sampled"] > 0
+    assert skipped.attrs["stage2_sampled_fraction"] == 1.0
     monkeypatch.setattr(pp, "dry_block", lambda *a, **k: False)
     sampled = pipe.predict(src, opts)
     assert sampled.attrs["stage2_blocks_dry"] == 0
     np.testing.assert_array_equal(skipped["precip"].values, sampled["precip"].values)
     east = skipped["precip"].values[..., 8 * FACTOR :]
     assert np.nanmax(east) == 0.0
+
+
+def test_wet_box_covers_the_wet_cells_with_context() -> None:
+    from precipdiff.pipeline.dry import wet_box
+    from precipdiff.pipeline.tiling import Window
+
+    f = 4
+    dry = np.ones((2, 10, 10), bool)
+    dry[0, 3, 4] = False  # member 0: one wet cell
+    dry[1, 5, 6] = False  # member 1: another
+    win = Window(0, 40, 0, 40, torch.ones(40, 40))
+    box = wet_box(dry, win, f, margin=5)  # 5 px -> 2 whole cells of context
+    assert (box.y0, box.y1, box.x0, box.x1) == ((3 - 2) * f, (5 + 3) * f, (4 - 2) * f, (6 + 3) * f)
+    assert box.weight.shape == (box.y1 - box.y0, box.x1 - box.x0)
+    edge = wet_box(dry, Window(12, 40, 16, 40, torch.ones(28, 24)), f, margin=8)
+    assert (edge.y0, edge.x0) == (12, 16)  # clipped to the window
+    assert wet_box(np.ones((1, 10, 10), bool), win, f, margin=5) is win
+
+
+def test_crop_to_rain_samples_only_around_the_rain(tiny_weights) -> None:
+    """Windows are cut to their wet cells plus context: less is sampled, dry stays exactly dry
+    and the mass-consistent volume is kept as with whole windows."""
+    pipe = Pipeline(None, Stage.load(tiny_weights["downscale"]))
+    src = _half_dry()
+    kw = dict(window=32, halo=4, tile=16, overlap=4, mass_consistent=True)
+    cropped = pipe.predict(src, _opts(**kw))
+    whole = pipe.predict(src, _opts(**kw, crop_to_rain=False))
+    assert cropped.attrs["stage2_sampled_fraction"] < 0.9
+    assert whole.attrs["stage2_sampled_fraction"] == 1.0
+    a, b = cropped["precip"].values, whole["precip"].values
+    assert np.all(a[..., 7 * FACTOR:] == 0) and np.all(b[..., 7 * FACTOR:] == 0)
+    assert (a[..., : 6 * FACTOR] > 0).mean() > 0.2  # the rain is there
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))  # missing cells stay missing
+    assert abs(cropped.attrs["volume_error"]) < 1e-5 and abs(whole.attrs["volume_error"]) < 1e-5

@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage as ndi
 
+from precipdiff.pipeline.tiling import Window
+
 DEFAULT_TRACE_MM_H = 0.1
 #: The trace threshold of an areal-mean input downscaled as it is (no Stage I): a 10-km mean of
 #: 0.05 mm/h is real rain, kept by the mass-consistent rescaling on a few pixels (BENCHMARKS.md,
@@ -51,6 +53,28 @@ def dry_block(dry_lr: np.ndarray, win, factor: int) -> bool:
     zeroes the whole window, so Stage II need not sample it (the output is the same)."""
     f = factor
     return bool(dry_lr[..., win.y0 // f : -(-win.y1 // f), win.x0 // f : -(-win.x1 // f)].all())
+
+
+def wet_box(dry_lr: np.ndarray, win: Window, factor: int, margin: int) -> Window:
+    """The part of window ``win`` Stage II must sample: the bounding box of its coarse cells
+    that are not dry in some member of ``dry_lr`` (…, Y, X), grown by ``margin`` fine pixels of
+    context (rounded up to whole coarse cells) and clipped to the window, with the window's
+    blend weights over it. Every fine pixel of ``win`` outside the box lies in a dry cell, which
+    the rule zeroes whatever is sampled there. A window with no wet cell (:func:`dry_block`)
+    is returned whole."""
+    f = factor
+    cells = dry_lr[..., win.y0 // f : -(-win.y1 // f), win.x0 // f : -(-win.x1 // f)]
+    wet = ~cells.reshape(-1, *cells.shape[-2:]).all(axis=0)
+    rows, cols = np.flatnonzero(wet.any(axis=1)), np.flatnonzero(wet.any(axis=0))
+    if rows.size == 0:
+        return win
+    grow = -(-margin // f)
+    y0 = max(win.y0, win.y0 + (int(rows[0]) - grow) * f)
+    y1 = min(win.y1, win.y0 + (int(rows[-1]) + 1 + grow) * f)
+    x0 = max(win.x0, win.x0 + (int(cols[0]) - grow) * f)
+    x1 = min(win.x1, win.x0 + (int(cols[-1]) + 1 + grow) * f)
+    weight = win.weight[y0 - win.y0 : y1 - win.y0, x0 - win.x0 : x1 - win.x0]
+    return Window(y0, y1, x0, x1, weight)
 
 
 def dry_coarse(

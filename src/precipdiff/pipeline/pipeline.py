@@ -53,6 +53,7 @@ from precipdiff.pipeline.dry import (
     dry_cells,
     dry_coarse,
     dry_fine,
+    wet_box,
 )
 from precipdiff.pipeline.inputs import (
     check_input,
@@ -104,6 +105,9 @@ class PredictOptions:
     temporal_noise_correlation : lag-1 correlation in time of its starting noise; None: what
     the weights were trained with (:func:`~precipdiff.pipeline.record.noise_correlation`).
     temporal_chunk : frames it samples as one state (:mod:`precipdiff.pipeline.record`).
+    crop_to_rain : Stage II samples only the part of each window around its wet coarse cells
+    (:func:`~precipdiff.pipeline.dry.wet_box`: the bounding box, ``halo`` pixels of context
+    around it), the rest being zeroed by the dry rule anyway; False samples whole windows.
     """
 
     members: int = PREDICT.members
@@ -129,6 +133,7 @@ class PredictOptions:
     temporal_windows: str = PREDICT.temporal_windows
     temporal_noise_correlation: float | None = PREDICT.temporal_noise_correlation
     temporal_chunk: int = PREDICT.temporal_chunk
+    crop_to_rain: bool = True
 
     @property
     def bf16(self) -> bool:
@@ -155,6 +160,8 @@ class RunTally:
     bound: str = ""
     blocks_sampled: int = 0
     blocks_dry: int = 0
+    pixels_window: int = 0
+    pixels_sampled: int = 0
 
     def count_block(self, dry: bool) -> None:
         """Count one Stage-II block (members x window, x frames for a record): sampled, or
@@ -163,6 +170,11 @@ class RunTally:
             self.blocks_dry += 1
         else:
             self.blocks_sampled += 1
+
+    def count_pixels(self, window: int, sampled: int) -> None:
+        """Fine pixels of one block's window and of the part of it sampled (:func:`wet_box`)."""
+        self.pixels_window += window
+        self.pixels_sampled += sampled
 
     def add_volume(self, hr: np.ndarray, lr: np.ndarray, factor: int) -> None:
         """Add one band: fine members ``hr`` (M, h, w) and their coarse cells ``lr`` (M, h/f, w/f)
@@ -196,6 +208,8 @@ class RunTally:
         if self.blocks_sampled or self.blocks_dry:
             out.update(stage2_blocks_sampled=self.blocks_sampled,
                        stage2_blocks_dry=self.blocks_dry)
+        if self.pixels_window:
+            out["stage2_sampled_fraction"] = round(self.pixels_sampled / self.pixels_window, 4)
         if not self.volume:
             return out
         meaning = ("fine-grid mean divided by the corrected coarse mean, minus 1 (all members and "
@@ -425,17 +439,23 @@ class Pipeline:
                 dry = dry_block(dry_lr[m0 : m0 + mb], win, f)
                 if tally is not None:
                     tally.count_block(dry)
+                zeros = np.zeros((mb, *win.weight.shape), np.float32)
                 if dry:  # the rule zeroes all of it: nothing to sample (exact)
-                    acc.add(m0, win.y0, win.x0, np.zeros((mb, *win.weight.shape), np.float32),
-                            win.weight.numpy())
+                    acc.add(m0, win.y0, win.x0, zeros, win.weight.numpy())
                     continue
+                box = (wet_box(dry_lr[m0 : m0 + mb], win, f, opts.halo)
+                       if opts.crop_to_rain else win)
+                if tally is not None:
+                    tally.count_pixels(win.weight.numel(), box.weight.numel())
+                by, bx = slice(box.y0 - win.y0, box.y1 - win.y0), slice(box.x0 - win.x0,
+                                                                        box.x1 - win.x0)
                 noise = torch.stack(
                     [
                         position_noise(
-                            win.y0,
-                            win.x0,
-                            win.y1 - win.y0,
-                            win.x1 - win.x0,
+                            box.y0,
+                            box.x0,
+                            box.y1 - box.y0,
+                            box.x1 - box.x0,
                             seed=opts.seed + 1,
                             member=m0 + i,
                             time_index=t,
@@ -444,18 +464,19 @@ class Pipeline:
                     ]
                 )
                 y = stage.apply(
-                    base_all[m0 : m0 + mb],
+                    base_all[m0 : m0 + mb, :, by, bx],
                     noise,
                     extras=None
                     if ext is None
-                    else ext[None].expand(mb, -1, -1, -1).to(opts.device),
+                    else ext[None, :, by, bx].expand(mb, -1, -1, -1).to(opts.device),
                     settings=opts.downscale,
                     tile=opts.tile,
                     overlap=opts.overlap,
                     tile_batch=opts.tile_batch,
                     bf16=opts.bf16,
                 )
-                acc.add(m0, win.y0, win.x0, y[:, 0].cpu().numpy(), win.weight.numpy())
+                zeros[:, by, bx] = y[:, 0].cpu().numpy()  # outside the box: dry cells only
+                acc.add(m0, win.y0, win.x0, zeros, win.weight.numpy())
             if on_window is not None:
                 on_window()
         band = max(f, (opts.window // f) * f)

@@ -18,6 +18,7 @@ from precipdiff.training.build import (
     open_store_or_corpus,
 )
 from precipdiff.training.config import RunConfig
+from precipdiff.training.distill import distilled_notes
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ def export_weights(run_dir: str | os.PathLike, output: str | os.PathLike) -> Pat
     store = open_store_or_corpus(cfg.data.store)
     mean_net = load_mean_net(cfg, store, "cpu") if cfg.train.mean_from else None
     notes = {"exported_from": f"{path.name} at {state['samples_seen']} samples"}
+    if cfg.distill.teacher:  # a student keeps its grid and the teacher's calibrations
+        notes = {**distilled_notes(cfg), **notes}
     release = make_release(cfg, state["ema"], store, mean_net, fit_source_map(cfg, store), notes)
     log.info("exporting %s (%d samples) to %s", path, state["samples_seen"], output)
     return release.save(output)
