@@ -29,12 +29,16 @@ import numpy as np
 #: ``--compare-defaults``: the predict settings before 2026-11-30 (DPM-Solver++(2M), 12 steps on
 #: the EDM schedule, global attention) and after (8 steps on the log-linear schedule, attention
 #: over the training patch); same weights (the shipped defaults), same scene, same members.
-DEFAULTS = {"before": {"steps": 12, "schedule": "karras", "attention": "global"},
-            "now": {"steps": 8, "schedule": None, "attention": "default"}}
+DEFAULTS = {"before": {"steps": 12, "schedule": "karras", "attention": "global", "crop": False},
+            "now": {"steps": 8, "schedule": None, "attention": "default", "crop": True}}
+#: ``--compare-defaults --student W``: a third row, Stage II replaced by a distilled student
+#: (sampled on its own grid; Stage I as "now").
+STUDENT = {"steps": 8, "schedule": None, "attention": "default", "crop": True}
 
 
 def child(size: int, members: int, steps: int, window: int, tile: int | None, out: Path,
-          attention: str = "default", schedule: str | None = None) -> dict:
+          attention: str = "default", schedule: str | None = None, crop: bool = True,
+          weights_downscale: Path | None = None) -> dict:
     import torch
 
     from precipdiff.demo import FACTOR, demo_scene
@@ -43,7 +47,8 @@ def child(size: int, members: int, steps: int, window: int, tile: int | None, ou
     from precipdiff.pipeline.run import PredictRequest, load_pipeline
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    pipe = load_pipeline(PredictRequest(inputs=[], output=out), "cpu")
+    pipe = load_pipeline(PredictRequest(inputs=[], output=out,
+                                        weights_downscale=weights_downscale), "cpu")
     if attention != "default":  # "global": every net attends globally (the behaviour before)
         for stage in (pipe.correct, pipe.downscale):
             for net in (stage.net, stage.mean_net) if stage is not None else ():
@@ -61,7 +66,8 @@ def child(size: int, members: int, steps: int, window: int, tile: int | None, ou
         size = size * size
     s = SamplerSettings(sampler="dpmpp_2m", steps=steps, schedule=schedule)
     opts = PredictOptions(
-        members=members, correct=s, downscale=s, window=window, tile=tile, member_batch=8
+        members=members, correct=s, downscale=s, window=window, tile=tile, member_batch=8,
+        crop_to_rain=crop,
     )
     t0, c0 = time.perf_counter(), time.process_time()
     predict_to_file(pipe, src, out, opts)
@@ -85,7 +91,8 @@ def child(size: int, members: int, steps: int, window: int, tile: int | None, ou
 
 
 def run_child(size: int, members: int, steps: int, window: int, tile: int | None,
-              attention: str = "default", schedule: str | None = None) -> dict:
+              attention: str = "default", schedule: str | None = None, crop: bool = True,
+              weights_downscale: Path | None = None) -> dict:
     out = Path(f"/tmp/bench_pipeline_{os.getpid()}_{size}.nc")
     cmd = [
         sys.executable,
@@ -104,6 +111,8 @@ def run_child(size: int, members: int, steps: int, window: int, tile: int | None
         "--attention",
         attention,
         *(["--schedule", schedule] if schedule else []),
+        *([] if crop else ["--no-crop"]),
+        *(["--weights-downscale", str(weights_downscale)] if weights_downscale else []),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -144,6 +153,12 @@ def main() -> None:
         help="only the CONUS-size bounded-memory run (1 member, --steps steps)",
     )
     ap.add_argument("--schedule", default=None, help="noise schedule (default: the sampler's)")
+    ap.add_argument("--no-crop", action="store_true",
+                    help="Stage II samples whole windows (PredictOptions.crop_to_rain off)")
+    ap.add_argument("--weights-downscale", type=Path, default=None,
+                    help="Stage II weights (default: the shipped ones)")
+    ap.add_argument("--student", type=Path, default=None,
+                    help="with --compare-defaults: add a row with this distilled Stage II")
     ap.add_argument("--compare-defaults", action="store_true",
                     help="the 200 x 200 km run with the predict defaults before and after "
                          "2026-11-30, interleaved over --rounds")
@@ -151,7 +166,8 @@ def main() -> None:
     if args.child:
         tile = args.tile[0] if args.tile else None
         print(json.dumps(child(args.child, args.members, args.steps, args.window, tile, args.out,
-                               args.attention[0], args.schedule)))
+                               args.attention[0], args.schedule, not args.no_crop,
+                               args.weights_downscale)))
         return
     if args.compare_defaults:
         defaults_table(args)
@@ -203,24 +219,35 @@ def main() -> None:
 
 def defaults_table(args: argparse.Namespace) -> None:
     """The 200 x 200 km two-stage run with the old and the new predict defaults."""
-    runs: dict[str, list[dict]] = {k: [] for k in DEFAULTS}
+    table = dict(DEFAULTS)
+    if args.student is not None:
+        table["distilled Stage II"] = {**STUDENT, "weights": args.student}
+    runs: dict[str, list[dict]] = {k: [] for k in table}
     for _ in range(args.rounds):
-        for name, d in DEFAULTS.items():
+        for name, d in table.items():
             runs[name].append(run_child(200, args.members, d["steps"], args.window, None,
-                                        d["attention"], d["schedule"]))
+                                        d["attention"], d["schedule"], d["crop"],
+                                        d.get("weights")))
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"### Predict defaults before and after — {now}, load average "
           f"{os.getloadavg()[0]:.1f}, threads {os.environ.get('BENCH_THREADS', '2')}, "
           f"{args.members} members, two stages, 200 x 200 km, {args.rounds} interleaved rounds\n")
-    print("| defaults | steps/stage | schedule | attention | wall s (each round) | median wall s "
-          "| peak RSS MB |")
-    print("|---|---:|---|---|---|---:|---:|")
+    print("| defaults | steps/stage | schedule | attention | cut to rain | wall s (each round) | "
+          "median wall s | CPU s (each round) | median CPU s | CPU x before | peak RSS MB |")
+    print("|---|---:|---|---|---|---|---:|---|---:|---:|---:|")
     med = {k: float(np.median([r["wall_s"] for r in v])) for k, v in runs.items()}
-    for name, d in DEFAULTS.items():
+    cpu = {k: float(np.median([r["cpu_s"] for r in v])) for k, v in runs.items()}
+    for name, d in table.items():
         walls = ", ".join(f"{r['wall_s']:.1f}" for r in runs[name])
-        print(f"| {name} | {d['steps']} | {d['schedule'] or 'log-linear'} | {d['attention']} | "
-              f"{walls} | {med[name]:.1f} | {max(r['peak_rss_mb'] for r in runs[name]):.0f} |")
-    print(f"\nspeed-up (median before / median now): {med['before'] / med['now']:.2f}x")
+        cpus = ", ".join(f"{r['cpu_s']:.1f}" for r in runs[name])
+        steps = f"{d['steps']} / 4 (distilled grid)" if "weights" in d else d["steps"]
+        print(f"| {name} | {steps} | {d['schedule'] or 'log-linear'} | {d['attention']} | "
+              f"{d['crop']} | {walls} | {med[name]:.1f} | {cpus} | {cpu[name]:.1f} | "
+              f"{cpu['before'] / cpu[name]:.2f} | "
+              f"{max(r['peak_rss_mb'] for r in runs[name]):.0f} |")
+    for name in list(table)[1:]:
+        print(f"\nspeed-up, {name} (median wall before / median wall {name}): "
+              f"{med['before'] / med[name]:.2f}x")
 
 
 def attention_table(args: argparse.Namespace) -> None:

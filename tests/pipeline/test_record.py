@@ -333,3 +333,22 @@ def test_open_frames_share_the_in_memory_limit(tmp_path, monkeypatch) -> None:
     np.testing.assert_allclose(shared.band(0, 10), 1.0)
     shared.close()
     assert not (tmp_path / "b" / "wsum.zarr").exists()
+
+
+def test_record_blocks_are_cut_to_the_rain(weights) -> None:
+    """A record's blocks are sampled only around the cells wet in some frame of the chunk:
+    less is sampled, dry stays exactly dry, as with whole windows."""
+    src = _record(4, ny=6, nx=20)
+    data = src.values.copy()
+    data[..., 6:] = 0.0
+    src = src.copy(data=data)
+    pipe = Pipeline(None, Stage.load(weights["trained"]))
+    kw = dict(window=40, halo=4, tile=16, overlap=4, temporal_chunk=3)
+    cut = pipe.predict(src, _opts(**kw))
+    whole = pipe.predict(src, _opts(**kw, crop_to_rain=False))
+    assert cut.attrs["stage2_sampled_fraction"] < 0.9
+    assert whole.attrs["stage2_sampled_fraction"] == 1.0
+    a, b = cut["precip"].values, whole["precip"].values
+    assert np.all(a[..., 7 * FACTOR:] == 0) and np.all(b[..., 7 * FACTOR:] == 0)
+    assert (np.nan_to_num(a[..., : 6 * FACTOR]) > 0).mean() > 0.2
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))

@@ -58,7 +58,7 @@ from torch import Tensor
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.errors import ConfigError
 from precipdiff.pipeline.accumulate import Accumulator
-from precipdiff.pipeline.dry import dry_block, dry_cells
+from precipdiff.pipeline.dry import dry_block, dry_cells, wet_box
 from precipdiff.pipeline.sequence import (
     FrameWindow,
     SequenceOptions,
@@ -256,16 +256,20 @@ def downscale_record(
                 dry = dry_block(dry_lr[m0:m0 + mm, c.t0:c.t1], win, f)
                 if tally is not None:
                     tally.count_block(dry)
-                if dry:  # the rule zeroes all of it: nothing to sample (exact)
-                    y = np.zeros((mm, c.t1 - c.t0, *win.weight.shape), np.float32)
-                else:
+                y = np.zeros((mm, c.t1 - c.t0, *win.weight.shape), np.float32)
+                if not dry:  # (a dry block is zeroed by the rule: nothing to sample, exact)
+                    box = (wet_box(dry_lr[m0:m0 + mm, c.t0:c.t1], win, f, opts.halo)
+                           if opts.crop_to_rain else win)
+                    if tally is not None:
+                        tally.count_pixels(win.weight.numel(), box.weight.numel())
                     base, cond = block_condition(
                         stage, tcor[m0:m0 + mm, c.t0:c.t1],
-                        None if extras is None else extras[c.t0:c.t1], win)
+                        None if extras is None else extras[c.t0:c.t1], box)
                     r = sample_block(denoiser, cond, seconds[c.t0:c.t1],
                                      replace(seq, members=mm), sigma_data=stage.sigma_data,
-                                     start=(m0, c.t0, win.y0, win.x0))
-                    y = (base + r[:, :, 0]).cpu().numpy()
+                                     start=(m0, c.t0, box.y0, box.x0))
+                    y[..., box.y0 - win.y0:box.y1 - win.y0, box.x0 - win.x0:box.x1 - win.x0] = (
+                        base + r[:, :, 0]).cpu().numpy()  # outside the box: dry cells only
                     del base, cond, r
                 for k in range(c.t1 - c.t0):
                     open_frames[c.t0 + k].add(m0, win.y0, win.x0, y[:, k],
