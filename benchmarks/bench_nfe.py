@@ -11,6 +11,8 @@ max-pooled one on block maxima.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_nfe.py [--times 6] [--members 6] [--model mean]
     OMP_NUM_THREADS=1 python benchmarks/bench_nfe.py --converged [--model mean]
+    OMP_NUM_THREADS=1 python benchmarks/bench_nfe.py --converged --student W --members 16 \
+        --frames 1 4 --rows dpmpp_2m-4 dpmpp_2m-8 trig_pc-32
 
 ``--converged`` measures solver error on the real network: one time step, a 200 x 200 km crop,
 6 members from the same noise; for each few-step setting the mean member std relative to the
@@ -94,28 +96,47 @@ def stage_for(model: str) -> tuple[Stage, str]:
     return Stage.load(shipped_weights()[key]), model
 
 
-def converged(model: str) -> None:
-    """Solver error of the few-step settings against the converged network output."""
+def converged(model: str, members: int = 6, student: Path | None = None,
+              rows: list[str] | None = None, frames: tuple[int, ...] = (2,)) -> None:
+    """Solver error of the few-step settings against the converged network output.
+
+    ``student``: a distilled Stage II (:mod:`precipdiff.training.distill`) of the ``model``'s
+    network, sampled on its own grid from the same noise, scored against the teacher's
+    reference. ``rows``: only the settings with these labels (e.g. ``dpmpp_2m-8``)."""
     down, pooling = stage_for(model)
     lr, hr = load(6, pooling)
-    lr = lr.isel(time=[2], lat=slice(0, 20), lon=slice(0, 20))
-    ref = run_setting(down, lr, *SETTINGS[-1][:2], members=6, seed=0)[0].values
-    ref_std = float(np.nanstd(ref[:, 0], axis=0).mean())
-    lines = [f"Stage II ({model}-pooled model), one time step, {lr.shape[-2] * 10} x "
-             f"{lr.shape[-1] * 10} km, 6 members; reference {label(*SETTINGS[-1])}: mean member "
-             f"std {ref_std:.4f} mm/h.", "",
-             "| setting | NFE | std vs reference | mean abs. difference (mm/h) | s |",
-             "|---|---:|---:|---:|---:|"]
-    for sampler, steps, schedule in FEW + CONVERGED:
-        pred, s2, secs = run_setting(down, lr, sampler, steps, 6, 0, schedule)
-        std = float(np.nanstd(pred.values[:, 0], axis=0).mean())
+    lr = lr.isel(time=list(frames), lat=slice(0, 20), lon=slice(0, 20))
+    ref = run_setting(down, lr, *SETTINGS[-1][:2], members=members, seed=0)[0].values
+    ref_std = float(np.nanstd(ref, axis=0).mean())
+    lines = [f"Stage II ({model}-pooled model), time step(s) {list(frames)}, "
+             f"{lr.shape[-2] * 10} x {lr.shape[-1] * 10} km, {members} members; reference "
+             f"{label(*SETTINGS[-1])}: mean member std {ref_std:.4f} mm/h.", "",
+             "| setting | NFE | std vs reference | W1 vs reference (mm/h) | mean abs. difference "
+             "(mm/h) | s |", "|---|---:|---:|---:|---:|---:|"]
+    settings = [(label(*st), down, st) for st in FEW + CONVERGED]
+    if student is not None:
+        settings.append((f"distilled student ({student.name})", Stage.load(student),
+                         ("dpmpp_2m", 8, None)))
+    for name, stage, (sampler, steps, schedule) in settings:
+        if rows and name not in rows and stage is down:
+            continue
+        pred, s2, secs = run_setting(stage, lr, sampler, steps, members, 0, schedule)
+        std = float(np.nanstd(pred.values, axis=0).mean())
         diff = float(np.nanmean(np.abs(pred.values - ref)))
-        lines.append(f"| {label(sampler, steps, schedule)} | {down.nfe(s2)} | "
-                     f"{100 * (std / ref_std - 1):+.1f} % | {diff:.4f} | {secs:.0f} |")
+        lines.append(f"| {name} | {stage.nfe(s2)} | {100 * (std / ref_std - 1):+.1f} % | "
+                     f"{wasserstein(pred.values, ref):.4f} | {diff:.4f} | {secs:.0f} |")
         print(lines[-1], flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"converged_{model}.md").write_text("\n".join(lines) + "\n")
+    suffix = "" if student is None else "_student"
+    (OUT / f"converged_{model}{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def wasserstein(a: np.ndarray, b: np.ndarray) -> float:
+    """W1 distance (mm/h) between the pooled values of two ensembles of the same size."""
+    x, y = np.sort(a[np.isfinite(a)]), np.sort(b[np.isfinite(b)])
+    n = min(x.size, y.size)
+    return float(np.abs(x[:n] - y[:n]).mean())
 
 
 def main() -> None:
@@ -125,9 +146,15 @@ def main() -> None:
     ap.add_argument("--model", choices=("mean", "max"), default="mean")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--converged", action="store_true", help="high-NFE convergence check")
+    ap.add_argument("--student", type=Path, default=None,
+                    help="with --converged: add this distilled Stage II")
+    ap.add_argument("--rows", nargs="*", default=None,
+                    help="with --converged: only these settings, e.g. dpmpp_2m-8 dpmpp_2m-4")
+    ap.add_argument("--frames", type=int, nargs="+", default=[2],
+                    help="with --converged: time steps (of 6 spread over the hour)")
     args = ap.parse_args()
     if args.converged:
-        converged(args.model)
+        converged(args.model, args.members, args.student, args.rows, tuple(args.frames))
         return
     down, pooling = stage_for(args.model)
     lr, hr = load(args.times, pooling)
