@@ -108,7 +108,7 @@ def run(src, truth, members: int, extra_windows: tuple[int, ...] = (),
     from precipdiff.pipeline import Pipeline, PredictOptions, Stage
     from precipdiff.pipeline.shipped import shipped_weights
 
-    pipe = Pipeline(None, Stage.load(shipped_weights()["downscale"]))
+    pipe = Pipeline(None, Stage.load(shipped_weights()["downscale_full"]))
     opts = PredictOptions(members=members, mass_consistent=None, trace_threshold=0.02)
     out = {}
     original = pp.dry_block

@@ -318,14 +318,19 @@ def build_pipelines(args: argparse.Namespace) -> dict[str, Pipeline]:
         rows[name] = Pipeline(None, Stage.load(args.regression))
     other = args.weights_shipped or (None if args.task == "chain" else shipped["downscale_max"])
     if other is not None and str(other) != "none":
-        rows[f"precipdiff Stage II ({Path(other).name})"] = Pipeline(None, Stage.load(other))
+        name = f"precipdiff Stage II ({Path(other).name})"
+        rows[name] = Pipeline(None, Stage.load(other))
+        if args.mass_consistent:
+            rows[f"{name}{MASS}"] = rows[name]
     return rows
 
 
 def weights_names(pipeline: Pipeline) -> str:
     """File names of a pipeline's weights, Stage I first."""
     stages = (pipeline.correct, pipeline.downscale)
-    return " + ".join(Path(s.source).name for s in stages if s is not None)
+    return " + ".join(Path(s.source).name + (
+        f" (distilled: {len(s.distilled)} Euler steps on its own grid)" if s.distilled else "")
+        for s in stages if s is not None)
 
 
 TITLES = {"downscale": "Stage II on held-out events, mean-pooled input",

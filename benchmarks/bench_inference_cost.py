@@ -61,7 +61,7 @@ def settings(student: Path | None) -> list[dict]:
     from precipdiff.pipeline.shipped import shipped_weights
     from precipdiff.pipeline.stage import SamplerSettings
 
-    teacher = Path(shipped_weights()["downscale"])
+    teacher = Path(shipped_weights()["downscale_full"])
     rows = [
         {"name": "whole windows, default weights, DPM-Solver++(2M) 8 (before)", "weights": teacher,
          "crop": False, "sampler": SamplerSettings()},

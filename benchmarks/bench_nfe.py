@@ -92,7 +92,7 @@ def label(sampler: str, steps: int, schedule: str | None) -> str:
 
 def stage_for(model: str) -> tuple[Stage, str]:
     """The shipped Stage II of ``model`` (``mean`` | ``max``) and its pooling."""
-    key = "downscale" if model == "mean" else "downscale_max"
+    key = "downscale_full" if model == "mean" else "downscale_max"
     return Stage.load(shipped_weights()[key]), model
 
 

@@ -37,7 +37,7 @@ from precipdiff.demo import demo_scene
 from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
 from precipdiff.pipeline.shipped import shipped_weights
 truth, src = demo_scene(0)
-down = Stage.load(shipped_weights()["downscale"])
+down = Stage.load(shipped_weights()["downscale_full"])
 opts = PredictOptions(members=4, downscale=SamplerSettings("dpmpp_2m", 4), seed=0)
 pipe = Pipeline(None, down)
 pipe.predict(src, opts)  # warm-up

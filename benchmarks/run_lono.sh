@@ -11,7 +11,7 @@ PY=${PYTHON:-python}
 ALL=(mrms radolan mch fmi opera)
 NETS=("$@")
 [ $# -eq 0 ] && NETS=("${ALL[@]}")
-SHIPPED=$($PY -c "from precipdiff.pipeline.shipped import shipped_weights; print(shipped_weights()['downscale'])")
+SHIPPED=$($PY -c "from precipdiff.pipeline.shipped import shipped_weights; print(shipped_weights()['downscale_full'])")
 for held in "${NETS[@]}"; do
   rest=$(printf '%s\n' "${ALL[@]}" | grep -vx "$held" | paste -sd, -)
   run=runs/lono_${held}_stage2

@@ -115,7 +115,13 @@ def test_shipped_defaults_are_areal_mean_models():
         assert Release.load(paths[name]).semantics.aggregation == "block_maximum"
     temporal = Release.load(paths["downscale_temporal"])
     assert temporal.temporal is not None and temporal.semantics.aggregation == "areal_mean"
-    assert temporal.model == Release.load(paths["downscale"]).model  # same spatial network
+    assert temporal.model == Release.load(paths["downscale_full"]).model  # same spatial network
+    # the default Stage II: a few-step student of the full one, with its calibrations
+    student, full = Release.load(paths["downscale"]), Release.load(paths["downscale_full"])
+    assert full.distilled_sigmas is None and student.model == full.model
+    assert student.distilled_sigmas is not None and len(student.distilled_sigmas) == 4
+    assert student.notes["fine_threshold"] == full.notes["fine_threshold"]
+    assert json.loads(student.notes["distilled"])["teacher"] == full.path.split("/")[-1]
     # its starting-noise correlation in time, calibrated on train events (calibrate_time)
     assert temporal.notes["temporal_noise_correlation_calibrated"] == "0.5"
     record = json.loads(temporal.notes["temporal_noise_correlation_calibration"])

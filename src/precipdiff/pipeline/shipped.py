@@ -9,11 +9,16 @@ from pathlib import Path
 #: ``precipdiff.downscale``: models for **areal-mean** input (mean pooling), trained on the
 #: five-network radar corpus. ``correct_max`` and ``downscale_max`` are the PrecipDiff setting
 #: (block maxima, max pooling, one MRMS hour), kept for ``--input-semantics block_maximum``.
+#: The default ``downscale`` is a few-step student distilled from ``downscale_full`` (the
+#: same network; 4 network evaluations on its own noise levels instead of 8,
+#: :mod:`precipdiff.training.distill`); ``downscale_full`` is its teacher, sampled with any
+#: sampler and the base of the temporal model and of fine-tuning.
 #: ``downscale_temporal`` is the spatiotemporal Stage II for areal means (sequences; not a
 #: default: pass it with ``--weights-downscale``). MODEL_CARD.md describes each.
 SHIPPED = {
     "correct": "stage1_correct_mean.safetensors",
-    "downscale": "stage2_downscale_mean.safetensors",
+    "downscale": "stage2_downscale_mean_distilled.safetensors",
+    "downscale_full": "stage2_downscale_mean.safetensors",
     "correct_max": "stage1_correct_max.safetensors",
     "downscale_max": "stage2_downscale_max.safetensors",
     "downscale_temporal": "stage2_temporal_mean.safetensors",
