@@ -219,9 +219,12 @@ def main() -> None:
 
 def defaults_table(args: argparse.Namespace) -> None:
     """The 200 x 200 km two-stage run with the old and the new predict defaults."""
-    table = dict(DEFAULTS)
+    from precipdiff.pipeline.shipped import shipped_weights
+
+    full = shipped_weights()["downscale_full"]  # the Stage II both former defaults sampled
+    table = {k: {**d, "weights": full} for k, d in DEFAULTS.items()}
     if args.student is not None:
-        table["distilled Stage II"] = {**STUDENT, "weights": args.student}
+        table["distilled Stage II"] = {**STUDENT, "weights": Path(args.student)}
     runs: dict[str, list[dict]] = {k: [] for k in table}
     for _ in range(args.rounds):
         for name, d in table.items():
@@ -240,7 +243,7 @@ def defaults_table(args: argparse.Namespace) -> None:
     for name, d in table.items():
         walls = ", ".join(f"{r['wall_s']:.1f}" for r in runs[name])
         cpus = ", ".join(f"{r['cpu_s']:.1f}" for r in runs[name])
-        steps = f"{d['steps']} / 4 (distilled grid)" if "weights" in d else d["steps"]
+        steps = f"{d['steps']} / 4 (distilled grid)" if d["weights"] != full else d["steps"]
         print(f"| {name} | {steps} | {d['schedule'] or 'log-linear'} | {d['attention']} | "
               f"{d['crop']} | {walls} | {med[name]:.1f} | {cpus} | {cpu[name]:.1f} | "
               f"{cpu['before'] / cpu[name]:.2f} | "

@@ -114,7 +114,7 @@ def info() -> None:
     from precipdiff.pipeline.shipped import shipped_weights
 
     for name, path in shipped_weights().items():
-        typer.echo(f"shipped weights [{name}]: {path.name if path else 'not installed'}")
+        typer.echo(f"shipped weights [{name}]: {path if path else 'not installed'}")
 
 
 @command
