@@ -490,3 +490,18 @@ def test_crop_to_rain_samples_only_around_the_rain(tiny_weights) -> None:
     assert (a[..., : 6 * FACTOR] > 0).mean() > 0.2  # the rain is there
     np.testing.assert_array_equal(np.isnan(a), np.isnan(b))  # missing cells stay missing
     assert abs(cropped.attrs["volume_error"]) < 1e-5 and abs(whole.attrs["volume_error"]) < 1e-5
+
+
+def test_windows_cut_to_the_rain_do_not_depend_on_the_member_batch(tiny_weights) -> None:
+    """The box is that of all members' wet cells: a member's sample is the same in any member
+    batch, also when the members are wet in different places."""
+    pipe = Pipeline(None, Stage.load(tiny_weights["downscale"]))
+    corrected = np.zeros((3, 6, 20), np.float32)
+    corrected[:, :, :4] = 2.0  # every member wet in the west
+    corrected[1:, :, 4:9] = 1.0  # members 1 and 2 wet further east too
+
+    def run(batch: int) -> np.ndarray:
+        opts = _opts(window=80, halo=4, tile=16, overlap=4, member_batch=batch)
+        return np.concatenate([b for _, _, b in pipe.downscale_step(corrected, 0, opts)], 1)
+
+    np.testing.assert_allclose(run(1), run(3), rtol=1e-4, atol=1e-5)

@@ -106,8 +106,9 @@ class PredictOptions:
     the weights were trained with (:func:`~precipdiff.pipeline.record.noise_correlation`).
     temporal_chunk : frames it samples as one state (:mod:`precipdiff.pipeline.record`).
     crop_to_rain : Stage II samples only the part of each window around its wet coarse cells
-    (:func:`~precipdiff.pipeline.dry.wet_box`: the bounding box, ``halo`` pixels of context
-    around it), the rest being zeroed by the dry rule anyway; False samples whole windows.
+    (:func:`~precipdiff.pipeline.dry.wet_box`: the bounding box of the cells wet in any member,
+    ``halo`` pixels of context around it), the rest being zeroed by the dry rule anyway; False
+    samples whole windows.
     """
 
     members: int = PREDICT.members
@@ -443,8 +444,9 @@ class Pipeline:
                 if dry:  # the rule zeroes all of it: nothing to sample (exact)
                     acc.add(m0, win.y0, win.x0, zeros, win.weight.numpy())
                     continue
-                box = (wet_box(dry_lr[m0 : m0 + mb], win, f, opts.halo)
-                       if opts.crop_to_rain else win)
+                # the box of all members, so that a member's sample does not depend on the
+                # member batch it falls in
+                box = wet_box(dry_lr, win, f, opts.halo) if opts.crop_to_rain else win
                 if tally is not None:
                     tally.count_pixels(win.weight.numel(), box.weight.numel())
                 by, bx = slice(box.y0 - win.y0, box.y1 - win.y0), slice(box.x0 - win.x0,

@@ -258,7 +258,7 @@ def downscale_record(
                     tally.count_block(dry)
                 y = np.zeros((mm, c.t1 - c.t0, *win.weight.shape), np.float32)
                 if not dry:  # (a dry block is zeroed by the rule: nothing to sample, exact)
-                    box = (wet_box(dry_lr[m0:m0 + mm, c.t0:c.t1], win, f, opts.halo)
+                    box = (wet_box(dry_lr[:, c.t0:c.t1], win, f, opts.halo)  # all members
                            if opts.crop_to_rain else win)
                     if tally is not None:
                         tally.count_pixels(win.weight.numel(), box.weight.numel())

@@ -46,12 +46,9 @@ TEACHER_SIGMA_MIN = 0.002
 
 
 def student_grid(sigmas: Sequence[float]) -> list[float]:
-    """The student's noise levels with the trailing 0: ``[sigma_0, ..., sigma_{n-1}, 0]``."""
-    values = [float(s) for s in sigmas]
-    if not values or any(s <= 0 for s in values) or any(
-            b >= a for a, b in zip(values[:-1], values[1:], strict=False)):
-        raise ValueError(f"distilled sigmas must be positive and strictly decreasing, got {values}")
-    return [*values, 0.0]
+    """The student's noise levels with the trailing 0: ``[sigma_0, ..., sigma_{n-1}, 0]``
+    (``distill.sigmas``, checked positive and decreasing by the run config)."""
+    return [*(float(s) for s in sigmas), 0.0]
 
 
 def teacher_interval(sigma: float, sigma_next: float, substeps: int) -> Tensor:
@@ -66,12 +63,13 @@ def teacher_interval(sigma: float, sigma_next: float, substeps: int) -> Tensor:
 
 
 @torch.no_grad()
-def teacher_step(teacher: nn.Module, x: Tensor, cond: Tensor, sigma: float, sigma_next: float,
-                 substeps: int) -> Tensor:
-    """``x*`` at ``sigma_next``: the teacher's ODE solution from ``x`` at ``sigma``."""
+def teacher_step(teacher: nn.Module, x: Tensor, cond: Tensor | None, sigma: float,
+                 sigma_next: float, substeps: int) -> Tensor:
+    """``x*`` at ``sigma_next``: the teacher's ODE solution from ``x`` at ``sigma`` (the solver
+    state in float32; the network under whatever autocast the caller runs, as in training)."""
     sigmas = teacher_interval(sigma, sigma_next, substeps).to(x.device)
 
-    def denoiser(z: Tensor, s: Tensor, c: Tensor) -> Tensor:
+    def denoiser(z: Tensor, s: Tensor, c: Tensor | None) -> Tensor:
         return teacher(z, s, c).float()
 
     return sample_dpmpp_2m(denoiser, x.float(), sigmas, cond=cond)
