@@ -19,6 +19,8 @@ areal-mean input of the default models):
   bootstrap interval over 50 x 50 km blocks (the same blocks for both).
 * **extrapolation** to CONUS with 8 members: CPU seconds per sampled member-pixel of each
   setting x the pixels the count says it samples over CONUS.
+* ``--conus``: instead, the default Stage II (or ``--student``) over the whole CONUS frame,
+  timed (``--out benchmarks/results/inference_cost_conus.md``).
 
 Writes Markdown to ``--out`` (default ``benchmarks/results/inference_cost.md``).
 """
@@ -135,6 +137,46 @@ def run(src, truth: np.ndarray, rows: list[dict], members: int, rounds: int) -> 
     return out
 
 
+def run_conus(lr, fine, args: argparse.Namespace) -> None:
+    """The default Stage II (``--student`` if given) over the whole CONUS frame, predict's
+    defaults, ``--members``: CPU and wall seconds, peak memory, fair CRPS against the radar."""
+    import resource
+
+    import torch
+
+    from precipdiff.pipeline import Pipeline, PredictOptions, Stage
+    from precipdiff.pipeline.shipped import shipped_weights
+
+    weights = args.student or shipped_weights()["downscale"]
+    src = lr.sortby("lat").fillna(0.0).expand_dims(time=[np.datetime64(
+        f"2019-06-10T{args.time[:2]}:{args.time[2:]}", "ns")]).astype(np.float32)
+    truth = np.asarray(fine.sortby("lat").values, np.float64)
+    pipe = Pipeline(None, Stage.load(weights))
+    opts = PredictOptions(members=args.members, mass_consistent=None, trace_threshold=0.02)
+    c0, w0 = time.process_time(), time.perf_counter()
+    ds = pipe.predict(src, opts)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    pred = np.asarray(ds["precip"].isel(time=0).values, np.float32)
+    valid = np.isfinite(truth)
+    crps = float(np.nanmean(crps_map(np.nan_to_num(pred), np.nan_to_num(truth))[valid]))
+    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}"
+    lines = [f"# Stage II over CONUS ({stamp})", "",
+             f"MRMS PrecipRate 2019-06-10 {args.time} UTC mean-pooled to 0.1 deg, "
+             f"{truth.shape[0]} x {truth.shape[1]} fine pixels, {args.members} members, "
+             f"weights {Path(weights).name}, {torch.get_num_threads()} thread(s), predict's "
+             "defaults (window 512, trace 0.02 mm/h, mass-consistent)", "",
+             "| wall s | CPU s | peak RSS MB | windows sampled / dry | sampled fraction | NFE | "
+             "CRPS fair (mm/h) |", "|---:|---:|---:|---|---:|---:|---:|",
+             f"| {wall:.0f} | {cpu:.0f} | "
+             f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} | "
+             f"{ds.attrs.get('stage2_blocks_sampled')} / {ds.attrs.get('stage2_blocks_dry')} | "
+             f"{ds.attrs.get('stage2_sampled_fraction')} | {ds.attrs['downscale_nfe']} | "
+             f"{crps:.4f} |"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time", default="0040", help="HHMM of the MRMS frame")
@@ -145,11 +187,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trace", type=float, default=0.02, help="coarse trace threshold, mm/h "
                     "(predict's for areal-mean input to Stage II alone)")
     ap.add_argument("--student", type=Path, default=None, help="distilled Stage II weights")
+    ap.add_argument("--conus", action="store_true",
+                    help="instead: time the default Stage II over the whole CONUS frame")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/inference_cost.md"))
     args = ap.parse_args(argv)
     from precipdiff.defaults import PREDICT
 
     lr, fine = coarse_frame(args.time)
+    if args.conus:
+        run_conus(lr, fine, args)
+        return
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}"
     c = count(np.asarray(lr.values, np.float32), PREDICT.window, PREDICT.halo, args.trace)
     lines = [f"# Stage II cost ({stamp})", "",
