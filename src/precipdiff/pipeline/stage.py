@@ -55,7 +55,10 @@ class SamplerSettings:
     """How a diffusion stage is sampled: sampler name, steps and noise schedule.
 
     ``schedule`` ``None`` is the sampler's own (:func:`~precipdiff.diffusion.samplers.
-    native_schedule`); ``rho`` shapes the ``karras`` schedule (EDM eq. 5).
+    native_schedule`); ``rho`` shapes the ``karras`` schedule (EDM eq. 5). ``sigmas``: an
+    explicit grid (without the trailing 0) instead of ``steps`` on a schedule. ``distilled``:
+    a stage whose weights carry a distilled grid samples it with Euler steps
+    (:meth:`Stage.sampling`); False samples it like any other.
     """
 
     sampler: str = PREDICT.sampler
