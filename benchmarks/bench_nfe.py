@@ -127,7 +127,7 @@ def converged(model: str, members: int = 6, student: Path | None = None,
                      f"{wasserstein(pred.values, ref):.4f} | {diff:.4f} | {secs:.0f} |")
         print(lines[-1], flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    suffix = "" if student is None else "_student"
+    suffix = "" if student is None else f"_student_{student.parent.name}"  # e.g. the run
     (OUT / f"converged_{model}{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
