@@ -203,6 +203,10 @@ def test_temporal_config_from_yaml(tmp_path):
     path.write_text("train: {stage: downscale}\ntemporal: {frame: 4}\n")
     with pytest.raises(ConfigError, match="temporal.frame"):
         load_temporal_config(path)
+    path.write_text("data: {store: s}\ntrain: {stage: downscale, steps: 3}\n"
+                    "temporal: {frames: 4}\ndistill: {teacher: t.safetensors}\n")
+    with pytest.raises(ConfigError, match="distill.teacher"):
+        load_temporal_config(path)
 
 
 def test_temporal_release_metadata_is_checked(tmp_path):

@@ -358,6 +358,9 @@ def load_temporal_config(path: str | Path | None,
     except TypeError as exc:
         raise ConfigError(f"temporal: {exc}") from None
     run = RunConfig.from_dict(raw)
+    if run.distill.teacher:
+        raise ConfigError("distill.teacher: distilling a temporal Stage II is not supported; "
+                          "distil the per-frame Stage II (a config without 'temporal')")
     return TemporalRunConfig(run=run, temporal=temporal, noise=section.get("noise", "clip"),
                              freeze_spatial=bool(section.get("freeze_spatial", False)),
                              spatial_lr_ratio=float(section.get("spatial_lr_ratio", 1.0)),
