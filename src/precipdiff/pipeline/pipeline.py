@@ -435,22 +435,21 @@ class Pipeline:
             if extras is not None:
                 window_extras = extras[:, win.y0 : win.y1, win.x0 : win.x1]
                 ext = torch.from_numpy(stage.standardise_extras(window_extras))
+            # the box of all members, so that a member's sample does not depend on the member
+            # batch it falls in
+            box = wet_box(dry_lr, win, f, opts.halo) if opts.crop_to_rain else win
+            by, bx = box.slices_in(win)
             for m0 in range(0, m, opts.member_batch):
                 mb = min(opts.member_batch, m - m0)
                 dry = dry_block(dry_lr[m0 : m0 + mb], win, f)
                 if tally is not None:
                     tally.count_block(dry)
-                zeros = np.zeros((mb, *win.weight.shape), np.float32)
+                out = np.zeros((mb, *win.weight.shape), np.float32)
                 if dry:  # the rule zeroes all of it: nothing to sample (exact)
-                    acc.add(m0, win.y0, win.x0, zeros, win.weight.numpy())
+                    acc.add(m0, win.y0, win.x0, out, win.weight.numpy())
                     continue
-                # the box of all members, so that a member's sample does not depend on the
-                # member batch it falls in
-                box = wet_box(dry_lr, win, f, opts.halo) if opts.crop_to_rain else win
                 if tally is not None:
                     tally.count_pixels(win.weight.numel(), box.weight.numel())
-                by, bx = slice(box.y0 - win.y0, box.y1 - win.y0), slice(box.x0 - win.x0,
-                                                                        box.x1 - win.x0)
                 noise = torch.stack(
                     [
                         position_noise(
@@ -477,8 +476,8 @@ class Pipeline:
                     tile_batch=opts.tile_batch,
                     bf16=opts.bf16,
                 )
-                zeros[:, by, bx] = y[:, 0].cpu().numpy()  # outside the box: dry cells only
-                acc.add(m0, win.y0, win.x0, zeros, win.weight.numpy())
+                out[:, by, bx] = y[:, 0].cpu().numpy()  # outside the box: dry cells only
+                acc.add(m0, win.y0, win.x0, out, win.weight.numpy())
             if on_window is not None:
                 on_window()
         band = max(f, (opts.window // f) * f)

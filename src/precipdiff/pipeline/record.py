@@ -251,6 +251,8 @@ def downscale_record(
                 folder = None if scratch is None else Path(scratch) / f"frame{t}"
                 open_frames[t] = Accumulator(m, h, w, folder, share=longest)
         for win in wins:
+            box = (wet_box(dry_lr[:, c.t0:c.t1], win, f, opts.halo)  # of all members
+                   if opts.crop_to_rain else win)
             for m0 in range(0, m, mb):
                 mm = min(mb, m - m0)
                 dry = dry_block(dry_lr[m0:m0 + mm, c.t0:c.t1], win, f)
@@ -258,8 +260,6 @@ def downscale_record(
                     tally.count_block(dry)
                 y = np.zeros((mm, c.t1 - c.t0, *win.weight.shape), np.float32)
                 if not dry:  # (a dry block is zeroed by the rule: nothing to sample, exact)
-                    box = (wet_box(dry_lr[:, c.t0:c.t1], win, f, opts.halo)  # all members
-                           if opts.crop_to_rain else win)
                     if tally is not None:
                         tally.count_pixels(win.weight.numel(), box.weight.numel())
                     base, cond = block_condition(
@@ -268,7 +268,7 @@ def downscale_record(
                     r = sample_block(denoiser, cond, seconds[c.t0:c.t1],
                                      replace(seq, members=mm), sigma_data=stage.sigma_data,
                                      start=(m0, c.t0, box.y0, box.x0))
-                    y[..., box.y0 - win.y0:box.y1 - win.y0, box.x0 - win.x0:box.x1 - win.x0] = (
+                    y[(..., *box.slices_in(win))] = (
                         base + r[:, :, 0]).cpu().numpy()  # outside the box: dry cells only
                     del base, cond, r
                 for k in range(c.t1 - c.t0):

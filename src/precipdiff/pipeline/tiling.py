@@ -178,6 +178,11 @@ class Window:
     x1: int
     weight: torch.Tensor  # (y1 - y0, x1 - x0)
 
+    def slices_in(self, outer: Window) -> tuple[slice, slice]:
+        """This window's rows and columns as slices of ``outer``'s arrays (it lies inside)."""
+        return (slice(self.y0 - outer.y0, self.y1 - outer.y0),
+                slice(self.x0 - outer.x0, self.x1 - outer.x0))
+
 
 def balanced_size(n: int, size: int, overlap: int, multiple: int = 1) -> int:
     """The smallest window length (a multiple of ``multiple``, at most ``size``) that covers
