@@ -36,6 +36,7 @@ import numpy as np
 import xarray as xr
 
 from precipdiff import grid, io
+from precipdiff.evaluation.distribution import earth_movers_distance
 from precipdiff.evaluation.metrics import crps_ensemble_pointwise, spread_skill_ratio
 from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
 from precipdiff.pipeline.shipped import shipped_weights
@@ -124,19 +125,12 @@ def converged(model: str, members: int = 6, student: Path | None = None,
         std = float(np.nanstd(pred.values, axis=0).mean())
         diff = float(np.nanmean(np.abs(pred.values - ref)))
         lines.append(f"| {name} | {stage.nfe(s2)} | {100 * (std / ref_std - 1):+.1f} % | "
-                     f"{wasserstein(pred.values, ref):.4f} | {diff:.4f} | {secs:.0f} |")
+                     f"{earth_movers_distance(pred.values, ref):.4f} | {diff:.4f} | {secs:.0f} |")
         print(lines[-1], flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     suffix = "" if student is None else f"_student_{student.parent.name}"  # e.g. the run
     (OUT / f"converged_{model}{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def wasserstein(a: np.ndarray, b: np.ndarray) -> float:
-    """W1 distance (mm/h) between the pooled values of two ensembles of the same size."""
-    x, y = np.sort(a[np.isfinite(a)]), np.sort(b[np.isfinite(b)])
-    n = min(x.size, y.size)
-    return float(np.abs(x[:n] - y[:n]).mean())
 
 
 def main() -> None:
