@@ -117,3 +117,17 @@ def write_temporal(per_frame: Path, path: Path, *, trained: bool, frames: int = 
                 if name.startswith("temporal.") and name.endswith("proj.weight"):
                     p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     return dataclasses.replace(rel, state=net.state_dict(), temporal=net.temporal_cfg).save(path)
+
+
+def assert_cut_to_the_rain(cut: xr.Dataset, whole: xr.Dataset, *, wet_cols: int = 6) -> None:
+    """Outputs of a field wet in its western ``wet_cols`` coarse columns only, sampled with
+    windows cut to the rain (``cut``) and whole (``whole``): less was sampled, the east (beyond
+    the one-cell dry neighbourhood) is exactly dry in both, the rain is there, and the same
+    cells are missing."""
+    assert cut.attrs["stage2_sampled_fraction"] < 0.9
+    assert whole.attrs["stage2_sampled_fraction"] == 1.0
+    a, b = cut["precip"].values, whole["precip"].values
+    east = (wet_cols + 1) * FACTOR
+    assert np.all(a[..., east:] == 0) and np.all(b[..., east:] == 0)
+    assert (np.nan_to_num(a[..., : wet_cols * FACTOR]) > 0).mean() > 0.2  # the rain is there
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))  # missing cells stay missing
