@@ -9,7 +9,9 @@ areal-mean input of the default models):
 * **count** (no network): fine pixels Stage II samples over the whole CONUS frame (3500 x 7000)
   with predict's default window (512) when dry windows are skipped (the layout before) and
   when each wet window is also cut to its wet cells plus a halo of context
-  (:func:`precipdiff.pipeline.dry.wet_box`, ``PredictOptions.crop_to_rain``).
+  (:func:`precipdiff.pipeline.dry.wet_box`, ``PredictOptions.crop_to_rain`` before
+  2026-12-01), and when cut to one box per group of wet cells
+  (:func:`precipdiff.pipeline.dry.wet_boxes`, ``crop_to_rain`` now).
 * **run**: Stage II alone over the ``--box`` (lat0 lat1 lon0 lon1), ``--members``, once per
   setting in this process, the settings interleaved over ``--rounds``: whole windows with the
   default weights and sampler (DPM-Solver++(2M), 8 log-linear steps: the code before), windows
@@ -20,7 +22,9 @@ areal-mean input of the default models):
 * **extrapolation** to CONUS with 8 members: CPU seconds per sampled member-pixel of each
   setting x the pixels the count says it samples over CONUS.
 * ``--conus``: instead, the default Stage II (or ``--student``) over the whole CONUS frame,
-  timed (``--out benchmarks/results/inference_cost_conus.md``).
+  timed (``--out benchmarks/results/inference_cost_conus.md``), with ``--window-workers``
+  processes (0: one per thread, as ``predict``); CPU seconds and peak memory count the
+  workers.
 
 Writes Markdown to ``--out`` (default ``benchmarks/results/inference_cost.md``).
 """
@@ -44,19 +48,20 @@ BLOCK = 50  # fine pixels per side of a bootstrap block
 
 def count(lr: np.ndarray, window: int, halo: int, trace: float) -> dict[str, float]:
     """Fraction of the domain's fine pixels sampled: wet windows whole, and cut to the rain."""
-    from precipdiff.pipeline.dry import dry_block, dry_cells, wet_box
+    from precipdiff.pipeline.dry import dry_block, dry_cells, wet_box, wet_boxes
     from precipdiff.pipeline.tiling import windows
 
     dry = dry_cells(lr[None], trace=trace)
     h, w = lr.shape[0] * 10, lr.shape[1] * 10
-    whole = cut = 0
+    whole = cut = boxes = 0
     for win in windows(h, w, window, halo, multiple=10):
         if dry_block(dry, win, 10):
             continue
         whole += win.weight.numel()
         cut += wet_box(dry, win, 10, halo).weight.numel()
-    return {"whole": whole / (h * w), "cut": cut / (h * w), "pixels": h * w,
-            "wet_cells": float((~dry).mean())}
+        boxes += sum(b.weight.numel() for b in wet_boxes(dry, win, 10, halo))
+    return {"whole": whole / (h * w), "cut": cut / (h * w), "boxes": boxes / (h * w),
+            "pixels": h * w, "wet_cells": float((~dry).mean())}
 
 
 def settings(student: Path | None) -> list[dict]:
@@ -152,10 +157,16 @@ def run_conus(lr, fine, args: argparse.Namespace) -> None:
         f"2019-06-10T{args.time[:2]}:{args.time[2:]}", "ns")]).astype(np.float32)
     truth = np.asarray(fine.sortby("lat").values, np.float64)
     pipe = Pipeline(None, Stage.load(weights))
-    opts = PredictOptions(members=args.members, mass_consistent=None, trace_threshold=0.02)
+    workers = args.window_workers or torch.get_num_threads()
+    opts = PredictOptions(members=args.members, mass_consistent=None, trace_threshold=0.02,
+                          window_workers=workers)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     c0, w0 = time.process_time(), time.perf_counter()
     ds = pipe.predict(src, opts)
-    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    wall = time.perf_counter() - w0
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, ended with the step
+    cpu = time.process_time() - c0 + (done.ru_utime + done.ru_stime
+                                      - children.ru_utime - children.ru_stime)
     pred = np.asarray(ds["precip"].isel(time=0).values, np.float32)
     valid = np.isfinite(truth)
     crps = float(np.nanmean(crps_map(np.nan_to_num(pred), np.nan_to_num(truth))[valid]))
@@ -163,12 +174,16 @@ def run_conus(lr, fine, args: argparse.Namespace) -> None:
     lines = [f"# Stage II over CONUS ({stamp})", "",
              f"MRMS PrecipRate 2019-06-10 {args.time} UTC mean-pooled to 0.1 deg, "
              f"{truth.shape[0]} x {truth.shape[1]} fine pixels, {args.members} members, "
-             f"weights {Path(weights).name}, {torch.get_num_threads()} thread(s), predict's "
-             "defaults (window 512, trace 0.02 mm/h, mass-consistent)", "",
-             "| wall s | CPU s | peak RSS MB | windows sampled / dry | sampled fraction | NFE | "
-             "CRPS fair (mm/h) |", "|---:|---:|---:|---|---:|---:|---:|",
+             f"weights {Path(weights).name}, {torch.get_num_threads()} thread(s), "
+             f"window workers {workers}, "
+             "predict's defaults (window 512, trace 0.02 mm/h, mass-consistent, windows cut "
+             "to a box per group of wet cells)", "",
+             "| wall s | CPU s (with workers) | peak RSS MB, this process | peak RSS MB, largest "
+             "worker | windows sampled / dry | sampled fraction | NFE | CRPS fair (mm/h) |",
+             "|---:|---:|---:|---:|---|---:|---:|---:|",
              f"| {wall:.0f} | {cpu:.0f} | "
              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} | "
+             f"{done.ru_maxrss / 1024:.0f} | "
              f"{ds.attrs.get('stage2_blocks_sampled')} / {ds.attrs.get('stage2_blocks_dry')} | "
              f"{ds.attrs.get('stage2_sampled_fraction')} | {ds.attrs['downscale_nfe']} | "
              f"{crps:.4f} |"]
@@ -189,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--student", type=Path, default=None, help="distilled Stage II weights")
     ap.add_argument("--conus", action="store_true",
                     help="instead: time the default Stage II over the whole CONUS frame")
+    ap.add_argument("--window-workers", type=int, default=0,
+                    help="--conus: Stage-II worker processes (0: one per thread, as predict)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/inference_cost.md"))
     args = ap.parse_args(argv)
     from precipdiff.defaults import PREDICT
@@ -203,8 +220,9 @@ def main(argv: list[str] | None = None) -> None:
              f"MRMS PrecipRate 2019-06-10 {args.time} UTC mean-pooled to 0.1 deg, trace "
              f"{args.trace} mm/h. CONUS (3500 x 7000 fine pixels): coarse cells not dry "
              f"{c['wet_cells']:.3f}; pixels sampled over the domain's with window "
-             f"{PREDICT.window}: wet windows whole {c['whole']:.3f}, cut to the rain "
-             f"{c['cut']:.3f} ({c['cut'] / c['whole']:.2f}x)", ""]
+             f"{PREDICT.window}: wet windows whole {c['whole']:.3f}, cut to one box of the rain "
+             f"{c['cut']:.3f} ({c['cut'] / c['whole']:.2f}x), cut to a box per group of wet "
+             f"cells (now) {c['boxes']:.3f} ({c['boxes'] / c['whole']:.2f}x)", ""]
     print("\n".join(lines), flush=True)
     lat0, lat1, lon0, lon1 = args.box
     box = {"lat": slice(lat0, lat1), "lon": slice(lon0, lon1)}
@@ -226,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         o = res[r["name"]]
         per_pixel = o["cpu_s"] / (args.members * ny * nx * o["fraction"])
-        conus = per_pixel * 8 * c["pixels"] * (c["cut"] if r["crop"] else c["whole"]) / 3600
+        conus = per_pixel * 8 * c["pixels"] * (c["boxes"] if r["crop"] else c["whole"]) / 3600
         d, lo, hi = o["delta"]
         lines.append(f"| {r['name']} | {o['nfe']} | {o['fraction']:.3f} | {o['cpu_s']:.1f} | "
                      f"{o['cpu_s'] / base:.2f} | {o['crps']:.4f} | {d:+.4f} [{lo:+.4f}, "

@@ -391,6 +391,12 @@ def predict(
                           "explicit OMP_NUM_THREADS wins). Archive workers use one each.",
                      metavar="N"),
     ] = PREDICT.threads,
+    window_workers: Annotated[
+        int,
+        typer.Option(help="Processes that sample a single-file CPU run's 1-km windows side by "
+                          "side, one thread each; 0: one per thread (used when a time step has "
+                          "enough rain); 1: none.", metavar="N"),
+    ] = PREDICT.window_workers,
     output_format: Annotated[
         str,
         typer.Option(
@@ -442,6 +448,7 @@ def predict(
         precision=precision,
         workers=workers,
         threads=threads,
+        window_workers=window_workers,
         fine_threshold=fine_threshold,
         archive_format=output_format,
         scheduler=scheduler,

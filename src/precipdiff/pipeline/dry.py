@@ -77,6 +77,54 @@ def wet_box(dry_lr: np.ndarray, win: Window, factor: int, margin: int) -> Window
     return Window(y0, y1, x0, x1, weight)
 
 
+def wet_boxes(dry_lr: np.ndarray, win: Window, factor: int, margin: int) -> list[Window]:
+    """Like :func:`wet_box`, but one box per group of wet cells: the boxes of the connected
+    groups (8-neighbours) of cells not dry in some member, each grown by ``margin`` fine pixels
+    (whole cells) and clipped to ``win``; two boxes are merged into their bounding box while
+    they overlap or it is no larger than the two together. The boxes are disjoint and hold
+    every wet cell, so every fine pixel outside them lies in a dry cell. Rain in two corners
+    of a window is then sampled over two small boxes, not the whole window. A window with no
+    wet cell is returned whole, as the only box."""
+    f = factor
+    cy0, cx0 = win.y0 // f, win.x0 // f
+    cells = dry_lr[..., cy0 : -(-win.y1 // f), cx0 : -(-win.x1 // f)]
+    wet = ~cells.reshape(-1, *cells.shape[-2:]).all(axis=0)
+    if not wet.any():
+        return [win]
+    grow = -(-margin // f)
+    labels, _ = ndi.label(wet, structure=np.ones((3, 3), bool))
+    ny, nx = wet.shape
+    boxes = [[max(0, sy.start - grow), min(ny, sy.stop + grow),
+              max(0, sx.start - grow), min(nx, sx.stop + grow)]
+             for sy, sx in ndi.find_objects(labels)]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                union = [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])]
+                overlap = a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+                if overlap or _area(union) <= _area(a) + _area(b):
+                    boxes[i] = union
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    out = []
+    for r0, r1, c0, c1 in sorted(boxes):
+        y0, y1 = win.y0 + r0 * f, min(win.y1, win.y0 + r1 * f)
+        x0, x1 = win.x0 + c0 * f, min(win.x1, win.x0 + c1 * f)
+        weight = win.weight[y0 - win.y0 : y1 - win.y0, x0 - win.x0 : x1 - win.x0]
+        out.append(Window(y0, y1, x0, x1, weight))
+    return out
+
+
+def _area(box: list[int]) -> int:
+    return (box[1] - box[0]) * (box[3] - box[2])
+
+
 def dry_coarse(
     corrected: np.ndarray, source: np.ndarray, *, trace: float, halo: int = DEFAULT_HALO
 ) -> np.ndarray:

@@ -28,6 +28,7 @@ Projected ``(time, y, x)`` inputs stay projected: the output has ``y``/``x`` (fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -45,6 +46,7 @@ from precipdiff.defaults import PREDICT
 from precipdiff.errors import CheckpointError, GridError
 from precipdiff.grid import Grid, spatial_dims
 from precipdiff.pipeline.accumulate import Accumulator
+from precipdiff.pipeline.blocks import Block, BlockPool, BlockSettings, sample_blocks
 from precipdiff.pipeline.dry import (
     AREAL_MEAN_TRACE_MM_H,
     DEFAULT_HALO,
@@ -53,7 +55,7 @@ from precipdiff.pipeline.dry import (
     dry_cells,
     dry_coarse,
     dry_fine,
-    wet_box,
+    wet_boxes,
 )
 from precipdiff.pipeline.inputs import (
     check_input,
@@ -63,9 +65,15 @@ from precipdiff.pipeline.inputs import (
 )
 from precipdiff.pipeline.record import downscale_record, noise_correlation
 from precipdiff.pipeline.stage import SamplerSettings, Stage, bf16_is_fast
-from precipdiff.pipeline.tiling import position_noise, window_base, windows
+from precipdiff.pipeline.tiling import Window, position_noise, window_base, windows
 
 log = logging.getLogger(__name__)
+
+#: Member-pixel network evaluations per worker below which a time step's Stage-II blocks are
+#: sampled in this process rather than in a :class:`~precipdiff.pipeline.blocks.BlockPool`:
+#: about two whole 512-px windows of 8 members at 4 steps (~60 s on one thread of this CPU;
+#: a worker starts in ~5 s, and two one-thread workers gain only ~20 % over two threads).
+POOL_MIN_WORK = 16_000_000
 
 #: Default Stage-I bound per pooling of the weights: ``(ratio, add)`` in
 #: ``corrected <= max(ratio * M, M + add)`` with ``M`` the source maximum over the cell's
@@ -106,9 +114,13 @@ class PredictOptions:
     the weights were trained with (:func:`~precipdiff.pipeline.record.noise_correlation`).
     temporal_chunk : frames it samples as one state (:mod:`precipdiff.pipeline.record`).
     crop_to_rain : Stage II samples only the part of each window around its wet coarse cells
-    (:func:`~precipdiff.pipeline.dry.wet_box`: the bounding box of the cells wet in any member,
-    ``halo`` pixels of context around it), the rest being zeroed by the dry rule anyway; False
-    samples whole windows.
+    (:func:`~precipdiff.pipeline.dry.wet_boxes`: the boxes of the groups of cells wet in any
+    member, ``halo`` pixels of context around each), the rest being zeroed by the dry rule
+    anyway; False samples whole windows.
+    window_workers : worker processes that sample a time step's Stage-II blocks side by side on
+    a CPU (:mod:`~precipdiff.pipeline.blocks`), each with ``max(1, threads // window_workers)``
+    intra-op threads; used when the step has enough rain to pay for starting them
+    (:meth:`Pipeline.block_workers`); 1 samples them here.
     """
 
     members: int = PREDICT.members
@@ -135,6 +147,7 @@ class PredictOptions:
     temporal_noise_correlation: float | None = PREDICT.temporal_noise_correlation
     temporal_chunk: int = PREDICT.temporal_chunk
     crop_to_rain: bool = True
+    window_workers: int = 1
 
     @property
     def bf16(self) -> bool:
@@ -173,7 +186,7 @@ class RunTally:
             self.blocks_sampled += 1
 
     def count_pixels(self, window: int, sampled: int) -> None:
-        """Fine pixels of one block's window and of the part of it sampled (:func:`wet_box`)."""
+        """Fine pixels of one block's window and of the part of it sampled (:func:`wet_boxes`)."""
         self.pixels_window += window
         self.pixels_sampled += sampled
 
@@ -429,62 +442,86 @@ class Pipeline:
         dry_lr = dry_cells(corrected, trace=trace, halo=opts.dry_halo)
         acc = Accumulator(m, h, w, scratch)
         lr = tcor[:, None].to(opts.device)
-        for win in windows(h, w, opts.window, opts.halo, multiple=f):
-            base_all = window_base(lr, win, f)
-            ext = None
-            if extras is not None:
-                window_extras = extras[:, win.y0 : win.y1, win.x0 : win.x1]
-                ext = torch.from_numpy(stage.standardise_extras(window_extras))
-            # the box of all members, so that a member's sample does not depend on the member
-            # batch it falls in
-            box = wet_box(dry_lr, win, f, opts.halo) if opts.crop_to_rain else win
-            by, bx = box.slices_in(win)
-            for m0 in range(0, m, opts.member_batch):
-                mb = min(opts.member_batch, m - m0)
-                dry = dry_block(dry_lr[m0 : m0 + mb], win, f)
-                if tally is not None:
-                    tally.count_block(dry)
-                out = np.zeros((mb, *win.weight.shape), np.float32)
-                if dry:  # the rule zeroes all of it: nothing to sample (exact)
+        wins = list(windows(h, w, opts.window, opts.halo, multiple=f))
+
+        def blocks() -> Iterator[tuple[tuple[Window, int, Window | None, bool], Block | None]]:
+            """Per window, member batch and wet box (:func:`wet_boxes`): the block to sample,
+            keyed by the window, the first member, the box and whether it is the batch's last
+            box; a batch dry in all its cells is one None block (the rule zeroes it, exactly)."""
+            for win in wins:
+                base_all = window_base(lr, win, f)
+                # the boxes of all members, so that a member's sample does not depend on the
+                # member batch it falls in
+                boxes = self._boxes(dry_lr, win, opts)
+                for m0 in range(0, m, opts.member_batch):
+                    mb = min(opts.member_batch, m - m0)
+                    dry = dry_block(dry_lr[m0 : m0 + mb], win, f)
+                    if tally is not None:
+                        tally.count_block(dry)
+                        if not dry:
+                            tally.count_pixels(win.weight.numel(),
+                                               sum(b.weight.numel() for b in boxes))
+                    if dry:
+                        yield (win, m0, None, True), None
+                        continue
+                    for i, box in enumerate(boxes):
+                        by, bx = box.slices_in(win)
+                        ext = None if extras is None else np.repeat(stage.standardise_extras(
+                            extras[:, box.y0 : box.y1, box.x0 : box.x1])[None], mb, axis=0)
+                        block = Block(t, m0, box.y0, box.x0,
+                                      base_all[m0 : m0 + mb, :, by, bx].cpu().numpy(), ext)
+                        yield (win, m0, box, i == len(boxes) - 1), block
+
+        cfg = BlockSettings(opts.downscale, opts.seed, opts.tile, opts.overlap,
+                            opts.tile_batch, opts.bf16, str(opts.device))
+        workers = self.block_workers(opts, dry_lr, wins)
+        threads = max(1, torch.get_num_threads() // workers)
+        out = None
+        with (BlockPool(stage, cfg, workers, threads=threads) if workers > 1
+              else contextlib.nullcontext()) as pool:
+            for (win, m0, box, done), y in sample_blocks(stage, blocks(), cfg, pool):
+                if out is None:
+                    out = np.zeros((min(opts.member_batch, m - m0), *win.weight.shape),
+                                   np.float32)
+                if y is not None:  # outside the boxes: dry cells only
+                    out[(slice(None), *box.slices_in(win))] = y
+                if done:
                     acc.add(m0, win.y0, win.x0, out, win.weight.numpy())
-                    continue
-                if tally is not None:
-                    tally.count_pixels(win.weight.numel(), box.weight.numel())
-                noise = torch.stack(
-                    [
-                        position_noise(
-                            box.y0,
-                            box.x0,
-                            box.y1 - box.y0,
-                            box.x1 - box.x0,
-                            seed=opts.seed + 1,
-                            member=m0 + i,
-                            time_index=t,
-                        )
-                        for i in range(mb)
-                    ]
-                )
-                y = stage.apply(
-                    base_all[m0 : m0 + mb, :, by, bx],
-                    noise,
-                    extras=None
-                    if ext is None
-                    else ext[None, :, by, bx].expand(mb, -1, -1, -1).to(opts.device),
-                    settings=opts.downscale,
-                    tile=opts.tile,
-                    overlap=opts.overlap,
-                    tile_batch=opts.tile_batch,
-                    bf16=opts.bf16,
-                )
-                out[:, by, bx] = y[:, 0].cpu().numpy()  # outside the box: dry cells only
-                acc.add(m0, win.y0, win.x0, out, win.weight.numpy())
-            if on_window is not None:
-                on_window()
+                    out = None
+                    if m0 + opts.member_batch >= m and on_window is not None:
+                        on_window()
         band = max(f, (opts.window // f) * f)
         for y0 in range(0, h, band):
             y1 = min(h, y0 + band)
             yield y0, y1, self.finish_band(acc.band(y0, y1), corrected, y0, opts,
                                            dry_lr=dry_lr, tally=tally)
+
+    def _boxes(self, dry_lr: np.ndarray, win: Window, opts: PredictOptions) -> list[Window]:
+        """The parts of ``win`` Stage II samples: its wet boxes (:func:`wet_boxes`) when
+        ``opts.crop_to_rain``, else the whole window."""
+        if not opts.crop_to_rain:
+            return [win]
+        return wet_boxes(dry_lr, win, self.factor, opts.halo)
+
+    def block_workers(self, opts: PredictOptions, dry_lr: np.ndarray,
+                      wins: list[Window]) -> int:
+        """Worker processes for one time step's Stage-II blocks: ``opts.window_workers`` on a
+        CPU when the step's wet boxes hold at least :data:`POOL_MIN_WORK` member-pixel network
+        evaluations per worker, else 1 (sampled in this process)."""
+        n = opts.window_workers
+        if n < 2 or torch.device(opts.device).type != "cpu":
+            return 1
+        f, stage = self.factor, self.downscale
+        assert stage is not None
+        nfe = stage.nfe(opts.downscale)
+        work = 0
+        for win in wins:
+            pixels = sum(b.weight.numel() for b in self._boxes(dry_lr, win, opts))
+            for m0 in range(0, opts.members, opts.member_batch):
+                members = dry_lr[m0 : m0 + opts.member_batch]
+                if not dry_block(members, win, f):
+                    work += len(members) * pixels * nfe
+        return n if work > 0 and work >= POOL_MIN_WORK * n else 1
 
     def finish_band(self, sample: np.ndarray, corrected: np.ndarray, y0: int,
                     opts: PredictOptions, *, dry_lr: np.ndarray,

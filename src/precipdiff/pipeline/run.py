@@ -28,6 +28,7 @@ Archive mode writes ``OUTPUT/<input file name>.precipdiff.nc`` per input:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -90,6 +91,7 @@ class PredictRequest:
     precision: str = PREDICT.precision
     workers: int = PREDICT.workers
     threads: int = PREDICT.threads
+    window_workers: int = PREDICT.window_workers
     extras: tuple[Path, ...] = ()
     archive_format: str = "netcdf"
     scheduler: str | None = None
@@ -135,6 +137,10 @@ class PredictRequest:
                 or self.threads < 0:
             raise ConfigError(f"--threads must be an integer >= 0 (0: the idle cores), got "
                               f"{self.threads!r}")
+        if isinstance(self.window_workers, bool) or not isinstance(self.window_workers, int) \
+                or self.window_workers < 0:
+            raise ConfigError(f"--window-workers must be an integer >= 0 (0: one per thread), "
+                              f"got {self.window_workers!r}")
         if not isinstance(self.window, int) or self.window < PREDICT.min_window:
             raise ConfigError(f"--window must be >= {PREDICT.min_window} fine-grid pixels (the "
                               f"windows overlap by {2 * PREDICT.halo}), got {self.window!r}")
@@ -346,7 +352,8 @@ def run_predict(req: PredictRequest, *,
     kw = {"reader": req.reader, "variable": req.variable, "bbox": req.bbox}
     if not req.archive:
         if device == "cpu":
-            set_threads(req.threads)
+            threads = set_threads(req.threads)
+            opts = dataclasses.replace(opts, window_workers=req.window_workers or threads)
         src = read_many(req.inputs, **kw) if len(req.inputs) > 1 else read(req.inputs[0], **kw)
         src = select_time(req, src, req.inputs)
         src = pipeline.prepare_input(src, opts)  # semantics and spacing, before any work
