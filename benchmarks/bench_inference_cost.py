@@ -21,6 +21,9 @@ areal-mean input of the default models):
   bootstrap interval over 50 x 50 km blocks (the same blocks for both).
 * **extrapolation** to CONUS with 8 members: CPU seconds per sampled member-pixel of each
   setting x the pixels the count says it samples over CONUS.
+* ``--workers-compare``: instead, Stage II over ``--box`` with one process of two threads
+  and with two window workers of one thread each, interleaved (``--out
+  benchmarks/results/window_workers.md``).
 * ``--conus``: instead, the default Stage II (or ``--student``) over the whole CONUS frame,
   timed (``--out benchmarks/results/inference_cost_conus.md``), with ``--window-workers``
   processes (0: one per thread, as ``predict``); CPU seconds and peak memory count the
@@ -192,6 +195,54 @@ def run_conus(lr, fine, args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+def run_workers(lr, args: argparse.Namespace) -> None:
+    """The default Stage II over ``--box`` with both cores used two ways, interleaved over
+    ``--rounds``: one process with two intra-op threads, and two window worker processes with
+    one thread each (:mod:`precipdiff.pipeline.blocks`, the worker start included); wall
+    seconds and whether the outputs are the same."""
+    import torch
+
+    import precipdiff.pipeline.pipeline as pp
+    from precipdiff.pipeline import Pipeline, PredictOptions, Stage
+    from precipdiff.pipeline.shipped import shipped_weights
+
+    lat0, lat1, lon0, lon1 = args.box
+    src = lr.sortby("lat").sel(lat=slice(lat0, lat1), lon=slice(lon0, lon1)).fillna(0.0)
+    src = src.expand_dims(time=[np.datetime64(
+        f"2019-06-10T{args.time[:2]}:{args.time[2:]}", "ns")]).astype(np.float32)
+    pipe = Pipeline(None, Stage.load(args.student or shipped_weights()["downscale"]))
+    pp.POOL_MIN_WORK = 0  # compare the two ways, not the rule that picks one
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    outs = {}
+    for _ in range(args.rounds):
+        for workers in (1, 2):
+            torch.set_num_threads(2)
+            opts = PredictOptions(members=args.members, mass_consistent=None,
+                                  trace_threshold=0.02, window_workers=workers)
+            w0 = time.perf_counter()
+            ds = pipe.predict(src, opts)
+            walls[workers].append(time.perf_counter() - w0)
+            outs[workers] = ds["precip"].values
+            blocks = ds.attrs.get("stage2_blocks_sampled")
+    same = float(np.nanmax(np.abs(outs[1] - outs[2])))
+    med = {k: float(np.median(v)) for k, v in walls.items()}
+    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}"
+    lines = [f"# Window workers vs threads ({stamp})", "",
+             f"Stage II over lat {lat0}–{lat1}, lon {lon0}–{lon1}, {args.members} members, "
+             f"{blocks} blocks, {args.rounds} interleaved round(s); largest difference between "
+             f"the two outputs {same:.3g} mm/h", "",
+             "| way | wall s (each round) | median | x one process, two threads |",
+             "|---|---|---:|---:|",
+             f"| one process, two threads | {', '.join(f'{w:.1f}' for w in walls[1])} | "
+             f"{med[1]:.1f} | 1.00 |",
+             f"| two window workers, one thread each | "
+             f"{', '.join(f'{w:.1f}' for w in walls[2])} | {med[2]:.1f} | "
+             f"{med[2] / med[1]:.2f} |"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time", default="0040", help="HHMM of the MRMS frame")
@@ -204,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--student", type=Path, default=None, help="distilled Stage II weights")
     ap.add_argument("--conus", action="store_true",
                     help="instead: time the default Stage II over the whole CONUS frame")
+    ap.add_argument("--workers-compare", action="store_true",
+                    help="instead: two threads vs two window workers over --box")
     ap.add_argument("--window-workers", type=int, default=0,
                     help="--conus: Stage-II worker processes (0: one per thread, as predict)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/inference_cost.md"))
@@ -213,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     lr, fine = coarse_frame(args.time)
     if args.conus:
         run_conus(lr, fine, args)
+        return
+    if args.workers_compare:
+        run_workers(lr, args)
         return
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}"
     c = count(np.asarray(lr.values, np.float32), PREDICT.window, PREDICT.halo, args.trace)

@@ -36,8 +36,10 @@ def test_negative_threads_refused(tmp_path):
         PredictRequest(inputs=[tmp_path / "x.nc"], output=tmp_path / "o.nc", threads=-1)
 
 
-def test_cli_threads_option_is_applied(tmp_path):
-    """--threads N sets torch's pool (logged), whatever the machine's load."""
+@pytest.mark.parametrize("extra,workers", [((), 1), (("--window-workers", "2"), 2)])
+def test_cli_threads_option_is_applied(tmp_path, extra, workers):
+    """--threads N sets torch's pool (logged), whatever the machine's load; Stage-II window
+    workers default to one per thread, --window-workers overrides."""
     from precipdiff.io import write_netcdf
 
     from .conftest import coarse_field, write_tiny_weights
@@ -48,10 +50,11 @@ def test_cli_threads_option_is_applied(tmp_path):
     res = subprocess.run([sys.executable, "-m", "precipdiff", "predict", str(src), "--output",
                           str(tmp_path / "o.nc"), "--stages", "downscale", "--weights-downscale",
                           str(w), "--members", "1", "--steps", "1", "--device", "cpu",
-                          "--threads", "1"], capture_output=True, text=True, env=env,
+                          "--threads", "1", *extra], capture_output=True, text=True, env=env,
                          timeout=300)
     assert res.returncode == 0, res.stderr
     assert "CPU threads: 1 (--threads)" in res.stdout
+    assert f"Stage-II window workers: up to {workers}" in res.stdout
 
 
 @pytest.mark.parametrize("given,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])

@@ -476,6 +476,9 @@ class Pipeline:
                             opts.tile_batch, opts.bf16, str(opts.device))
         workers = self.block_workers(opts, dry_lr, wins)
         threads = max(1, torch.get_num_threads() // workers)
+        if workers > 1:
+            log.info("Stage II, time step %d: %d worker processes x %d thread(s)", t, workers,
+                     threads)
         out = None
         with (BlockPool(stage, cfg, workers, threads=threads) if workers > 1
               else contextlib.nullcontext()) as pool:

@@ -354,6 +354,7 @@ def run_predict(req: PredictRequest, *,
         if device == "cpu":
             threads = set_threads(req.threads)
             opts = dataclasses.replace(opts, window_workers=req.window_workers or threads)
+            log.info("Stage-II window workers: up to %d", opts.window_workers)
         src = read_many(req.inputs, **kw) if len(req.inputs) > 1 else read(req.inputs[0], **kw)
         src = select_time(req, src, req.inputs)
         src = pipeline.prepare_input(src, opts)  # semantics and spacing, before any work
