@@ -564,9 +564,11 @@ def _usage_error(exc: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors; exit 2 for user errors, 130 Ctrl-C, 143 SIGTERM."""
+    from precipdiff.allocator import keep_freed_memory
     from precipdiff.threads import passive_waiting
 
     passive_waiting()  # before anything imports torch
+    keep_freed_memory()
     raise_on_termination()
     args = sys.argv[1:] if argv is None else list(argv)
     try:

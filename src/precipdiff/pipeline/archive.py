@@ -148,9 +148,11 @@ def worker_pipeline(req: PredictRequest, device: str, key: tuple) -> Pipeline:
     if pipeline is None:
         import torch
 
+        from precipdiff.allocator import keep_freed_memory
         from precipdiff.pipeline.run import load_pipeline
 
         torch.set_num_threads(1)  # one process per core beats threads on a shared CPU
+        keep_freed_memory()
         pipeline = _PIPELINES[key] = load_pipeline(req, device)
         LOADS["count"] += 1
         log.info("worker %d loaded the weights (%s)", os.getpid(), key)

@@ -28,6 +28,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from precipdiff.allocator import keep_freed_memory
 from precipdiff.errors import PrecipdiffError
 from precipdiff.pipeline.stage import SamplerSettings, Stage
 from precipdiff.pipeline.tiling import position_noise
@@ -86,6 +87,7 @@ _WORKER: tuple[Stage, BlockSettings] | None = None
 def _init_worker(stage_bytes: bytes, cfg: BlockSettings, threads: int) -> None:
     global _WORKER
     torch.set_num_threads(threads)
+    keep_freed_memory()
     _WORKER = pickle.loads(stage_bytes), cfg  # our own pickle, made by BlockPool below
 
 
