@@ -1,9 +1,11 @@
 """The C allocator policy on one Stage-II block: glibc's default vs freed memory kept.
 
 Each measurement is a fresh process (one intra-op thread) that samples one block of the
-default Stage II (``--members`` x ``--size`` px, bf16 autocast, the distilled 4 steps) after a
-small warm-up block, with glibc's default policy (``PRECIPDIFF_MALLOC=default``) or with
-:func:`precipdiff.allocator.keep_freed_memory`; the two are interleaved over ``--rounds``.
+default Stage II (``--members`` x ``--size`` px, then 64 px smaller; bf16 autocast, the
+distilled 4 steps) after a small warm-up block, with glibc's default policy
+(``PRECIPDIFF_MALLOC=default``), with :func:`precipdiff.allocator.keep_freed_memory`, and with
+that and :func:`~precipdiff.allocator.release_freed_memory` after each block (what Stage II
+does); the three are interleaved over ``--rounds``.
 Reports wall, user and system CPU seconds, minor page faults and peak RSS (medians).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_allocator.py [--rounds 3]
@@ -29,9 +31,9 @@ from bench_record_memory import cpu_name  # noqa: E402
 CHILD = """
 import json, resource, sys, time
 import numpy as np, torch
-from precipdiff.allocator import keep_freed_memory
+from precipdiff.allocator import keep_freed_memory, release_freed_memory
 torch.set_num_threads(1)
-applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+applied = keep_freed_memory() if sys.argv[1] != "default" else False
 from precipdiff.pipeline import SamplerSettings, Stage
 from precipdiff.pipeline.blocks import Block, BlockSettings, sample_block
 from precipdiff.pipeline.shipped import shipped_weights
@@ -41,14 +43,18 @@ cfg = BlockSettings(SamplerSettings(), seed=0, bf16=True)
 base = np.random.default_rng(0).normal(size=(m, 1, size, size)).astype(np.float32)
 sample_block(stage, Block(0, 0, 0, 0, base[:1, :, :64, :64]), cfg)
 r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-sample_block(stage, Block(0, 0, 0, 0, base), cfg)
+for k in range(2):  # a large block, then a smaller one (the sizes of a run vary)
+    sample_block(stage, Block(0, 0, 0, 0, base[:, :, : size - 64 * k, : size - 64 * k]), cfg)
+    if sys.argv[1] == "trim":
+        release_freed_memory()
 r1 = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"applied": applied, "wall": time.perf_counter() - t0,
                   "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime,
                   "minflt": r1.ru_minflt - r0.ru_minflt, "maxrss_mb": r1.ru_maxrss / 1024}))
 """
 
-MODES = {"glibc default": "default", "freed memory kept (now)": "keep"}
+MODES = {"glibc default": "default", "freed memory kept": "keep",
+         "kept, given back between blocks (now)": "trim"}
 
 
 def measure(mode: str, members: int, size: int) -> dict:
@@ -75,9 +81,10 @@ def main() -> None:
             print(name, runs[name][-1], flush=True)
     base = float(np.median([r["wall"] for r in runs["glibc default"]]))
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}"
-    lines = [f"# Allocator policy, one Stage-II block ({stamp})", "",
-             f"{args.members} members x {args.size}² px, default Stage II, bf16, one thread, a "
-             f"fresh process per run, medians of {args.rounds} interleaved rounds", "",
+    lines = [f"# Allocator policy, two Stage-II blocks ({stamp})", "",
+             f"{args.members} members x {args.size}² px then {args.size - 64}² px, default "
+             "Stage II, bf16, one thread, a fresh process per run, medians of "
+             f"{args.rounds} interleaved rounds", "",
              "| policy | wall s (each round) | wall s | x default | user s | system s | minor "
              "page faults | peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, rs in runs.items():

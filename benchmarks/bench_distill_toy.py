@@ -108,6 +108,32 @@ def errors(y: Tensor, ref: Tensor) -> tuple[float, float, float]:
     return y.std().item() / ref.std().item() - 1.0, w1, w1 / ref.std().item()
 
 
+def score_case(name: str, spec, args: argparse.Namespace) -> dict:
+    """One case: the converged reference, DPM-Solver++(2M) at 4 and 10 NFE, the student."""
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    x_t = torch.randn(args.samples, 1, generator=g, dtype=torch.float64) * SIGMA_MAX
+    ref_sig = karras_sigmas(1024, SIGMA_MIN, SIGMA_MAX, dtype=torch.float64)
+    t0 = time.perf_counter()
+    exact = mixture(*spec)
+    ref = get_sampler("heun")(exact, x_t.clone(), ref_sig).squeeze(1)
+    row: dict = {"case": name}
+    for nfe in (4, 10):
+        sig = sampler_sigmas("dpmpp_2m", nfe, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
+                             sigma_data=SIGMA_DATA).double()
+        y = get_sampler("dpmpp_2m")(exact, x_t.clone(), sig).squeeze(1)
+        row[f"dpmpp_2m-{nfe}"] = errors(y, ref)
+    student = train_student(spec, iters=args.iters, batch=args.batch, substeps=args.substeps,
+                            seed=args.seed)
+    with torch.no_grad():
+        y = euler_on_grid(student, x_t.float().view(-1, 1, 1, 1), student_grid(GRID))
+    row["student-4"] = errors(y.reshape(-1).double(), ref)
+    row["seconds"] = time.perf_counter() - t0
+    print(name, {k: v for k, v in row.items() if k != "case"}, flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=3000)
@@ -116,33 +142,18 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cases", nargs="*", default=None, help="case names (default: all)")
+    ap.add_argument("--jobs", type=int, default=1, help="processes over the cases")
     args = ap.parse_args()
-    torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed + 1)
-    x_t = torch.randn(args.samples, 1, generator=g, dtype=torch.float64) * SIGMA_MAX
-    ref_sig = karras_sigmas(1024, SIGMA_MIN, SIGMA_MAX, dtype=torch.float64)
-    rows = []
-    cases = {**SEARCH_CASES, **HELD_OUT}
-    for name, spec in cases.items():
-        if args.cases and name not in args.cases:
-            continue
-        t0 = time.perf_counter()
-        exact = mixture(*spec)
-        ref = get_sampler("heun")(exact, x_t.clone(), ref_sig).squeeze(1)
-        row = {"case": name}
-        for nfe in (4, 10):
-            sig = sampler_sigmas("dpmpp_2m", nfe, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
-                                 sigma_data=SIGMA_DATA).double()
-            y = get_sampler("dpmpp_2m")(exact, x_t.clone(), sig).squeeze(1)
-            row[f"dpmpp_2m-{nfe}"] = errors(y, ref)
-        student = train_student(spec, iters=args.iters, batch=args.batch,
-                                substeps=args.substeps, seed=args.seed)
-        with torch.no_grad():
-            y = euler_on_grid(student, x_t.float().view(-1, 1, 1, 1), student_grid(GRID))
-        row["student-4"] = errors(y.reshape(-1).double(), ref)
-        row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
-        print(name, {k: v for k, v in row.items() if k != "case"}, flush=True)
+    cases = [(n, spec) for n, spec in {**SEARCH_CASES, **HELD_OUT}.items()
+             if not args.cases or n in args.cases]
+    jobs = [(n, spec, args) for n, spec in cases]
+    if args.jobs > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            rows = pool.starmap(score_case, jobs)
+    else:
+        rows = [score_case(*job) for job in jobs]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "distill_toy.json").write_text(json.dumps(rows, indent=1))
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"

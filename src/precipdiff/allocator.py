@@ -9,6 +9,9 @@ that page zeroing was a third of the CPU time. :func:`keep_freed_memory` tells g
 large blocks from its heap and not to give freed memory back below 2 GiB at the top
 (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, 2**31 - 1)``): the same pages are
 reused, at the price of a higher resident set (the high-water mark stays mapped).
+:func:`release_freed_memory` gives the freed pages back between blocks (``malloc_trim``), so
+a process's resident set stays that of its largest block, not the sum of its fragments; the
+next block faults its pages in once, not once per layer.
 
 The CLI applies it to every command, Stage-II window workers and archive workers to
 themselves. It does nothing where the C library is not glibc, or where the user chose a
@@ -32,6 +35,7 @@ M_MMAP_MAX = -4
 TRIM_THRESHOLD = 2**31 - 1
 
 _applied = False
+_libc: ctypes.CDLL | None = None
 
 
 def user_chose_policy(environ: dict[str, str] | os._Environ = os.environ) -> bool:
@@ -43,7 +47,7 @@ def user_chose_policy(environ: dict[str, str] | os._Environ = os.environ) -> boo
 
 def keep_freed_memory() -> bool:
     """Apply the policy above to this process (once); True when it is in force."""
-    global _applied
+    global _applied, _libc
     if _applied:
         return True
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" \
@@ -56,6 +60,13 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     if ok:
-        _applied = True
+        _applied, _libc = True, libc
         log.debug("allocator: large blocks from the heap, freed memory kept for reuse")
     return ok
+
+
+def release_freed_memory() -> None:
+    """Give the freed pages of the heap back to the system (``malloc_trim(0)``) where
+    :func:`keep_freed_memory` is in force; call it between units of work."""
+    if _libc is not None:
+        _libc.malloc_trim(0)

@@ -28,7 +28,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from precipdiff.allocator import keep_freed_memory
+from precipdiff.allocator import keep_freed_memory, release_freed_memory
 from precipdiff.errors import PrecipdiffError
 from precipdiff.pipeline.stage import SamplerSettings, Stage
 from precipdiff.pipeline.tiling import position_noise
@@ -94,7 +94,9 @@ def _init_worker(stage_bytes: bytes, cfg: BlockSettings, threads: int) -> None:
 def _run_in_worker(block: Block) -> np.ndarray:
     assert _WORKER is not None, "worker not initialised"
     stage, cfg = _WORKER
-    return sample_block(stage, block, cfg)
+    y = sample_block(stage, block, cfg)
+    release_freed_memory()
+    return y
 
 
 class BlockPool:
@@ -133,7 +135,9 @@ def sample_blocks(
     else here, one after the other."""
     if pool is None:
         for key, block in items:
-            yield key, None if block is None else sample_block(stage, block, cfg)
+            y = None if block is None else sample_block(stage, block, cfg)
+            release_freed_memory()
+            yield key, y
         return
     try:
         yield from _sample_in(pool, items)
