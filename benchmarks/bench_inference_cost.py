@@ -152,8 +152,11 @@ def run_conus(lr, fine, args: argparse.Namespace) -> None:
 
     import torch
 
+    from precipdiff.allocator import keep_freed_memory
     from precipdiff.pipeline import Pipeline, PredictOptions, Stage
     from precipdiff.pipeline.shipped import shipped_weights
+
+    keep_freed_memory()  # as predict does
 
     weights = args.student or shipped_weights()["downscale"]
     src = lr.sortby("lat").fillna(0.0).expand_dims(time=[np.datetime64(
@@ -203,6 +206,7 @@ def run_workers(lr, args: argparse.Namespace) -> None:
     import torch
 
     import precipdiff.pipeline.pipeline as pp
+    from precipdiff.allocator import keep_freed_memory
     from precipdiff.pipeline import Pipeline, PredictOptions, Stage
     from precipdiff.pipeline.shipped import shipped_weights
 
@@ -212,6 +216,7 @@ def run_workers(lr, args: argparse.Namespace) -> None:
         f"2019-06-10T{args.time[:2]}:{args.time[2:]}", "ns")]).astype(np.float32)
     pipe = Pipeline(None, Stage.load(args.student or shipped_weights()["downscale"]))
     pp.POOL_MIN_WORK = 0  # compare the two ways, not the rule that picks one
+    keep_freed_memory()  # as predict does here and in its workers
     walls: dict[int, list[float]] = {1: [], 2: []}
     outs = {}
     for _ in range(args.rounds):
