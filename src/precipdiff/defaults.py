@@ -23,9 +23,9 @@ class PredictDefaults:
     (mm/h). workers : processes across files in archive mode. threads : intra-op CPU threads of
     a single-file run, 0 = the idle cores (:mod:`precipdiff.threads`). window_workers :
     processes that sample a single-file CPU run's Stage-II windows side by side, one intra-op
-    thread each; 0 = one per thread the threads rule gives (two single-threaded processes beat
-    one process with two threads: BENCHMARKS.md, "Threads"), used only for time steps with
-    enough rain to pay for starting them
+    thread each; 0 = one per thread the threads rule gives (over a CONUS frame 1.10x faster
+    than two threads in one process, for 7.1 instead of 4.1 GB: BENCHMARKS.md, "CONUS at 1
+    km"), used only for time steps with enough rain to pay for starting them
     (:meth:`~precipdiff.pipeline.pipeline.Pipeline.block_workers`). mass_consistent : None
     (auto) rescales every coarse cell's 1-km block to its corrected value for areal-mean Stage
     II weights (lower volume error on all five held-out radar events, lower CRPS on four:

@@ -1,17 +1,18 @@
 """Stage-II blocks (members x window box) sampled in this process or in worker processes.
 
 A block is everything one network pass over a window needs: the upsampled coarse field over
-a wet box of the window (:func:`~precipdiff.pipeline.dry.wet_boxes`), its extra channels, and where
-it lies (for :func:`~precipdiff.pipeline.tiling.position_noise`, which depends on the global
+a wet box of the window (:func:`~precipdiff.pipeline.dry.wet_boxes`), its extra channels, and
+where it lies (for :func:`~precipdiff.pipeline.tiling.position_noise`, which depends on the global
 pixel only). Blocks are independent, so they can run anywhere; results come back in the order
 the blocks were given, and a block's sample does not depend on where it ran (up to the float
 rounding of the thread count).
 
-Why processes: on a CPU, two single-threaded processes did two workloads in 0.73x the time one
-process with two threads took (BENCHMARKS.md, "Threads"), and a large wet frame has tens of
-independent windows. :class:`BlockPool` starts ``workers`` spawned processes, each with its own
-copy of the stage and ``threads`` intra-op threads, and keeps at most ``2 x workers`` blocks in
-flight, so memory stays bounded by a few windows.
+Why processes: a large wet frame has tens of independent windows, and on a CPU two
+single-threaded processes sampled a CONUS frame 1.10x faster than one process with two threads
+(BENCHMARKS.md, "CONUS at 1 km"; on four windows their start, ~5 s, is not paid back, hence
+:data:`~precipdiff.pipeline.pipeline.POOL_MIN_WORK`). :class:`BlockPool` starts ``workers``
+spawned processes, each with its own copy of the stage and ``threads`` intra-op threads, and
+keeps at most ``2 x workers`` blocks in flight, so memory stays bounded by a few windows.
 """
 
 from __future__ import annotations

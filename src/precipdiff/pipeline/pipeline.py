@@ -71,8 +71,9 @@ log = logging.getLogger(__name__)
 
 #: Member-pixel network evaluations per worker below which a time step's Stage-II blocks are
 #: sampled in this process rather than in a :class:`~precipdiff.pipeline.blocks.BlockPool`:
-#: about two whole 512-px windows of 8 members at 4 steps (~60 s on one thread of this CPU;
-#: a worker starts in ~5 s, and two one-thread workers gain only ~20 % over two threads).
+#: about two whole 512-px windows of 8 members at 4 steps per worker. A worker starts in ~5 s;
+#: two one-thread workers were 1.10x faster than two threads over CONUS (74 wet windows) and
+#: 0.90x on four windows (BENCHMARKS.md, "CONUS at 1 km").
 POOL_MIN_WORK = 16_000_000
 
 #: Default Stage-I bound per pooling of the weights: ``(ratio, add)`` in
