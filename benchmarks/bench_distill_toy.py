@@ -143,6 +143,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cases", nargs="*", default=None, help="case names (default: all)")
     ap.add_argument("--jobs", type=int, default=1, help="processes over the cases")
+    ap.add_argument("--name", default="distill_toy", help="output file name (no suffix)")
     args = ap.parse_args()
     cases = [(n, spec) for n, spec in {**SEARCH_CASES, **HELD_OUT}.items()
              if not args.cases or n in args.cases]
@@ -155,7 +156,7 @@ def main() -> None:
     else:
         rows = [score_case(*job) for job in jobs]
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "distill_toy.json").write_text(json.dumps(rows, indent=1))
+    (OUT / f"{args.name}.json").write_text(json.dumps(rows, indent=1))
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
     cols = ("dpmpp_2m-4", "dpmpp_2m-10", "student-4")
     lines = [f"# Distilled 4-step students of exact denoisers ({stamp})", "",
@@ -170,7 +171,7 @@ def main() -> None:
     w1 = {c: max(r[c][1] for r in rows) for c in cols}
     lines += ["", "| worst | " + " | ".join(f"{worst[c]:.1%} / {w1[c]:.4f}" for c in cols)
               + " |"]
-    (OUT / "distill_toy.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
