@@ -62,19 +62,13 @@ def wet_box(dry_lr: np.ndarray, win: Window, factor: int, margin: int) -> Window
     blend weights over it. Every fine pixel of ``win`` outside the box lies in a dry cell, which
     the rule zeroes whatever is sampled there. A window with no wet cell (:func:`dry_block`)
     is returned whole."""
-    f = factor
-    cells = dry_lr[..., win.y0 // f : -(-win.y1 // f), win.x0 // f : -(-win.x1 // f)]
-    wet = ~cells.reshape(-1, *cells.shape[-2:]).all(axis=0)
+    wet = _wet_cells(dry_lr, win, factor)
     rows, cols = np.flatnonzero(wet.any(axis=1)), np.flatnonzero(wet.any(axis=0))
     if rows.size == 0:
         return win
-    grow = -(-margin // f)
-    y0 = max(win.y0, win.y0 + (int(rows[0]) - grow) * f)
-    y1 = min(win.y1, win.y0 + (int(rows[-1]) + 1 + grow) * f)
-    x0 = max(win.x0, win.x0 + (int(cols[0]) - grow) * f)
-    x1 = min(win.x1, win.x0 + (int(cols[-1]) + 1 + grow) * f)
-    weight = win.weight[y0 - win.y0 : y1 - win.y0, x0 - win.x0 : x1 - win.x0]
-    return Window(y0, y1, x0, x1, weight)
+    grow = -(-margin // factor)
+    return _cells_window(win, factor, int(rows[0]) - grow, int(rows[-1]) + 1 + grow,
+                         int(cols[0]) - grow, int(cols[-1]) + 1 + grow)
 
 
 def wet_boxes(dry_lr: np.ndarray, win: Window, factor: int, margin: int) -> list[Window]:
@@ -85,44 +79,51 @@ def wet_boxes(dry_lr: np.ndarray, win: Window, factor: int, margin: int) -> list
     every wet cell, so every fine pixel outside them lies in a dry cell. Rain in two corners
     of a window is then sampled over two small boxes, not the whole window. A window with no
     wet cell is returned whole, as the only box."""
-    f = factor
-    cy0, cx0 = win.y0 // f, win.x0 // f
-    cells = dry_lr[..., cy0 : -(-win.y1 // f), cx0 : -(-win.x1 // f)]
-    wet = ~cells.reshape(-1, *cells.shape[-2:]).all(axis=0)
+    wet = _wet_cells(dry_lr, win, factor)
     if not wet.any():
         return [win]
-    grow = -(-margin // f)
+    grow = -(-margin // factor)
     labels, _ = ndi.label(wet, structure=np.ones((3, 3), bool))
     ny, nx = wet.shape
-    boxes = [[max(0, sy.start - grow), min(ny, sy.stop + grow),
-              max(0, sx.start - grow), min(nx, sx.stop + grow)]
+    boxes = [(max(0, sy.start - grow), min(ny, sy.stop + grow),
+              max(0, sx.start - grow), min(nx, sx.stop + grow))
              for sy, sx in ndi.find_objects(labels)]
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(boxes)):
-            for j in range(i + 1, len(boxes)):
-                a, b = boxes[i], boxes[j]
-                union = [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])]
-                overlap = a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
-                if overlap or _area(union) <= _area(a) + _area(b):
-                    boxes[i] = union
-                    del boxes[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    out = []
-    for r0, r1, c0, c1 in sorted(boxes):
-        y0, y1 = win.y0 + r0 * f, min(win.y1, win.y0 + r1 * f)
-        x0, x1 = win.x0 + c0 * f, min(win.x1, win.x0 + c1 * f)
-        weight = win.weight[y0 - win.y0 : y1 - win.y0, x0 - win.x0 : x1 - win.x0]
-        out.append(Window(y0, y1, x0, x1, weight))
-    return out
+    while pair := next(((i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+                        if _mergeable(boxes[i], boxes[j])), None):
+        i, j = pair
+        boxes[i] = _union(boxes[i], boxes.pop(j))
+    return [_cells_window(win, factor, *box) for box in sorted(boxes)]
 
 
-def _area(box: list[int]) -> int:
+Cells = tuple[int, int, int, int]  # rows r0:r1, columns c0:c1 of a window's coarse cells
+
+
+def _wet_cells(dry_lr: np.ndarray, win: Window, f: int) -> np.ndarray:
+    """Bool (rows, columns) of the coarse cells under ``win`` not dry in some member."""
+    cells = dry_lr[..., win.y0 // f : -(-win.y1 // f), win.x0 // f : -(-win.x1 // f)]
+    return ~cells.reshape(-1, *cells.shape[-2:]).all(axis=0)
+
+
+def _cells_window(win: Window, f: int, r0: int, r1: int, c0: int, c1: int) -> Window:
+    """The fine pixels of ``win``'s coarse cells ``r0:r1, c0:c1`` (clipped to ``win``) as a
+    window with ``win``'s blend weights over it."""
+    y0, y1 = max(win.y0, win.y0 + r0 * f), min(win.y1, win.y0 + r1 * f)
+    x0, x1 = max(win.x0, win.x0 + c0 * f), min(win.x1, win.x0 + c1 * f)
+    return Window(y0, y1, x0, x1, win.weight[y0 - win.y0 : y1 - win.y0, x0 - win.x0 : x1 - win.x0])
+
+
+def _union(a: Cells, b: Cells) -> Cells:
+    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
+
+
+def _area(box: Cells) -> int:
     return (box[1] - box[0]) * (box[3] - box[2])
+
+
+def _mergeable(a: Cells, b: Cells) -> bool:
+    """Whether two boxes overlap, or their union is no larger than the two together."""
+    overlap = a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+    return overlap or _area(_union(a, b)) <= _area(a) + _area(b)
 
 
 def dry_coarse(
