@@ -10,7 +10,7 @@ import precipdiff.pipeline.pipeline as pp
 from precipdiff.errors import ConfigError, PrecipdiffError
 from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
 from precipdiff.pipeline.blocks import Block, BlockPool, BlockSettings, sample_blocks
-from precipdiff.pipeline.dry import dry_cells
+from precipdiff.pipeline.dry import dry_cells, wet_boxes
 from precipdiff.pipeline.run import PredictRequest
 from precipdiff.pipeline.tiling import windows
 
@@ -92,14 +92,17 @@ def test_block_workers_starts_processes_only_for_enough_rain_on_a_cpu(stage, mon
     corrected[:, 2:5, 2:5] = 2.0
     dry = dry_cells(corrected, trace=0.1)
     wins = list(windows(12 * FACTOR, 20 * FACTOR, 40, 4, multiple=FACTOR))
+    boxes = [wet_boxes(dry, win, FACTOR, 4) for win in wins]
     monkeypatch.setattr(pp, "POOL_MIN_WORK", 0)
-    assert pipe.block_workers(_opts(window_workers=2), dry, wins) == 2
-    assert pipe.block_workers(_opts(window_workers=1), dry, wins) == 1
-    assert pipe.block_workers(_opts(window_workers=2, device="cuda"), dry, wins) == 1
+    assert pipe.block_workers(_opts(window_workers=2), dry, wins, boxes) == 2
+    assert pipe.block_workers(_opts(window_workers=1), dry, wins, boxes) == 1
+    assert pipe.block_workers(_opts(window_workers=2, device="cuda"), dry, wins, boxes) == 1
     monkeypatch.setattr(pp, "POOL_MIN_WORK", 10**9)  # far more than this little rain
-    assert pipe.block_workers(_opts(window_workers=2), dry, wins) == 1
+    assert pipe.block_workers(_opts(window_workers=2), dry, wins, boxes) == 1
     monkeypatch.setattr(pp, "POOL_MIN_WORK", 0)
-    assert pipe.block_workers(_opts(window_workers=2), np.ones_like(dry), wins) == 1  # all dry
+    all_dry = np.ones_like(dry)
+    assert pipe.block_workers(_opts(window_workers=2), all_dry, wins,
+                              [wet_boxes(all_dry, win, FACTOR, 4) for win in wins]) == 1
 
 
 def test_block_pool_needs_two_workers(stage) -> None:

@@ -92,12 +92,18 @@ def _init_worker(stage_bytes: bytes, cfg: BlockSettings, threads: int) -> None:
     _WORKER = pickle.loads(stage_bytes), cfg  # our own pickle, made by BlockPool below
 
 
-def _run_in_worker(block: Block) -> np.ndarray:
-    assert _WORKER is not None, "worker not initialised"
-    stage, cfg = _WORKER
+def _sample_and_release(stage: Stage, block: Block, cfg: BlockSettings) -> np.ndarray:
+    """:func:`sample_block`, then the freed pages back to the system (a process keeps its
+    largest block's memory, not its fragments: :mod:`precipdiff.allocator`)."""
     y = sample_block(stage, block, cfg)
     release_freed_memory()
     return y
+
+
+def _run_in_worker(block: Block) -> np.ndarray:
+    assert _WORKER is not None, "worker not initialised"
+    stage, cfg = _WORKER
+    return _sample_and_release(stage, block, cfg)
 
 
 class BlockPool:
@@ -136,9 +142,7 @@ def sample_blocks(
     else here, one after the other."""
     if pool is None:
         for key, block in items:
-            y = None if block is None else sample_block(stage, block, cfg)
-            release_freed_memory()
-            yield key, y
+            yield key, None if block is None else _sample_and_release(stage, block, cfg)
         return
     try:
         yield from _sample_in(pool, items)

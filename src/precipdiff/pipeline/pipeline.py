@@ -444,16 +444,16 @@ class Pipeline:
         acc = Accumulator(m, h, w, scratch)
         lr = tcor[:, None].to(opts.device)
         wins = list(windows(h, w, opts.window, opts.halo, multiple=f))
+        # the boxes of all members, so that a member's sample does not depend on the member
+        # batch it falls in
+        boxes_of = [self._boxes(dry_lr, win, opts) for win in wins]
 
         def blocks() -> Iterator[tuple[tuple[Window, int, Window | None, bool], Block | None]]:
             """Per window, member batch and wet box (:func:`wet_boxes`): the block to sample,
             keyed by the window, the first member, the box and whether it is the batch's last
             box; a batch dry in all its cells is one None block (the rule zeroes it, exactly)."""
-            for win in wins:
+            for win, boxes in zip(wins, boxes_of, strict=True):
                 base_all = window_base(lr, win, f)
-                # the boxes of all members, so that a member's sample does not depend on the
-                # member batch it falls in
-                boxes = self._boxes(dry_lr, win, opts)
                 for m0 in range(0, m, opts.member_batch):
                     mb = min(opts.member_batch, m - m0)
                     dry = dry_block(dry_lr[m0 : m0 + mb], win, f)
@@ -475,7 +475,7 @@ class Pipeline:
 
         cfg = BlockSettings(opts.downscale, opts.seed, opts.tile, opts.overlap,
                             opts.tile_batch, opts.bf16, str(opts.device))
-        workers = self.block_workers(opts, dry_lr, wins)
+        workers = self.block_workers(opts, dry_lr, wins, boxes_of)
         threads = max(1, torch.get_num_threads() // workers)
         if workers > 1:
             log.info("Stage II, time step %d: %d worker processes x %d thread(s)", t, workers,
@@ -507,11 +507,12 @@ class Pipeline:
             return [win]
         return wet_boxes(dry_lr, win, self.factor, opts.halo)
 
-    def block_workers(self, opts: PredictOptions, dry_lr: np.ndarray,
-                      wins: list[Window]) -> int:
+    def block_workers(self, opts: PredictOptions, dry_lr: np.ndarray, wins: list[Window],
+                      boxes_of: list[list[Window]]) -> int:
         """Worker processes for one time step's Stage-II blocks: ``opts.window_workers`` on a
-        CPU when the step's wet boxes hold at least :data:`POOL_MIN_WORK` member-pixel network
-        evaluations per worker, else 1 (sampled in this process)."""
+        CPU when the step's wet boxes (``boxes_of``, per window of ``wins``) hold at least
+        :data:`POOL_MIN_WORK` member-pixel network evaluations per worker, else 1 (sampled in
+        this process)."""
         n = opts.window_workers
         if n < 2 or torch.device(opts.device).type != "cpu":
             return 1
@@ -519,8 +520,8 @@ class Pipeline:
         assert stage is not None
         nfe = stage.nfe(opts.downscale)
         work = 0
-        for win in wins:
-            pixels = sum(b.weight.numel() for b in self._boxes(dry_lr, win, opts))
+        for win, boxes in zip(wins, boxes_of, strict=True):
+            pixels = sum(b.weight.numel() for b in boxes)
             for m0 in range(0, opts.members, opts.member_batch):
                 members = dry_lr[m0 : m0 + opts.member_batch]
                 if not dry_block(members, win, f):
