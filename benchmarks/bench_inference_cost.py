@@ -145,6 +145,21 @@ def run(src, truth: np.ndarray, rows: list[dict], members: int, rounds: int) -> 
     return out
 
 
+def frame_input(lr, args: argparse.Namespace, box: dict | None = None):
+    """The coarse frame (optionally ``box``: ``sel`` slices) as predict's input: south to
+    north, missing as 0, one time step at ``--time``, float32."""
+    src = lr.sortby("lat")
+    src = (src if box is None else src.sel(box)).fillna(0.0)
+    return src.expand_dims(time=[np.datetime64(
+        f"2019-06-10T{args.time[:2]}:{args.time[2:]}", "ns")]).astype(np.float32)
+
+
+def write_report(path: Path, lines: list[str]) -> None:
+    """The Markdown ``lines`` to ``path`` (its folder made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
 def run_conus(lr, fine, args: argparse.Namespace) -> None:
     """The default Stage II (``--student`` if given) over the whole CONUS frame, predict's
     defaults, ``--members``: CPU and wall seconds, peak memory, fair CRPS against the radar."""
@@ -159,8 +174,7 @@ def run_conus(lr, fine, args: argparse.Namespace) -> None:
     keep_freed_memory()  # as predict does
 
     weights = args.student or shipped_weights()["downscale"]
-    src = lr.sortby("lat").fillna(0.0).expand_dims(time=[np.datetime64(
-        f"2019-06-10T{args.time[:2]}:{args.time[2:]}", "ns")]).astype(np.float32)
+    src = frame_input(lr, args)
     truth = np.asarray(fine.sortby("lat").values, np.float64)
     pipe = Pipeline(None, Stage.load(weights))
     workers = args.window_workers or torch.get_num_threads()
@@ -193,8 +207,7 @@ def run_conus(lr, fine, args: argparse.Namespace) -> None:
              f"{ds.attrs.get('stage2_blocks_sampled')} / {ds.attrs.get('stage2_blocks_dry')} | "
              f"{ds.attrs.get('stage2_sampled_fraction')} | {ds.attrs['downscale_nfe']} | "
              f"{crps:.4f} |"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write_report(args.out, lines)
     print("\n".join(lines))
 
 
@@ -211,9 +224,7 @@ def run_workers(lr, args: argparse.Namespace) -> None:
     from precipdiff.pipeline.shipped import shipped_weights
 
     lat0, lat1, lon0, lon1 = args.box
-    src = lr.sortby("lat").sel(lat=slice(lat0, lat1), lon=slice(lon0, lon1)).fillna(0.0)
-    src = src.expand_dims(time=[np.datetime64(
-        f"2019-06-10T{args.time[:2]}:{args.time[2:]}", "ns")]).astype(np.float32)
+    src = frame_input(lr, args, {"lat": slice(lat0, lat1), "lon": slice(lon0, lon1)})
     pipe = Pipeline(None, Stage.load(args.student or shipped_weights()["downscale"]))
     pp.POOL_MIN_WORK = 0  # compare the two ways, not the rule that picks one
     keep_freed_memory()  # as predict does here and in its workers
@@ -243,8 +254,7 @@ def run_workers(lr, args: argparse.Namespace) -> None:
              f"| two window workers, one thread each | "
              f"{', '.join(f'{w:.1f}' for w in walls[2])} | {med[2]:.1f} | "
              f"{med[2] / med[1]:.2f} |"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write_report(args.out, lines)
     print("\n".join(lines))
 
 
@@ -287,10 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines), flush=True)
     lat0, lat1, lon0, lon1 = args.box
     box = {"lat": slice(lat0, lat1), "lon": slice(lon0, lon1)}
-    src = lr.sortby("lat").sel(box).fillna(0.0)
+    src = frame_input(lr, args, box)
     truth = np.asarray(fine.sortby("lat").sel(box).values, np.float64)
-    src = src.expand_dims(time=[np.datetime64(
-        f"2019-06-10T{args.time[:2]}:{args.time[2:]}", "ns")]).astype(np.float32)
     rows = settings(args.student)
     res = run(src, truth, rows, args.members, args.rounds)
     ny, nx = truth.shape
@@ -310,8 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['name']} | {o['nfe']} | {o['fraction']:.3f} | {o['cpu_s']:.1f} | "
                      f"{o['cpu_s'] / base:.2f} | {o['crps']:.4f} | {d:+.4f} [{lo:+.4f}, "
                      f"{hi:+.4f}] | {o['spread_skill']:.2f} | {conus:.2f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write_report(args.out, lines)
     print("\n".join(lines[-(len(rows) + 2):]))
 
 
