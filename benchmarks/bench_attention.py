@@ -7,7 +7,8 @@ model width at the same size (this CPU's practical fp32 ceiling, as in ``bench_u
 variant runs once per round, rounds interleaved; the table gives medians of CPU time (one
 thread; on a shared machine wall time also counts the waits for a core). FLOPs are counted with
 ``FlopCounterMode`` on the unfused attention path (the windowed count includes the masked-out
-scores that are computed and thrown away).
+scores that are computed and thrown away). The process runs with the allocator policy of
+``precipdiff predict`` (:func:`precipdiff.allocator.keep_freed_memory`).
 
 Part 2 times the attention operation alone on the 128 x 128-token map of a 512-px tile for the
 ways of restricting its span (neighbourhood attention with several query blocks, fixed
@@ -35,12 +36,13 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from precipdiff.allocator import keep_freed_memory
 from precipdiff.models.attention import _gather, _scatter, _starts, global_attention
 from precipdiff.models.attention import neighbourhood_attention as na
 from precipdiff.release import Release
 
 WEIGHTS = (Path(__file__).resolve().parents[1] / "src" / "precipdiff" / "weights"
-           / "stage2_downscale_max.safetensors")
+           / "stage2_downscale_mean_distilled.safetensors")  # predict default
 BATCH = {128: 8, 256: 2, 512: 1}  # 131 072 / 131 072 / 262 144 pixels per call
 
 
@@ -187,6 +189,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    keep_freed_memory()  # the allocator policy predict runs with (block copies reuse pages)
     text = [f"### Attention span — `OMP_NUM_THREADS=1 python benchmarks/bench_attention.py "
             f"--rounds {args.rounds}`\n", machine_line() + "\n",
             "Shipped Stage II forward, fp32 channels_last, median CPU time of interleaved "
