@@ -328,9 +328,14 @@ def build_pipelines(args: argparse.Namespace) -> dict[str, Pipeline]:
 def weights_names(pipeline: Pipeline) -> str:
     """File names of a pipeline's weights, Stage I first."""
     stages = (pipeline.correct, pipeline.downscale)
-    return " + ".join(Path(s.source).name + (
-        f" (distilled: {len(s.distilled)} Euler steps on its own grid)" if s.distilled else "")
-        for s in stages if s is not None)
+    def name(s: Stage) -> str:
+        notes = [f"distilled: {len(s.distilled)} Euler steps on its own grid"] if s.distilled \
+            else []
+        if "spread_inflation" in s.metadata:
+            notes.append(f"spread inflation {s.metadata['spread_inflation']}")
+        return Path(s.source).name + (f" ({'; '.join(notes)})" if notes else "")
+
+    return " + ".join(name(s) for s in stages if s is not None)
 
 
 TITLES = {"downscale": "Stage II on held-out events, mean-pooled input",

@@ -385,6 +385,12 @@ def predict(
         typer.Option(help="Fine-grid wet/dry threshold in mm/h (default: the weights' "
                           "calibrated one if any, else 0.1).", metavar="MM_H"),
     ] = None,
+    spread_inflation: Annotated[
+        float | None,
+        typer.Option(help="Spread the Stage-II members about their mean by this factor "
+                          "(default: the weights' calibrated one if any, else 1 = none).",
+                     metavar="A"),
+    ] = None,
     threads: Annotated[
         int,
         typer.Option(help="CPU threads of a single-file run; 0: the cores idle now (an "
@@ -450,6 +456,7 @@ def predict(
         threads=threads,
         window_workers=window_workers,
         fine_threshold=fine_threshold,
+        spread_inflation=spread_inflation,
         archive_format=output_format,
         scheduler=scheduler,
         extras=tuple(extras or ()),

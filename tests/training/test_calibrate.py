@@ -41,3 +41,60 @@ def test_calibration_uses_the_networks_the_weights_were_trained_on():
     assert calibration_networks(available, trained, ["fmi"]) == ["fmi"]
     with pytest.raises(ValueError, match="'dwd'"):
         calibration_networks(available, trained, ["dwd"])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from _training_store import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _downscale_weights(path, factor: int = 2):
+    """A random tiny per-frame Stage II for an areal-mean corpus of ``factor``."""
+    from dataclasses import asdict
+
+    import torch
+
+    from precipdiff.data.transforms import PrecipTransform
+    from precipdiff.models.unet import UNet, UNetConfig
+    from precipdiff.training.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), head_channels=8)
+    net = UNet(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().sum() == 0 and p.ndim > 1:
+                p.normal_(0, 0.05)
+    meta = {"stage": "downscale", "config": json.dumps({"train": {"stage": "downscale"}}),
+            "model": json.dumps(asdict(cfg)),
+            "transform": json.dumps(PrecipTransform(scale=1.0, sigma=1.5).to_dict()),
+            "factor": str(factor), "pooling": "mean", "sigma_data": "0.5", "patch": "16",
+            "version": "test"}
+    return save_weights(path, net.state_dict(), metadata=meta)
+
+
+def test_calibrated_spread_is_the_lowest_crps_and_predict_uses_it(corpus, tmp_path):
+    import torch
+
+    from precipdiff.pipeline import Pipeline, PredictOptions, Stage
+    from precipdiff.release import Release
+    from precipdiff.training.calibrate import calibrate_spread
+
+    weights = _downscale_weights(tmp_path / "w.safetensors")
+    out = tmp_path / "w_spread.safetensors"
+    grid = (1.0, 1.5, 3.0)
+    summary = calibrate_spread(weights, corpus, out, grid=grid, frames=2, crop=16, members=3)
+    rel = summary["mean_relative_crps"]
+    assert rel["1.0"] == pytest.approx(1.0)
+    assert summary["spread_inflation"] == min(grid, key=lambda a: rel[repr(a)])
+    assert sorted(summary["networks"]) == ["alpha", "beta"] and summary["split"] == "train"
+    for scores in (n["crps_fair"] for n in summary["per_network"].values()):
+        assert len(set(scores.values())) == len(grid)  # each factor changed the members
+    stage = Stage.load(out)
+    assert stage.metadata["spread_inflation"] == repr(summary["spread_inflation"])
+    assert Pipeline(None, stage).spread_inflation(PredictOptions()) == summary["spread_inflation"]
+    torch.testing.assert_close(Release.load(out).state, Release.load(weights).state)
+    with pytest.raises(ValueError, match="1.0 in the grid"):
+        calibrate_spread(weights, corpus, out, grid=(1.5, 2.0), frames=2, crop=16)

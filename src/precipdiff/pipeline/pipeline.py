@@ -64,6 +64,7 @@ from precipdiff.pipeline.inputs import (
     coarsen_input,
 )
 from precipdiff.pipeline.record import downscale_record, noise_correlation
+from precipdiff.pipeline.spread import INFLATION_RANGE, inflate_spread
 from precipdiff.pipeline.stage import SamplerSettings, Stage, bf16_is_fast
 from precipdiff.pipeline.tiling import Window, position_noise, window_base, windows
 
@@ -109,6 +110,9 @@ class PredictOptions:
     which *fine-grid* outputs are 0 (at least the trace threshold; None: the Stage-II weights'
     ``fine_threshold`` metadata if present, else the trace threshold): a wet/dry threshold
     calibrated so that the fine wet area matches the truth's (``precipdiff.training.calibrate``).
+    spread_inflation : factor by which the Stage-II members are spread about their mean
+    (:mod:`~precipdiff.pipeline.spread`); None: the weights' calibrated ``spread_inflation``
+    note if present, else 1 (none).
     dry_halo : coarse cells of the dry-neighbourhood rule. temporal_windows : how a temporal
     Stage II covers a record (:data:`~precipdiff.pipeline.sequence.WINDOW_MODES`).
     temporal_noise_correlation : lag-1 correlation in time of its starting noise; None: what
@@ -139,6 +143,7 @@ class PredictOptions:
     precision: str = "auto"
     trace_threshold: float | None = None
     fine_threshold: float | None = None
+    spread_inflation: float | None = None
     dry_halo: int = DEFAULT_HALO
     input_semantics: str | None = None
     coarsen: int = 1
@@ -311,6 +316,41 @@ class Pipeline:
         if value is None:
             return trace if opts.trace_threshold is not None else max(trace, DEFAULT_TRACE_MM_H)
         return max(trace, float(value))
+
+    def spread_inflation(self, opts: PredictOptions) -> float:
+        """The Stage-II spread inflation factor: ``opts``, else the weights' calibrated
+        ``spread_inflation`` note, else 1 (:mod:`~precipdiff.pipeline.spread`)."""
+        if opts.spread_inflation is not None:
+            return float(opts.spread_inflation)
+        note = None if self.downscale is None else self.downscale.metadata.get("spread_inflation")
+        if note is None:
+            return 1.0
+        try:
+            value = float(note)
+        except ValueError:
+            value = float("nan")
+        lo, hi = INFLATION_RANGE
+        if not lo < value <= hi:
+            raise CheckpointError(f"{self.downscale.source}: metadata 'spread_inflation' must "
+                                  f"be a number in ({lo:g}, {hi:g}], got {note!r}")
+        return value
+
+    def inflate(self, hr: np.ndarray, corrected: np.ndarray, opts: PredictOptions) -> np.ndarray:
+        """Fine members ``hr`` (M, h, w) mm/h after the wet/dry rule and mass consistency,
+        inflated about their mean (:func:`~precipdiff.pipeline.spread.inflate_spread`) and, with
+        mass consistency, rescaled to the corrected coarse cells ``corrected`` (M, h/f, w/f)
+        again (the members before inflation rank the pixels of a block it dried)."""
+        factor = self.spread_inflation(opts)
+        if factor == 1.0 or hr.shape[0] < 2:
+            return hr
+        stage = self.downscale
+        assert stage is not None
+        threshold = self.fine_threshold(opts)
+        out = inflate_spread(hr, factor, threshold=threshold)
+        if self.mass_consistent(opts):
+            out = mass_consistent(out, corrected, self.factor, stage.pooling,
+                                  threshold=threshold, ranking=hr)
+        return out
 
     # ---------------------------------------------------------------- checks
     def prepare_input(self, src: xr.DataArray, opts: PredictOptions) -> xr.DataArray:
@@ -548,6 +588,7 @@ class Pipeline:
         if rescale:
             hr = mass_consistent(hr, corrected[:, ly0 : y1 // f], f, stage.pooling,
                                  threshold=threshold, ranking=raw)
+        hr = self.inflate(hr, corrected[:, ly0 : y1 // f], opts)
         band_valid = np.isfinite(corrected[:, ly0:ly1])
         mask = np.repeat(np.repeat(band_valid, f, axis=-2), f, axis=-1)[:, : y1 - y0]
         hr[~mask] = np.nan
@@ -638,6 +679,7 @@ class Pipeline:
             "trace_threshold_units": "mm h-1",
             "fine_threshold": self.fine_threshold(opts),
             "fine_threshold_units": "mm h-1",
+            "spread_inflation": self.spread_inflation(opts),
             "dry_rule": (
                 f"values below trace_threshold (fine-grid values below fine_threshold) are 0; "
                 f"a coarse cell (fine pixel) is 0 where the "

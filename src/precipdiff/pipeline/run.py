@@ -48,6 +48,7 @@ from precipdiff.pipeline.output import predict_to_file
 from precipdiff.pipeline.pipeline import Pipeline, PredictOptions
 from precipdiff.pipeline.sequence import WINDOW_MODES
 from precipdiff.pipeline.shipped import shipped_weights
+from precipdiff.pipeline.spread import INFLATION_RANGE
 from precipdiff.pipeline.stage import SamplerSettings, Stage
 from precipdiff.pipeline.time_refine import METHODS as TIME_METHODS
 from precipdiff.pipeline.time_refine import refine_time, refinement_meaning
@@ -101,6 +102,7 @@ class PredictRequest:
     allow_spacing_mismatch: bool = False
     time: TimeRange | None = None
     fine_threshold: float | None = None
+    spread_inflation: float | None = None
     time_factor: int = 1
     time_interp: str = "motion"
     time_conserve: bool = True
@@ -133,6 +135,10 @@ class PredictRequest:
         if self.fine_threshold is not None and not 0 <= self.fine_threshold <= 50:
             raise ConfigError(f"--fine-threshold must be a rain rate in [0, 50] mm/h, got "
                               f"{self.fine_threshold!r}")
+        lo, hi = INFLATION_RANGE
+        if self.spread_inflation is not None and not lo < self.spread_inflation <= hi:
+            raise ConfigError(f"--spread-inflation must be in ({lo:g}, {hi:g}] (1: none), got "
+                              f"{self.spread_inflation!r}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) \
                 or self.threads < 0:
             raise ConfigError(f"--threads must be an integer >= 0 (0: the idle cores), got "
@@ -234,6 +240,7 @@ def _options(req: PredictRequest, device: str) -> PredictOptions:
         allow_semantics_mismatch=req.allow_semantics_mismatch,
         allow_spacing_mismatch=req.allow_spacing_mismatch,
         fine_threshold=req.fine_threshold,
+        spread_inflation=req.spread_inflation,
         temporal_windows=req.temporal_windows,
         temporal_noise_correlation=req.temporal_noise_correlation,
         temporal_chunk=req.temporal_chunk,

@@ -1,4 +1,4 @@
-"""Calibrate a Stage II's fine-grid wet/dry threshold on training data.
+"""Calibrate a Stage II on training data: its fine-grid wet/dry threshold and its spread.
 
 A diffusion ensemble spreads light rain over more 1-km pixels than the radar shows (the wet area
 of a mean-pooled cell is not in its mean). The fine threshold ``t`` (mm/h, at least the trace
@@ -9,6 +9,11 @@ fine_threshold`).
 
     python -m precipdiff.training.calibrate --weights W.safetensors --corpus stores/corpus.zarr \\
         --output W_calibrated.safetensors
+
+The ensemble is also too narrow (spread/skill below 1 on held-out radar): with ``--spread``
+the factor by which ``predict`` inflates the members about their mean
+(:mod:`precipdiff.pipeline.spread`) is chosen on the same training frames by fair CRPS and
+stored as the ``spread_inflation`` note (:func:`calibrate_spread`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,23 +66,17 @@ def calibration_networks(available: list[str], trained: list[str] | None,
     return chosen
 
 
-def training_samples(weights: str | Path, corpus: str | Path, *, frames: int = 4,
-                     crop: int = 128, members: int = 4, seed: int = 0,
-                     networks: list[str] | None = None) -> dict[str, Any]:
-    """Stage II (default sampler, trace rule only) on ``frames`` train frames of each network
-    (evenly spaced, a ``crop``-pixel window with the most rain): pooled members and truth.
-    ``networks`` defaults to those the weights were trained on (:func:`calibration_networks`)."""
+def training_cases(release, corpus: str | Path, *, frames: int, crop: int,
+                   networks: list[str] | None = None) -> Iterator[tuple[str, Any, np.ndarray]]:
+    """``(network, coarse input, 1-km truth)`` of ``frames`` train frames of each network
+    (evenly spaced, a ``crop``-pixel window with the most rain); ``networks`` defaults to
+    those ``release`` was trained on (:func:`calibration_networks`)."""
     from precipdiff.data.corpus import open_corpus
     from precipdiff.data.windows import crop_around_rain
-    from precipdiff.pipeline import Pipeline, PredictOptions, Stage
-    from precipdiff.release import Release
 
-    release = Release.load(weights)
-    stage = Stage.from_release(release)
     handle = open_corpus(corpus)
     chosen_networks = calibration_networks(
         list(handle.networks), trained_networks(dict(release.notes)), networks)
-    preds, truths, per_network = [], [], {}
     for network in chosen_networks:
         st = handle.open(network)
         train = np.asarray(st.splits["train"]["time"], np.int64)
@@ -86,12 +86,29 @@ def training_samples(weights: str | Path, corpus: str | Path, *, frames: int = 4
                            coords={"time": st.times[chosen].astype("datetime64[ns]"),
                                    "lat": np.arange(size, dtype=np.float64),
                                    "lon": np.arange(size, dtype=np.float64)})
+        yield network, src, hr
+
+
+def training_samples(weights: str | Path, corpus: str | Path, *, frames: int = 4,
+                     crop: int = 128, members: int = 4, seed: int = 0,
+                     networks: list[str] | None = None) -> dict[str, Any]:
+    """Stage II (default sampler, trace rule only) on the :func:`training_cases`: pooled
+    members and truth."""
+    from precipdiff.pipeline import Pipeline, PredictOptions, Stage
+    from precipdiff.release import Release
+
+    release = Release.load(weights)
+    stage = Stage.from_release(release)
+    preds, truths, per_network = [], [], {}
+    for network, src, hr in training_cases(release, corpus, frames=frames, crop=crop,
+                                           networks=networks):
         opts = PredictOptions(members=members, seed=seed)
         pred = np.asarray(Pipeline(None, stage).predict(src, opts)["precip"].values)
         pred[:, np.isnan(hr)] = np.nan
         preds.append(pred.ravel())
         truths.append(hr.ravel())
-        per_network[network] = {"frames": int(chosen.size), "window_cells": int(size),
+        per_network[network] = {"frames": int(src.sizes["time"]),
+                                "window_cells": int(src.sizes["lat"]),
                                 "pred_wet_fraction": float(np.nanmean(pred >= WET)),
                                 "truth_wet_fraction": float(np.nanmean(hr >= WET))}
         log.info("%s: %s", network, per_network[network])
@@ -122,6 +139,68 @@ def calibrate(weights: str | Path, corpus: str | Path, output: str | Path, **kw:
     return summary
 
 
+#: Inflation factors tried by :func:`calibrate_spread`.
+SPREAD_GRID = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
+
+
+def calibrate_spread(weights: str | Path, corpus: str | Path, output: str | Path, *,
+                     grid: tuple[float, ...] = SPREAD_GRID, frames: int = 4, crop: int = 128,
+                     members: int = 4, seed: int = 0,
+                     networks: list[str] | None = None) -> dict:
+    """Write ``weights`` with a calibrated ``spread_inflation`` note to ``output``.
+
+    Stage II runs with ``predict``'s defaults (mass consistency for areal-mean weights, the
+    weights' fine threshold) on the :func:`training_cases`; every factor of ``grid`` is applied
+    to the same members (:meth:`~precipdiff.pipeline.Pipeline.inflate`, as ``predict`` does)
+    and scored with the fair CRPS against the 1-km radar. The factor with the lowest CRPS
+    relative to no inflation, averaged over networks (each network weighs the same whatever
+    its rain amounts), is stored; ties go to the factor closest to 1. Train frames only: the
+    held-out events stay for the benchmark (``bench_generalise.py``)."""
+    from precipdiff.evaluation.metrics import crps_ensemble_pointwise
+    from precipdiff.pipeline import Pipeline, PredictOptions, Stage
+    from precipdiff.release import Release
+
+    if members < 2 or 1.0 not in grid:
+        raise ValueError(f"the spread calibration needs >= 2 members and 1.0 in the grid, "
+                         f"got members={members}, grid={grid}")
+    release = Release.load(weights)
+    pipeline = Pipeline(None, Stage.from_release(release))
+    base = PredictOptions(members=members, seed=seed, mass_consistent=None,
+                          spread_inflation=1.0)
+    relative: dict[float, list[float]] = {a: [] for a in grid}
+    per_network = {}
+    for network, src, hr in training_cases(release, corpus, frames=frames, crop=crop,
+                                           networks=networks):
+        ds = pipeline.predict(src, base)
+        pred, corrected = ds["precip"].values, ds["corrected_lr"].values
+        valid = np.isfinite(hr) & np.isfinite(pred).all(axis=0)
+        crps = {}
+        for a in grid:
+            opts = dataclasses.replace(base, spread_inflation=a)
+            p = np.stack([pipeline.inflate(pred[:, t], corrected[:, t], opts)
+                          for t in range(pred.shape[1])], axis=1)
+            crps[a] = float(crps_ensemble_pointwise(p[:, valid], hr[valid],
+                                                    estimator="fair").mean())
+        for a in grid:
+            relative[a].append(crps[a] / crps[1.0])
+        per_network[network] = {"frames": int(src.sizes["time"]),
+                                "crps_fair": {repr(a): v for a, v in crps.items()}}
+        log.info("%s: CRPS %s", network, per_network[network]["crps_fair"])
+    mean_relative = {a: float(np.mean(v)) for a, v in relative.items()}
+    best = min(grid, key=lambda a: (round(mean_relative[a], 6), abs(a - 1.0)))
+    summary = {"spread_inflation": best, "criterion": "mean over networks of fair CRPS "
+               "relative to no inflation", "split": "train",
+               "mean_relative_crps": {repr(a): v for a, v in mean_relative.items()},
+               "per_network": per_network, "networks": list(per_network),
+               "settings": {"frames": frames, "crop": crop, "members": members, "seed": seed}}
+    notes = {**release.notes, "spread_inflation": repr(best),
+             "spread_inflation_calibration": json.dumps(summary)}
+    dataclasses.replace(release, notes=notes).save(output)
+    log.info("spread inflation %.2f (mean relative CRPS %.4f): %s", best,
+             mean_relative[best], output)
+    return summary
+
+
 def calibration_arguments(ap: argparse.ArgumentParser, *, frames: int, crop: int,
                           unit: str) -> None:
     """The options of both calibrations (this module's and :mod:`.calibrate_time`):
@@ -140,11 +219,15 @@ def calibration_arguments(ap: argparse.ArgumentParser, *, frames: int, crop: int
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     calibration_arguments(ap, frames=4, crop=128, unit="network")
+    ap.add_argument("--spread", action="store_true",
+                    help="calibrate the spread inflation (after the fine threshold, which it "
+                         "uses) instead of the fine threshold")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    summary = calibrate(args.weights, args.corpus, args.output, frames=args.frames,
-                        crop=args.crop, members=args.members, seed=args.seed,
-                        networks=args.networks)
+    run = calibrate_spread if args.spread else calibrate
+    summary = run(args.weights, args.corpus, args.output, frames=args.frames,
+                  crop=args.crop, members=args.members, seed=args.seed,
+                  networks=args.networks)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_network"}, indent=1))
 
 
