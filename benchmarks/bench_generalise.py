@@ -333,6 +333,8 @@ def weights_names(pipeline: Pipeline) -> str:
             else []
         if "spread_inflation" in s.metadata:
             notes.append(f"spread inflation {s.metadata['spread_inflation']}")
+        if "peak_envelope" in s.metadata:
+            notes.append("peaks capped by its peak_envelope")
         return Path(s.source).name + (f" ({'; '.join(notes)})" if notes else "")
 
     return " + ".join(name(s) for s in stages if s is not None)

@@ -391,6 +391,12 @@ def predict(
                           "(default: the weights' calibrated one if any, else 1 = none).",
                      metavar="A"),
     ] = None,
+    cap_peaks: Annotated[
+        bool,
+        typer.Option("--cap-peaks/--no-cap-peaks",
+                     help="Hold 1-km peaks below the weights' bound on peak / coarse mean "
+                          "(learned from training radar), keeping every block's mean."),
+    ] = True,
     threads: Annotated[
         int,
         typer.Option(help="CPU threads of a single-file run; 0: the cores idle now (an "
@@ -457,6 +463,7 @@ def predict(
         window_workers=window_workers,
         fine_threshold=fine_threshold,
         spread_inflation=spread_inflation,
+        cap_peaks=cap_peaks,
         archive_format=output_format,
         scheduler=scheduler,
         extras=tuple(extras or ()),

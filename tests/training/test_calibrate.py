@@ -98,3 +98,33 @@ def test_calibrated_spread_is_the_lowest_crps_and_predict_uses_it(corpus, tmp_pa
     torch.testing.assert_close(Release.load(out).state, Release.load(weights).state)
     with pytest.raises(ValueError, match="1.0 in the grid"):
         calibrate_spread(weights, corpus, out, grid=(1.5, 2.0), frames=2, crop=16)
+
+
+def test_peak_envelope_is_the_training_radar_bound(corpus, tmp_path):
+    from precipdiff.data.corpus import open_corpus
+    from precipdiff.pipeline import Pipeline, PredictOptions, Stage
+    from precipdiff.pipeline.peaks import PeakEnvelope
+    from precipdiff.training.calibrate import calibrate_peaks
+
+    weights = _downscale_weights(tmp_path / "w.safetensors")
+    out = tmp_path / "w_peaks.safetensors"
+    summary = calibrate_peaks(weights, corpus, out)
+    assert summary["split"] == "train" and sorted(summary["networks"]) == ["alpha", "beta"]
+    env = Pipeline(None, Stage.load(out)).peak_envelope(PredictOptions())
+    assert env is not None and env.ratio == tuple(summary["max_over_mean"])
+    # every train block of the radar lies within it, and the bound is that tight somewhere
+    handle = open_corpus(corpus)
+    ratios = []
+    for name in ("alpha", "beta"):
+        st = handle.open(name)
+        for t in np.asarray(st.splits["train"]["time"], np.int64):
+            hr = np.asarray(st["ref_hr"][int(t)], np.float64)
+            f = st.factor
+            h, w = hr.shape[0] // f * f, hr.shape[1] // f * f
+            b = hr[:h, :w].reshape(h // f, f, w // f, f)
+            m, x = b.mean(axis=(1, 3)), b.max(axis=(1, 3))
+            ok = m >= env.edges[0]
+            assert np.all(x[ok] <= env.bound(m[ok]) * (1 + 1e-6))
+            ratios.append((x[ok] / m[ok]).max())
+    assert max(ratios) == pytest.approx(env.ratio[0])
+    assert isinstance(env, PeakEnvelope)

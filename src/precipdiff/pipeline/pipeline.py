@@ -63,6 +63,7 @@ from precipdiff.pipeline.inputs import (
     check_spacing,
     coarsen_input,
 )
+from precipdiff.pipeline.peaks import PeakEnvelope, cap_peaks
 from precipdiff.pipeline.record import downscale_record, noise_correlation
 from precipdiff.pipeline.spread import INFLATION_RANGE, inflate_spread
 from precipdiff.pipeline.stage import SamplerSettings, Stage, bf16_is_fast
@@ -113,6 +114,9 @@ class PredictOptions:
     spread_inflation : factor by which the Stage-II members are spread about their mean
     (:mod:`~precipdiff.pipeline.spread`); None: the weights' calibrated ``spread_inflation``
     note if present, else 1 (none).
+    cap_peaks : hold every fine block's peak below the bound of the Stage-II weights'
+    ``peak_envelope`` note, keeping its mean (:mod:`~precipdiff.pipeline.peaks`; areal-mean
+    weights that carry the note only).
     dry_halo : coarse cells of the dry-neighbourhood rule. temporal_windows : how a temporal
     Stage II covers a record (:data:`~precipdiff.pipeline.sequence.WINDOW_MODES`).
     temporal_noise_correlation : lag-1 correlation in time of its starting noise; None: what
@@ -144,6 +148,7 @@ class PredictOptions:
     trace_threshold: float | None = None
     fine_threshold: float | None = None
     spread_inflation: float | None = None
+    cap_peaks: bool = True
     dry_halo: int = DEFAULT_HALO
     input_semantics: str | None = None
     coarsen: int = 1
@@ -351,6 +356,21 @@ class Pipeline:
             out = mass_consistent(out, corrected, self.factor, stage.pooling,
                                   threshold=threshold, ranking=hr)
         return out
+
+    def peak_envelope(self, opts: PredictOptions) -> PeakEnvelope | None:
+        """The bound on fine peaks (:mod:`~precipdiff.pipeline.peaks`) from the Stage-II
+        weights' ``peak_envelope`` note, for areal-mean weights with ``opts.cap_peaks``."""
+        stage = self.downscale
+        if not opts.cap_peaks or stage is None or stage.pooling != "mean":
+            return None
+        note = stage.metadata.get("peak_envelope")
+        if note is None:
+            return None
+        try:
+            return PeakEnvelope.from_note(note)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{stage.source}: metadata 'peak_envelope' is not a peak "
+                                  f"envelope ({exc})") from None
 
     # ---------------------------------------------------------------- checks
     def prepare_input(self, src: xr.DataArray, opts: PredictOptions) -> xr.DataArray:
@@ -589,6 +609,9 @@ class Pipeline:
             hr = mass_consistent(hr, corrected[:, ly0 : y1 // f], f, stage.pooling,
                                  threshold=threshold, ranking=raw)
         hr = self.inflate(hr, corrected[:, ly0 : y1 // f], opts)
+        envelope = self.peak_envelope(opts)
+        if envelope is not None:
+            hr = cap_peaks(hr, f, envelope)
         band_valid = np.isfinite(corrected[:, ly0:ly1])
         mask = np.repeat(np.repeat(band_valid, f, axis=-2), f, axis=-1)[:, : y1 - y0]
         hr[~mask] = np.nan
@@ -680,6 +703,9 @@ class Pipeline:
             "fine_threshold": self.fine_threshold(opts),
             "fine_threshold_units": "mm h-1",
             "spread_inflation": self.spread_inflation(opts),
+            "peak_cap": "fine values at most R(c) times their coarse block's mean c, R from the "
+                        "Stage-II weights' peak_envelope note" if self.peak_envelope(opts)
+                        else "none",
             "dry_rule": (
                 f"values below trace_threshold (fine-grid values below fine_threshold) are 0; "
                 f"a coarse cell (fine pixel) is 0 where the "

@@ -103,6 +103,7 @@ class PredictRequest:
     time: TimeRange | None = None
     fine_threshold: float | None = None
     spread_inflation: float | None = None
+    cap_peaks: bool = True
     time_factor: int = 1
     time_interp: str = "motion"
     time_conserve: bool = True
@@ -241,6 +242,7 @@ def _options(req: PredictRequest, device: str) -> PredictOptions:
         allow_spacing_mismatch=req.allow_spacing_mismatch,
         fine_threshold=req.fine_threshold,
         spread_inflation=req.spread_inflation,
+        cap_peaks=req.cap_peaks,
         temporal_windows=req.temporal_windows,
         temporal_noise_correlation=req.temporal_noise_correlation,
         temporal_chunk=req.temporal_chunk,

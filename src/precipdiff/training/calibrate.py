@@ -13,7 +13,8 @@ fine_threshold`).
 The ensemble is also too narrow (spread/skill below 1 on held-out radar): with ``--spread``
 the factor by which ``predict`` inflates the members about their mean
 (:mod:`precipdiff.pipeline.spread`) is chosen on the same training frames by fair CRPS and
-stored as the ``spread_inflation`` note (:func:`calibrate_spread`).
+stored as the ``spread_inflation`` note (:func:`calibrate_spread`). With ``--peaks`` the bound
+on 1-km peaks in the training radar is stored (``peak_envelope``, :func:`calibrate_peaks`).
 """
 
 from __future__ import annotations
@@ -201,6 +202,45 @@ def calibrate_spread(weights: str | Path, corpus: str | Path, output: str | Path
     return summary
 
 
+def calibrate_peaks(weights: str | Path, corpus: str | Path, output: str | Path, *,
+                    networks: list[str] | None = None, **_: Any) -> dict:
+    """Write ``weights`` with a ``peak_envelope`` note to ``output``: the largest ratio of a
+    coarse block's 1-km maximum to its mean over **all** train frames of the networks the
+    weights were trained on (:class:`~precipdiff.pipeline.peaks.PeakEnvelope`), which
+    ``predict`` holds every fine block below (:func:`~precipdiff.pipeline.peaks.cap_peaks`)."""
+    from precipdiff.data.corpus import open_corpus
+    from precipdiff.pipeline.peaks import PeakEnvelope
+    from precipdiff.release import Release
+
+    release = Release.load(weights)
+    handle = open_corpus(corpus)
+    chosen = calibration_networks(list(handle.networks), trained_networks(dict(release.notes)),
+                                  networks)
+    means, maxima, per_network = [], [], {}
+    for network in chosen:
+        st = handle.open(network)
+        f = st.factor
+        train = np.asarray(st.splits["train"]["time"], np.int64)
+        for t in train:  # one frame at a time: bounded memory on large grids
+            hr = np.asarray(st["ref_hr"][int(t)], np.float64)
+            h, w = hr.shape[0] // f * f, hr.shape[1] // f * f
+            b = hr[:h, :w].reshape(h // f, f, w // f, f)
+            means.append(b.mean(axis=(1, 3)).ravel())
+            maxima.append(b.max(axis=(1, 3)).ravel())
+        per_network[network] = {"frames": int(train.size),
+                                "envelope": PeakEnvelope.fit(np.concatenate(means[-train.size:]),
+                                                             np.concatenate(maxima[-train.size:]))
+                                .ratio}
+    envelope = PeakEnvelope.fit(np.concatenate(means), np.concatenate(maxima))
+    summary = {"edges_mm_h": envelope.edges, "max_over_mean": envelope.ratio,
+               "split": "train", "networks": chosen, "per_network": per_network}
+    notes = {**release.notes, "peak_envelope": envelope.to_note(),
+             "peak_envelope_calibration": json.dumps(summary)}
+    dataclasses.replace(release, notes=notes).save(output)
+    log.info("peak envelope %s: %s", envelope.ratio, output)
+    return summary
+
+
 def calibration_arguments(ap: argparse.ArgumentParser, *, frames: int, crop: int,
                           unit: str) -> None:
     """The options of both calibrations (this module's and :mod:`.calibrate_time`):
@@ -219,12 +259,15 @@ def calibration_arguments(ap: argparse.ArgumentParser, *, frames: int, crop: int
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     calibration_arguments(ap, frames=4, crop=128, unit="network")
-    ap.add_argument("--spread", action="store_true",
-                    help="calibrate the spread inflation (after the fine threshold, which it "
-                         "uses) instead of the fine threshold")
+    what = ap.add_mutually_exclusive_group()
+    what.add_argument("--spread", action="store_true",
+                      help="calibrate the spread inflation (after the fine threshold, which it "
+                           "uses) instead of the fine threshold")
+    what.add_argument("--peaks", action="store_true",
+                      help="store the bound on 1-km peaks of the training radar instead")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run = calibrate_spread if args.spread else calibrate
+    run = calibrate_spread if args.spread else calibrate_peaks if args.peaks else calibrate
     summary = run(args.weights, args.corpus, args.output, frames=args.frames,
                   crop=args.crop, members=args.members, seed=args.seed,
                   networks=args.networks)
