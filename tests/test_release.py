@@ -122,6 +122,12 @@ def test_shipped_defaults_are_areal_mean_models():
     assert student.distilled_sigmas is not None and len(student.distilled_sigmas) == 4
     assert student.notes["fine_threshold"] == full.notes["fine_threshold"]
     assert json.loads(student.notes["distilled"])["teacher"] == full.path.split("/")[-1]
+    # the bound on 1-km peaks of the training radar (calibrate --peaks), on every areal-mean
+    # Stage II; the spread inflation is not on by default
+    for rel in (student, full, temporal):
+        envelope = json.loads(rel.notes["peak_envelope_calibration"])
+        assert envelope["split"] == "train" and len(envelope["networks"]) == 5
+        assert "spread_inflation" not in rel.notes
     # its starting-noise correlation in time, calibrated on train events (calibrate_time)
     assert temporal.notes["temporal_noise_correlation_calibrated"] == "0.5"
     record = json.loads(temporal.notes["temporal_noise_correlation_calibration"])
