@@ -9,10 +9,11 @@ and 3.0 for 50 mm/h.
 
 A :class:`PeakEnvelope` records that bound, ``R(c)`` = the largest max/mean ratio of the
 training blocks whose mean is at least the highest edge at or below ``c`` (a non-increasing
-step function: every training block lies within it), and :func:`cap_peaks` holds every fine block of mean ``c``
-below ``c R(c)``: the excess is spread over the block's other wet pixels in proportion to
-their rain (water filling), so the block keeps its mean exactly and no dry pixel gets wet.
-Only if the block's wet pixels cannot hold its rain below the bound do they end up equal.
+step function: every training block lies within it), and :func:`cap_peaks` holds every fine
+block of mean ``c`` below ``c R(c)``: the excess is spread over the block's other wet pixels
+in proportion to their rain (water filling), so the block keeps its mean exactly and no dry
+pixel gets wet. Only if the block's wet pixels cannot hold its rain below the bound do they
+end up equal.
 """
 
 from __future__ import annotations

@@ -594,8 +594,9 @@ class Pipeline:
         """Fine rows ``[y0, y0 + h)`` of Stage-II members ``sample`` (M, h, W), transformed
         space, to mm/h: inverse transform, wet/dry rule (``dry_lr`` (M, Y, X) from
         :func:`~precipdiff.pipeline.dry.dry_cells` of ``corrected``), the mass-consistent
-        option, missing corrected cells as NaN, the volume tally. ``corrected`` (M, Y, X) mm/h
-        is the whole coarse field the rows downscale."""
+        option, the spread inflation (:meth:`inflate`), the bound on peaks
+        (:meth:`peak_envelope`), missing corrected cells as NaN, the volume tally.
+        ``corrected`` (M, Y, X) mm/h is the whole coarse field the rows downscale."""
         stage, f = self.downscale, self.factor
         assert stage is not None
         y1 = y0 + sample.shape[-2]
