@@ -117,6 +117,14 @@ def training_samples(weights: str | Path, corpus: str | Path, *, frames: int = 4
             "per_network": per_network}
 
 
+def save_calibration(release, output: str | Path, key: str, value: str,
+                     summary: dict[str, Any]) -> None:
+    """Write ``release`` to ``output`` with the note ``key = value`` and its calibration record
+    (``<key>_calibration``, JSON ``summary``); tensors and other notes unchanged."""
+    notes = {**release.notes, key: value, f"{key}_calibration": json.dumps(summary)}
+    dataclasses.replace(release, notes=notes).save(output)
+
+
 def calibrate(weights: str | Path, corpus: str | Path, output: str | Path, **kw: Any) -> dict:
     """Write ``weights`` with a calibrated ``fine_threshold`` note to ``output``; the
     calibration summary (threshold, wet fractions, volume kept) is stored with it."""
@@ -132,10 +140,7 @@ def calibrate(weights: str | Path, corpus: str | Path, output: str | Path, **kw:
                "volume_kept_fraction": kept, "per_network": s["per_network"],
                "networks": list(s["per_network"]),
                "settings": {k: v for k, v in kw.items() if k != "networks"}}
-    release = Release.load(weights)
-    notes = {**release.notes, "fine_threshold": repr(round(t, 4)),
-             "fine_threshold_calibration": json.dumps(summary)}
-    dataclasses.replace(release, notes=notes).save(output)
+    save_calibration(Release.load(weights), output, "fine_threshold", repr(round(t, 4)), summary)
     log.info("fine threshold %.3f mm/h (volume kept %.3f): %s", t, kept, output)
     return summary
 
@@ -194,9 +199,7 @@ def calibrate_spread(weights: str | Path, corpus: str | Path, output: str | Path
                "mean_relative_crps": {repr(a): v for a, v in mean_relative.items()},
                "per_network": per_network, "networks": list(per_network),
                "settings": {"frames": frames, "crop": crop, "members": members, "seed": seed}}
-    notes = {**release.notes, "spread_inflation": repr(best),
-             "spread_inflation_calibration": json.dumps(summary)}
-    dataclasses.replace(release, notes=notes).save(output)
+    save_calibration(release, output, "spread_inflation", repr(best), summary)
     log.info("spread inflation %.2f (mean relative CRPS %.4f): %s", best,
              mean_relative[best], output)
     return summary
@@ -234,9 +237,7 @@ def calibrate_peaks(weights: str | Path, corpus: str | Path, output: str | Path,
     envelope = PeakEnvelope.fit(np.concatenate(means), np.concatenate(maxima))
     summary = {"edges_mm_h": envelope.edges, "max_over_mean": envelope.ratio,
                "split": "train", "networks": chosen, "per_network": per_network}
-    notes = {**release.notes, "peak_envelope": envelope.to_note(),
-             "peak_envelope_calibration": json.dumps(summary)}
-    dataclasses.replace(release, notes=notes).save(output)
+    save_calibration(release, output, "peak_envelope", envelope.to_note(), summary)
     log.info("peak envelope %s: %s", envelope.ratio, output)
     return summary
 
