@@ -128,3 +128,16 @@ def test_peak_envelope_is_the_training_radar_bound(corpus, tmp_path):
             ratios.append((x[ok] / m[ok]).max())
     assert max(ratios) == pytest.approx(env.ratio[0])
     assert isinstance(env, PeakEnvelope)
+
+
+def test_calibrated_threshold_is_stored_with_its_record(corpus, tmp_path):
+    from precipdiff.pipeline import Pipeline, PredictOptions, Stage
+    from precipdiff.training.calibrate import calibrate
+
+    weights = _downscale_weights(tmp_path / "w.safetensors")
+    out = tmp_path / "w_threshold.safetensors"
+    summary = calibrate(weights, corpus, out, frames=2, crop=16, members=2)
+    stage = Stage.load(out)
+    assert stage.metadata["fine_threshold"] == repr(round(summary["fine_threshold_mm_h"], 4))
+    assert json.loads(stage.metadata["fine_threshold_calibration"])["split"] == "train"
+    assert Pipeline(None, stage).fine_threshold(PredictOptions()) >= 0.1
