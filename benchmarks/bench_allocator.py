@@ -16,7 +16,6 @@ Writes ``benchmarks/results/allocator.md``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import subprocess
@@ -26,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_record_memory import cpu_name  # noqa: E402
+from benchlib import stamp as report_stamp  # noqa: E402
+from benchlib import write_report  # noqa: E402
 
 CHILD = """
 import json, resource, sys, time
@@ -80,7 +80,7 @@ def main() -> None:
             runs[name].append(measure(mode, args.members, args.size))
             print(name, runs[name][-1], flush=True)
     base = float(np.median([r["wall"] for r in runs["glibc default"]]))
-    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}"
+    stamp = report_stamp()
     lines = [f"# Allocator policy, two Stage-II blocks ({stamp})", "",
              f"{args.members} members x {args.size}² px then {args.size - 64}² px, default "
              "Stage II, bf16, one thread, a fresh process per run, medians of "
@@ -95,7 +95,7 @@ def main() -> None:
                      f"{med['wall']:.1f} | {med['wall'] / base:.2f} | {med['user']:.1f} | "
                      f"{med['sys']:.1f} | {med['minflt']:.0f} | {med['maxrss_mb']:.0f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write_report(args.out, lines)
     print("\n".join(lines))
 
 

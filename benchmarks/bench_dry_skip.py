@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as dt
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_record_memory import cpu_name  # noqa: E402
+from benchlib import stamp as report_stamp  # noqa: E402
+from benchlib import write_report  # noqa: E402
 
 MRMS = Path("../shared/data/mrms/2019-06-10")
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/dry_skip.md"))
     args = ap.parse_args(argv)
     lr, fine = coarse_frame(args.time)
-    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}"
+    stamp = report_stamp()
     lines = [f"# Dry windows skipped ({stamp})", "",
              f"MRMS PrecipRate 2019-06-10 {args.time} UTC, mean-pooled to 0.1 deg, trace "
              f"{args.trace} mm/h; fine pixels sampled over the domain's (CONUS, 3500 x 7000)", "",
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
             lines += ["", f"Balanced windows with and without skipping bit-identical: "
                       f"{res['identical']}"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write_report(args.out, lines)
     print("\n".join(lines[-8:]))
 
 

@@ -35,7 +35,6 @@ Writes Markdown to ``--out`` (default ``benchmarks/results/inference_cost.md``).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import time
 from pathlib import Path
@@ -44,7 +43,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_dry_skip import coarse_frame  # noqa: E402
-from bench_record_memory import cpu_name  # noqa: E402
+from benchlib import stamp as report_stamp  # noqa: E402
+from benchlib import write_report  # noqa: E402
 
 BLOCK = 50  # fine pixels per side of a bootstrap block
 
@@ -154,12 +154,6 @@ def frame_input(lr, args: argparse.Namespace, box: dict | None = None):
         f"2019-06-10T{args.time[:2]}:{args.time[2:]}", "ns")]).astype(np.float32)
 
 
-def write_report(path: Path, lines: list[str]) -> None:
-    """The Markdown ``lines`` to ``path`` (its folder made)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-
-
 def run_conus(lr, fine, args: argparse.Namespace) -> None:
     """The default Stage II (``--student`` if given) over the whole CONUS frame, predict's
     defaults, ``--members``: CPU and wall seconds, peak memory, fair CRPS against the radar."""
@@ -190,7 +184,7 @@ def run_conus(lr, fine, args: argparse.Namespace) -> None:
     pred = np.asarray(ds["precip"].isel(time=0).values, np.float32)
     valid = np.isfinite(truth)
     crps = float(np.nanmean(crps_map(np.nan_to_num(pred), np.nan_to_num(truth))[valid]))
-    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}"
+    stamp = report_stamp()
     lines = [f"# Stage II over CONUS ({stamp})", "",
              f"MRMS PrecipRate 2019-06-10 {args.time} UTC mean-pooled to 0.1 deg, "
              f"{truth.shape[0]} x {truth.shape[1]} fine pixels, {args.members} members, "
@@ -242,7 +236,7 @@ def run_workers(lr, args: argparse.Namespace) -> None:
             blocks = ds.attrs.get("stage2_blocks_sampled")
     same = float(np.nanmax(np.abs(outs[1] - outs[2])))
     med = {k: float(np.median(v)) for k, v in walls.items()}
-    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}"
+    stamp = report_stamp()
     lines = [f"# Window workers vs threads ({stamp})", "",
              f"Stage II over lat {lat0}–{lat1}, lon {lon0}–{lon1}, {args.members} members, "
              f"{blocks} blocks, {args.rounds} interleaved round(s); largest difference between "
@@ -285,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers_compare:
         run_workers(lr, args)
         return
-    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_name()}"
+    stamp = report_stamp()
     c = count(np.asarray(lr.values, np.float32), PREDICT.window, PREDICT.halo, args.trace)
     lines = [f"# Stage II cost ({stamp})", "",
              f"MRMS PrecipRate 2019-06-10 {args.time} UTC mean-pooled to 0.1 deg, trace "

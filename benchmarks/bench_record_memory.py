@@ -18,9 +18,7 @@ Writes a Markdown table to ``--out`` (default ``benchmarks/results/record_memory
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_archive import _rss_mb  # noqa: E402
+from benchlib import stamp, write_report  # noqa: E402
 
 WHOLE = 10**6  # a chunk longer than any record: one state
 
@@ -64,16 +63,6 @@ def child(args: argparse.Namespace) -> dict:
             "peak_mb": _rss_mb()[1], "wall_s": wall}
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, as ``lscpu`` shows it), else the machine."""
-    info = Path("/proc/cpuinfo")
-    if info.exists():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, nargs="+", default=[24, 96])
@@ -102,8 +91,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     fine = args.size * 10
-    lines = [f"# Temporal record memory ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-             f"{cpu_name()})", "",
+    lines = [f"# Temporal record memory ({stamp()})", "",
              f"{args.members} members, {fine}x{fine} fine pixels, {args.steps} steps, "
              "one process per row", "",
              "| frames | frames per state | RSS after loading (MB) | peak RSS (MB) | wall (s) |",
@@ -113,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['frames']} | {state} | {r['loaded_mb']:.0f} | {r['peak_mb']:.0f} | "
                      f"{r['wall_s']:.1f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write_report(args.out, lines)
     print("\n".join(lines))
 
 
