@@ -74,6 +74,7 @@ from precipdiff.pipeline.sequence import (
     downscale_sequence,
     sequence_noise,
 )
+from precipdiff.pipeline.spread import inflate_spread
 from precipdiff.release import Release
 
 log = logging.getLogger("bench_temporal")
@@ -207,11 +208,14 @@ def paired_interval(a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, n_boo
 
 def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
              modes: tuple[str, ...] = ("overlap",),
-             correlations: tuple[float, ...] = (0.0,)) -> dict:
+             correlations: tuple[float, ...] = (0.0,), inflation: float = 1.0) -> dict:
     """Per-frame and temporal members of ``case``, scored: for every noise correlation in
     ``correlations`` the per-frame model and one temporal row per window mode in ``modes``
     (named ``per-frame`` / ``temporal`` for the first mode at the first correlation), with the
-    cost ratio of each row to the first per-frame row (timed before and after the others)."""
+    cost ratio of each row to the first per-frame row (timed before and after the others).
+    Every row's members are spread about their mean by ``inflation`` (mm/h, values below 0.1
+    mm/h zeroed: :func:`~precipdiff.pipeline.spread.inflate_spread`; no mass consistency here,
+    so the clipped negatives add a little rain)."""
     tr, f, sd = release.transform, case["factor"], release.sigma_data
     lr_t = torch.from_numpy(tr.forward(case["lr"]).astype(np.float32))
     per_frame_net = release.build_net().eval()
@@ -239,7 +243,8 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
     t_frame = float(np.mean(secs["per-frame"]))
     rows, member0, terms, in_mm = {}, {"truth (radar)": case["hr"]}, {}, {}
     for name, pred in preds.items():
-        mm = in_mm[name] = np.asarray(tr.inverse(pred.numpy()), np.float32)
+        mm = np.asarray(tr.inverse(pred.numpy()), np.float32)
+        mm = in_mm[name] = inflate_spread(mm, inflation, threshold=0.1 if inflation != 1 else 0)
         rows[name] = {**score(mm, case["hr"], times), "s_per_frame": float(np.mean(secs[name])) / n}
         terms[name] = frame_terms(mm, case["hr"])
         if "noise correlation" not in name or name.startswith("temporal"):
@@ -251,7 +256,8 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
     base = upsample_tensor(lr_t[:, None].float(), f, method="bilinear")[:, 0].numpy()
     t_truth = np.nan_to_num(tr.forward(case["hr"]).astype(np.float32))
     for name, pred in preds.items():
-        rows[name].update(residual_terms(pred.numpy(), base, t_truth))
+        t_pred = pred.numpy() if inflation == 1 else tr.forward(in_mm[name]).astype(np.float32)
+        rows[name].update(residual_terms(t_pred, base, t_truth))
     for name in rows:  # how sure is a difference from the per-frame model (one sequence)?
         if name != "per-frame":
             rows[name]["minus_per_frame_95"] = paired_interval(terms["per-frame"], terms[name])
@@ -345,6 +351,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--split", default="test",
                     help="corpus split of the sequences; 'all' for a network the weights never "
                     "saw (leave-one-network-out weights)")
+    ap.add_argument("--spread-inflation", type=float, default=1.0,
+                    help="spread every row's members about their mean by this factor")
     return ap.parse_args(argv)
 
 
@@ -382,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
                      args.split)
             continue
         results.append(run_case(case, release, net, opts, tuple(args.windows),
-                                tuple(args.noise_correlation)))
+                                tuple(args.noise_correlation), args.spread_inflation))
         log.info("%s: %s", network, json.dumps(results[-1]))
         args.output.mkdir(parents=True, exist_ok=True)
         figures(case, args.output)
