@@ -131,3 +131,14 @@ def assert_cut_to_the_rain(cut: xr.Dataset, whole: xr.Dataset, *, wet_cols: int 
     assert np.all(a[..., east:] == 0) and np.all(b[..., east:] == 0)
     assert (np.nan_to_num(a[..., : wet_cols * FACTOR]) > 0).mean() > 0.2  # the rain is there
     np.testing.assert_array_equal(np.isnan(a), np.isnan(b))  # missing cells stay missing
+
+
+def stage_with_notes(weights: Path, folder: Path, **notes: str):
+    """The release ``weights`` saved in ``folder`` with extra metadata ``notes``, loaded as a
+    pipeline stage (tensors unchanged)."""
+    from precipdiff.pipeline import Stage
+
+    rel = Release.load(weights)
+    path = folder / f"noted_{'_'.join(sorted(notes))}.safetensors"
+    dataclasses.replace(rel, notes={**rel.notes, **notes}).save(path)
+    return Stage.load(path)

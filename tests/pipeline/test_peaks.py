@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 from precipdiff.errors import CheckpointError
 from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
 from precipdiff.pipeline.peaks import PeakEnvelope, cap_peaks
-from precipdiff.release import Release
 
-from .conftest import FACTOR, coarse_field
+from .conftest import FACTOR, coarse_field, stage_with_notes
 
 FAST = SamplerSettings(sampler="dpmpp_2m", steps=3)
 
@@ -61,11 +58,8 @@ def _opts(**kw) -> PredictOptions:
     return PredictOptions(**{**base, **kw})
 
 
-def _with_note(tiny_weights, tmp_path, note: str) -> Stage:
-    rel = Release.load(tiny_weights["downscale"])
-    path = tmp_path / "peaks.safetensors"
-    dataclasses.replace(rel, notes={**rel.notes, "peak_envelope": note}).save(path)
-    return Stage.load(path)
+def _with_note(tiny_weights, tmp_path, value: str) -> Stage:
+    return stage_with_notes(tiny_weights["downscale"], tmp_path, peak_envelope=value)
 
 
 def test_predict_holds_peaks_below_the_weights_bound(tiny_weights, tmp_path) -> None:

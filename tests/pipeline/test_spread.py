@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -11,9 +9,8 @@ from precipdiff.errors import CheckpointError, ConfigError
 from precipdiff.pipeline import Pipeline, PredictOptions, SamplerSettings, Stage
 from precipdiff.pipeline.run import PredictRequest
 from precipdiff.pipeline.spread import inflate_spread
-from precipdiff.release import Release
 
-from .conftest import FACTOR, coarse_field
+from .conftest import FACTOR, coarse_field, stage_with_notes
 
 FAST = SamplerSettings(sampler="dpmpp_2m", steps=3)
 
@@ -56,10 +53,7 @@ def _opts(**kw) -> PredictOptions:
 
 
 def _with_note(tiny_weights, tmp_path, value: str) -> Stage:
-    rel = Release.load(tiny_weights["downscale"])
-    path = tmp_path / "inflated.safetensors"
-    dataclasses.replace(rel, notes={**rel.notes, "spread_inflation": value}).save(path)
-    return Stage.load(path)
+    return stage_with_notes(tiny_weights["downscale"], tmp_path, spread_inflation=value)
 
 
 def test_predict_inflates_with_the_weights_note_and_keeps_every_cell(tiny_weights,

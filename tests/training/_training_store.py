@@ -119,3 +119,34 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
             proc.kill()
             raise AssertionError(f"{path} did not appear")
         time.sleep(0.01)
+
+
+def write_tiny_stage2(path: Path, *, factor: int = 2, frames: int | None = None,
+                      **extra_meta: str):
+    """A random tiny areal-mean Stage II (non-zero output layer) saved as release weights for
+    a corpus of ``factor``; ``frames`` makes it a temporal one (SpatioTemporalUNet)."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+
+    from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
+    from precipdiff.models.unet import UNet, UNetConfig
+    from precipdiff.training.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), head_channels=8)
+    net = UNet(cfg) if frames is None else SpatioTemporalUNet(
+        cfg, TemporalConfig(frames=frames, head_channels=8))
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().sum() == 0 and p.ndim > 1:
+                p.normal_(0, 0.05)
+    meta = {"stage": "downscale", "config": json.dumps({"train": {"stage": "downscale"}}),
+            "model": json.dumps(asdict(cfg)),
+            "transform": json.dumps(PrecipTransform(scale=1.0, sigma=1.5).to_dict()),
+            "factor": str(factor), "pooling": "mean", "sigma_data": "0.5", "patch": "16",
+            "version": "test", **extra_meta}
+    if frames is not None:
+        meta["temporal"] = json.dumps(asdict(net.temporal_cfg))
+    return save_weights(path, net.state_dict(), metadata=meta)

@@ -52,27 +52,9 @@ def corpus(tmp_path_factory):
 
 def _downscale_weights(path, factor: int = 2):
     """A random tiny per-frame Stage II for an areal-mean corpus of ``factor``."""
-    from dataclasses import asdict
+    from _training_store import write_tiny_stage2
 
-    import torch
-
-    from precipdiff.data.transforms import PrecipTransform
-    from precipdiff.models.unet import UNet, UNetConfig
-    from precipdiff.training.checkpoint import save_weights
-
-    torch.manual_seed(0)
-    cfg = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), head_channels=8)
-    net = UNet(cfg)
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.abs().sum() == 0 and p.ndim > 1:
-                p.normal_(0, 0.05)
-    meta = {"stage": "downscale", "config": json.dumps({"train": {"stage": "downscale"}}),
-            "model": json.dumps(asdict(cfg)),
-            "transform": json.dumps(PrecipTransform(scale=1.0, sigma=1.5).to_dict()),
-            "factor": str(factor), "pooling": "mean", "sigma_data": "0.5", "patch": "16",
-            "version": "test"}
-    return save_weights(path, net.state_dict(), metadata=meta)
+    return write_tiny_stage2(path, factor=factor)
 
 
 def test_calibrated_spread_is_the_lowest_crps_and_predict_uses_it(corpus, tmp_path):

@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
-
 import numpy as np
 import pytest
 import torch
-from _training_store import make_corpus
+from _training_store import make_corpus, write_tiny_stage2
 
 from precipdiff.data.corpus import open_corpus
-from precipdiff.data.transforms import PrecipTransform
-from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
-from precipdiff.models.unet import UNetConfig
 from precipdiff.pipeline.record import noise_correlation
 from precipdiff.pipeline.stage import Stage
 from precipdiff.release import Release
 from precipdiff.training.calibrate_time import calibrate_time, choose, training_sequences
-from precipdiff.training.checkpoint import save_weights
 
 
 def _temporal_weights(path, factor: int) -> Release:
-    torch.manual_seed(0)
-    cfg = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), head_channels=8)
-    net = SpatioTemporalUNet(cfg, TemporalConfig(frames=3, head_channels=8))
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.abs().sum() == 0 and p.ndim > 1:
-                p.normal_(0, 0.05)
-    meta = {"stage": "downscale", "config": json.dumps({"train": {"stage": "downscale"}}),
-            "model": json.dumps(asdict(cfg)),
-            "transform": json.dumps(PrecipTransform(scale=1.0, sigma=1.5).to_dict()),
-            "factor": str(factor), "pooling": "mean", "sigma_data": "0.5", "patch": "16",
-            "version": "test", "temporal": json.dumps(asdict(net.temporal_cfg)),
-            "temporal_noise_correlation": "0.0"}
-    save_weights(path, net.state_dict(), metadata=meta)
+    write_tiny_stage2(path, factor=factor, frames=3, temporal_noise_correlation="0.0")
     return Release.load(path)
 
 
