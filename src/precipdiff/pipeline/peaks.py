@@ -18,6 +18,7 @@ end up equal.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -64,8 +65,8 @@ class PeakEnvelope:
 
     @classmethod
     def from_note(cls, note: str) -> PeakEnvelope:
-        d = json.loads(note)
-        return cls(tuple(d["edges_mm_h"]), tuple(d["max_over_mean"]))
+        """The envelope of a weights' ``peak_envelope`` note (parsed once per note)."""
+        return _parse_note(note)
 
     def to_note(self) -> str:
         return json.dumps({"edges_mm_h": list(self.edges), "max_over_mean": list(self.ratio)})
@@ -77,6 +78,12 @@ class PeakEnvelope:
         c = np.asarray(mean, float)
         i = np.clip(np.searchsorted(self.edges, c, side="right") - 1, 0, len(self.edges) - 1)
         return c * np.asarray(self.ratio)[i]
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_note(note: str) -> PeakEnvelope:
+    d = json.loads(note)
+    return PeakEnvelope(tuple(d["edges_mm_h"]), tuple(d["max_over_mean"]))
 
 
 def cap_peaks(hr: np.ndarray, factor: int, envelope: PeakEnvelope,
