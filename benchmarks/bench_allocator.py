@@ -94,7 +94,6 @@ def main() -> None:
         lines.append(f"| {name} | {walls} | "
                      f"{med['wall']:.1f} | {med['wall'] / base:.2f} | {med['user']:.1f} | "
                      f"{med['sys']:.1f} | {med['minflt']:.0f} | {med['maxrss_mb']:.0f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_report(args.out, lines)
     print("\n".join(lines))
 

@@ -189,7 +189,6 @@ def main(argv: list[str] | None = None) -> None:
         if "identical" in res:
             lines += ["", f"Balanced windows with and without skipping bit-identical: "
                       f"{res['identical']}"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_report(args.out, lines)
     print("\n".join(lines[-8:]))
 

@@ -100,7 +100,6 @@ def main(argv: list[str] | None = None) -> None:
         state = "whole record" if r["chunk"] == 0 else str(r["chunk"])
         lines.append(f"| {r['frames']} | {state} | {r['loaded_mb']:.0f} | {r['peak_mb']:.0f} | "
                      f"{r['wall_s']:.1f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_report(args.out, lines)
     print("\n".join(lines))
 

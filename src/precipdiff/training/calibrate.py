@@ -219,27 +219,32 @@ def calibrate_peaks(weights: str | Path, corpus: str | Path, output: str | Path,
     handle = open_corpus(corpus)
     chosen = calibration_networks(list(handle.networks), trained_networks(dict(release.notes)),
                                   networks)
-    means, maxima, per_network = [], [], {}
-    for network in chosen:
-        st = handle.open(network)
-        f = st.factor
-        train = np.asarray(st.splits["train"]["time"], np.int64)
-        for t in train:  # one frame at a time: bounded memory on large grids
-            hr = np.asarray(st["ref_hr"][int(t)], np.float64)
-            h, w = hr.shape[0] // f * f, hr.shape[1] // f * f
-            b = hr[:h, :w].reshape(h // f, f, w // f, f)
-            means.append(b.mean(axis=(1, 3)).ravel())
-            maxima.append(b.max(axis=(1, 3)).ravel())
-        per_network[network] = {"frames": int(train.size),
-                                "envelope": PeakEnvelope.fit(np.concatenate(means[-train.size:]),
-                                                             np.concatenate(maxima[-train.size:]))
-                                .ratio}
-    envelope = PeakEnvelope.fit(np.concatenate(means), np.concatenate(maxima))
+    blocks = {network: _train_blocks(handle.open(network)) for network in chosen}
+    per_network = {network: {"frames": frames, "envelope": PeakEnvelope.fit(m, x).ratio}
+                   for network, (frames, m, x) in blocks.items()}
+    envelope = PeakEnvelope.fit(np.concatenate([m for _, m, _ in blocks.values()]),
+                                np.concatenate([x for _, _, x in blocks.values()]))
     summary = {"edges_mm_h": envelope.edges, "max_over_mean": envelope.ratio,
                "split": "train", "networks": chosen, "per_network": per_network}
     save_calibration(release, output, "peak_envelope", envelope.to_note(), summary)
     log.info("peak envelope %s: %s", envelope.ratio, output)
     return summary
+
+
+def _train_blocks(st) -> tuple[int, np.ndarray, np.ndarray]:
+    """The number of train frames of a corpus network ``st`` and the means and maxima (mm/h)
+    of their ``factor``² blocks of 1-km radar (NaN where a block has a missing pixel), read one
+    frame at a time (bounded memory on large grids)."""
+    f = st.factor
+    train = np.asarray(st.splits["train"]["time"], np.int64)
+    means, maxima = [], []
+    for t in train:
+        hr = np.asarray(st["ref_hr"][int(t)], np.float64)
+        h, w = hr.shape[0] // f * f, hr.shape[1] // f * f
+        b = hr[:h, :w].reshape(h // f, f, w // f, f)
+        means.append(b.mean(axis=(1, 3)).ravel())
+        maxima.append(b.max(axis=(1, 3)).ravel())
+    return int(train.size), np.concatenate(means), np.concatenate(maxima)
 
 
 def calibration_arguments(ap: argparse.ArgumentParser, *, frames: int, crop: int,
