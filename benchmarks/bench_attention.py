@@ -23,10 +23,8 @@ Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_attention.py [--sizes 128 256
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchlib import stamp, write_report
 from precipdiff.allocator import keep_freed_memory
 from precipdiff.models.attention import _gather, _scatter, _starts, global_attention
 from precipdiff.models.attention import neighbourhood_attention as na
@@ -47,11 +46,7 @@ BATCH = {128: 8, 256: 2, 512: 1}  # 131 072 / 131 072 / 262 144 pixels per call
 
 
 def machine_line() -> str:
-    model = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(
-        ["lscpu"], capture_output=True, text=True).stdout.splitlines()
-        if ln.startswith("Model name")), "unknown CPU")
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{now}; CPU {model!r} (lscpu), {os.cpu_count()} cores; torch {torch.__version__}; "
+    return (f"{stamp()}, {os.cpu_count()} cores; torch {torch.__version__}; "
             f"threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}")
 
 
@@ -202,8 +197,7 @@ def main() -> None:
     out = "\n".join(text)
     print(out)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(out + "\n")
+        write_report(args.out, text)
 
 
 if __name__ == "__main__":

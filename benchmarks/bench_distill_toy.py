@@ -24,7 +24,6 @@ Writes ``benchmarks/results/sampler_accuracy/distill_toy.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 
 from bench_sampler import SIGMA_MAX, SIGMA_MIN, mixture
 from bench_schedule_search import HELD_OUT, SEARCH_CASES
+from benchlib import stamp, write_report
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.diffusion.samplers import get_sampler, sampler_sigmas
 from precipdiff.diffusion.schedules import karras_sigmas
@@ -155,11 +155,9 @@ def main() -> None:
             rows = pool.starmap(score_case, jobs)
     else:
         rows = [score_case(*job) for job in jobs]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(json.dumps(rows, indent=1))
-    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    write_report(OUT / f"{args.name}.json", [json.dumps(rows, indent=1)])
     cols = ("dpmpp_2m-4", "dpmpp_2m-10", "student-4")
-    lines = [f"# Distilled 4-step students of exact denoisers ({stamp})", "",
+    lines = [f"# Distilled 4-step students of exact denoisers ({stamp()})", "",
              f"{args.samples} samples from one noise draw; students: {args.iters} Adam steps of "
              f"{args.batch} values, teacher DPM-Solver++(2M) x {args.substeps} per interval, "
              f"grid {', '.join(map(str, GRID))}, 0. Cells: std error / W1 (W1 / ref std).", "",
@@ -171,7 +169,7 @@ def main() -> None:
     w1 = {c: max(r[c][1] for r in rows) for c in cols}
     lines += ["", "| worst | " + " | ".join(f"{worst[c]:.1%} / {w1[c]:.4f}" for c in cols)
               + " |"]
-    (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    write_report(OUT / f"{args.name}.md", lines)
     print("\n".join(lines))
 
 

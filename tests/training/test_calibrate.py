@@ -82,6 +82,39 @@ def test_calibrated_spread_is_the_lowest_crps_and_predict_uses_it(corpus, tmp_pa
         calibrate_spread(weights, corpus, out, grid=(1.5, 2.0), frames=2, crop=16)
 
 
+def test_worst_network_criterion_picks_the_minimax_factor(corpus, tmp_path):
+    from precipdiff.training.calibrate import calibrate_spread
+
+    weights = _downscale_weights(tmp_path / "w.safetensors")
+    out = tmp_path / "w_spread.safetensors"
+    grid = (1.0, 1.5, 3.0)
+    summary = calibrate_spread(weights, corpus, out, grid=grid, frames=2, crop=16, members=3,
+                               criterion="worst")
+    worst = summary["worst_relative_crps"]
+    per = [{float(a): v / n["crps_fair"]["1.0"] for a, v in n["crps_fair"].items()}
+           for n in summary["per_network"].values()]
+    for a in grid:  # the worst network's CRPS relative to no inflation, factor by factor
+        assert worst[repr(a)] == pytest.approx(max(p[a] for p in per))
+    assert summary["spread_inflation"] == min(grid, key=lambda a: worst[repr(a)])
+    assert summary["criterion"].startswith("worst")
+    with pytest.raises(ValueError, match="criterion"):
+        calibrate_spread(weights, corpus, out, grid=grid, frames=2, crop=16, criterion="median")
+
+
+def test_training_cases_reads_the_split_asked_for(corpus, tmp_path):
+    from precipdiff.release import Release
+    from precipdiff.training.calibrate import training_cases
+
+    release = Release.load(_downscale_weights(tmp_path / "w.safetensors"))
+    train = {n: src["time"].values for n, src, _ in training_cases(release, corpus, frames=8,
+                                                                  crop=16)}
+    test = {n: src["time"].values for n, src, _ in training_cases(release, corpus, frames=8,
+                                                                 crop=16, split="test")}
+    assert set(train) == {"alpha", "beta"}
+    for n, times in test.items():
+        assert times.size and not set(times) & set(train[n])  # held-out frames only
+
+
 def test_peak_envelope_is_the_training_radar_bound(corpus, tmp_path):
     from precipdiff.data.corpus import open_corpus
     from precipdiff.pipeline import Pipeline, PredictOptions, Stage

@@ -68,10 +68,12 @@ def calibration_networks(available: list[str], trained: list[str] | None,
 
 
 def training_cases(release, corpus: str | Path, *, frames: int, crop: int,
-                   networks: list[str] | None = None) -> Iterator[tuple[str, Any, np.ndarray]]:
-    """``(network, coarse input, 1-km truth)`` of ``frames`` train frames of each network
-    (evenly spaced, a ``crop``-pixel window with the most rain); ``networks`` defaults to
-    those ``release`` was trained on (:func:`calibration_networks`)."""
+                   networks: list[str] | None = None,
+                   split: str = "train") -> Iterator[tuple[str, Any, np.ndarray]]:
+    """``(network, coarse input, 1-km truth)`` of ``frames`` frames of each network's
+    ``split`` (evenly spaced, a ``crop``-pixel window with the most rain); ``networks``
+    defaults to those ``release`` was trained on (:func:`calibration_networks`). Calibrations
+    use the train split; benchmarks may ask for "test"."""
     from precipdiff.data.corpus import open_corpus
     from precipdiff.data.windows import crop_around_rain
 
@@ -80,8 +82,10 @@ def training_cases(release, corpus: str | Path, *, frames: int, crop: int,
         list(handle.networks), trained_networks(dict(release.notes)), networks)
     for network in chosen_networks:
         st = handle.open(network)
-        train = np.asarray(st.splits["train"]["time"], np.int64)
-        chosen = train[np.linspace(0, train.size - 1, min(frames, train.size)).astype(int)]
+        times = np.asarray(st.splits[split]["time"], np.int64)
+        if times.size == 0:
+            continue
+        chosen = times[np.linspace(0, times.size - 1, min(frames, times.size)).astype(int)]
         lr, hr, _, _, size = crop_around_rain(st, chosen, crop)
         src = xr.DataArray(np.nan_to_num(lr), dims=("time", "lat", "lon"),
                            coords={"time": st.times[chosen].astype("datetime64[ns]"),
@@ -148,24 +152,31 @@ def calibrate(weights: str | Path, corpus: str | Path, output: str | Path, **kw:
 #: Inflation factors tried by :func:`calibrate_spread`.
 SPREAD_GRID = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
 
+#: How :func:`calibrate_spread` pools the networks' relative CRPS: their mean, or the worst
+#: network's (a minimax choice: the factor that helps every network, if any does).
+SPREAD_CRITERIA = {"mean": np.mean, "worst": np.max}
+
 
 def calibrate_spread(weights: str | Path, corpus: str | Path, output: str | Path, *,
                      grid: tuple[float, ...] = SPREAD_GRID, frames: int = 4, crop: int = 128,
-                     members: int = 4, seed: int = 0,
-                     networks: list[str] | None = None) -> dict:
+                     members: int = 4, seed: int = 0, networks: list[str] | None = None,
+                     criterion: str = "mean") -> dict:
     """Write ``weights`` with a calibrated ``spread_inflation`` note to ``output``.
 
     Stage II runs with ``predict``'s defaults (mass consistency for areal-mean weights, the
     weights' fine threshold) on the :func:`training_cases`; every factor of ``grid`` is applied
     to the same members (:meth:`~precipdiff.pipeline.Pipeline.inflate`, as ``predict`` does)
     and scored with the fair CRPS against the 1-km radar. The factor with the lowest CRPS
-    relative to no inflation, averaged over networks (each network weighs the same whatever
-    its rain amounts), is stored; ties go to the factor closest to 1. Train frames only: the
-    held-out events stay for the benchmark (``bench_generalise.py``)."""
+    relative to no inflation, pooled over networks by ``criterion`` (:data:`SPREAD_CRITERIA`:
+    the mean, each network weighing the same whatever its rain amounts, or the worst network)
+    is stored; ties go to the factor closest to 1. Train frames only: the held-out events stay
+    for the benchmark (``bench_generalise.py``)."""
     from precipdiff.evaluation.metrics import crps_ensemble_pointwise
     from precipdiff.pipeline import Pipeline, PredictOptions, Stage
     from precipdiff.release import Release
 
+    if criterion not in SPREAD_CRITERIA:
+        raise ValueError(f"criterion must be one of {sorted(SPREAD_CRITERIA)}, got {criterion!r}")
     if members < 2 or 1.0 not in grid:
         raise ValueError(f"the spread calibration needs >= 2 members and 1.0 in the grid, "
                          f"got members={members}, grid={grid}")
@@ -192,16 +203,17 @@ def calibrate_spread(weights: str | Path, corpus: str | Path, output: str | Path
         per_network[network] = {"frames": int(src.sizes["time"]),
                                 "crps_fair": {repr(a): v for a, v in crps.items()}}
         log.info("%s: CRPS %s", network, per_network[network]["crps_fair"])
-    mean_relative = {a: float(np.mean(v)) for a, v in relative.items()}
-    best = min(grid, key=lambda a: (round(mean_relative[a], 6), abs(a - 1.0)))
-    summary = {"spread_inflation": best, "criterion": "mean over networks of fair CRPS "
-               "relative to no inflation", "split": "train",
-               "mean_relative_crps": {repr(a): v for a, v in mean_relative.items()},
+    pooled = {a: float(SPREAD_CRITERIA[criterion](v)) for a, v in relative.items()}
+    best = min(grid, key=lambda a: (round(pooled[a], 6), abs(a - 1.0)))
+    summary = {"spread_inflation": best, "criterion": f"{criterion} over networks of fair "
+               "CRPS relative to no inflation", "split": "train",
+               "mean_relative_crps": {repr(a): float(np.mean(v)) for a, v in relative.items()},
+               "worst_relative_crps": {repr(a): float(np.max(v)) for a, v in relative.items()},
                "per_network": per_network, "networks": list(per_network),
                "settings": {"frames": frames, "crop": crop, "members": members, "seed": seed}}
     save_calibration(release, output, "spread_inflation", repr(best), summary)
-    log.info("spread inflation %.2f (mean relative CRPS %.4f): %s", best,
-             mean_relative[best], output)
+    log.info("spread inflation %.2f (%s relative CRPS %.4f): %s", best, criterion,
+             pooled[best], output)
     return summary
 
 
@@ -271,12 +283,16 @@ def main(argv: list[str] | None = None) -> None:
                            "uses) instead of the fine threshold")
     what.add_argument("--peaks", action="store_true",
                       help="store the bound on 1-km peaks of the training radar instead")
+    ap.add_argument("--criterion", choices=sorted(SPREAD_CRITERIA), default="mean",
+                    help="with --spread: pool the networks' relative CRPS by their mean or "
+                         "take the worst network's")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run = calibrate_spread if args.spread else calibrate_peaks if args.peaks else calibrate
+    extra = {"criterion": args.criterion} if args.spread else {}
     summary = run(args.weights, args.corpus, args.output, frames=args.frames,
                   crop=args.crop, members=args.members, seed=args.seed,
-                  networks=args.networks)
+                  networks=args.networks, **extra)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_network"}, indent=1))
 
 
