@@ -123,11 +123,16 @@ def test_shipped_defaults_are_areal_mean_models():
     assert student.notes["fine_threshold"] == full.notes["fine_threshold"]
     assert json.loads(student.notes["distilled"])["teacher"] == full.path.split("/")[-1]
     # the bound on 1-km peaks of the training radar (calibrate --peaks), on every areal-mean
-    # Stage II; the spread inflation is not on by default
+    # Stage II; the default one also spreads its members by the factor that helps every
+    # training network (calibrate --spread --criterion worst), the others do not inflate
     for rel in (student, full, temporal):
         envelope = json.loads(rel.notes["peak_envelope_calibration"])
         assert envelope["split"] == "train" and len(envelope["networks"]) == 5
-        assert "spread_inflation" not in rel.notes
+    spread = json.loads(student.notes["spread_inflation_calibration"])
+    assert spread["criterion"].startswith("worst") and spread["split"] == "train"
+    assert float(student.notes["spread_inflation"]) == spread["spread_inflation"] == 1.25
+    assert max(spread["worst_relative_crps"]["1.25"], *spread["mean_relative_crps"].values()) < 1.05
+    assert "spread_inflation" not in full.notes and "spread_inflation" not in temporal.notes
     # its starting-noise correlation in time, calibrated on train events (calibrate_time)
     assert temporal.notes["temporal_noise_correlation_calibrated"] == "0.5"
     record = json.loads(temporal.notes["temporal_noise_correlation_calibration"])
