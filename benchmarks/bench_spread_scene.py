@@ -30,10 +30,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 from scipy import stats
 
 from benchlib import stamp, write_report
-from precipdiff.evaluation.metrics import crps_ensemble_pointwise
+from precipdiff.evaluation.metrics import crps_ensemble_pointwise, spread_skill_ratio
 from precipdiff.pipeline import Pipeline, PredictOptions, Stage
 from precipdiff.pipeline.shipped import shipped_weights
 from precipdiff.release import Release
@@ -82,12 +83,12 @@ def score_frames(weights: Path, corpus: str, *, frames: int, crop: int, members:
                     crps[a] = float(crps_ensemble_pointwise(p[:, valid], hr[t][valid],
                                                             estimator="fair").mean())
                 ens = pred[:, t][:, valid]
-                err = float(np.sqrt(np.mean((ens.mean(axis=0) - hr[t][valid]) ** 2)))
-                spread = float(np.sqrt(np.mean(ens.var(axis=0, ddof=1))))
+                ssr = spread_skill_ratio(xr.DataArray(ens, dims=("member", "point")),
+                                         xr.DataArray(hr[t][valid], dims=("point",)))
                 rows.append({"split": split, "network": network, "frame": t,
                              **coarse_features(lr[t]),
                              "ens_rel_spread": ensemble_relative_spread(ens),
-                             "spread_skill": spread / max(err, 1e-9),
+                             "spread_skill": float(ssr),
                              "best": min(grid, key=lambda a: crps[a]),
                              **{f"crps_{a:g}": crps[a] for a in grid}})
             log.info("%s %s: %d frames", network, split, pred.shape[1])
@@ -163,7 +164,7 @@ def summarise(rows: list[dict], grid: tuple[float, ...], calibrated: float) -> l
                               grid) for r in sub]
         lines.append(
             f"| {network} ({len(sub)}) | {np.median([r['best'] for r in sub]):g} | "
-            f"{np.mean([r['crps_1'] for r in sub]):.4f} | "
+            f"{np.mean([crps_at(r, 1.0) for r in sub]):.4f} | "
             f"{np.mean([chosen_crps(r, calibrated, grid) for r in sub]):.4f} | "
             f"{np.mean(fitted):.4f} | {np.mean([crps_at(r, r['best']) for r in sub]):.4f} |")
     b0, b1 = crps_fit(train, best_f, grid)
@@ -215,8 +216,9 @@ def main() -> None:
     lines = [f"# Spread inflation per scene ({stamp()})", "",
              f"weights `{weights}`, {args.members} members, {args.frames} frames per network "
              f"and split, {args.crop}-px windows, predict's defaults", ""]
-    write_report(args.output / "report.md", lines + summarise(rows, GRID, args.calibrated))
-    print("\n".join(summarise(rows, GRID, args.calibrated)))
+    summary = summarise(rows, GRID, args.calibrated)
+    write_report(args.output / "report.md", lines + summary)
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def test_shipped_defaults_are_areal_mean_models():
     spread = json.loads(student.notes["spread_inflation_calibration"])
     assert spread["criterion"].startswith("worst") and spread["split"] == "train"
     assert float(student.notes["spread_inflation"]) == spread["spread_inflation"] == 1.25
-    assert max(spread["worst_relative_crps"]["1.25"], *spread["mean_relative_crps"].values()) < 1.05
+    assert spread["worst_relative_crps"]["1.25"] < 1.0  # no training network made worse
     assert "spread_inflation" not in full.notes and "spread_inflation" not in temporal.notes
     # its starting-noise correlation in time, calibrated on train events (calibrate_time)
     assert temporal.notes["temporal_noise_correlation_calibrated"] == "0.5"

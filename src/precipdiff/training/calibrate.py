@@ -203,12 +203,14 @@ def calibrate_spread(weights: str | Path, corpus: str | Path, output: str | Path
         per_network[network] = {"frames": int(src.sizes["time"]),
                                 "crps_fair": {repr(a): v for a, v in crps.items()}}
         log.info("%s: CRPS %s", network, per_network[network]["crps_fair"])
-    pooled = {a: float(SPREAD_CRITERIA[criterion](v)) for a, v in relative.items()}
+    curves = {name: {a: float(pool(v)) for a, v in relative.items()}
+              for name, pool in SPREAD_CRITERIA.items()}
+    pooled = curves[criterion]
     best = min(grid, key=lambda a: (round(pooled[a], 6), abs(a - 1.0)))
     summary = {"spread_inflation": best, "criterion": f"{criterion} over networks of fair "
                "CRPS relative to no inflation", "split": "train",
-               "mean_relative_crps": {repr(a): float(np.mean(v)) for a, v in relative.items()},
-               "worst_relative_crps": {repr(a): float(np.max(v)) for a, v in relative.items()},
+               **{f"{name}_relative_crps": {repr(a): v for a, v in curve.items()}
+                  for name, curve in curves.items()},
                "per_network": per_network, "networks": list(per_network),
                "settings": {"frames": frames, "crop": crop, "members": members, "seed": seed}}
     save_calibration(release, output, "spread_inflation", repr(best), summary)
