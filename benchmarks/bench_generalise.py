@@ -289,6 +289,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--schedule", default=PREDICT.schedule,
                     help="noise schedule (default: the sampler's own)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--own-product", action="store_true",
+                    help="for product-conditioned weights, add a row conditioned on each "
+                    "held-out network's own product (`predict --product NETWORK`)")
     ap.add_argument("--trace-threshold", type=float, default=None,
                     help="coarse trace threshold (mm/h) of the precipdiff rows; default: the "
                     "weights' own")
@@ -297,6 +300,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 #: Suffix of the rows run with predict's mass consistency (``--mass-consistent``).
 MASS = ", mass-consistent"
+#: Suffix of the rows conditioned on the held-out network's own product (``--own-product``).
+OWN = ", own product"
+
+
+def add_own_product_rows(rows: dict[str, Pipeline]) -> dict[str, Pipeline]:
+    """Beside every row whose Stage II knows products, the same weights (a separate copy, set
+    per network by :func:`set_own_product`) under the name ``<row>, own product``."""
+    out: dict[str, Pipeline] = {}
+    for name, p in rows.items():
+        out[name] = p
+        if p.downscale is not None and p.downscale.products:
+            base, mass = (name[:-len(MASS)], MASS) if name.endswith(MASS) else (name, "")
+            out[f"{base}{OWN}{mass}"] = Pipeline(p.correct, Stage.load(p.downscale.source))
+    return out
+
+
+def set_own_product(rows: dict[str, Pipeline], network: str) -> None:
+    """Condition the own-product rows on ``network`` ("any" where the weights lack it)."""
+    for name, p in rows.items():
+        if OWN in name:
+            p.downscale.set_product(network if network in p.downscale.products else None)
 
 
 def build_pipelines(args: argparse.Namespace) -> dict[str, Pipeline]:
@@ -322,7 +346,7 @@ def build_pipelines(args: argparse.Namespace) -> dict[str, Pipeline]:
         rows[name] = Pipeline(None, Stage.load(other))
         if args.mass_consistent:
             rows[f"{name}{MASS}"] = rows[name]
-    return rows
+    return add_own_product_rows(rows) if args.own_product else rows
 
 
 def weights_names(pipeline: Pipeline) -> str:
@@ -335,6 +359,8 @@ def weights_names(pipeline: Pipeline) -> str:
             notes.append(f"spread inflation {s.metadata['spread_inflation']}")
         if "peak_envelope" in s.metadata:
             notes.append("peaks capped by its peak_envelope")
+        if s.products:
+            notes.append(f"products {', '.join(s.products)}")
         return Path(s.source).name + (f" ({'; '.join(notes)})" if notes else "")
 
     return " + ".join(name(s) for s in stages if s is not None)
@@ -358,6 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     for network in args.networks or corpus.networks:  # the report grows after every network
         case = load_case(corpus, network, args.frames, args.crop, args.task)
+        set_own_product(pipelines, network)
         scored = score_case(case, pipelines, opts, args.seed, baselines,
                             {n: {"mass_consistent": True} for n in pipelines
                              if n.endswith(MASS)})

@@ -33,7 +33,7 @@ from precipdiff.errors import ConfigError
 __all__ = ["downscale"]
 
 #: Further ``precipdiff predict`` options that :func:`downscale` passes on.
-OPTIONS = ("input_semantics", "mass_consistent", "allow_semantics_mismatch",
+OPTIONS = ("input_semantics", "mass_consistent", "allow_semantics_mismatch", "product",
            "allow_spacing_mismatch")
 
 

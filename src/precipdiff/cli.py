@@ -391,6 +391,13 @@ def predict(
                           "(default: the weights' calibrated one if any, else 1 = none).",
                      metavar="A"),
     ] = None,
+    product: Annotated[
+        str | None,
+        typer.Option(help="Target radar product whose fine-scale character Stage II "
+                          "reproduces (weights trained with products only, e.g. "
+                          "--weights-downscale stage2_downscale_mean_product.safetensors "
+                          "--product fmi); default: any.", metavar="NAME"),
+    ] = None,
     cap_peaks: Annotated[
         bool,
         typer.Option("--cap-peaks/--no-cap-peaks",
@@ -463,6 +470,7 @@ def predict(
         window_workers=window_workers,
         fine_threshold=fine_threshold,
         spread_inflation=spread_inflation,
+        product=product,
         cap_peaks=cap_peaks,
         archive_format=output_format,
         scheduler=scheduler,

@@ -494,6 +494,11 @@ def _temporal_config(meta: Mapping[str, str], model: UNetConfig) -> TemporalConf
 
 def _field(key: str, name: str, value: Any, types: Mapping[str, Any] = _UNET_TYPES) -> Any:
     tp = types[name]
+    if tp == tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and 0 < len(v) <= 64
+                                                  for v in value) or len(value) > 64:
+            raise _Bad(key, f"{name}: expected a list of names, found {str(value)[:40]}")
+        return tuple(value)
     if typing.get_origin(tp) is tuple:
         if not isinstance(value, list) or not all(_is_int(v) for v in value):
             raise _Bad(key, f"{name}: expected a list of integers, found {str(value)[:40]}")

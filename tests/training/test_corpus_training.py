@@ -135,3 +135,53 @@ def test_unknown_or_misplaced_networks_are_refused(corpus, tiny_store, tmp_path)
         open_data(paired)
     assert config_differences({"data": {"store": "s"}},
                               {"data": {"store": "s", "networks": None}}) == []
+
+
+def test_product_labels_follow_the_network_and_drop_to_any_by_serial() -> None:
+    from precipdiff.training.objective import product_labels
+
+    networks, lookup = torch.tensor([0, 1, 1, 0]), torch.tensor([2, 1])
+    serials = [10, 11, 12, 13]
+    kept = product_labels(networks, lookup, serials, seed=3, dropout=0.0)
+    assert kept.tolist() == [2, 1, 1, 2]
+    assert product_labels(networks, lookup, serials, seed=3, dropout=1.0).tolist() == [0] * 4
+    half = [product_labels(networks, lookup, list(range(i, i + 4)), seed=3, dropout=0.5)
+            for i in range(0, 400, 4)]
+    dropped = float(torch.cat(half).eq(0).float().mean())
+    assert 0.4 < dropped < 0.6  # about the share asked for
+    again = product_labels(networks, lookup, serials, seed=3, dropout=0.5)
+    assert again.tolist() == product_labels(networks, lookup, serials, seed=3,
+                                            dropout=0.5).tolist()
+
+
+def test_a_product_conditioned_run_starts_from_unlabelled_weights(corpus, tmp_path) -> None:
+    from precipdiff.pipeline import Stage
+
+    plain = train(load_config(None, _overrides(corpus, tmp_path / "plain", "downscale")),
+                  progress=False) / "weights.safetensors"
+    run = train(load_config(None, _overrides(
+        corpus, tmp_path / "labelled", "downscale", "train.steps=1", "optim.lr=1e-12",
+        "model.products=[beta, alpha]", f"train.init_from={plain}")), progress=False)
+    release = Release.load(run / "weights.safetensors")
+    assert release.model.products == ("beta", "alpha")
+    stage, before = Stage.load(run / "weights.safetensors"), Stage.load(plain)
+    x, cond = torch.randn(2, 1, 16, 16), torch.randn(2, 1, 16, 16)
+    with torch.no_grad():  # an embedding that barely moved: the start is the unlabelled net
+        ref = before.net(x, torch.full((2,), 0.2), cond)
+        for name in ("alpha", "beta", None):
+            out = stage.set_product(name).net(x, torch.full((2,), 0.2), cond)
+            torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
+    assert stage.product == "any" and stage.set_product("alpha").product == "alpha"
+    with pytest.raises(ConfigError, match="weights.safetensors.*'gamma'.*beta, alpha"):
+        stage.set_product("gamma")
+    with pytest.raises(ConfigError, match="not trained with product"):
+        before.set_product("alpha")
+
+
+def test_products_need_a_corpus_and_a_diffusion_stage(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="model.products"):
+        load_config(None, [f"data.store={tmp_path}", "train.stage=regression",
+                           "model.products=[a]", "train.steps=1"])
+    with pytest.raises(ConfigError, match="train.product_dropout"):
+        load_config(None, [f"data.store={tmp_path}", "train.product_dropout=1.5",
+                           "train.steps=1"])

@@ -224,3 +224,53 @@ def test_temporal_release_metadata_is_checked(tmp_path):
     with pytest.raises(CheckpointError, match="do not fit"):
         wrong.save(tmp_path / "w.safetensors")
     assert not (tmp_path / "w.safetensors").exists()
+
+
+class LabelledBlobs(MovingBlobs):
+    """MovingBlobs from two networks of a corpus (``network`` indexes ``networks``)."""
+
+    networks = ("north", "south")
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {**self.items[i], "network": torch.tensor(i % 2)}
+
+
+def test_a_product_conditioned_per_frame_model_trains_its_temporal_blocks_with_labels(
+        tmp_path):
+    import dataclasses
+
+    from precipdiff.training.temporal import clip_product_lookup, temporal_release
+
+    cfg = _cfg(steps=2, product_dropout=0.0)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, model=dataclasses.replace(
+        cfg.run.model, products=("south", "north"))))
+    unet = cfg.run.model.unet_config(1)
+    torch.manual_seed(4)
+    per_frame = UNet(unet)
+    with torch.no_grad():
+        per_frame.conv_out.weight.normal_(0, 0.1)
+        per_frame.product_embed.weight.normal_(0, 1.0)
+    path = Release(stage="downscale", model=unet, state=per_frame.state_dict(),
+                   transform=PrecipTransform(), factor=4, patch=PATCH).save(
+                       tmp_path / "labelled.safetensors")
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, train=dataclasses.replace(
+        cfg.run.train, init_from=str(path))), freeze_spatial=True)
+    ds = LabelledBlobs(n=8)
+    net = build_temporal_net(cfg, 1)
+    lookup = clip_product_lookup(net, ds)
+    assert lookup.tolist() == [2, 1]  # north is the second product, south the first
+    batch = {k: torch.stack([ds[i][k] for i in range(2)]) for k in
+             ("cond", "target", "mask", "time_offsets", "network")}
+    sigma, noise = clip_noise([0, 1], FRAMES, (1, PATCH, PATCH), seed=0, mode="clip",
+                              P_mean=-1.2, P_std=1.2)
+    from precipdiff.diffusion.precond import EDMPrecond
+
+    model = EDMPrecond(net)
+    with torch.no_grad():
+        labelled = clip_loss_sum(model, batch, sigma, noise, sigma_data=0.5,
+                                 product=lookup[batch["network"]])
+        unlabelled = clip_loss_sum(model, batch, sigma, noise, sigma_data=0.5)
+    assert not torch.isclose(labelled, unlabelled)  # the labels reach the frozen net
+    result = train_temporal(cfg, dataset=ds)
+    assert temporal_release(cfg, result.ema, ds).model.products == ("south", "north")
+    assert clip_product_lookup(build_temporal_net(_cfg(steps=1), 1), ds) is None

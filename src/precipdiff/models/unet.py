@@ -57,6 +57,10 @@ class UNetConfig:
         that does not grow with the tile. Inputs no larger than ``P`` are unaffected. Older
         weight files lack the field and load as global; :meth:`UNet.set_attention_window`
         changes it on a built net (the weights do not depend on it).
+    products: names of the target products (e.g. radar networks) the net can be conditioned
+        on: a learned vector per product is added to the noise embedding (label 0, "any
+        product", adds nothing), as class labels in EDM (Karras et al. 2022, Appendix F.2).
+        Empty: no product embedding.
     """
 
     in_channels: int = 1
@@ -73,6 +77,7 @@ class UNetConfig:
     coord_channels: int = 2
     head_channels: int = 64
     attn_window: int = 0
+    products: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.noise_embedding not in ("fourier", "positional"):
@@ -98,6 +103,11 @@ class UNetConfig:
                 f"model.attn_window: got {self.attn_window}, expected 0 (global) or a positive "
                 "span in pixels"
             )
+        if len(set(self.products)) != len(self.products) or "any" in self.products:
+            raise ConfigError(f"model.products: got {list(self.products)}, expected distinct "
+                              "names other than 'any'")
+        if self.products and self.regression:
+            raise ConfigError("model.products: a regression net has no embedding to condition")
         if self.regression and self.cond_channels < 1:
             raise ConfigError("model.cond_channels: a regression net needs >= 1 cond channel")
 
@@ -131,6 +141,10 @@ class UNet(nn.Module):
         mc = cfg.model_channels
         emb_ch = 0 if cfg.regression else 4 * mc
         self.embed, self.map = self._build_embedding(cfg, emb_ch)
+        self.product = 0  # label used when forward gets none (:meth:`set_product`)
+        if cfg.products:  # zero-initialised: a net fine-tuned from unlabelled weights starts there
+            self.product_embed = nn.Embedding(len(cfg.products) + 1, emb_ch)
+            nn.init.zeros_(self.product_embed.weight)
         self.conv_in = nn.Conv2d(cfg.input_channels, mc, 3, padding=1)
         self.enc = nn.ModuleList()
         skips = [mc]
@@ -191,6 +205,20 @@ class UNet(nn.Module):
                 module.window = self.cfg.attention_tokens(module.level)
         return self
 
+    def product_label(self, name: str | None) -> int:
+        """Label of product ``name`` (0 for None or ``"any"``); ValueError naming the known ones."""
+        if name is None or name == "any":
+            return 0
+        if name not in self.cfg.products:
+            known = list(self.cfg.products) or "none: the weights carry no product embedding"
+            raise ValueError(f"unknown target product {name!r}; the weights know {known}")
+        return self.cfg.products.index(name) + 1
+
+    def set_product(self, name: str | None) -> UNet:
+        """Condition every later call without explicit labels on product ``name``, in place."""
+        self.product = self.product_label(name)
+        return self
+
     def _inputs(
         self, x: Tensor | None, cond: Tensor | None, coords: Tensor | None
     ) -> Tensor:
@@ -215,15 +243,23 @@ class UNet(nn.Module):
             raise ValueError(f"UNet input has {h.shape[1]} channels, expected {cfg.input_channels}")
         return h
 
-    def _embedding(self, c_noise: Tensor | None, batch: int, ref: Tensor) -> Tensor | None:
-        """Noise embedding of ``c_noise`` (scalar or ``(B,)``); None in regression mode."""
+    def _embedding(self, c_noise: Tensor | None, batch: int, ref: Tensor,
+                   product: Tensor | None = None) -> Tensor | None:
+        """Noise embedding of ``c_noise`` (scalar or ``(B,)``) plus the product embedding of
+        ``product`` (labels, scalar or ``(B,)``; default :attr:`product`); None in regression."""
         if self.cfg.regression:
             return None
         if c_noise is None:
             raise ValueError("a diffusion UNet (regression=False) needs c_noise")
         c_noise = torch.as_tensor(c_noise, device=ref.device).reshape(-1).expand(batch)
-        emb = self.embed(c_noise).to(self.map[0].weight.dtype)
-        return self.map(emb)
+        emb = self.map(self.embed(c_noise).to(self.map[0].weight.dtype))
+        if not self.cfg.products:
+            if product is not None and bool(torch.as_tensor(product).ne(0).any()):
+                raise ValueError("product labels given to a UNet without products")
+            return emb
+        labels = torch.as_tensor(self.product if product is None else product,
+                                 device=ref.device, dtype=torch.long).reshape(-1).expand(batch)
+        return emb + self.product_embed(labels).to(emb.dtype)
 
     def forward(
         self,
@@ -232,12 +268,14 @@ class UNet(nn.Module):
         cond: Tensor | None,
         *,
         coords: Tensor | None = None,
+        product: Tensor | None = None,
     ) -> Tensor:
-        """``F(x, c_noise, cond)``: (B, in, H, W), (B,), (B, cond, H, W) -> (B, out, H, W)."""
+        """``F(x, c_noise, cond)``: (B, in, H, W), (B,), (B, cond, H, W) -> (B, out, H, W);
+        ``product``: labels (:meth:`product_label`) per sample, default :attr:`product`."""
         h = self._inputs(x, cond, coords)
         height, width = h.shape[-2:]
         h = pad_to_multiple(h, 2 ** (self.cfg.levels - 1))
-        emb = self._embedding(c_noise, h.shape[0], h)
+        emb = self._embedding(c_noise, h.shape[0], h, product)
         h = self.conv_in(h)
         skips = [h]
         for block in self.enc:

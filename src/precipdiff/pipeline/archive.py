@@ -107,7 +107,7 @@ def weights_key(req: PredictRequest, device: str) -> tuple:
         if name in req.stages:
             path = given or shipped[name]
             parts.append((name, _sha256(Path(path)) if path is not None else ""))
-    return (device, tuple(parts))
+    return (device, tuple(parts), req.product or "any")
 
 
 def _sha256(path: Path) -> str:

@@ -740,6 +740,8 @@ class Pipeline:
             if used.sigmas is not None:
                 attrs[f"{name}_sigmas"] = ", ".join(f"{v:g}" for v in used.sigmas)
             attrs[f"{name}_nfe"] = stage.nfe(s)
+            if stage.products:
+                attrs[f"{name}_product"] = stage.product
             if stage.temporal is not None:
                 attrs[f"{name}_temporal_frames"] = stage.temporal.frames
                 attrs[f"{name}_temporal_windows"] = opts.temporal_windows

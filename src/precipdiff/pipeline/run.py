@@ -103,6 +103,7 @@ class PredictRequest:
     time: TimeRange | None = None
     fine_threshold: float | None = None
     spread_inflation: float | None = None
+    product: str | None = None
     cap_peaks: bool = True
     time_factor: int = 1
     time_interp: str = "motion"
@@ -222,6 +223,11 @@ def load_pipeline(req: PredictRequest, device: str) -> Pipeline:
                 f"no {name} weights given and none shipped: pass --weights-{name} FILE.safetensors"
             )
         stages[name] = Stage.load(path, device=device)
+    if req.product not in (None, "any"):
+        if stages["downscale"] is None:
+            raise ConfigError(f"--product {req.product}: conditions Stage II, which this run "
+                              f"does not use (--stages {','.join(req.stages)})")
+        stages["downscale"].set_product(req.product)
     return Pipeline(stages["correct"], stages["downscale"])
 
 

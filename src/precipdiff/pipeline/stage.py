@@ -40,7 +40,7 @@ from precipdiff.diffusion.samplers import (
     sampler_options,
     sampler_sigmas,
 )
-from precipdiff.errors import CheckpointError
+from precipdiff.errors import CheckpointError, ConfigError
 from precipdiff.interrupts import check_between_steps
 from precipdiff.models.temporal import TemporalConfig
 from precipdiff.models.unet import UNet
@@ -172,6 +172,33 @@ class Stage:
         )
         stage.extra_channels = stage._cond_channels() - 1
         return stage.to(device)
+
+    @property
+    def products(self) -> tuple[str, ...]:
+        """Target products the denoising net can be conditioned on (``model.products``)."""
+        return self.net.cfg.products if self.net is not None else ()
+
+    @property
+    def product(self) -> str:
+        """The product the net is conditioned on now (``"any"`` without one)."""
+        label = self.net.product if self.net is not None else 0
+        return self.products[label - 1] if label else "any"
+
+    def set_product(self, name: str | None) -> Stage:
+        """Condition the denoising net on target product ``name`` (None/``"any"``: none);
+        ConfigError naming the weights and the products they know."""
+        if name in (None, "any"):
+            if self.net is not None:
+                self.net.set_product(None)
+            return self
+        if name not in self.products:
+            known = (", ".join(self.products) if self.products
+                     else "none: these weights were not trained with product conditioning")
+            raise ConfigError(f"{self.source}: no target product {name!r}; the weights know "
+                              f"{known}")
+        assert self.net is not None
+        self.net.set_product(name)
+        return self
 
     def map_source(self, src: np.ndarray) -> np.ndarray:
         """Stage I's input map (mm/h -> mm/h): the fitted ``source_map`` if any, else identity."""

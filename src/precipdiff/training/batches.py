@@ -69,8 +69,10 @@ class BatchPlan:
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack the tensors the loss needs (``cond``, ``target``, ``mask``)."""
-    return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in BATCH_KEYS}
+    """Stack the tensors the loss needs (``cond``, ``target``, ``mask``; ``network`` where the
+    samples carry it, for product conditioning)."""
+    keys = BATCH_KEYS + tuple(k for k in ("network",) if k in items[0])
+    return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in keys}
 
 
 def epoch_batches(dataset: Dataset, plan: BatchPlan, epoch: int, first_batch: int, *,

@@ -206,7 +206,9 @@ def init_from_release(cfg: RunConfig, net: nn.Module, store: Any) -> None:
         raise CheckpointError(f"{path}: train.init_from holds stage {release.stage!r} "
                               f"weights, this run trains {cfg.train.stage!r}")
     theirs, ours = dataclasses.asdict(release.model), dataclasses.asdict(net.cfg)
-    differ = sorted(k for k in ours if theirs.get(k) != ours[k])
+    new_products = not theirs.get("products") and bool(ours["products"])
+    differ = sorted(k for k in ours if theirs.get(k) != ours[k]
+                    and not (k == "products" and new_products))
     if differ:
         raise CheckpointError(f"{path}: train.init_from network differs in "
                               + ", ".join(f"{k} ({theirs.get(k)} vs {ours[k]})" for k in differ))
@@ -214,8 +216,29 @@ def init_from_release(cfg: RunConfig, net: nn.Module, store: Any) -> None:
     if release.transform != new_t:
         log.warning("train.init_from: transform parameters differ (%s -> %s); the network adapts "
                     "while fine-tuning", release.transform.to_dict(), new_t.to_dict())
-    net.load_state_dict(dict(release.state))
+    result = net.load_state_dict(dict(release.state), strict=not new_products)
+    if new_products:  # the product embedding starts at zero: the net starts as the release
+        missing = [k for k in result.missing_keys if not k.startswith("product_embed.")]
+        if missing or result.unexpected_keys:
+            raise CheckpointError(f"{path}: train.init_from state does not fit: missing "
+                                  f"{missing[:4]}, unexpected {result.unexpected_keys[:4]}")
+        log.info("product embedding for %s starts at zero", list(net.cfg.products))
     log.info("initialised from %s", path)
+
+
+def product_lookup(cfg: RunConfig, net: nn.Module, store: Any) -> torch.Tensor | None:
+    """Product label of each network of a corpus store (0, "any product", for a network not in
+    ``model.products``); None for a net without products. ConfigError for a single store."""
+    if not cfg.model.products:
+        return None
+    if not isinstance(store, CorpusView):
+        raise ConfigError(f"model.products: {store.path} is not a corpus store; product "
+                          "conditioning learns one embedding per network of a corpus")
+    unknown = [n for n in store.networks if n not in cfg.model.products]
+    if unknown:
+        log.warning("networks %s are not in model.products: they train as 'any product'", unknown)
+    return torch.tensor([net.product_label(n) if n in cfg.model.products else 0
+                         for n in store.networks], dtype=torch.long)
 
 
 def _coarse_spacing(store: Any) -> dict[str, Any] | None:

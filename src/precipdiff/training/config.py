@@ -76,6 +76,7 @@ class ModelConfig:
     noise_embedding: Literal["fourier", "positional"] = "fourier"
     regression: bool = False
     head_channels: int = 64
+    products: tuple[str, ...] = ()
 
     def unet_config(self, cond_channels: int | None = None) -> Any:
         """The :class:`~precipdiff.models.unet.UNetConfig` (``cond_channels`` fills ``None``)."""
@@ -130,6 +131,7 @@ class TrainConfig:
     mean_from: str | None = None
     init_from: str | None = None
     tensorboard: bool = False
+    product_dropout: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -367,6 +369,13 @@ def _check_values(cfg: RunConfig) -> None:
         ("distill.sigmas", len(g.sigmas) > 0 and all(s > 0 for s in g.sigmas) and all(
             b < a for a, b in zip(g.sigmas[:-1], g.sigmas[1:], strict=False)),
          f"must be positive and strictly decreasing, got {list(g.sigmas)}"),
+        ("model.products", not m.products or t.stage != "regression",
+         "a regression net has no noise embedding to condition on a product"),
+        ("model.products", not m.products or g.teacher is None,
+         "a product-conditioned net is not distilled yet"),
+        ("train.product_dropout", 0 <= t.product_dropout <= 1,
+         f"must lie in [0, 1] (share of samples trained as 'any product'), got "
+         f"{t.product_dropout}"),
         ("distill.substeps", 0 < g.substeps <= 64, f"must lie in [1, 64], got {g.substeps}"),
     ]
     for key, ok, message in checks:

@@ -41,6 +41,7 @@ from precipdiff.training.build import (
     load_mean_net,
     make_release,
     open_data,
+    product_lookup,
     resolve_channels,
 )
 from precipdiff.training.config import RunConfig, save_config
@@ -61,7 +62,13 @@ from precipdiff.training.distributed import (
 )
 from precipdiff.training.ema import EMA
 from precipdiff.training.monitor import Monitor, StepMeter, require_tensorboard, truncate_metrics
-from precipdiff.training.objective import crps_fair, draw_noise, edm_loss_sum, regression_loss_sum
+from precipdiff.training.objective import (
+    crps_fair,
+    draw_noise,
+    edm_loss_sum,
+    product_labels,
+    regression_loss_sum,
+)
 from precipdiff.training.optim import build_optimizer, lr_at, set_lr
 from precipdiff.training.rundir import RunLock
 from precipdiff.training.signals import StopSignals, exit_for, terminate_raises
@@ -97,6 +104,7 @@ class Parts:
     train_ds: Any
     val_batch: dict[str, torch.Tensor] | None
     source_map: Any  # the fitted data.source_map (QuantileMapping) or None
+    product_lookup: torch.Tensor | None = None  # corpus network index -> product label
 
 
 def train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
@@ -200,7 +208,8 @@ def _build(cfg: RunConfig, info: DistInfo, store: Any, train_ds: Any,
     val_batch = _val_batch(val_args, info.device, mean_net) if info.is_main else None
     return Parts(net=net, model=model, ema=ema, optimizer=build_optimizer(net, cfg.optim),
                  mean_net=mean_net, teacher=teacher, store=store, train_ds=train_ds,
-                 val_batch=val_batch, source_map=source_map)
+                 val_batch=val_batch, source_map=source_map,
+                 product_lookup=product_lookup(cfg, net, store))
 
 
 
@@ -273,7 +282,8 @@ def _train_step(cfg: RunConfig, info: DistInfo, parts: Parts, pos: Position,
     loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
     for i, (mb, batch) in enumerate(zip(micro_plan, batches, strict=True)):
         with maybe_no_sync(parts.model, i < len(batches) - 1), _autocast(cfg, info.device):
-            term = _loss_sum(cfg, parts.model, batch, mb.serials, parts.teacher)
+            term = _loss_sum(cfg, parts.model, batch, mb.serials, parts.teacher,
+                             parts.product_lookup)
         (term * (info.world_size / total_valid).float()).backward()
         loss_sum += term.detach().double()
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
@@ -318,7 +328,8 @@ def _prepare(batch: dict[str, torch.Tensor], device: torch.device,
 
 
 def _loss_sum(cfg: RunConfig, model: nn.Module, batch: dict[str, torch.Tensor],
-              serials: list[int], teacher: nn.Module | None = None) -> torch.Tensor:
+              serials: list[int], teacher: nn.Module | None = None,
+              lookup: torch.Tensor | None = None) -> torch.Tensor:
     y, cond, mask = batch["target"], batch["cond"], batch["mask"]
     if cfg.train.stage == "regression":
         return regression_loss_sum(model, y, cond, mask)
@@ -330,8 +341,10 @@ def _loss_sum(cfg: RunConfig, model: nn.Module, batch: dict[str, torch.Tensor],
         intervals = draw_intervals(serials, len(grid) - 1, seed=cfg.train.seed)
         return distill_loss_sum(model, teacher, y, cond, mask, noise.to(y.device), intervals,
                                 grid, substeps=cfg.distill.substeps, sigma_data=d.sigma_data)
+    product = None if lookup is None else product_labels(
+        batch["network"], lookup, serials, seed=cfg.train.seed, dropout=cfg.train.product_dropout)
     return edm_loss_sum(model, y, cond, mask, sigma.to(y.device), noise.to(y.device),
-                        sigma_data=d.sigma_data)
+                        sigma_data=d.sigma_data, product=product)
 
 
 def _autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:

@@ -15,6 +15,8 @@ from torch import Tensor, nn
 
 from precipdiff.diffusion.loss import sample_training_sigma
 
+_PRODUCT_STREAM = 0x70726F64  # seed word of the product-label dropout (independent of the noise)
+
 
 def sample_generator(seed: int, serial: int, stream: int = 0) -> torch.Generator:
     """A CPU generator for one sample, independent across ``(seed, stream, serial)``."""
@@ -35,12 +37,24 @@ def draw_noise(serials: list[int], shape: tuple[int, ...], *, seed: int, P_mean:
 
 
 def edm_loss_sum(denoiser: nn.Module, y: Tensor, cond: Tensor, mask: Tensor, sigma: Tensor,
-                 noise: Tensor, *, sigma_data: float) -> Tensor:
-    """``sum_valid lambda(s) (D(y + s n; s) - y)^2``, ``lambda(s) = (s^2 + sd^2) / (s sd)^2``."""
+                 noise: Tensor, *, sigma_data: float, product: Tensor | None = None) -> Tensor:
+    """``sum_valid lambda(s) (D(y + s n; s) - y)^2``, ``lambda(s) = (s^2 + sd^2) / (s sd)^2``;
+    ``product``: per-sample product labels for a product-conditioned net."""
     s = sigma[:, None, None, None].to(y.dtype)
     weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
-    denoised = denoiser(y + noise * s, sigma, cond)
+    kwargs = {} if product is None else {"product": product}
+    denoised = denoiser(y + noise * s, sigma, cond, **kwargs)
     return (weight * (denoised.float() - y) ** 2 * mask.to(y.dtype).expand_as(y)).sum()
+
+
+def product_labels(networks: Tensor, lookup: Tensor, serials: list[int], *, seed: int,
+                   dropout: float) -> Tensor:
+    """Product label of each sample: ``lookup[network]``, replaced by 0 ("any product") with
+    probability ``dropout``, drawn from ``serials`` alone (as the noise, :func:`draw_noise`)."""
+    draws = [float(torch.rand(1, generator=sample_generator(seed, s, _PRODUCT_STREAM)))
+             for s in serials]
+    keep = torch.tensor([u >= dropout for u in draws])
+    return torch.where(keep.to(networks.device), lookup.to(networks.device)[networks.long()], 0)
 
 
 def regression_loss_sum(net: nn.Module, y: Tensor, cond: Tensor, mask: Tensor) -> Tensor:

@@ -42,7 +42,12 @@ from precipdiff.errors import CheckpointError, ConfigError, PrecipdiffError
 from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig, fold_clips
 from precipdiff.release import InputSemantics, Release
 from precipdiff.training.config import RunConfig
-from precipdiff.training.objective import draw_noise, edm_loss_sum, sample_generator
+from precipdiff.training.objective import (
+    draw_noise,
+    edm_loss_sum,
+    product_labels,
+    sample_generator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +143,27 @@ def clip_noise(serials: list[int], frames: int, shape: tuple[int, ...], *, seed:
 
 
 def clip_loss_sum(model: nn.Module, batch: dict[str, Tensor], sigma: Tensor, noise: Tensor,
-                  *, sigma_data: float) -> Tensor:
-    """EDM loss sum over the valid pixels of a batch of clips ``(B, T, ...)``."""
+                  *, sigma_data: float, product: Tensor | None = None) -> Tensor:
+    """EDM loss sum over the valid pixels of a batch of clips ``(B, T, ...)``; ``product``:
+    one product label per clip for a product-conditioned net."""
     offsets = batch["time_offsets"]
     y, cond, mask = (fold_clips(batch[k]) for k in ("target", "cond", "mask"))
+    frames = batch["target"].shape[1]
+    kwargs = {} if product is None else {"product": product.repeat_interleave(frames)}
 
     def denoiser(x: Tensor, s: Tensor, c: Tensor) -> Tensor:
-        return model(x, s, c, time_offsets=offsets)
+        return model(x, s, c, time_offsets=offsets, **kwargs)
 
     return edm_loss_sum(denoiser, y, cond, mask, sigma, noise, sigma_data=sigma_data)
+
+
+def clip_product_lookup(net: SpatioTemporalUNet, ds: Any) -> Tensor | None:
+    """Product label of each network of a clip corpus (0 where not a product of the net);
+    None for a net without products or clips without networks."""
+    if not net.cfg.products or not hasattr(ds, "networks"):
+        return None
+    return torch.tensor([net.product_label(n) if n in net.cfg.products else 0
+                         for n in ds.networks], dtype=torch.long)
 
 
 def open_clips(cfg: TemporalRunConfig, split: str = "train") -> Any:
@@ -238,6 +255,7 @@ def train_temporal(cfg: TemporalRunConfig, *, dataset: Any = None,
     ema = EMA(net, halflife_samples=run.train.ema_halflife_samples,
               rampup_ratio=run.train.ema_rampup_ratio)
     optimizer = temporal_optimizer(net, cfg)
+    lookup = clip_product_lookup(net, ds)
     b, d = run.data.batch_size, run.diffusion
     shape = tuple(first["target"].shape[1:])
     losses: list[float] = []
@@ -247,14 +265,20 @@ def train_temporal(cfg: TemporalRunConfig, *, dataset: Any = None,
         ds.set_epoch(epoch)
         order = np.random.default_rng([run.train.seed, epoch]).permutation(len(ds))
         idx = [int(order[(start + i) % len(ds)]) for i in range(b)]
-        batch = {k: torch.stack([ds[i][k] for i in idx]) for k in
-                 ("cond", "target", "mask", "time_offsets")}
+        keys = ("cond", "target", "mask", "time_offsets", *(("network",) if lookup is not None
+                                                             else ()))
+        items = [ds[i] for i in idx]  # one read per clip
+        batch = {k: torch.stack([it[k] for it in items]) for k in keys}
         serials = list(range(serial, serial + b))
         sigma, noise = clip_noise(serials, frames, shape, seed=run.train.seed, mode=cfg.noise,
                                   P_mean=d.P_mean, P_std=d.P_std,
                                   correlation=cfg.noise_correlation)
         valid = batch["mask"].sum().clamp_min(1).float()
-        loss = clip_loss_sum(model, batch, sigma, noise, sigma_data=d.sigma_data) / valid
+        product = None if lookup is None else product_labels(
+            batch["network"], lookup, serials, seed=run.train.seed,
+            dropout=run.train.product_dropout)
+        loss = clip_loss_sum(model, batch, sigma, noise, sigma_data=d.sigma_data,
+                             product=product) / valid
         loss.backward()
         clip = run.optim.grad_clip if run.optim.grad_clip > 0 else math.inf
         torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], clip)
