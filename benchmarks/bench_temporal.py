@@ -208,17 +208,20 @@ def paired_interval(a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, n_boo
 
 def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
              modes: tuple[str, ...] = ("overlap",),
-             correlations: tuple[float, ...] = (0.0,), inflation: float = 1.0) -> dict:
+             correlations: tuple[float, ...] = (0.0,), inflation: float = 1.0,
+             product: str | None = None) -> dict:
     """Per-frame and temporal members of ``case``, scored: for every noise correlation in
     ``correlations`` the per-frame model and one temporal row per window mode in ``modes``
     (named ``per-frame`` / ``temporal`` for the first mode at the first correlation), with the
     cost ratio of each row to the first per-frame row (timed before and after the others).
     Every row's members are spread about their mean by ``inflation`` (mm/h, values below 0.1
     mm/h zeroed: :func:`~precipdiff.pipeline.spread.inflate_spread`; no mass consistency here,
-    so the clipped negatives add a little rain)."""
+    so the clipped negatives add a little rain). ``product``: the target product both models
+    are conditioned on (product-conditioned weights only; None: any)."""
     tr, f, sd = release.transform, case["factor"], release.sigma_data
     lr_t = torch.from_numpy(tr.forward(case["lr"]).astype(np.float32))
-    per_frame_net = release.build_net().eval()
+    per_frame_net = release.build_net().eval().set_product(product)
+    temporal_net.set_product(product)
     preds, secs = {}, {}
 
     def timed(name: str, fn) -> None:
@@ -269,6 +272,7 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
             xr.DataArray(mm, dims=("member", "time", "y", "x")))
     return {"network": case["network"], "start": case["start"], "frames": n,
             "step_s": case["step_s"], "crop": int(case["hr"].shape[-1]),
+            "product": product or "any",
             "max_abs_diff_transformed": float((preds["per-frame"] - preds["temporal"]).abs().max()),
             "cost_ratio": float(np.mean(secs["temporal"])) / t_frame,
             "cost_ratios": {name: float(np.mean(secs[name])) / t_frame
@@ -351,6 +355,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--split", default="test",
                     help="corpus split of the sequences; 'all' for a network the weights never "
                     "saw (leave-one-network-out weights)")
+    ap.add_argument("--own-product", action="store_true",
+                    help="condition both models on each network's own product (weights "
+                    "trained with model.products)")
     ap.add_argument("--spread-inflation", type=float, default=1.0,
                     help="spread every row's members about their mean by this factor")
     return ap.parse_args(argv)
@@ -390,7 +397,8 @@ def main(argv: list[str] | None = None) -> None:
                      args.split)
             continue
         results.append(run_case(case, release, net, opts, tuple(args.windows),
-                                tuple(args.noise_correlation), args.spread_inflation))
+                                tuple(args.noise_correlation), args.spread_inflation,
+                                network if args.own_product else None))
         log.info("%s: %s", network, json.dumps(results[-1]))
         args.output.mkdir(parents=True, exist_ok=True)
         figures(case, args.output)

@@ -68,3 +68,23 @@ def test_predict_requests_a_product_by_name(labelled, tmp_path) -> None:
     no_stage2 = dataclasses.replace(req, stages=("correct",), product="radar_a")
     with pytest.raises(ConfigError, match="--product radar_a.*Stage II"):
         load_pipeline(no_stage2, "cpu")
+
+
+def test_the_spread_factor_follows_the_product(labelled, tmp_path) -> None:
+    from precipdiff.errors import CheckpointError
+
+    from .conftest import stage_with_notes
+
+    stage = stage_with_notes(labelled, tmp_path, spread_inflation="1.25",
+                             spread_inflation_by_product='{"radar_b": 2.0}')
+    pipeline = Pipeline(None, stage)
+    assert pipeline.spread_inflation(_opts()) == 1.25  # any product: the pooled factor
+    stage.set_product("radar_b")
+    assert pipeline.spread_inflation(_opts()) == 2.0
+    assert pipeline.spread_inflation(dataclasses.replace(_opts(), spread_inflation=1.0)) == 1.0
+    stage.set_product("radar_a")  # not calibrated on its own: the pooled factor
+    assert pipeline.spread_inflation(_opts()) == 1.25
+    for bad, match in (('["radar_a"]', "JSON object"), ('{"radar_a": 9}', "radar_a.*9")):
+        worse = stage_with_notes(labelled, tmp_path, spread_inflation_by_product=bad)
+        with pytest.raises(CheckpointError, match=match):
+            Pipeline(None, worse.set_product("radar_a")).spread_inflation(_opts())

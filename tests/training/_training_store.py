@@ -122,9 +122,10 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
 
 
 def write_tiny_stage2(path: Path, *, factor: int = 2, frames: int | None = None,
-                      **extra_meta: str):
+                      products: tuple[str, ...] = (), **extra_meta: str):
     """A random tiny areal-mean Stage II (non-zero output layer) saved as release weights for
-    a corpus of ``factor``; ``frames`` makes it a temporal one (SpatioTemporalUNet)."""
+    a corpus of ``factor``; ``frames`` makes it a temporal one (SpatioTemporalUNet),
+    ``products`` a product-conditioned one (random embedding)."""
     import json
     from dataclasses import asdict
 
@@ -135,7 +136,8 @@ def write_tiny_stage2(path: Path, *, factor: int = 2, frames: int | None = None,
     from precipdiff.training.checkpoint import save_weights
 
     torch.manual_seed(0)
-    cfg = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), head_channels=8)
+    cfg = UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,), head_channels=8,
+                     products=products)
     net = UNet(cfg) if frames is None else SpatioTemporalUNet(
         cfg, TemporalConfig(frames=frames, head_channels=8))
     with torch.no_grad():

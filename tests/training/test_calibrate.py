@@ -82,6 +82,28 @@ def test_calibrated_spread_is_the_lowest_crps_and_predict_uses_it(corpus, tmp_pa
         calibrate_spread(weights, corpus, out, grid=(1.5, 2.0), frames=2, crop=16)
 
 
+def test_product_weights_get_a_spread_factor_per_product(corpus, tmp_path):
+    import json
+
+    from _training_store import write_tiny_stage2
+
+    from precipdiff.pipeline import Pipeline, PredictOptions, Stage
+    from precipdiff.training.calibrate import calibrate_spread
+
+    weights = write_tiny_stage2(tmp_path / "w.safetensors", products=("beta", "gamma"))
+    out = tmp_path / "w_spread.safetensors"
+    grid = (1.0, 1.5, 3.0)
+    summary = calibrate_spread(weights, corpus, out, grid=grid, frames=2, crop=16, members=3)
+    own = summary["per_network"]["beta"]["own_product_crps_fair"]
+    assert "own_product_crps_fair" not in summary["per_network"]["alpha"]  # not a product
+    assert own != summary["per_network"]["beta"]["crps_fair"]  # the label changed the members
+    best = min(grid, key=lambda a: own[repr(a)] / own["1.0"])
+    assert summary["spread_inflation_by_product"] == {"beta": best}
+    stage = Stage.load(out)
+    assert json.loads(stage.metadata["spread_inflation_by_product"]) == {"beta": best}
+    assert Pipeline(None, stage.set_product("beta")).spread_inflation(PredictOptions()) == best
+
+
 def test_worst_network_criterion_picks_the_minimax_factor(corpus, tmp_path):
     from precipdiff.training.calibrate import calibrate_spread
 

@@ -58,9 +58,10 @@ class UNetConfig:
         weight files lack the field and load as global; :meth:`UNet.set_attention_window`
         changes it on a built net (the weights do not depend on it).
     products: names of the target products (e.g. radar networks) the net can be conditioned
-        on: a learned vector per product is added to the noise embedding (label 0, "any
-        product", adds nothing), as class labels in EDM (Karras et al. 2022, Appendix F.2).
-        Empty: no product embedding.
+        on: a learned vector per product, times sqrt(embedding channels), is added to the noise
+        embedding, as class labels in EDM (Karras et al. 2022, Appendix F.2, which scales its
+        one-hot labels the same way so that they learn at the pace of the noise embedding).
+        Label 0 ("any product") has its own vector. All start at zero. Empty: none.
     """
 
     in_channels: int = 1
@@ -259,7 +260,8 @@ class UNet(nn.Module):
             return emb
         labels = torch.as_tensor(self.product if product is None else product,
                                  device=ref.device, dtype=torch.long).reshape(-1).expand(batch)
-        return emb + self.product_embed(labels).to(emb.dtype)
+        gain = self.product_embed.embedding_dim ** 0.5
+        return emb + gain * self.product_embed(labels).to(emb.dtype)
 
     def forward(
         self,

@@ -323,20 +323,35 @@ class Pipeline:
         return max(trace, float(value))
 
     def spread_inflation(self, opts: PredictOptions) -> float:
-        """The Stage-II spread inflation factor: ``opts``, else the weights' calibrated
-        ``spread_inflation`` note, else 1 (:mod:`~precipdiff.pipeline.spread`)."""
+        """The Stage-II spread inflation factor: ``opts``, else the weights' calibrated factor
+        for the product Stage II is conditioned on (``spread_inflation_by_product`` note), else
+        their ``spread_inflation`` note, else 1 (:mod:`~precipdiff.pipeline.spread`)."""
         if opts.spread_inflation is not None:
             return float(opts.spread_inflation)
-        note = None if self.downscale is None else self.downscale.metadata.get("spread_inflation")
+        stage = self.downscale
+        if stage is None:
+            return 1.0
+        note, key = stage.metadata.get("spread_inflation"), "spread_inflation"
+        if stage.product != "any" and "spread_inflation_by_product" in stage.metadata:
+            try:
+                by_product = json.loads(stage.metadata["spread_inflation_by_product"])
+            except json.JSONDecodeError:
+                by_product = None
+            if not isinstance(by_product, dict):
+                raise CheckpointError(f"{stage.source}: metadata 'spread_inflation_by_product' "
+                                      "must be a JSON object of factors by product")
+            if stage.product in by_product:
+                note = by_product[stage.product]
+                key = f"spread_inflation_by_product/{stage.product}"
         if note is None:
             return 1.0
         try:
             value = float(note)
-        except ValueError:
+        except (TypeError, ValueError):
             value = float("nan")
         lo, hi = INFLATION_RANGE
         if not lo < value <= hi:
-            raise CheckpointError(f"{self.downscale.source}: metadata 'spread_inflation' must "
+            raise CheckpointError(f"{stage.source}: metadata '{key}' must "
                                   f"be a number in ({lo:g}, {hi:g}], got {note!r}")
         return value
 

@@ -170,8 +170,9 @@ def calibrate_spread(weights: str | Path, corpus: str | Path, output: str | Path
     relative to no inflation, pooled over networks by ``criterion`` (:data:`SPREAD_CRITERIA`:
     the mean, each network weighing the same whatever its rain amounts, or the worst network)
     is stored; ties go to the factor closest to 1. Train frames only: the held-out events stay
-    for the benchmark (``bench_generalise.py``)."""
-    from precipdiff.evaluation.metrics import crps_ensemble_pointwise
+    for the benchmark (``bench_generalise.py``). Product-conditioned weights also get the
+    factor each of their products' networks wants under its own label
+    (``spread_inflation_by_product``, JSON; ``predict --product`` uses it)."""
     from precipdiff.pipeline import Pipeline, PredictOptions, Stage
     from precipdiff.release import Release
 
@@ -181,28 +182,26 @@ def calibrate_spread(weights: str | Path, corpus: str | Path, output: str | Path
         raise ValueError(f"the spread calibration needs >= 2 members and 1.0 in the grid, "
                          f"got members={members}, grid={grid}")
     release = Release.load(weights)
-    pipeline = Pipeline(None, Stage.from_release(release))
+    stage = Stage.from_release(release)
+    pipeline = Pipeline(None, stage)
     base = PredictOptions(members=members, seed=seed, mass_consistent=None,
                           spread_inflation=1.0)
     relative: dict[float, list[float]] = {a: [] for a in grid}
-    per_network = {}
+    per_network, by_product = {}, {}
     for network, src, hr in training_cases(release, corpus, frames=frames, crop=crop,
                                            networks=networks):
-        ds = pipeline.predict(src, base)
-        pred, corrected = ds["precip"].values, ds["corrected_lr"].values
-        valid = np.isfinite(hr) & np.isfinite(pred).all(axis=0)
-        crps = {}
-        for a in grid:
-            opts = dataclasses.replace(base, spread_inflation=a)
-            p = np.stack([pipeline.inflate(pred[:, t], corrected[:, t], opts)
-                          for t in range(pred.shape[1])], axis=1)
-            crps[a] = float(crps_ensemble_pointwise(p[:, valid], hr[valid],
-                                                    estimator="fair").mean())
+        crps = _spread_curve(pipeline, base, src, hr, grid)
         for a in grid:
             relative[a].append(crps[a] / crps[1.0])
         per_network[network] = {"frames": int(src.sizes["time"]),
                                 "crps_fair": {repr(a): v for a, v in crps.items()}}
         log.info("%s: CRPS %s", network, per_network[network]["crps_fair"])
+        if network in stage.products:  # the factor this network wants under its own label
+            own = _spread_curve(pipeline, base, src, hr, grid, product=network)
+            by_product[network] = min(grid, key=lambda a, c=own: (round(c[a] / c[1.0], 6),
+                                                                 abs(a - 1.0)))
+            per_network[network]["own_product_crps_fair"] = {repr(a): v for a, v in own.items()}
+            log.info("%s, own product: CRPS %s", network, own)
     curves = {name: {a: float(pool(v)) for a, v in relative.items()}
               for name, pool in SPREAD_CRITERIA.items()}
     pooled = curves[criterion]
@@ -213,10 +212,34 @@ def calibrate_spread(weights: str | Path, corpus: str | Path, output: str | Path
                   for name, curve in curves.items()},
                "per_network": per_network, "networks": list(per_network),
                "settings": {"frames": frames, "crop": crop, "members": members, "seed": seed}}
+    if by_product:
+        summary["spread_inflation_by_product"] = by_product
+        release = dataclasses.replace(release, notes={
+            **release.notes, "spread_inflation_by_product": json.dumps(by_product)})
     save_calibration(release, output, "spread_inflation", repr(best), summary)
     log.info("spread inflation %.2f (%s relative CRPS %.4f): %s", best, criterion,
              pooled[best], output)
     return summary
+
+
+def _spread_curve(pipeline, base, src, hr: np.ndarray, grid: tuple[float, ...], *,
+                  product: str | None = None) -> dict[float, float]:
+    """Fair CRPS of Stage II's members on ``src`` against ``hr`` for every inflation factor of
+    ``grid``, applied to the same members as ``predict`` does (:meth:`Pipeline.inflate`)."""
+    from precipdiff.evaluation.metrics import crps_ensemble_pointwise
+
+    pipeline.downscale.set_product(product)
+    ds = pipeline.predict(src, base)
+    pred, corrected = ds["precip"].values, ds["corrected_lr"].values
+    valid = np.isfinite(hr) & np.isfinite(pred).all(axis=0)
+    crps = {}
+    for a in grid:
+        opts = dataclasses.replace(base, spread_inflation=a)
+        p = np.stack([pipeline.inflate(pred[:, t], corrected[:, t], opts)
+                      for t in range(pred.shape[1])], axis=1)
+        crps[a] = float(crps_ensemble_pointwise(p[:, valid], hr[valid], estimator="fair").mean())
+    pipeline.downscale.set_product(None)
+    return crps
 
 
 def calibrate_peaks(weights: str | Path, corpus: str | Path, output: str | Path, *,
