@@ -55,6 +55,36 @@ def test_calibrated_correlation_is_stored_and_used_by_predict(corpus, tmp_path):
     torch.testing.assert_close(Release.load(out).state, Release.load(weights).state)
 
 
+def test_a_product_model_gets_each_products_own_correlation(corpus, tmp_path):
+    import json
+
+    weights = tmp_path / "t.safetensors"
+    write_tiny_stage2(weights, factor=2, frames=3, products=("beta",),
+                      temporal_noise_correlation="0.0")
+    out = tmp_path / "t_cal.safetensors"
+    grid = (0.0, 0.5)
+    summary = calibrate_time(weights, corpus, out, grid=grid, frames=3, crop=16, members=2,
+                             steps=2)
+    beta = next(r for r in summary["sequences"] if r["network"] == "beta")
+    alpha = next(r for r in summary["sequences"] if r["network"] == "alpha")
+    assert "own_product_members_lag1" not in alpha
+    assert beta["own_product_members_lag1"] != beta["members_lag1"]  # the label acted
+    errors = {phi: abs(beta["own_product_members_lag1"][repr(phi)] - beta["radar_lag1"])
+              for phi in grid}
+    assert summary["noise_correlation_by_product"] == {"beta": choose(
+        {phi: [e] for phi, e in errors.items()})}
+    stage = Stage.load(out)
+    assert json.loads(stage.metadata["temporal_noise_correlation_calibrated_by_product"]) == \
+        summary["noise_correlation_by_product"]
+
+    class Opts:
+        temporal_noise_correlation = None
+
+    assert noise_correlation(stage, Opts()) == summary["noise_correlation"]  # any product
+    stage.set_product("beta")
+    assert noise_correlation(stage, Opts()) == summary["noise_correlation_by_product"]["beta"]
+
+
 def test_the_smallest_mean_error_wins_and_ties_go_to_less_correlation():
     assert choose({0.5: [0.1, 0.1], 0.0: [0.1, 0.1], 0.25: [0.3]}) == 0.0
     assert choose({0.0: [0.2], 0.5: [0.05, 0.1]}) == 0.5

@@ -331,23 +331,12 @@ class Pipeline:
         stage = self.downscale
         if stage is None:
             return 1.0
-        note, key = stage.metadata.get("spread_inflation"), "spread_inflation"
-        if stage.product != "any" and "spread_inflation_by_product" in stage.metadata:
-            try:
-                by_product = json.loads(stage.metadata["spread_inflation_by_product"])
-            except json.JSONDecodeError:
-                by_product = None
-            if not isinstance(by_product, dict):
-                raise CheckpointError(f"{stage.source}: metadata 'spread_inflation_by_product' "
-                                      "must be a JSON object of factors by product")
-            if stage.product in by_product:
-                note = by_product[stage.product]
-                key = f"spread_inflation_by_product/{stage.product}"
+        note, key = stage.product_note("spread_inflation")
         if note is None:
             return 1.0
         try:
             value = float(note)
-        except (TypeError, ValueError):
+        except ValueError:
             value = float("nan")
         lo, hi = INFLATION_RANGE
         if not lo < value <= hi:

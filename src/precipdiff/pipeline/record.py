@@ -118,14 +118,15 @@ def record_seconds(times: np.ndarray) -> np.ndarray:
 def noise_correlation(stage: Stage, opts: PredictOptions) -> float:
     """Lag-1 correlation in time of the temporal Stage II's starting noise: ``opts``, else the
     one calibrated for its weights on training sequences (``temporal_noise_correlation_
-    calibrated`` note, :mod:`precipdiff.training.calibrate_time`), else the one they were
-    trained with (``temporal_noise_correlation``), else 0."""
+    calibrated`` note, :mod:`precipdiff.training.calibrate_time`; for a product-conditioned
+    Stage II its product's entry in ``..._calibrated_by_product`` first), else the one they
+    were trained with (``temporal_noise_correlation``), else 0."""
     if opts.temporal_noise_correlation is not None:
         return float(opts.temporal_noise_correlation)
-    for note in ("temporal_noise_correlation_calibrated", "temporal_noise_correlation"):
-        if note in stage.metadata:
-            return float(stage.metadata[note])
-    return 0.0
+    calibrated, _ = stage.product_note("temporal_noise_correlation_calibrated")
+    if calibrated is not None:
+        return float(calibrated)
+    return float(stage.metadata.get("temporal_noise_correlation", 0.0))
 
 
 def sequence_options(stage: Stage, opts: PredictOptions) -> SequenceOptions:

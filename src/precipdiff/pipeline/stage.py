@@ -23,6 +23,7 @@ it (:mod:`precipdiff.pipeline.record`), never frame by frame through :meth:`Stag
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +200,23 @@ class Stage:
         assert self.net is not None
         self.net.set_product(name)
         return self
+
+    def product_note(self, key: str) -> tuple[str | None, str]:
+        """``(value, where)`` of calibration note ``key`` for the product the net is conditioned
+        on: its entry in the ``<key>_by_product`` note (a JSON object) where there is one, else
+        the ``key`` note (None if absent). ``where`` names the note for error messages."""
+        table = self.metadata.get(f"{key}_by_product")
+        if self.product != "any" and table is not None:
+            try:
+                by_product = json.loads(table)
+            except json.JSONDecodeError:
+                by_product = None
+            if not isinstance(by_product, dict):
+                raise CheckpointError(f"{self.source}: metadata '{key}_by_product' must be a "
+                                      "JSON object of values by product")
+            if self.product in by_product:
+                return str(by_product[self.product]), f"{key}_by_product/{self.product}"
+        return self.metadata.get(key), key
 
     def map_source(self, src: np.ndarray) -> np.ndarray:
         """Stage I's input map (mm/h -> mm/h): the fitted ``source_map`` if any, else identity."""

@@ -124,6 +124,7 @@ def calibrate_time(weights: str | Path, corpus: str | Path, output: str | Path, 
         raise ValueError(f"{corpus}: no train sequence of {frames} frames at most "
                          f"{MAX_STEP_S} s apart in {chosen}")
     errors: dict[float, list[float]] = {phi: [] for phi in grid}
+    own: dict[str, dict[float, list[float]]] = {}  # product -> phi -> errors under its label
     per_case = []
     for case in cases:
         r_obs = radar_lag1(case)
@@ -133,6 +134,15 @@ def calibrate_time(weights: str | Path, corpus: str | Path, output: str | Path, 
             r = member_lag1(net, release, case, phi, members=members, steps=steps, seed=seed)
             row["members_lag1"][repr(phi)] = r
             errors[phi].append(abs(r - r_obs))
+        if case["network"] in net.cfg.products:
+            net.set_product(case["network"])
+            row["own_product_members_lag1"] = {}
+            table = own.setdefault(case["network"], {phi: [] for phi in grid})
+            for phi in grid:
+                r = member_lag1(net, release, case, phi, members=members, steps=steps, seed=seed)
+                row["own_product_members_lag1"][repr(phi)] = r
+                table[phi].append(abs(r - r_obs))
+            net.set_product(None)
         per_case.append(row)
         log.info("%s event %d: radar %.3f, members %s", case["network"], case["event"], r_obs,
                  row["members_lag1"])
@@ -144,6 +154,11 @@ def calibrate_time(weights: str | Path, corpus: str | Path, output: str | Path, 
                             "steps": steps, "seed": seed, "grid": list(grid)}}
     notes = {**release.notes, "temporal_noise_correlation_calibrated": repr(phi),
              "temporal_noise_correlation_calibration": json.dumps(summary)}
+    if own:  # each product's own correlation, under its label (``predict --product``)
+        by_product = {name: choose(table) for name, table in own.items()}
+        summary["noise_correlation_by_product"] = by_product
+        notes["temporal_noise_correlation_calibrated_by_product"] = json.dumps(by_product)
+        notes["temporal_noise_correlation_calibration"] = json.dumps(summary)
     dataclasses.replace(Release.load(weights), notes=notes).save(output)
     log.info("noise correlation %.2f (mean lag-1 errors %s): %s", phi,
              summary["mean_lag1_error"], output)
