@@ -139,6 +139,29 @@ def test_shipped_defaults_are_areal_mean_models():
     assert record["split"] == "train" and record["noise_correlation"] == 0.5
 
 
+def test_shipped_product_model_knows_the_corpus_networks():
+    from precipdiff.pipeline import Pipeline, PredictOptions, Stage
+    from precipdiff.pipeline.shipped import shipped_weights
+
+    paths = shipped_weights()
+    product, full = Release.load(paths["downscale_product"]), Release.load(paths["downscale_full"])
+    networks = ("mrms", "radolan", "mch", "fmi", "opera")
+    assert product.model.products == networks
+    assert dataclasses.replace(product.model, products=()) == full.model
+    assert product.pooling == "mean" and product.distilled_sigmas is None
+    # calibrated on train frames: threshold, peak bound, and a spread factor per product
+    spread = json.loads(product.notes["spread_inflation_calibration"])
+    assert spread["split"] == "train" and spread["criterion"].startswith("worst")
+    by_product = json.loads(product.notes["spread_inflation_by_product"])
+    assert by_product == spread["spread_inflation_by_product"] and set(by_product) == set(networks)
+    for name, factor in by_product.items():  # the best factor of the network's own curve
+        own = spread["per_network"][name]["own_product_crps_fair"]
+        assert own[repr(factor)] == min(own.values())
+    stage = Stage.load(paths["downscale_product"]).set_product("fmi")
+    assert Pipeline(None, stage).spread_inflation(PredictOptions()) == by_product["fmi"]
+    assert "fine_threshold" in product.notes and "peak_envelope" in product.notes
+
+
 def test_old_file_without_pooling_means_max_pooling(tmp_path):
     tensors, meta = _good()
     del meta["pooling"], meta["semantics"]

@@ -14,7 +14,9 @@ from pathlib import Path
 #: :mod:`precipdiff.training.distill`); ``downscale_full`` is its teacher, sampled with any
 #: sampler and the base of the temporal model and of fine-tuning.
 #: ``downscale_temporal`` is the spatiotemporal Stage II for areal means (sequences; not a
-#: default: pass it with ``--weights-downscale``). MODEL_CARD.md describes each.
+#: default: pass it with ``--weights-downscale``). ``downscale_product`` is ``downscale_full``
+#: fine-tuned with a label per radar network of the corpus (``predict --product NAME``; not a
+#: default). MODEL_CARD.md describes each.
 SHIPPED = {
     "correct": "stage1_correct_mean.safetensors",
     "downscale": "stage2_downscale_mean_distilled.safetensors",
@@ -22,6 +24,7 @@ SHIPPED = {
     "correct_max": "stage1_correct_max.safetensors",
     "downscale_max": "stage2_downscale_max.safetensors",
     "downscale_temporal": "stage2_temporal_mean.safetensors",
+    "downscale_product": "stage2_downscale_mean_product.safetensors",
 }
 
 
