@@ -104,6 +104,26 @@ def test_product_weights_get_a_spread_factor_per_product(corpus, tmp_path):
     assert Pipeline(None, stage.set_product("beta")).spread_inflation(PredictOptions()) == best
 
 
+def test_product_weights_get_a_fine_threshold_per_product(corpus, tmp_path):
+    from _training_store import write_tiny_stage2
+
+    from precipdiff.pipeline import Pipeline, PredictOptions, Stage
+    from precipdiff.training.calibrate import calibrate
+
+    weights = write_tiny_stage2(tmp_path / "w.safetensors", products=("beta",))
+    out = tmp_path / "w_cal.safetensors"
+    summary = calibrate(weights, corpus, out, frames=2, crop=16, members=3)
+    assert list(summary["fine_threshold_by_product"]) == ["beta"]
+    t_beta = summary["fine_threshold_by_product"]["beta"]
+    assert t_beta >= 0.1
+    stage = Stage.load(out)
+    pooled = float(stage.metadata["fine_threshold"])
+    assert Pipeline(None, stage).fine_threshold(PredictOptions()) == max(pooled, 0.1)
+    stage.set_product("beta")
+    assert Pipeline(None, stage).fine_threshold(PredictOptions()) == max(t_beta, 0.1)
+    assert Pipeline(None, stage).fine_threshold(PredictOptions(fine_threshold=0.3)) == 0.3
+
+
 def test_worst_network_criterion_picks_the_minimax_factor(corpus, tmp_path):
     from precipdiff.training.calibrate import calibrate_spread
 

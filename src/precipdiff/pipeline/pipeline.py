@@ -310,13 +310,14 @@ class Pipeline:
         return self.downscale is not None and self.downscale.pooling == "mean"
 
     def fine_threshold(self, opts: PredictOptions) -> float:
-        """The fine-grid wet threshold (mm/h): ``opts``, else the Stage-II weights' metadata,
-        else the trace threshold but at least :data:`~precipdiff.pipeline.dry.
-        DEFAULT_TRACE_MM_H` (the lower areal-mean trace is a coarse-grid rule: no 1-km value
-        ends below 0.1 mm/h); never below the trace threshold."""
+        """The fine-grid wet threshold (mm/h): ``opts``, else the Stage-II weights' metadata
+        (for the product Stage II is conditioned on where calibrated per product), else the
+        trace threshold but at least :data:`~precipdiff.pipeline.dry.DEFAULT_TRACE_MM_H` (the
+        lower areal-mean trace is a coarse-grid rule: no 1-km value ends below 0.1 mm/h);
+        never below the trace threshold."""
         value = opts.fine_threshold
         if value is None and self.downscale is not None:
-            value = self.downscale.metadata.get("fine_threshold")
+            value, _ = self.downscale.product_note("fine_threshold")
         trace = self.trace(opts)
         if value is None:
             return trace if opts.trace_threshold is not None else max(trace, DEFAULT_TRACE_MM_H)

@@ -144,9 +144,42 @@ def calibrate(weights: str | Path, corpus: str | Path, output: str | Path, **kw:
                "volume_kept_fraction": kept, "per_network": s["per_network"],
                "networks": list(s["per_network"]),
                "settings": {k: v for k, v in kw.items() if k != "networks"}}
-    save_calibration(Release.load(weights), output, "fine_threshold", repr(round(t, 4)), summary)
+    release = Release.load(weights)
+    by_product = product_thresholds(release, corpus, **kw)
+    if by_product:
+        summary["fine_threshold_by_product"] = by_product
+        release = dataclasses.replace(release, notes={
+            **release.notes, "fine_threshold_by_product": json.dumps(by_product)})
+    save_calibration(release, output, "fine_threshold", repr(round(t, 4)), summary)
     log.info("fine threshold %.3f mm/h (volume kept %.3f): %s", t, kept, output)
     return summary
+
+
+def product_thresholds(release, corpus: str | Path, *, frames: int = 4, crop: int = 128,
+                       members: int = 4, seed: int = 0,
+                       networks: list[str] | None = None) -> dict[str, float]:
+    """For product-conditioned weights, the fine threshold of each product whose network is
+    calibrated: its members under its own label, as ``predict`` makes them (mass consistency,
+    the product's spread factor if the weights carry one) with the lowest threshold (0.1 mm/h),
+    matched to the network's wet fraction (:func:`matching_threshold`). Empty otherwise."""
+    from precipdiff.pipeline import Pipeline, PredictOptions, Stage
+
+    stage = Stage.from_release(release)
+    if not stage.products:
+        return {}
+    out = {}
+    opts = PredictOptions(members=members, seed=seed, mass_consistent=None, fine_threshold=WET)
+    for network, src, hr in training_cases(release, corpus, frames=frames, crop=crop,
+                                           networks=networks):
+        if network not in stage.products:
+            continue
+        pred = np.asarray(Pipeline(None, stage.set_product(network)).predict(src, opts)
+                          ["precip"].values)
+        pred[:, np.isnan(hr)] = np.nan
+        out[network] = round(matching_threshold(pred.ravel(), hr.ravel()), 4)
+        log.info("%s, own product: fine threshold %.3f mm/h", network, out[network])
+    stage.set_product(None)
+    return out
 
 
 #: Inflation factors tried by :func:`calibrate_spread`.
