@@ -157,8 +157,11 @@ def test_shipped_product_model_knows_the_corpus_networks():
     for name, factor in by_product.items():  # the best factor of the network's own curve
         own = spread["per_network"][name]["own_product_crps_fair"]
         assert own[repr(factor)] == min(own.values())
+    thresholds = json.loads(product.notes["fine_threshold_by_product"])
+    assert set(thresholds) == set(networks) and min(thresholds.values()) >= 0.1
     stage = Stage.load(paths["downscale_product"]).set_product("fmi")
     assert Pipeline(None, stage).spread_inflation(PredictOptions()) == by_product["fmi"]
+    assert Pipeline(None, stage).fine_threshold(PredictOptions()) == max(thresholds["fmi"], 0.1)
     assert "fine_threshold" in product.notes and "peak_envelope" in product.notes
 
 

@@ -133,7 +133,9 @@ def test_init_from_per_frame_release_and_freeze_spatial(tmp_path):
         per_frame.conv_out.weight.normal_(0, 0.1)
     path = Release(stage="downscale", model=unet, state=per_frame.state_dict(),
                    transform=PrecipTransform(), factor=4, patch=96,
-                   notes={"fine_threshold": "0.18"}).save(tmp_path / "w.safetensors")
+                   notes={"fine_threshold": "0.18", "fine_threshold_by_product": "{}",
+                          "peak_envelope": "{}", "spread_inflation": "2.0"}).save(
+                              tmp_path / "w.safetensors")
     import dataclasses
 
     from precipdiff.training.temporal import temporal_release
@@ -144,6 +146,8 @@ def test_init_from_per_frame_release_and_freeze_spatial(tmp_path):
     # fine wet threshold calibrated for them
     kept = temporal_release(frozen, result.ema, MovingBlobs(n=2))
     assert kept.patch == 96 and kept.notes["fine_threshold"] == "0.18"
+    assert {"fine_threshold_by_product", "peak_envelope"} <= set(kept.notes)
+    assert "spread_inflation" not in kept.notes
     assert kept.notes["temporal_noise_correlation"] == "0.0"
     assert temporal_release(_cfg(steps=1), result.ema, MovingBlobs(n=2)).patch == PATCH
     for name, p in result.net.named_parameters():

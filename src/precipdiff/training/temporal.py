@@ -316,7 +316,9 @@ def temporal_release(cfg: TemporalRunConfig, net: SpatioTemporalUNet, ds: Any) -
     ``precipdiff-weights/1`` with the ``temporal`` key; ``temporal_noise`` as a note). Its
     ``patch`` (the attention span applied at inference) is the clip patch, or, with kept
     spatial weights (frozen or at a reduced learning rate), the larger patch those were
-    trained on (``train.init_from``), whose calibrated ``fine_threshold`` notes it inherits."""
+    trained on (``train.init_from``), whose calibrated ``fine_threshold`` notes (per product
+    too) and bound on 1-km peaks (``peak_envelope``, a property of the training radar) it
+    inherits; its spread factor is not (the temporal members' spread is their own)."""
     pooling = _store_pooling(ds, cfg.run.data.store)
     patch = cfg.run.data.patch
     notes = {"temporal_noise": cfg.noise,
@@ -324,7 +326,8 @@ def temporal_release(cfg: TemporalRunConfig, net: SpatioTemporalUNet, ds: Any) -
     if cfg.spatial_kept:  # the spatial span it was trained with, and its fine wet threshold
         init = Release.load(cfg.run.train.init_from)
         patch = max(patch, init.patch)
-        notes |= {k: v for k, v in init.notes.items() if k.startswith("fine_threshold")}
+        notes |= {k: v for k, v in init.notes.items()
+                  if k.startswith(("fine_threshold", "peak_envelope"))}
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return Release(stage="downscale", model=net.cfg, state=state, transform=ds.transform,
                    factor=int(ds.factor), pooling=pooling,
