@@ -163,6 +163,15 @@ def test_shipped_product_model_knows_the_corpus_networks():
     assert Pipeline(None, stage).spread_inflation(PredictOptions()) == by_product["fmi"]
     assert Pipeline(None, stage).fine_threshold(PredictOptions()) == max(thresholds["fmi"], 0.1)
     assert "fine_threshold" in product.notes and "peak_envelope" in product.notes
+    # the spatiotemporal model on top: the same spatial net, its noise correlation per product
+    temporal = Release.load(paths["downscale_temporal_product"])
+    assert temporal.temporal is not None and temporal.model == product.model
+    assert all(torch.equal(temporal.state[k], v) for k, v in product.state.items())  # frozen
+    assert temporal.notes["fine_threshold_by_product"] == product.notes["fine_threshold_by_product"]
+    phi = json.loads(temporal.notes["temporal_noise_correlation_calibrated_by_product"])
+    record = json.loads(temporal.notes["temporal_noise_correlation_calibration"])
+    assert record["split"] == "train" and phi == record["noise_correlation_by_product"]
+    assert set(phi) <= set(networks) and all(0 <= v < 1 for v in phi.values())
 
 
 def test_old_file_without_pooling_means_max_pooling(tmp_path):

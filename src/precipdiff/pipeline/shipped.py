@@ -16,7 +16,8 @@ from pathlib import Path
 #: ``downscale_temporal`` is the spatiotemporal Stage II for areal means (sequences; not a
 #: default: pass it with ``--weights-downscale``). ``downscale_product`` is ``downscale_full``
 #: fine-tuned with a label per radar network of the corpus (``predict --product NAME``; not a
-#: default). MODEL_CARD.md describes each.
+#: default), ``downscale_temporal_product`` the spatiotemporal Stage II on top of it.
+#: MODEL_CARD.md describes each.
 SHIPPED = {
     "correct": "stage1_correct_mean.safetensors",
     "downscale": "stage2_downscale_mean_distilled.safetensors",
@@ -25,6 +26,7 @@ SHIPPED = {
     "downscale_max": "stage2_downscale_max.safetensors",
     "downscale_temporal": "stage2_temporal_mean.safetensors",
     "downscale_product": "stage2_downscale_mean_product.safetensors",
+    "downscale_temporal_product": "stage2_temporal_mean_product.safetensors",
 }
 
 
