@@ -65,6 +65,9 @@ def test_predict_requests_a_product_by_name(labelled, tmp_path) -> None:
     wrong = dataclasses.replace(req, product="radar_c")
     with pytest.raises(ConfigError, match="labelled.safetensors.*'radar_c'.*radar_a, radar_b"):
         load_pipeline(wrong, "cpu")
+    default = dataclasses.replace(req, weights_downscale=None)
+    with pytest.raises(ConfigError, match="not trained with product.*mean_product"):
+        load_pipeline(default, "cpu")
     no_stage2 = dataclasses.replace(req, stages=("correct",), product="radar_a")
     with pytest.raises(ConfigError, match="--product radar_a.*Stage II"):
         load_pipeline(no_stage2, "cpu")

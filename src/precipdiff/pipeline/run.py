@@ -227,6 +227,12 @@ def load_pipeline(req: PredictRequest, device: str) -> Pipeline:
         if stages["downscale"] is None:
             raise ConfigError(f"--product {req.product}: conditions Stage II, which this run "
                               f"does not use (--stages {','.join(req.stages)})")
+        if not stages["downscale"].products:
+            raise ConfigError(
+                f"--product {req.product}: {stages['downscale'].source} was not trained with "
+                "product conditioning; pass --weights-downscale with product weights, e.g. the "
+                f"shipped {shipped['downscale_product'] or 'stage2_downscale_mean_product'} "
+                "(`precipdiff info` lists them)")
         stages["downscale"].set_product(req.product)
     return Pipeline(stages["correct"], stages["downscale"])
 
