@@ -185,3 +185,22 @@ def test_products_need_a_corpus_and_a_diffusion_stage(tmp_path) -> None:
     with pytest.raises(ConfigError, match="train.product_dropout"):
         load_config(None, [f"data.store={tmp_path}", "train.product_dropout=1.5",
                            "train.steps=1"])
+
+
+def test_a_product_teacher_distils_to_a_product_student(corpus, tmp_path) -> None:
+    from precipdiff.pipeline import Stage
+
+    products = "model.products=[alpha, beta]"
+    teacher = train(load_config(None, _overrides(corpus, tmp_path / "t", "downscale", products)),
+                    progress=False) / "weights.safetensors"
+    student = [f"train.init_from={teacher}", f"distill.teacher={teacher}",
+               "distill.sigmas=[80.0, 1.0, 0.05]", "distill.substeps=2", "train.steps=2"]
+    run = train(load_config(None, _overrides(corpus, tmp_path / "s", "downscale", products,
+                                             *student)), progress=False)
+    release = Release.load(run / "weights.safetensors")
+    assert release.model.products == ("alpha", "beta")
+    assert release.distilled_sigmas == (80.0, 1.0, 0.05)
+    assert Stage.load(run / "weights.safetensors").set_product("beta").product == "beta"
+    with pytest.raises(CheckpointError, match="products.*alpha.*beta"):
+        train(load_config(None, _overrides(corpus, tmp_path / "bad", "downscale", *student)),
+              progress=False)

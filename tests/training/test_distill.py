@@ -80,6 +80,30 @@ def test_targets_make_a_four_step_euler_sampler_exact(std):
     assert abs(plain / exact - 1) > 0.05
 
 
+def test_a_product_pair_sees_each_samples_label():
+    from precipdiff.diffusion.precond import EDMPrecond
+    from precipdiff.models.unet import UNet, UNetConfig
+    from precipdiff.training.distill import distill_loss_sum
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(model_channels=8, channel_mult=(1, 2), attn_levels=(1,),
+                          head_channels=8, products=("a", "b")))
+    with torch.no_grad():
+        net.conv_out.weight.normal_(0, 0.1)
+        net.product_embed.weight.normal_(0, 0.5)
+    d = EDMPrecond(net).eval()
+    y, cond = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    noise, mask = torch.randn(2, 1, 8, 8), torch.ones(2, 1, 8, 8, dtype=torch.bool)
+    args = (d, d, y, cond, mask, noise, [0, 1], GRID)
+    with torch.no_grad():
+        plain = distill_loss_sum(*args, substeps=2, sigma_data=0.5)
+        labelled = distill_loss_sum(*args, substeps=2, sigma_data=0.5,
+                                    product=torch.tensor([1, 2]))
+        zero = distill_loss_sum(*args, substeps=2, sigma_data=0.5, product=torch.tensor([0, 0]))
+    torch.testing.assert_close(zero, plain)  # label 0 is what a call without labels uses
+    assert not torch.isclose(labelled, plain)
+
+
 def test_intervals_are_drawn_per_sample_and_reproducible():
     a = draw_intervals(list(range(400)), 4, seed=3)
     assert a == draw_intervals(list(range(400)), 4, seed=3)

@@ -371,8 +371,6 @@ def _check_values(cfg: RunConfig) -> None:
          f"must be positive and strictly decreasing, got {list(g.sigmas)}"),
         ("model.products", not m.products or t.stage != "regression",
          "a regression net has no noise embedding to condition on a product"),
-        ("model.products", not m.products or g.teacher is None,
-         "a product-conditioned net is not distilled yet"),
         ("train.product_dropout", 0 <= t.product_dropout <= 1,
          f"must lie in [0, 1] (share of samples trained as 'any product'), got "
          f"{t.product_dropout}"),

@@ -64,13 +64,15 @@ def teacher_interval(sigma: float, sigma_next: float, substeps: int) -> Tensor:
 
 @torch.no_grad()
 def teacher_step(teacher: nn.Module, x: Tensor, cond: Tensor | None, sigma: float,
-                 sigma_next: float, substeps: int) -> Tensor:
+                 sigma_next: float, substeps: int, product: Tensor | None = None) -> Tensor:
     """``x*`` at ``sigma_next``: the teacher's ODE solution from ``x`` at ``sigma`` (the solver
-    state in float32; the network under whatever autocast the caller runs, as in training)."""
+    state in float32; the network under whatever autocast the caller runs, as in training);
+    ``product``: per-sample labels of a product-conditioned teacher."""
     sigmas = teacher_interval(sigma, sigma_next, substeps).to(x.device)
+    kwargs = {} if product is None else {"product": product}
 
     def denoiser(z: Tensor, s: Tensor, c: Tensor | None) -> Tensor:
-        return teacher(z, s, c).float()
+        return teacher(z, s, c, **kwargs).float()
 
     return sample_dpmpp_2m(denoiser, x.float(), sigmas, cond=cond)
 
@@ -90,19 +92,21 @@ def draw_intervals(serials: list[int], n: int, *, seed: int) -> list[int]:
 
 def distill_loss_sum(student: nn.Module, teacher: nn.Module, y: Tensor, cond: Tensor,
                      mask: Tensor, noise: Tensor, intervals: list[int], grid: Sequence[float], *,
-                     substeps: int, sigma_data: float) -> Tensor:
+                     substeps: int, sigma_data: float, product: Tensor | None = None) -> Tensor:
     """``sum_valid lambda(sigma_k) (D_student(x; sigma_k) - D*)^2`` over the batch, where
-    ``x = y + sigma_k noise`` and ``D*`` is :func:`student_target` of the teacher's step."""
+    ``x = y + sigma_k noise`` and ``D*`` is :func:`student_target` of the teacher's step; a
+    product-conditioned pair sees each sample's label (``product``) in both nets."""
     sig = torch.tensor([grid[k] for k in intervals], dtype=y.dtype, device=y.device)
     s = sig[:, None, None, None]
     x = y + noise * s
     target = torch.empty_like(y)
     for k in sorted(set(intervals)):
         rows = [i for i, j in enumerate(intervals) if j == k]
-        x_next = teacher_step(teacher, x[rows], cond[rows], grid[k], grid[k + 1], substeps)
+        x_next = teacher_step(teacher, x[rows], cond[rows], grid[k], grid[k + 1], substeps,
+                              None if product is None else product[rows])
         target[rows] = student_target(x[rows].float(), x_next, grid[k], grid[k + 1]).to(y.dtype)
     weight = (s**2 + sigma_data**2) / (s * sigma_data) ** 2
-    denoised = student(x, sig, cond)
+    denoised = student(x, sig, cond, **({} if product is None else {"product": product}))
     return (weight * (denoised.float() - target) ** 2 * mask.to(y.dtype).expand_as(y)).sum()
 
 
@@ -126,6 +130,10 @@ def load_teacher(cfg: RunConfig, device: torch.device) -> nn.Module:
     if release.mean_model is not None:
         raise CheckpointError(f"{path}: distill.teacher has a regression mean; distilling "
                               "CorrDiff-style stages is not supported")
+    if release.model.products != cfg.model.products:
+        raise CheckpointError(f"{path}: distill.teacher knows products "
+                              f"{list(release.model.products)}, the student "
+                              f"{list(cfg.model.products)}; give model.products as the teacher's")
     net = release.build_net().to(device)
     for p in net.parameters():
         p.requires_grad_(False)

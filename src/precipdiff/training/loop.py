@@ -336,13 +336,14 @@ def _loss_sum(cfg: RunConfig, model: nn.Module, batch: dict[str, torch.Tensor],
     d = cfg.diffusion
     sigma, noise = draw_noise(serials, tuple(y.shape[1:]), seed=cfg.train.seed,
                               P_mean=d.P_mean, P_std=d.P_std)
+    product = None if lookup is None else product_labels(
+        batch["network"], lookup, serials, seed=cfg.train.seed, dropout=cfg.train.product_dropout)
     if teacher is not None:
         grid = student_grid(cfg.distill.sigmas)
         intervals = draw_intervals(serials, len(grid) - 1, seed=cfg.train.seed)
         return distill_loss_sum(model, teacher, y, cond, mask, noise.to(y.device), intervals,
-                                grid, substeps=cfg.distill.substeps, sigma_data=d.sigma_data)
-    product = None if lookup is None else product_labels(
-        batch["network"], lookup, serials, seed=cfg.train.seed, dropout=cfg.train.product_dropout)
+                                grid, substeps=cfg.distill.substeps, sigma_data=d.sigma_data,
+                                product=product)
     return edm_loss_sum(model, y, cond, mask, sigma.to(y.device), noise.to(y.device),
                         sigma_data=d.sigma_data, product=product)
 
