@@ -90,6 +90,8 @@ def test_bad_arguments(weights) -> None:
         precipdiff.downscale(src, coarsen=2, **weights)
     with pytest.raises(PrecipdiffError, match="semantics"):
         precipdiff.downscale(src, input_semantics="block_maximum", **weights)
+    with pytest.raises(ConfigError, match="--product fmi.*not trained with product"):
+        precipdiff.downscale(src, product="fmi", **weights)
     ds = xr.Dataset({"a": src, "b": src})
     with pytest.raises(ConfigError, match="variable="):
         precipdiff.downscale(ds, **weights)

@@ -33,8 +33,8 @@ from precipdiff.errors import ConfigError
 __all__ = ["downscale"]
 
 #: Further ``precipdiff predict`` options that :func:`downscale` passes on.
-OPTIONS = ("input_semantics", "mass_consistent", "allow_semantics_mismatch", "product",
-           "allow_spacing_mismatch")
+OPTIONS = ("input_semantics", "mass_consistent", "allow_semantics_mismatch",
+           "allow_spacing_mismatch", "product")
 
 
 def downscale(
@@ -69,7 +69,8 @@ def downscale(
         either may be open; :mod:`precipdiff.pipeline.timesel`), as ``predict --time``;
         recorded in the result's ``time_selection`` attribute.
     **options : any of :data:`OPTIONS` (``input_semantics``, ``mass_consistent``, the
-        ``allow_*_mismatch`` overrides), as for ``precipdiff predict``.
+        ``allow_*_mismatch`` overrides, ``product``: the target radar product of
+        product-conditioned Stage-II weights), as for ``precipdiff predict``.
 
     Returns
     -------
