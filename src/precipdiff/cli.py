@@ -394,9 +394,9 @@ def predict(
     product: Annotated[
         str | None,
         typer.Option(help="Target radar product whose fine-scale character Stage II "
-                          "reproduces (weights trained with products only, e.g. "
-                          "--weights-downscale stage2_downscale_mean_product.safetensors "
-                          "--product fmi); default: any.", metavar="NAME"),
+                          "reproduces: mrms, radolan, mch, fmi or opera with the shipped "
+                          "product weights (loaded when --weights-downscale is not given); "
+                          "default: any.", metavar="NAME"),
     ] = None,
     cap_peaks: Annotated[
         bool,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,16 +59,21 @@ def test_the_product_changes_the_fine_detail_and_is_recorded(labelled, tiny_weig
     assert "downscale_product" not in plain.attrs
 
 
-def test_predict_requests_a_product_by_name(labelled, tmp_path) -> None:
+def test_predict_requests_a_product_by_name(labelled, tiny_weights, tmp_path) -> None:
     req = PredictRequest(inputs=(tmp_path / "x.nc",), output=tmp_path / "o.nc",
                          stages=("downscale",), weights_downscale=labelled, product="radar_a")
     assert load_pipeline(req, "cpu").downscale.product == "radar_a"
     wrong = dataclasses.replace(req, product="radar_c")
     with pytest.raises(ConfigError, match="labelled.safetensors.*'radar_c'.*radar_a, radar_b"):
         load_pipeline(wrong, "cpu")
-    default = dataclasses.replace(req, weights_downscale=None)
+    shipped = dataclasses.replace(req, weights_downscale=None, product="fmi")
+    stage = load_pipeline(shipped, "cpu").downscale  # --product alone: the shipped product model
+    assert stage.product == "fmi" and "product" in Path(stage.source).name
+    from .conftest import stage_with_notes  # weights without products are refused by name
+
+    plain = stage_with_notes(tiny_weights["downscale"], tmp_path, note="x").source
     with pytest.raises(ConfigError, match="not trained with product.*mean_product"):
-        load_pipeline(default, "cpu")
+        load_pipeline(dataclasses.replace(req, weights_downscale=Path(plain)), "cpu")
     no_stage2 = dataclasses.replace(req, stages=("correct",), product="radar_a")
     with pytest.raises(ConfigError, match="--product radar_a.*Stage II"):
         load_pipeline(no_stage2, "cpu")

@@ -211,13 +211,16 @@ def resolve_device(device: str) -> str:
 
 
 def load_pipeline(req: PredictRequest, device: str) -> Pipeline:
-    """Load the requested stages (the shipped weights where no path is given)."""
+    """Load the requested stages (the shipped weights where no path is given; with a
+    ``product`` and no Stage-II weights, the shipped product-conditioned Stage II)."""
     shipped = shipped_weights()
     stages: dict[str, Stage | None] = {"correct": None, "downscale": None}
     for name, given in (("correct", req.weights_correct), ("downscale", req.weights_downscale)):
         if name not in req.stages:
             continue
-        path = given or shipped[name]
+        default = "downscale_product" if name == "downscale" and req.product not in (
+            None, "any") else name  # --product alone: the shipped product-conditioned Stage II
+        path = given or shipped[default]
         if path is None:
             raise CheckpointError(
                 f"no {name} weights given and none shipped: pass --weights-{name} FILE.safetensors"
