@@ -144,7 +144,8 @@ def test_shipped_product_model_knows_the_corpus_networks():
     from precipdiff.pipeline.shipped import shipped_weights
 
     paths = shipped_weights()
-    product, full = Release.load(paths["downscale_product"]), Release.load(paths["downscale_full"])
+    product = Release.load(paths["downscale_product_full"])
+    full = Release.load(paths["downscale_full"])
     networks = ("mrms", "radolan", "mch", "fmi", "opera")
     assert product.model.products == networks
     assert dataclasses.replace(product.model, products=()) == full.model
@@ -159,6 +160,12 @@ def test_shipped_product_model_knows_the_corpus_networks():
         assert own[repr(factor)] == min(own.values())
     thresholds = json.loads(product.notes["fine_threshold_by_product"])
     assert set(thresholds) == set(networks) and min(thresholds.values()) >= 0.1
+    # what `predict --product` loads: its 4-step student, with the teacher's calibrations
+    student = Release.load(paths["downscale_product"])
+    assert student.model == product.model and len(student.distilled_sigmas) == 4
+    assert json.loads(student.notes["distilled"])["teacher"] == product.path.split("/")[-1]
+    for key in ("fine_threshold_by_product", "spread_inflation_by_product", "peak_envelope"):
+        assert student.notes[key] == product.notes[key]
     stage = Stage.load(paths["downscale_product"]).set_product("fmi")
     assert Pipeline(None, stage).spread_inflation(PredictOptions()) == by_product["fmi"]
     assert Pipeline(None, stage).fine_threshold(PredictOptions()) == max(thresholds["fmi"], 0.1)

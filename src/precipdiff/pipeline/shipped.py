@@ -14,9 +14,10 @@ from pathlib import Path
 #: :mod:`precipdiff.training.distill`); ``downscale_full`` is its teacher, sampled with any
 #: sampler and the base of the temporal model and of fine-tuning.
 #: ``downscale_temporal`` is the spatiotemporal Stage II for areal means (sequences; not a
-#: default: pass it with ``--weights-downscale``). ``downscale_product`` is ``downscale_full``
-#: fine-tuned with a label per radar network of the corpus (``predict --product NAME``; not a
-#: default), ``downscale_temporal_product`` the spatiotemporal Stage II on top of it.
+#: default: pass it with ``--weights-downscale``). ``downscale_product_full`` is
+#: ``downscale_full`` fine-tuned with a label per radar network of the corpus, and
+#: ``downscale_product`` its 4-step student, what ``predict --product NAME`` loads;
+#: ``downscale_temporal_product`` is the spatiotemporal Stage II on top of the full one.
 #: MODEL_CARD.md describes each.
 SHIPPED = {
     "correct": "stage1_correct_mean.safetensors",
@@ -25,7 +26,8 @@ SHIPPED = {
     "correct_max": "stage1_correct_max.safetensors",
     "downscale_max": "stage2_downscale_max.safetensors",
     "downscale_temporal": "stage2_temporal_mean.safetensors",
-    "downscale_product": "stage2_downscale_mean_product.safetensors",
+    "downscale_product": "stage2_downscale_mean_product_distilled.safetensors",
+    "downscale_product_full": "stage2_downscale_mean_product.safetensors",
     "downscale_temporal_product": "stage2_temporal_mean_product.safetensors",
 }
 
