@@ -214,19 +214,20 @@ def load_pipeline(req: PredictRequest, device: str) -> Pipeline:
     """Load the requested stages (the shipped weights where no path is given; with a
     ``product`` and no Stage-II weights, the shipped product-conditioned Stage II)."""
     shipped = shipped_weights()
+    named = req.product not in (None, "any")
     stages: dict[str, Stage | None] = {"correct": None, "downscale": None}
     for name, given in (("correct", req.weights_correct), ("downscale", req.weights_downscale)):
         if name not in req.stages:
             continue
-        default = "downscale_product" if name == "downscale" and req.product not in (
-            None, "any") else name  # --product alone: the shipped product-conditioned Stage II
+        # --product alone: the shipped product-conditioned Stage II
+        default = "downscale_product" if name == "downscale" and named else name
         path = given or shipped[default]
         if path is None:
             raise CheckpointError(
                 f"no {name} weights given and none shipped: pass --weights-{name} FILE.safetensors"
             )
         stages[name] = Stage.load(path, device=device)
-    if req.product not in (None, "any"):
+    if named:
         if stages["downscale"] is None:
             raise ConfigError(f"--product {req.product}: conditions Stage II, which this run "
                               f"does not use (--stages {','.join(req.stages)})")

@@ -15,6 +15,7 @@ from precipdiff import __version__
 from precipdiff.errors import CheckpointError, ConfigError
 from precipdiff.release import InputSemantics, Release
 from precipdiff.training.config import RunConfig
+from precipdiff.training.objective import network_labels
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +238,7 @@ def product_lookup(cfg: RunConfig, net: nn.Module, store: Any) -> torch.Tensor |
     unknown = [n for n in store.networks if n not in cfg.model.products]
     if unknown:
         log.warning("networks %s are not in model.products: they train as 'any product'", unknown)
-    return torch.tensor([net.product_label(n) if n in cfg.model.products else 0
-                         for n in store.networks], dtype=torch.long)
+    return network_labels(net, store.networks)
 
 
 def _coarse_spacing(store: Any) -> dict[str, Any] | None:

@@ -122,11 +122,19 @@ def training_samples(weights: str | Path, corpus: str | Path, *, frames: int = 4
 
 
 def save_calibration(release, output: str | Path, key: str, value: str,
-                     summary: dict[str, Any]) -> None:
+                     summary: dict[str, Any], by_product: dict[str, float] | None = None
+                     ) -> dict[str, Any]:
     """Write ``release`` to ``output`` with the note ``key = value`` and its calibration record
-    (``<key>_calibration``, JSON ``summary``); tensors and other notes unchanged."""
-    notes = {**release.notes, key: value, f"{key}_calibration": json.dumps(summary)}
+    (``<key>_calibration``, JSON ``summary``), and with ``by_product`` (the value for each
+    product, non-empty for product-conditioned weights) the ``<key>_by_product`` note and its
+    copy in the record; tensors and other notes unchanged. Returns the record."""
+    notes = {**release.notes, key: value}
+    if by_product:
+        summary = {**summary, f"{key}_by_product": by_product}
+        notes[f"{key}_by_product"] = json.dumps(by_product)
+    notes[f"{key}_calibration"] = json.dumps(summary)
     dataclasses.replace(release, notes=notes).save(output)
+    return summary
 
 
 def calibrate(weights: str | Path, corpus: str | Path, output: str | Path, **kw: Any) -> dict:
@@ -145,12 +153,8 @@ def calibrate(weights: str | Path, corpus: str | Path, output: str | Path, **kw:
                "networks": list(s["per_network"]),
                "settings": {k: v for k, v in kw.items() if k != "networks"}}
     release = Release.load(weights)
-    by_product = product_thresholds(release, corpus, **kw)
-    if by_product:
-        summary["fine_threshold_by_product"] = by_product
-        release = dataclasses.replace(release, notes={
-            **release.notes, "fine_threshold_by_product": json.dumps(by_product)})
-    save_calibration(release, output, "fine_threshold", repr(round(t, 4)), summary)
+    summary = save_calibration(release, output, "fine_threshold", repr(round(t, 4)), summary,
+                               product_thresholds(release, corpus, **kw))
     log.info("fine threshold %.3f mm/h (volume kept %.3f): %s", t, kept, output)
     return summary
 
@@ -245,11 +249,8 @@ def calibrate_spread(weights: str | Path, corpus: str | Path, output: str | Path
                   for name, curve in curves.items()},
                "per_network": per_network, "networks": list(per_network),
                "settings": {"frames": frames, "crop": crop, "members": members, "seed": seed}}
-    if by_product:
-        summary["spread_inflation_by_product"] = by_product
-        release = dataclasses.replace(release, notes={
-            **release.notes, "spread_inflation_by_product": json.dumps(by_product)})
-    save_calibration(release, output, "spread_inflation", repr(best), summary)
+    summary = save_calibration(release, output, "spread_inflation", repr(best), summary,
+                               by_product)
     log.info("spread inflation %.2f (%s relative CRPS %.4f): %s", best, criterion,
              pooled[best], output)
     return summary

@@ -126,23 +126,26 @@ def calibrate_time(weights: str | Path, corpus: str | Path, output: str | Path, 
     errors: dict[float, list[float]] = {phi: [] for phi in grid}
     own: dict[str, dict[float, list[float]]] = {}  # product -> phi -> errors under its label
     per_case = []
+
+    def lag1s(case: dict[str, Any], r_obs: float, table: dict[float, list[float]],
+              product: str | None = None) -> dict[str, float]:
+        """Members' lag-1 for every phi of ``grid`` under ``product``; errors into ``table``."""
+        net.set_product(product)
+        out = {}
+        for phi in grid:
+            out[repr(phi)] = member_lag1(net, release, case, phi, members=members, steps=steps,
+                                         seed=seed)
+            table[phi].append(abs(out[repr(phi)] - r_obs))
+        net.set_product(None)
+        return out
+
     for case in cases:
         r_obs = radar_lag1(case)
         row = {"network": case["network"], "event": case["event"], "step_s": case["step_s"],
-               "radar_lag1": r_obs, "members_lag1": {}}
-        for phi in grid:
-            r = member_lag1(net, release, case, phi, members=members, steps=steps, seed=seed)
-            row["members_lag1"][repr(phi)] = r
-            errors[phi].append(abs(r - r_obs))
+               "radar_lag1": r_obs, "members_lag1": lag1s(case, r_obs, errors)}
         if case["network"] in net.cfg.products:
-            net.set_product(case["network"])
-            row["own_product_members_lag1"] = {}
             table = own.setdefault(case["network"], {phi: [] for phi in grid})
-            for phi in grid:
-                r = member_lag1(net, release, case, phi, members=members, steps=steps, seed=seed)
-                row["own_product_members_lag1"][repr(phi)] = r
-                table[phi].append(abs(r - r_obs))
-            net.set_product(None)
+            row["own_product_members_lag1"] = lag1s(case, r_obs, table, case["network"])
         per_case.append(row)
         log.info("%s event %d: radar %.3f, members %s", case["network"], case["event"], r_obs,
                  row["members_lag1"])
@@ -152,13 +155,12 @@ def calibrate_time(weights: str | Path, corpus: str | Path, output: str | Path, 
                "sequences": per_case, "networks": chosen,
                "settings": {"frames": frames, "crop": crop, "members": members,
                             "steps": steps, "seed": seed, "grid": list(grid)}}
-    notes = {**release.notes, "temporal_noise_correlation_calibrated": repr(phi),
-             "temporal_noise_correlation_calibration": json.dumps(summary)}
+    notes = {**release.notes, "temporal_noise_correlation_calibrated": repr(phi)}
     if own:  # each product's own correlation, under its label (``predict --product``)
         by_product = {name: choose(table) for name, table in own.items()}
         summary["noise_correlation_by_product"] = by_product
         notes["temporal_noise_correlation_calibrated_by_product"] = json.dumps(by_product)
-        notes["temporal_noise_correlation_calibration"] = json.dumps(summary)
+    notes["temporal_noise_correlation_calibration"] = json.dumps(summary)
     dataclasses.replace(Release.load(weights), notes=notes).save(output)
     log.info("noise correlation %.2f (mean lag-1 errors %s): %s", phi,
              summary["mean_lag1_error"], output)

@@ -9,6 +9,8 @@ with the same global batch, whatever the number of ranks or micro-steps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -45,6 +47,14 @@ def edm_loss_sum(denoiser: nn.Module, y: Tensor, cond: Tensor, mask: Tensor, sig
     kwargs = {} if product is None else {"product": product}
     denoised = denoiser(y + noise * s, sigma, cond, **kwargs)
     return (weight * (denoised.float() - y) ** 2 * mask.to(y.dtype).expand_as(y)).sum()
+
+
+def network_labels(net: nn.Module, networks: Sequence[str]) -> Tensor:
+    """The product label of each of a corpus's ``networks`` for the product-conditioned
+    ``net`` (0, "any product", for a network that is not one of its products): the ``lookup``
+    of :func:`product_labels`."""
+    return torch.tensor([net.product_label(n) if n in net.cfg.products else 0
+                         for n in networks], dtype=torch.long)
 
 
 def product_labels(networks: Tensor, lookup: Tensor, serials: list[int], *, seed: int,

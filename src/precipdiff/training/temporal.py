@@ -45,6 +45,7 @@ from precipdiff.training.config import RunConfig
 from precipdiff.training.objective import (
     draw_noise,
     edm_loss_sum,
+    network_labels,
     product_labels,
     sample_generator,
 )
@@ -162,8 +163,7 @@ def clip_product_lookup(net: SpatioTemporalUNet, ds: Any) -> Tensor | None:
     None for a net without products or clips without networks."""
     if not net.cfg.products or not hasattr(ds, "networks"):
         return None
-    return torch.tensor([net.product_label(n) if n in net.cfg.products else 0
-                         for n in ds.networks], dtype=torch.long)
+    return network_labels(net, ds.networks)
 
 
 def open_clips(cfg: TemporalRunConfig, split: str = "train") -> Any:
