@@ -67,6 +67,7 @@ from precipdiff.evaluation.temporal import (
     temporal_scores,
 )
 from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
+from precipdiff.pipeline.drift import rain_drift
 from precipdiff.pipeline.sequence import (
     WINDOW_MODES,
     SequenceOptions,
@@ -130,8 +131,10 @@ def per_frame(net, lr_t: torch.Tensor, f: int, opts: SequenceOptions, sd: float)
 
     base = upsample_tensor(lr_t[:, None].float(), f, method="bilinear")
     n, h, w = base.shape[0], base.shape[-2], base.shape[-1]
+    drift = None if opts.noise_drift is None else np.asarray(opts.noise_drift)
     noise = sequence_noise(opts.members, 0, n, h, w, seed=opts.seed,
-                           correlation=opts.noise_correlation).reshape(opts.members, n, 1, h, w)
+                           correlation=opts.noise_correlation, drift=drift
+                           ).reshape(opts.members, n, 1, h, w)
     sig = sampler_sigmas(opts.sampler, opts.steps, sigma_data=sd).float()
     d = EDMPrecond(net, sigma_data=sd)
     out = []
@@ -209,7 +212,7 @@ def paired_interval(a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, n_boo
 def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
              modes: tuple[str, ...] = ("overlap",),
              correlations: tuple[float, ...] = (0.0,), inflation: float = 1.0,
-             product: str | None = None) -> dict:
+             product: str | None = None, drift: bool = False) -> dict:
     """Per-frame and temporal members of ``case``, scored: for every noise correlation in
     ``correlations`` the per-frame model and one temporal row per window mode in ``modes``
     (named ``per-frame`` / ``temporal`` for the first mode at the first correlation), with the
@@ -217,7 +220,9 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
     Every row's members are spread about their mean by ``inflation`` (mm/h, values below 0.1
     mm/h zeroed: :func:`~precipdiff.pipeline.spread.inflate_spread`; no mass consistency here,
     so the clipped negatives add a little rain). ``product``: the target product both models
-    are conditioned on (product-conditioned weights only; None: any)."""
+    are conditioned on (product-conditioned weights only; None: any). ``drift``: the correlated
+    noise of both models moves with the coarse rain (:func:`~precipdiff.pipeline.drift.
+    rain_drift`) instead of standing at fixed pixels."""
     tr, f, sd = release.transform, case["factor"], release.sigma_data
     lr_t = torch.from_numpy(tr.forward(case["lr"]).astype(np.float32))
     per_frame_net = release.build_net().eval().set_product(product)
@@ -230,6 +235,9 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
         secs.setdefault(name, []).append(time.perf_counter() - t0)
 
     first = correlations[0]
+    if drift:
+        track = rain_drift(case["lr"], f)
+        opts = replace(opts, noise_drift=tuple(map(tuple, track.tolist())))
     for phi in correlations:
         noise = "" if phi == first else f", noise correlation {phi:g}"
         o = replace(opts, noise_correlation=phi)
@@ -360,6 +368,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "trained with model.products)")
     ap.add_argument("--spread-inflation", type=float, default=1.0,
                     help="spread every row's members about their mean by this factor")
+    ap.add_argument("--noise-drift", action="store_true",
+                    help="correlated noise moves with the coarse rain (one translation per "
+                    "frame step) instead of standing at fixed pixels")
     return ap.parse_args(argv)
 
 
@@ -398,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         results.append(run_case(case, release, net, opts, tuple(args.windows),
                                 tuple(args.noise_correlation), args.spread_inflation,
-                                network if args.own_product else None))
+                                network if args.own_product else None, args.noise_drift))
         log.info("%s: %s", network, json.dumps(results[-1]))
         args.output.mkdir(parents=True, exist_ok=True)
         figures(case, args.output)

@@ -34,7 +34,8 @@ __all__ = ["downscale"]
 
 #: Further ``precipdiff predict`` options that :func:`downscale` passes on.
 OPTIONS = ("input_semantics", "mass_consistent", "allow_semantics_mismatch",
-           "allow_spacing_mismatch", "product")
+           "allow_spacing_mismatch", "product", "temporal_noise_correlation",
+           "temporal_noise_drift")
 
 
 def downscale(
@@ -70,7 +71,8 @@ def downscale(
         recorded in the result's ``time_selection`` attribute.
     **options : any of :data:`OPTIONS` (``input_semantics``, ``mass_consistent``, the
         ``allow_*_mismatch`` overrides, ``product``: the target radar product of
-        product-conditioned Stage-II weights), as for ``precipdiff predict``.
+        product-conditioned Stage-II weights; ``temporal_noise_correlation`` and
+        ``temporal_noise_drift`` for a temporal Stage II), as for ``precipdiff predict``.
 
     Returns
     -------

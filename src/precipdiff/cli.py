@@ -360,6 +360,13 @@ def predict(
                      "what they were trained with).",
                      metavar="PHI", show_default=False),
     ] = PREDICT.temporal_noise_correlation,
+    temporal_noise_drift: Annotated[
+        bool | None,
+        typer.Option("--temporal-noise-drift/--no-temporal-noise-drift",
+                     help="A temporal Stage II's correlated noise moves with the coarse rain "
+                     "(default: as the weights' correlation was calibrated).",
+                     show_default=False),
+    ] = PREDICT.temporal_noise_drift,
     temporal_chunk: Annotated[
         int,
         typer.Option(help="Frames a temporal Stage II samples as one state (neighbouring "
@@ -485,6 +492,7 @@ def predict(
         time_conserve=time_conserve,
         temporal_windows=temporal_windows,
         temporal_noise_correlation=temporal_noise_correlation,
+        temporal_noise_drift=temporal_noise_drift,
         temporal_chunk=temporal_chunk,
         thresholds=_parse_thresholds(thresholds),
         archive=archive,

@@ -37,7 +37,10 @@ class PredictDefaults:
     noise (AR(1), :func:`~precipdiff.pipeline.sequence.sequence_noise`); None: the one
     calibrated for the weights on training sequences (``temporal_noise_correlation_calibrated``
     note, :mod:`precipdiff.training.calibrate_time`), else the one they were trained with
-    (``temporal_noise_correlation``), else 0. temporal_chunk : frames a temporal Stage II
+    (``temporal_noise_correlation``), else 0. temporal_noise_drift : that noise moves with the
+    coarse rain (:mod:`~precipdiff.pipeline.drift`) rather than standing at fixed pixels; None:
+    as the weights' correlation was calibrated (``temporal_noise_drift`` note), else fixed.
+    temporal_chunk : frames a temporal Stage II
     samples as one state (neighbouring chunks share a temporal window, blended); with
     ``member_batch`` and ``window`` it bounds the sampler's memory whatever the record's length
     (:mod:`precipdiff.pipeline.record`).
@@ -60,6 +63,7 @@ class PredictDefaults:
     mass_consistent: bool | None = None
     temporal_windows: str = "alternate"
     temporal_noise_correlation: float | None = None
+    temporal_noise_drift: bool | None = None
     temporal_chunk: int = 24
 
     @property

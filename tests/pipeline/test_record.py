@@ -99,6 +99,37 @@ def test_correlated_noise_is_seeded_and_recorded(weights, tmp_path) -> None:
     np.testing.assert_array_equal(out["precip"].values, a["precip"].values)
 
 
+def test_noise_moves_with_the_rain_when_asked_or_noted(weights, tmp_path, monkeypatch) -> None:
+    first = coarse_field(ny=8, nx=12, n_time=1, seed=3)
+    yy, xx = np.mgrid[0:8, 0:12]
+    frames = [first.copy(data=(12 * np.exp(-((yy - 4) ** 2 + (xx - 3 - k) ** 2) / 4)
+                               * (1 + 0.3 * np.sin(yy + xx - k)))[None].astype(np.float32))
+              for k in range(4)]  # a storm one coarse cell further east each frame
+    t0 = np.datetime64("2019-06-10T00:00", "ns")
+    src = xr.concat(frames, dim="time").assign_coords(
+        time=t0 + np.arange(4) * np.timedelta64(10, "m"))
+    tracks = []
+    real = record_module.rain_drift
+    monkeypatch.setattr(record_module, "rain_drift",
+                        lambda rates, factor: tracks.append(real(rates, factor)) or tracks[-1])
+    pipe = Pipeline(None, Stage.load(weights["trained"]))
+    still = pipe.predict(src, _opts(temporal_noise_correlation=0.5))
+    assert still.attrs["downscale_temporal_noise_drift"] == 0 and not tracks
+    moved = pipe.predict(src, _opts(temporal_noise_correlation=0.5, temporal_noise_drift=True))
+    assert moved.attrs["downscale_temporal_noise_drift"] == 1
+    # the rain moves one coarse cell east a frame: FACTOR fine pixels
+    np.testing.assert_allclose(np.diff(tracks[0], axis=0), [[0, FACTOR]] * 3, atol=0.3 * FACTOR)
+    assert np.nanmax(np.abs(moved["precip"].values - still["precip"].values)) > 1e-3
+    # weights calibrated with drifting noise say so; independent noise has nothing to move
+    rel = Release.load(weights["trained"])
+    noted = dataclasses.replace(rel, notes={**rel.notes, "temporal_noise_drift": "1"}
+                                ).save(tmp_path / "drift.safetensors")
+    again = Pipeline(None, Stage.load(noted)).predict(src, _opts(temporal_noise_correlation=0.5))
+    np.testing.assert_array_equal(again["precip"].values, moved["precip"].values)
+    Pipeline(None, Stage.load(noted)).predict(src, _opts())
+    assert len(tracks) == 2
+
+
 def test_unknown_temporal_windows_refused(tmp_path) -> None:
     from precipdiff.errors import ConfigError
     from precipdiff.pipeline.run import PredictRequest
@@ -277,7 +308,7 @@ def test_cli_predict_with_a_temporal_stage_two(weights, tmp_path) -> None:
     out = tmp_path / "out.nc"
     args = ["predict", str(src), "--stages", "downscale", "--weights-downscale",
             str(weights["trained"]), "--members", "2", "--steps", "2", "--device", "cpu",
-            "--output", str(out)]
+            "--temporal-noise-correlation", "0.5", "--temporal-noise-drift", "--output", str(out)]
     res = subprocess.run([sys.executable, "-m", "precipdiff", *args], capture_output=True,
                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr
@@ -285,6 +316,7 @@ def test_cli_predict_with_a_temporal_stage_two(weights, tmp_path) -> None:
         assert ds["precip"].dims == ("member", "time", "lat", "lon")
         assert ds["precip"].shape == (2, 3, 6 * FACTOR, 8 * FACTOR)
         assert ds.attrs["downscale_temporal_frames"] == FRAMES
+        assert ds.attrs["downscale_temporal_noise_drift"] == 1
         hr = ds["precip"].values
         assert np.nanmin(hr) >= 0 and np.isfinite(hr).any()
 
@@ -308,6 +340,10 @@ def test_xarray_api_samples_the_whole_record(weights) -> None:
                                rtol=1e-6)
     with pytest.raises(ConfigError, match="temporal Stage II samples whole records"):
         downscale(src.chunk({"time": 1}), **kw)
+    moved = downscale(src, temporal_noise_correlation=0.5, temporal_noise_drift=True, **kw)
+    ref = pipe.predict(src, _opts(seed=file_seed(5, src), mass_consistent=None,
+                                  temporal_noise_correlation=0.5, temporal_noise_drift=True))
+    np.testing.assert_array_equal(moved["precip"].values, ref["precip"].values.swapaxes(0, 1))
 
 
 def _half_dry_record() -> xr.DataArray:

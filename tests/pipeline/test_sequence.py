@@ -183,6 +183,28 @@ def test_correlated_noise_is_ar1_in_time_and_the_same_in_any_window():
         sequence_noise(1, 0, 2, 8, 8, seed=0, correlation=1.0)
 
 
+def test_noise_that_drifts_moves_with_the_rain_and_agrees_across_windows():
+    phi, n = 0.6, 8
+    track = np.stack([-1.0 * np.arange(n), 2.6 * np.arange(n)], axis=1)  # fine pixels
+    moved = sequence_noise(2, 0, n, 64, 80, seed=4, correlation=phi, drift=track)
+    assert abs(float(moved.std()) - 1) < 0.02  # every term is unit normal: variance kept
+    a, b = moved.reshape(2, n, 64, 80)[:, 3], moved.reshape(2, n, 64, 80)[:, 5]
+    # frame 5 holds frame 3's noise from two steps upwind, b(y, x) ~ a(y + 2, x - 5): the
+    # track moved (-2, 5.2) fine pixels in between
+    carried = torch.corrcoef(torch.stack([a[:, 2:, :-5].flatten(), b[:, :-2, 5:].flatten()]))
+    in_place = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))
+    assert abs(float(carried[0, 1]) - phi**2) < 0.04
+    assert abs(float(in_place[0, 1])) < 0.03
+    # any window of the record, in time and space, gets the same values
+    part = sequence_noise(2, 2, 6, 20, 30, seed=4, correlation=phi, drift=track, y0=10, x0=25)
+    torch.testing.assert_close(part.reshape(2, 4, 20, 30),
+                               moved.reshape(2, n, 64, 80)[:, 2:6, 10:30, 25:55],
+                               rtol=0, atol=1e-6)
+    still = sequence_noise(2, 0, n, 64, 80, seed=4, correlation=phi)
+    assert torch.equal(sequence_noise(2, 0, n, 64, 80, seed=4, correlation=phi,
+                                      drift=np.zeros((n, 2))), still)
+
+
 def test_memory_is_bounded_by_window_and_tile():
     shapes = []
 

@@ -55,6 +55,30 @@ def test_calibrated_correlation_is_stored_and_used_by_predict(corpus, tmp_path):
     torch.testing.assert_close(Release.load(out).state, Release.load(weights).state)
 
 
+def test_drifting_noise_is_calibrated_and_noted_for_predict(corpus, tmp_path):
+    from precipdiff.pipeline.record import noise_drift
+
+    weights = tmp_path / "t.safetensors"
+    _temporal_weights(weights, factor=2)
+    still, moved = tmp_path / "still.safetensors", tmp_path / "moved.safetensors"
+    kw = dict(grid=(0.0, 0.75), frames=3, crop=16, members=2, steps=2)
+    a = calibrate_time(weights, corpus, still, **kw)
+    b = calibrate_time(weights, corpus, moved, drift=True, **kw)
+    assert b["settings"]["drift"] and not a["settings"]["drift"]
+    # independent noise has nothing to move; correlated noise that moves gives other members
+    rows = zip(a["sequences"], b["sequences"], strict=True)
+    assert all(x["members_lag1"]["0.0"] == y["members_lag1"]["0.0"] for x, y in rows)
+    assert any(x["members_lag1"]["0.75"] != y["members_lag1"]["0.75"]
+               for x, y in zip(a["sequences"], b["sequences"], strict=True))
+
+    class Opts:
+        temporal_noise_drift = None
+
+    assert noise_drift(Stage.load(moved), Opts()) and not noise_drift(Stage.load(still), Opts())
+    Opts.temporal_noise_drift = False
+    assert not noise_drift(Stage.load(moved), Opts())  # the option wins
+
+
 def test_a_product_model_gets_each_products_own_correlation(corpus, tmp_path):
     import json
 

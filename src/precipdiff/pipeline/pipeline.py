@@ -64,7 +64,7 @@ from precipdiff.pipeline.inputs import (
     coarsen_input,
 )
 from precipdiff.pipeline.peaks import PeakEnvelope, cap_peaks
-from precipdiff.pipeline.record import downscale_record, noise_correlation
+from precipdiff.pipeline.record import downscale_record, noise_correlation, noise_drift
 from precipdiff.pipeline.spread import INFLATION_RANGE, inflate_spread
 from precipdiff.pipeline.stage import SamplerSettings, Stage, bf16_is_fast
 from precipdiff.pipeline.tiling import Window, position_noise, window_base, windows
@@ -121,6 +121,8 @@ class PredictOptions:
     Stage II covers a record (:data:`~precipdiff.pipeline.sequence.WINDOW_MODES`).
     temporal_noise_correlation : lag-1 correlation in time of its starting noise; None: what
     the weights were trained with (:func:`~precipdiff.pipeline.record.noise_correlation`).
+    temporal_noise_drift : that noise moves with the coarse rain; None: as the weights say
+    (:func:`~precipdiff.pipeline.record.noise_drift`).
     temporal_chunk : frames it samples as one state (:mod:`precipdiff.pipeline.record`).
     crop_to_rain : Stage II samples only the part of each window around its wet coarse cells
     (:func:`~precipdiff.pipeline.dry.wet_boxes`: the boxes of the groups of cells wet in any
@@ -156,6 +158,7 @@ class PredictOptions:
     allow_spacing_mismatch: bool = False
     temporal_windows: str = PREDICT.temporal_windows
     temporal_noise_correlation: float | None = PREDICT.temporal_noise_correlation
+    temporal_noise_drift: bool | None = PREDICT.temporal_noise_drift
     temporal_chunk: int = PREDICT.temporal_chunk
     crop_to_rain: bool = True
     window_workers: int = 1
@@ -751,6 +754,7 @@ class Pipeline:
                 attrs[f"{name}_temporal_frames"] = stage.temporal.frames
                 attrs[f"{name}_temporal_windows"] = opts.temporal_windows
                 attrs[f"{name}_temporal_noise_correlation"] = noise_correlation(stage, opts)
+                attrs[f"{name}_temporal_noise_drift"] = int(noise_drift(stage, opts))
         return attrs
 
 

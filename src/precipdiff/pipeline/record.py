@@ -23,7 +23,9 @@ predict_to_file` downscale all time steps of the input at once with the sequence
 Noise: the starting noise of a value depends on ``(seed + 1, member, global time index,
 pixel)`` only, the per-frame Stage II's noise (:func:`~precipdiff.pipeline.tiling.
 position_noise`), correlated in time as the weights were trained (:func:`noise_correlation`:
-an AR(1) combination of it, :func:`~precipdiff.pipeline.sequence.sequence_noise`): the same
+an AR(1) combination of it, :func:`~precipdiff.pipeline.sequence.sequence_noise`; where the
+weights were calibrated so, :func:`noise_drift`, its correlated part moves with the rain of the
+members' mean corrected record, :func:`~precipdiff.pipeline.drift.rain_drift`): the same
 seed gives the same output, and with independent frames (0) a temporal model whose temporal
 blocks are zero (as initialised) samples what the per-frame model samples on a domain that
 fits one window and one tile (with a deterministic sampler).
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -58,6 +61,7 @@ from torch import Tensor
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.errors import ConfigError
 from precipdiff.pipeline.accumulate import Accumulator
+from precipdiff.pipeline.drift import rain_drift
 from precipdiff.pipeline.dry import dry_block, dry_cells, wet_box
 from precipdiff.pipeline.sequence import (
     FrameWindow,
@@ -127,6 +131,15 @@ def noise_correlation(stage: Stage, opts: PredictOptions) -> float:
     if calibrated is not None:
         return float(calibrated)
     return float(stage.metadata.get("temporal_noise_correlation", 0.0))
+
+
+def noise_drift(stage: Stage, opts: PredictOptions) -> bool:
+    """Whether the temporal Stage II's correlated starting noise moves with the coarse rain
+    (:mod:`~precipdiff.pipeline.drift`): ``opts``, else as its correlation was calibrated
+    (``temporal_noise_drift`` note of :mod:`precipdiff.training.calibrate_time`), else not."""
+    if opts.temporal_noise_drift is not None:
+        return bool(opts.temporal_noise_drift)
+    return stage.metadata.get("temporal_noise_drift", "0") == "1"
 
 
 def sequence_options(stage: Stage, opts: PredictOptions) -> SequenceOptions:
@@ -230,6 +243,13 @@ def downscale_record(
     h, w = ny * f, nx * f
     channels = 1 + (0 if extras is None else extras.shape[1])
     seq = sequence_options(stage, opts)
+    if seq.noise_correlation > 0 and noise_drift(stage, opts):  # one track for all members
+        with warnings.catch_warnings():  # all-NaN cells: dry for the track
+            warnings.simplefilter("ignore", RuntimeWarning)
+            track = rain_drift(np.nanmean(corrected, axis=0), f)
+        seq = replace(seq, noise_drift=tuple(map(tuple, track.tolist())))
+        log.info("noise moves with the rain: %.1f, %.1f fine pixels (y, x) over the record",
+                 *track[-1])
     chunks, wins, mb = _blocks(n, h, w, f, m, seq, opts)
     longest = max(c.t1 - c.t0 for c in chunks)  # frames open at once, at most
     check_record_memory(stage, mb, longest,

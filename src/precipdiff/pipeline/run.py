@@ -110,6 +110,7 @@ class PredictRequest:
     time_conserve: bool = True
     temporal_windows: str = PREDICT.temporal_windows
     temporal_noise_correlation: float | None = PREDICT.temporal_noise_correlation
+    temporal_noise_drift: bool | None = PREDICT.temporal_noise_drift
     temporal_chunk: int = PREDICT.temporal_chunk
 
     def __post_init__(self) -> None:
@@ -261,6 +262,7 @@ def _options(req: PredictRequest, device: str) -> PredictOptions:
         cap_peaks=req.cap_peaks,
         temporal_windows=req.temporal_windows,
         temporal_noise_correlation=req.temporal_noise_correlation,
+        temporal_noise_drift=req.temporal_noise_drift,
         temporal_chunk=req.temporal_chunk,
         device=device,
         precision=req.precision,

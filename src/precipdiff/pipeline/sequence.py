@@ -192,8 +192,9 @@ class SequenceOptions:
     ``chunk`` frames (with ``chunk_halo`` frames shared by neighbouring chunks) bound the
     sampler state; ``None`` samples the whole record as one state. ``windows``: overlapping
     temporal windows (``overlap_frames`` shared) or ``"alternate"`` partitions (module
-    docstring). ``noise_correlation``: lag-1 correlation of the starting noise in time
-    (:func:`sequence_noise`).
+    docstring). ``noise_correlation``: lag-1 correlation of the starting noise in time;
+    ``noise_drift``: the rain's cumulative displacement per record frame (fine pixels), which
+    the correlated noise follows, or None: fixed pixels (:func:`sequence_noise`).
     """
 
     members: int = 4
@@ -213,6 +214,7 @@ class SequenceOptions:
     chunk_halo: int = 2
     windows: str = "overlap"
     noise_correlation: float = 0.0
+    noise_drift: tuple[tuple[float, float], ...] | None = None
 
 
 def clips_per_call(frames: int, images: int) -> int:
@@ -224,7 +226,7 @@ def clips_per_call(frames: int, images: int) -> int:
 
 def sequence_noise(members: int, t0: int, t1: int, h: int, w: int, *, seed: int,
                    channels: int = 1, correlation: float = 0.0, member0: int = 0,
-                   y0: int = 0, x0: int = 0) -> Tensor:
+                   y0: int = 0, x0: int = 0, drift: np.ndarray | None = None) -> Tensor:
     """Starting noise ``(M*(t1-t0), C, h, w)`` of members ``[member0, member0 + M)``, frames
     ``[t0, t1)`` and the pixels from ``(y0, x0)``: each value depends on ``(seed, member,
     global frame, global pixel)`` only.
@@ -234,24 +236,45 @@ def sequence_noise(members: int, t0: int, t1: int, h: int, w: int, *, seed: int,
     prior, as Ge et al. 2023, "Preserve Your Own Correlation", for video diffusion): frame
     ``t`` is ``sum_j phi**j e(t - j) / norm`` over the independent position noise ``e`` of
     frames ``t - j`` (truncated where ``phi**j < 1e-3``, renormalised: unit variance), so a
-    window or chunk anywhere in the record gets the same values. 0: independent frames."""
+    window or chunk anywhere in the record gets the same values. 0: independent frames.
+
+    ``drift (N, 2)``: the rain's cumulative displacement over the record's frames (fine pixels,
+    ``(dy, dx)``, :func:`~precipdiff.pipeline.drift.rain_drift`; frames outside the record take
+    the nearest end's). Frame ``t`` then takes the noise of frame ``t - j`` from where the rain
+    was, ``e(t - j, x - round(drift[t] - drift[t - j]))``: the correlated part of the noise
+    moves with the rain (each term is still unit normal, so the variance is kept)."""
     if not 0.0 <= correlation < 1.0:
         raise ValueError(f"noise correlation must be in [0, 1), got {correlation}")
 
-    def e(m: int, t: int) -> Tensor:
-        return position_noise(y0, x0, h, w, seed=seed, member=member0 + m, time_index=t,
-                              channels=channels)
+    def e(m: int, t: int, dy: int = 0, dx: int = 0) -> Tensor:
+        return position_noise(y0 - dy, x0 - dx, h, w, seed=seed, member=member0 + m,
+                              time_index=t, channels=channels)
 
     if correlation == 0.0:
         return torch.stack([e(m, t) for m in range(members) for t in range(t0, t1)])
     taps = min(64, int(np.ceil(np.log(1e-3) / np.log(correlation))) + 1)
     weights = correlation ** np.arange(taps)
     weights = weights / np.sqrt((weights**2).sum())
+    if drift is None:
+        offsets = np.zeros((t1 - t0, taps, 2), np.int64)
+    else:
+        track = np.asarray(drift, np.float64)
+        at = track[np.clip(np.arange(t0 - taps + 1, t1), 0, len(track) - 1)]
+        now = at[taps - 1:]  # frames t0 .. t1-1
+        offsets = np.stack([np.rint(now - at[taps - 1 - j: taps - 1 - j + t1 - t0])
+                            for j in range(taps)], axis=1).astype(np.int64)
+    cache: dict[tuple[int, int, int, int], Tensor] = {}  # one member's terms at a time
+
+    def term(m: int, t: int, dy: int, dx: int) -> Tensor:
+        if (m, t, dy, dx) not in cache:
+            cache[(m, t, dy, dx)] = e(m, t, dy, dx)
+        return cache[(m, t, dy, dx)]
+
     out = []
     for m in range(members):
-        cache = {t: e(m, t) for t in range(t0 - taps + 1, t1)}
-        out += [sum(float(wj) * cache[t - j] for j, wj in enumerate(weights))
-                for t in range(t0, t1)]
+        cache.clear()
+        out += [sum(float(wj) * term(m, t - j, *offsets[t - t0, j])
+                    for j, wj in enumerate(weights)) for t in range(t0, t1)]
     return torch.stack(out)
 
 
@@ -298,7 +321,8 @@ def sample_block(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray,
                            tile=opts.tile, overlap=opts.overlap, tile_batch=opts.tile_batch,
                            windows=opts.windows)
     x = sequence_noise(m, t0, t0 + length, h, w, seed=opts.seed, channels=channels,
-                       correlation=opts.noise_correlation, member0=member0, y0=y0, x0=x0)
+                       correlation=opts.noise_correlation, member0=member0, y0=y0, x0=x0,
+                       drift=None if opts.noise_drift is None else np.asarray(opts.noise_drift))
     x = x.to(cond.device) * float(sigmas[0])
     cc = (cond.repeat(m, 1, 1, 1) if cond.ndim == 4
           else cond.reshape(m * length, *cond.shape[2:]))

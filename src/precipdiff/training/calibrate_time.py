@@ -63,20 +63,25 @@ def training_sequences(corpus: Any, networks: list[str], *, frames: int, crop: i
 
 
 def member_lag1(net: Any, release: Any, case: dict[str, Any], phi: float, *, members: int,
-                steps: int, seed: int) -> float:
-    """Mean over members of the lag-1 correlation of the model's members on ``case`` (mm/h)."""
+                steps: int, seed: int, drift: bool = False) -> float:
+    """Mean over members of the lag-1 correlation of the model's members on ``case`` (mm/h);
+    ``drift``: the correlated noise moves with the coarse rain
+    (:func:`~precipdiff.pipeline.drift.rain_drift`)."""
     import torch
     import xarray as xr
 
     from precipdiff.defaults import PREDICT
     from precipdiff.evaluation.temporal import lag_correlation
+    from precipdiff.pipeline.drift import rain_drift
     from precipdiff.pipeline.sequence import SequenceOptions, clips_per_call, downscale_sequence
 
     tr, frames = release.transform, release.temporal.frames
     size = case["hr"].shape[-1]
     opts = SequenceOptions(members=members, seed=seed, sampler=PREDICT.sampler, steps=steps,
                            window=frames, windows="alternate", tile=max(size, 64), overlap=32,
-                           tile_batch=clips_per_call(frames, 8), noise_correlation=phi)
+                           tile_batch=clips_per_call(frames, 8), noise_correlation=phi,
+                           noise_drift=(tuple(map(tuple, rain_drift(case["lr"], case["factor"])
+                                                  .tolist())) if drift else None))
     lr_t = torch.from_numpy(tr.forward(np.nan_to_num(case["lr"])).astype(np.float32))
     pred = downscale_sequence(net, lr_t, case["time_s"], case["factor"], opts,
                               sigma_data=release.sigma_data)
@@ -102,9 +107,11 @@ def choose(errors: dict[float, list[float]]) -> float:
 def calibrate_time(weights: str | Path, corpus: str | Path, output: str | Path, *,
                    grid: tuple[float, ...] = GRID, frames: int = 12, crop: int = 96,
                    members: int = 4, steps: int = 8, seed: int = 0,
-                   networks: list[str] | None = None) -> dict[str, Any]:
+                   networks: list[str] | None = None, drift: bool = False) -> dict[str, Any]:
     """Write ``weights`` with a calibrated ``temporal_noise_correlation_calibrated`` note to
-    ``output``; returns the summary stored with it."""
+    ``output``; returns the summary stored with it. ``drift``: calibrate the correlation of
+    noise that moves with the rain, and note ``temporal_noise_drift = "1"`` so that
+    ``predict`` moves it too (:func:`precipdiff.pipeline.record.noise_drift`)."""
     from precipdiff.data.corpus import open_corpus
     from precipdiff.release import Release
     from precipdiff.training.calibrate import calibration_networks, trained_networks
@@ -134,7 +141,7 @@ def calibrate_time(weights: str | Path, corpus: str | Path, output: str | Path, 
         out = {}
         for phi in grid:
             out[repr(phi)] = member_lag1(net, release, case, phi, members=members, steps=steps,
-                                         seed=seed)
+                                         seed=seed, drift=drift)
             table[phi].append(abs(out[repr(phi)] - r_obs))
         net.set_product(None)
         return out
@@ -154,8 +161,9 @@ def calibrate_time(weights: str | Path, corpus: str | Path, output: str | Path, 
                "mean_lag1_error": {repr(k): float(np.mean(v)) for k, v in errors.items()},
                "sequences": per_case, "networks": chosen,
                "settings": {"frames": frames, "crop": crop, "members": members,
-                            "steps": steps, "seed": seed, "grid": list(grid)}}
-    notes = {**release.notes, "temporal_noise_correlation_calibrated": repr(phi)}
+                            "steps": steps, "seed": seed, "grid": list(grid), "drift": drift}}
+    notes = {**release.notes, "temporal_noise_correlation_calibrated": repr(phi),
+             "temporal_noise_drift": "1" if drift else "0"}
     if own:  # each product's own correlation, under its label (``predict --product``)
         by_product = {name: choose(table) for name, table in own.items()}
         summary["noise_correlation_by_product"] = by_product
@@ -174,11 +182,15 @@ def main(argv: list[str] | None = None) -> None:
     calibration_arguments(ap, frames=12, crop=96, unit="sequence")
     ap.add_argument("--grid", type=float, nargs="+", default=list(GRID))
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--drift", action="store_true",
+                    help="the correlated noise moves with the coarse rain (predict does the "
+                    "same with these weights)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = calibrate_time(args.weights, args.corpus, args.output, grid=tuple(args.grid),
                              frames=args.frames, crop=args.crop, members=args.members,
-                             steps=args.steps, seed=args.seed, networks=args.networks)
+                             steps=args.steps, seed=args.seed, networks=args.networks,
+                             drift=args.drift)
     print(json.dumps({k: v for k, v in summary.items() if k != "sequences"}, indent=1))
 
 
