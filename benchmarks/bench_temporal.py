@@ -67,7 +67,7 @@ from precipdiff.evaluation.temporal import (
     temporal_scores,
 )
 from precipdiff.models.temporal import SpatioTemporalUNet, TemporalConfig
-from precipdiff.pipeline.drift import rain_drift
+from precipdiff.pipeline.drift import as_track, rain_drift
 from precipdiff.pipeline.sequence import (
     WINDOW_MODES,
     SequenceOptions,
@@ -178,30 +178,64 @@ def residual_terms(pred_t: np.ndarray, base: np.ndarray, truth_t: np.ndarray
             "residual_var_share_radar": float(obs.var() / truth_t.var())}
 
 
-def frame_terms(pred_mm: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+def pair_sums(x: np.ndarray) -> np.ndarray:
+    """Sums ``(..., T-1, 6)`` over the pixels of each frame pair ``(x_{t-1}, x_t)`` of ``x (...,
+    T, H, W)`` — count, sum a, sum b, sum a^2, sum b^2, sum ab (finite pairs only) — from which
+    the pooled lag-1 correlation of any set of pairs follows (:func:`pooled_r`)."""
+    a, b = x[..., :-1, :, :].astype(np.float64), x[..., 1:, :, :].astype(np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = np.where(ok, a, 0.0), np.where(ok, b, 0.0)
+    return np.stack([ok.sum((-2, -1)), a.sum((-2, -1)), b.sum((-2, -1)), (a * a).sum((-2, -1)),
+                     (b * b).sum((-2, -1)), (a * b).sum((-2, -1))], axis=-1)
+
+
+def pooled_r(sums: np.ndarray) -> np.ndarray:
+    """Pearson correlation from summed :func:`pair_sums` ``(..., 6)``."""
+    n, sa, sb, saa, sbb, sab = np.moveaxis(sums, -1, 0)
+    return (sab - sa * sb / n) / np.sqrt((saa - sa * sa / n) * (sbb - sb * sb / n))
+
+
+def lag1_error(terms: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+    """``mean_m |r_m - r_radar|`` over the frame pairs ``idx (B, L)`` of each resample: (B,)."""
+    r_m = pooled_r(terms["members"][:, idx].sum(2))  # (M, B)
+    r_o = pooled_r(terms["radar"][idx].sum(1))  # (B,)
+    return np.abs(r_m - r_o[None]).mean(0)
+
+
+def frame_terms(pred_mm: np.ndarray, truth: np.ndarray) -> dict:
     """Per-frame pieces of the per-frame scores: fair CRPS ``(T,)`` (mean over pixels) and the
-    ensemble FSS sums ``(T, 3)`` of each (threshold, scale), which add over frames."""
+    ensemble FSS sums ``(T, 3)`` of each (threshold, scale), which add over frames; and the
+    frame-pair sums of the members and the radar (lag-1 correlation error)."""
     crps = crps_ensemble_pointwise(pred_mm, truth, axis=0, estimator="fair")
-    out = {"crps_fair": np.nanmean(crps, axis=(-2, -1))}
+    out: dict = {"crps_fair": np.nanmean(crps, axis=(-2, -1))}
     for thr, km in FSS_CASES:
         out[f"fss_{thr:g}mm_{km}km"] = fss_sums(pred_mm, truth, threshold=thr, scale=km,
                                                 member_axis=0)
+    out["lag1_corr_error"] = {"members": pair_sums(pred_mm), "radar": pair_sums(truth)}
     return out
 
 
 def paired_interval(a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, n_boot: int = 2000,
                     block: int = 3, seed: int = 0) -> dict[str, list[float]]:
-    """95 % interval of ``score(b) - score(a)`` for every per-frame score, from a moving-block
-    bootstrap over frames (blocks of ``block`` consecutive frames, the same resampled frames
-    for both models: frames of one sequence are correlated in time)."""
+    """95 % interval of ``score(b) - score(a)`` for every per-frame score and the lag-1
+    correlation error, from a moving-block bootstrap over frames (frame pairs for the lag-1
+    error; blocks of ``block`` consecutive ones, the same resampled ones for both models:
+    frames of one sequence are correlated in time)."""
     rng = np.random.default_rng(seed)
+
+    def resample(n: int) -> np.ndarray:
+        size = min(block, n)
+        starts = rng.integers(0, n - size + 1, size=(n_boot, -(-n // size)))
+        return (starts[..., None] + np.arange(size)).reshape(n_boot, -1)[:, :n]
+
     n = a["crps_fair"].shape[0]
-    block = min(block, n)
-    starts = rng.integers(0, n - block + 1, size=(n_boot, -(-n // block)))
-    idx = (starts[..., None] + np.arange(block)).reshape(n_boot, -1)[:, :n]
+    idx = resample(n)
     out = {}
     for key in a:
-        if key == "crps_fair":
+        if key == "lag1_corr_error":  # frame pairs, resampled the same way
+            pairs = resample(n - 1)
+            d = lag1_error(b[key], pairs) - lag1_error(a[key], pairs)
+        elif key == "crps_fair":
             d = b[key][idx].mean(1) - a[key][idx].mean(1)
         else:
             d = fss_from_sums(b[key][idx].sum(1)) - fss_from_sums(a[key][idx].sum(1))
@@ -237,7 +271,7 @@ def run_case(case: dict, release: Release, temporal_net, opts: SequenceOptions,
     first = correlations[0]
     if drift:
         track = rain_drift(case["lr"], f)
-        opts = replace(opts, noise_drift=tuple(map(tuple, track.tolist())))
+        opts = replace(opts, noise_drift=as_track(track))
     for phi in correlations:
         noise = "" if phi == first else f", noise correlation {phi:g}"
         o = replace(opts, noise_correlation=phi)

@@ -179,6 +179,8 @@ def test_shipped_product_model_knows_the_corpus_networks():
     record = json.loads(temporal.notes["temporal_noise_correlation_calibration"])
     assert record["split"] == "train" and phi == record["noise_correlation_by_product"]
     assert set(phi) <= set(networks) and all(0 <= v < 1 for v in phi.values())
+    # calibrated with noise that moves with the rain, which predict therefore moves too
+    assert temporal.notes["temporal_noise_drift"] == "1" and record["settings"]["drift"]
 
 
 def test_old_file_without_pooling_means_max_pooling(tmp_path):

@@ -82,3 +82,9 @@ def rain_drift(rates: np.ndarray, factor: int) -> np.ndarray:
     if steps:
         drift[1:] = np.cumsum(steps, axis=0)
     return drift * float(factor)
+
+
+def as_track(drift: np.ndarray) -> tuple[tuple[float, float], ...]:
+    """``drift (N, 2)`` as the hashable track of
+    :class:`~precipdiff.pipeline.sequence.SequenceOptions` (``noise_drift``)."""
+    return tuple((float(dy), float(dx)) for dy, dx in np.asarray(drift))

@@ -61,7 +61,7 @@ from torch import Tensor
 from precipdiff.diffusion.precond import EDMPrecond
 from precipdiff.errors import ConfigError
 from precipdiff.pipeline.accumulate import Accumulator
-from precipdiff.pipeline.drift import rain_drift
+from precipdiff.pipeline.drift import as_track, rain_drift
 from precipdiff.pipeline.dry import dry_block, dry_cells, wet_box
 from precipdiff.pipeline.sequence import (
     FrameWindow,
@@ -247,7 +247,7 @@ def downscale_record(
         with warnings.catch_warnings():  # all-NaN cells: dry for the track
             warnings.simplefilter("ignore", RuntimeWarning)
             track = rain_drift(np.nanmean(corrected, axis=0), f)
-        seq = replace(seq, noise_drift=tuple(map(tuple, track.tolist())))
+        seq = replace(seq, noise_drift=as_track(track))
         log.info("noise moves with the rain: %.1f, %.1f fine pixels (y, x) over the record",
                  *track[-1])
     chunks, wins, mb = _blocks(n, h, w, f, m, seq, opts)

@@ -72,7 +72,7 @@ def member_lag1(net: Any, release: Any, case: dict[str, Any], phi: float, *, mem
 
     from precipdiff.defaults import PREDICT
     from precipdiff.evaluation.temporal import lag_correlation
-    from precipdiff.pipeline.drift import rain_drift
+    from precipdiff.pipeline.drift import as_track, rain_drift
     from precipdiff.pipeline.sequence import SequenceOptions, clips_per_call, downscale_sequence
 
     tr, frames = release.transform, release.temporal.frames
@@ -80,8 +80,8 @@ def member_lag1(net: Any, release: Any, case: dict[str, Any], phi: float, *, mem
     opts = SequenceOptions(members=members, seed=seed, sampler=PREDICT.sampler, steps=steps,
                            window=frames, windows="alternate", tile=max(size, 64), overlap=32,
                            tile_batch=clips_per_call(frames, 8), noise_correlation=phi,
-                           noise_drift=(tuple(map(tuple, rain_drift(case["lr"], case["factor"])
-                                                  .tolist())) if drift else None))
+                           noise_drift=(as_track(rain_drift(case["lr"], case["factor"]))
+                                        if drift else None))
     lr_t = torch.from_numpy(tr.forward(np.nan_to_num(case["lr"])).astype(np.float32))
     pred = downscale_sequence(net, lr_t, case["time_s"], case["factor"], opts,
                               sigma_data=release.sigma_data)
