@@ -13,7 +13,8 @@ fine-pixel window around the rain, feeds the coarse (mean-pooled) radar to
   ``--windows`` mode (``overlap``: windows sharing ``--overlap-frames``; ``alternate``:
   partitions shifted by half a window on every other evaluation), and both again for every
   further ``--noise-correlation`` (starting noise correlated in time, AR(1), the same for both
-  models: :func:`precipdiff.pipeline.sequence.sequence_noise`),
+  models: :func:`precipdiff.pipeline.sequence.sequence_noise`; with ``--noise-drift`` its
+  correlated part moves with the coarse rain, :mod:`precipdiff.pipeline.drift`),
 
 (``--split all`` takes every event instead, for leave-one-network-out weights that never saw
 the network: ``--networks mrms --split all`` for the 2-min MRMS sequence), and scores both
@@ -23,9 +24,9 @@ log-spectral distance of the spectrum of frame differences ``x_t - x_{t-1}`` to 
 (where in scale the changes from frame to frame sit; figure ``difference_spectra_<net>.png``)
 and the CRPS of 30-min and hourly accumulations (:mod:`precipdiff.evaluation.temporal`); the
 fine residual's lag-1 correlation and share of the variance; 95 % intervals of the per-frame
-scores' differences from the per-frame model; plus the wall time per frame at the same NFE. The
-per-frame model is timed before and after the temporal runs and the cost ratios use the mean
-of both (load on a shared machine drifts within a run).
+scores' and the lag-1 error's differences from the per-frame model; plus the wall time per
+frame at the same NFE. The per-frame model is timed before and after the temporal runs and
+the cost ratios use the mean of both (load on a shared machine drifts within a run).
 
 Honest reading: a temporal model initialised from per-frame weights *is* the per-frame model
 (its temporal blocks start at zero), so without ``--temporal-weights`` the two rows agree to

@@ -9,7 +9,9 @@ grid, and keeps the ``phi`` whose members' lag-1 correlation (all pixels and fra
 over members) is closest to the radar's, averaged over the sequences. It is stored in the
 weights' metadata (``temporal_noise_correlation_calibrated``, with the per-sequence errors in
 ``temporal_noise_correlation_calibration``), where ``predict`` finds it
-(:func:`precipdiff.pipeline.record.noise_correlation`).
+(:func:`precipdiff.pipeline.record.noise_correlation`). With ``--drift`` the correlated noise
+moves with the coarse rain while calibrating (:mod:`precipdiff.pipeline.drift`), and the
+weights are noted so (``temporal_noise_drift = "1"``) that ``predict`` moves it too.
 
     python -m precipdiff.training.calibrate_time --weights T.safetensors \\
         --corpus stores/corpus.zarr --output T_calibrated.safetensors
