@@ -17,7 +17,8 @@ The displacement is one translation for the whole domain per frame step:
 iterations of the global Lucas-Kanade problem (Lucas & Kanade 1981) with bilinear warping,
 started from the peak of the phase correlation (Kuglin & Hines 1975) so that moves of several
 cells are found too. One translation is what a window of the size the temporal model sees
-needs; a domain whose storms move in different directions gets their rain-weighted mean.
+needs; a domain whose storms move in different directions gets a compromise weighted by where
+the field has structure (its gradients), right for none of them.
 Written here rather than taken from pysteps' optical flow (an optional dependency) because a
 single translation is twenty lines of numpy and the default ``predict`` must not need pysteps.
 """
