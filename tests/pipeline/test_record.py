@@ -126,8 +126,8 @@ def test_noise_moves_with_the_rain_when_asked_or_noted(weights, tmp_path, monkey
                                 ).save(tmp_path / "drift.safetensors")
     again = Pipeline(None, Stage.load(noted)).predict(src, _opts(temporal_noise_correlation=0.5))
     np.testing.assert_array_equal(again["precip"].values, moved["precip"].values)
-    Pipeline(None, Stage.load(noted)).predict(src, _opts())
-    assert len(tracks) == 2
+    independent = Pipeline(None, Stage.load(noted)).predict(src, _opts())
+    assert len(tracks) == 2 and independent.attrs["downscale_temporal_noise_drift"] == 0
 
 
 def test_unknown_temporal_windows_refused(tmp_path) -> None:

@@ -753,8 +753,10 @@ class Pipeline:
             if stage.temporal is not None:
                 attrs[f"{name}_temporal_frames"] = stage.temporal.frames
                 attrs[f"{name}_temporal_windows"] = opts.temporal_windows
-                attrs[f"{name}_temporal_noise_correlation"] = noise_correlation(stage, opts)
-                attrs[f"{name}_temporal_noise_drift"] = int(noise_drift(stage, opts))
+                phi = noise_correlation(stage, opts)
+                attrs[f"{name}_temporal_noise_correlation"] = phi
+                # 1 where correlated noise moved with the rain (independent noise has no drift)
+                attrs[f"{name}_temporal_noise_drift"] = int(phi > 0 and noise_drift(stage, opts))
         return attrs
 
 
