@@ -132,9 +132,8 @@ def per_frame(net, lr_t: torch.Tensor, f: int, opts: SequenceOptions, sd: float)
 
     base = upsample_tensor(lr_t[:, None].float(), f, method="bilinear")
     n, h, w = base.shape[0], base.shape[-2], base.shape[-1]
-    drift = None if opts.noise_drift is None else np.asarray(opts.noise_drift)
     noise = sequence_noise(opts.members, 0, n, h, w, seed=opts.seed,
-                           correlation=opts.noise_correlation, drift=drift
+                           correlation=opts.noise_correlation, drift=opts.noise_drift
                            ).reshape(opts.members, n, 1, h, w)
     sig = sampler_sigmas(opts.sampler, opts.steps, sigma_data=sd).float()
     d = EDMPrecond(net, sigma_data=sd)

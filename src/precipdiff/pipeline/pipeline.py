@@ -64,7 +64,7 @@ from precipdiff.pipeline.inputs import (
     coarsen_input,
 )
 from precipdiff.pipeline.peaks import PeakEnvelope, cap_peaks
-from precipdiff.pipeline.record import downscale_record, noise_correlation, noise_drift
+from precipdiff.pipeline.record import downscale_record, noise_correlation, noise_drifts
 from precipdiff.pipeline.spread import INFLATION_RANGE, inflate_spread
 from precipdiff.pipeline.stage import SamplerSettings, Stage, bf16_is_fast
 from precipdiff.pipeline.tiling import Window, position_noise, window_base, windows
@@ -753,10 +753,8 @@ class Pipeline:
             if stage.temporal is not None:
                 attrs[f"{name}_temporal_frames"] = stage.temporal.frames
                 attrs[f"{name}_temporal_windows"] = opts.temporal_windows
-                phi = noise_correlation(stage, opts)
-                attrs[f"{name}_temporal_noise_correlation"] = phi
-                # 1 where correlated noise moved with the rain (independent noise has no drift)
-                attrs[f"{name}_temporal_noise_drift"] = int(phi > 0 and noise_drift(stage, opts))
+                attrs[f"{name}_temporal_noise_correlation"] = noise_correlation(stage, opts)
+                attrs[f"{name}_temporal_noise_drift"] = int(noise_drifts(stage, opts))
         return attrs
 
 

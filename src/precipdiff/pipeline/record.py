@@ -142,6 +142,12 @@ def noise_drift(stage: Stage, opts: PredictOptions) -> bool:
     return stage.metadata.get("temporal_noise_drift", "0") == "1"
 
 
+def noise_drifts(stage: Stage, opts: PredictOptions) -> bool:
+    """Whether the starting noise actually moves with the rain: :func:`noise_drift` and a
+    correlation above 0 (independent noise has nothing to carry)."""
+    return noise_correlation(stage, opts) > 0 and noise_drift(stage, opts)
+
+
 def sequence_options(stage: Stage, opts: PredictOptions) -> SequenceOptions:
     """The sequence sampler's options for ``stage`` under the pipeline options ``opts``:
     window ``temporal.frames`` (``opts.temporal_windows``; overlap :func:`frame_overlap`), the
@@ -243,7 +249,7 @@ def downscale_record(
     h, w = ny * f, nx * f
     channels = 1 + (0 if extras is None else extras.shape[1])
     seq = sequence_options(stage, opts)
-    if seq.noise_correlation > 0 and noise_drift(stage, opts):  # one track for all members
+    if noise_drifts(stage, opts):  # one track for all members
         with warnings.catch_warnings():  # all-NaN cells: dry for the track
             warnings.simplefilter("ignore", RuntimeWarning)
             track = rain_drift(np.nanmean(corrected, axis=0), f)

@@ -33,7 +33,7 @@ Layout: sampler tensors hold the frames of each member consecutively, ``(M*N, C,
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -226,7 +226,8 @@ def clips_per_call(frames: int, images: int) -> int:
 
 def sequence_noise(members: int, t0: int, t1: int, h: int, w: int, *, seed: int,
                    channels: int = 1, correlation: float = 0.0, member0: int = 0,
-                   y0: int = 0, x0: int = 0, drift: np.ndarray | None = None) -> Tensor:
+                   y0: int = 0, x0: int = 0,
+                   drift: np.ndarray | Sequence[tuple[float, float]] | None = None) -> Tensor:
     """Starting noise ``(M*(t1-t0), C, h, w)`` of members ``[member0, member0 + M)``, frames
     ``[t0, t1)`` and the pixels from ``(y0, x0)``: each value depends on ``(seed, member,
     global frame, global pixel)`` only.
@@ -322,7 +323,7 @@ def sample_block(denoiser: TemporalDenoiser, cond: Tensor, time_s: np.ndarray,
                            windows=opts.windows)
     x = sequence_noise(m, t0, t0 + length, h, w, seed=opts.seed, channels=channels,
                        correlation=opts.noise_correlation, member0=member0, y0=y0, x0=x0,
-                       drift=None if opts.noise_drift is None else np.asarray(opts.noise_drift))
+                       drift=opts.noise_drift)
     x = x.to(cond.device) * float(sigmas[0])
     cc = (cond.repeat(m, 1, 1, 1) if cond.ndim == 4
           else cond.reshape(m * length, *cond.shape[2:]))

@@ -65,16 +65,16 @@ def training_sequences(corpus: Any, networks: list[str], *, frames: int, crop: i
 
 
 def member_lag1(net: Any, release: Any, case: dict[str, Any], phi: float, *, members: int,
-                steps: int, seed: int, drift: bool = False) -> float:
+                steps: int, seed: int, drift: tuple[tuple[float, float], ...] | None = None
+                ) -> float:
     """Mean over members of the lag-1 correlation of the model's members on ``case`` (mm/h);
-    ``drift``: the correlated noise moves with the coarse rain
-    (:func:`~precipdiff.pipeline.drift.rain_drift`)."""
+    ``drift``: the coarse rain's track, which the correlated noise then follows
+    (:func:`~precipdiff.pipeline.drift.rain_drift`), or None: fixed pixels."""
     import torch
     import xarray as xr
 
     from precipdiff.defaults import PREDICT
     from precipdiff.evaluation.temporal import lag_correlation
-    from precipdiff.pipeline.drift import as_track, rain_drift
     from precipdiff.pipeline.sequence import SequenceOptions, clips_per_call, downscale_sequence
 
     tr, frames = release.transform, release.temporal.frames
@@ -82,8 +82,7 @@ def member_lag1(net: Any, release: Any, case: dict[str, Any], phi: float, *, mem
     opts = SequenceOptions(members=members, seed=seed, sampler=PREDICT.sampler, steps=steps,
                            window=frames, windows="alternate", tile=max(size, 64), overlap=32,
                            tile_batch=clips_per_call(frames, 8), noise_correlation=phi,
-                           noise_drift=(as_track(rain_drift(case["lr"], case["factor"]))
-                                        if drift else None))
+                           noise_drift=drift)
     lr_t = torch.from_numpy(tr.forward(np.nan_to_num(case["lr"])).astype(np.float32))
     pred = downscale_sequence(net, lr_t, case["time_s"], case["factor"], opts,
                               sigma_data=release.sigma_data)
@@ -115,6 +114,7 @@ def calibrate_time(weights: str | Path, corpus: str | Path, output: str | Path, 
     noise that moves with the rain, and note ``temporal_noise_drift = "1"`` so that
     ``predict`` moves it too (:func:`precipdiff.pipeline.record.noise_drift`)."""
     from precipdiff.data.corpus import open_corpus
+    from precipdiff.pipeline.drift import as_track, rain_drift
     from precipdiff.release import Release
     from precipdiff.training.calibrate import calibration_networks, trained_networks
     from precipdiff.training.temporal import load_temporal
@@ -137,24 +137,27 @@ def calibrate_time(weights: str | Path, corpus: str | Path, output: str | Path, 
     per_case = []
 
     def lag1s(case: dict[str, Any], r_obs: float, table: dict[float, list[float]],
+              track: tuple[tuple[float, float], ...] | None,
               product: str | None = None) -> dict[str, float]:
-        """Members' lag-1 for every phi of ``grid`` under ``product``; errors into ``table``."""
+        """Members' lag-1 for every phi of ``grid`` under ``product``, the noise following
+        ``track``; errors into ``table``."""
         net.set_product(product)
         out = {}
         for phi in grid:
             out[repr(phi)] = member_lag1(net, release, case, phi, members=members, steps=steps,
-                                         seed=seed, drift=drift)
+                                         seed=seed, drift=track)
             table[phi].append(abs(out[repr(phi)] - r_obs))
         net.set_product(None)
         return out
 
     for case in cases:
         r_obs = radar_lag1(case)
+        track = as_track(rain_drift(case["lr"], case["factor"])) if drift else None
         row = {"network": case["network"], "event": case["event"], "step_s": case["step_s"],
-               "radar_lag1": r_obs, "members_lag1": lag1s(case, r_obs, errors)}
+               "radar_lag1": r_obs, "members_lag1": lag1s(case, r_obs, errors, track)}
         if case["network"] in net.cfg.products:
             table = own.setdefault(case["network"], {phi: [] for phi in grid})
-            row["own_product_members_lag1"] = lag1s(case, r_obs, table, case["network"])
+            row["own_product_members_lag1"] = lag1s(case, r_obs, table, track, case["network"])
         per_case.append(row)
         log.info("%s event %d: radar %.3f, members %s", case["network"], case["event"], r_obs,
                  row["members_lag1"])
