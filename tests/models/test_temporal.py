@@ -15,8 +15,10 @@ from precipdiff.models.temporal import (
     TemporalConfig,
     attention_cost_ratio,
     block_sites,
+    clip_shifts,
     fold_clips,
     time_features,
+    translate,
     unfold_clips,
 )
 from precipdiff.models.unet import UNet, UNetConfig
@@ -147,3 +149,71 @@ def test_errors():
         net.load_per_frame({"conv_in.weight": torch.zeros(1)})
     feats = time_features(torch.tensor([[0.0, 60.0]]), 8)
     assert feats.shape == (1, 2, 8) and torch.allclose(feats[0, 0, :4], torch.ones(4))
+
+
+def _moving_blob(frames: int, size: int, step: tuple[int, int]) -> torch.Tensor:
+    """``(frames, 1, size, size)``: a Gaussian blob (transformed rain) moving ``step`` px/frame."""
+    yy, xx = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)),
+                            indexing="ij")
+    return torch.stack([2 * torch.exp(-((yy - 12 - step[0] * t) ** 2 + (xx - 10 - step[1] * t) ** 2)
+                                      / 30)[None] for t in range(frames)])
+
+
+def test_translate_moves_by_fractions_and_zero_is_the_identity():
+    x = torch.zeros(2, 1, 16, 20)
+    x[:, 0, 5, 7] = 1.0
+    moved = translate(x, torch.tensor([[2 / 16, -3 / 20], [0.0, 0.0]]))
+    assert moved[0, 0, 7, 4] == pytest.approx(1.0) and moved[0].sum() == pytest.approx(1.0)
+    torch.testing.assert_close(moved[1], x[1], rtol=0, atol=1e-6)
+
+
+def test_clip_shifts_follow_the_rain_and_stay_zero_without_it():
+    cond = torch.cat([_moving_blob(T, 48, (2, 3)), torch.zeros(T, 1, 48, 48)])  # two clips
+    shifts = clip_shifts(cond, T) * 48
+    expect = torch.tensor([[2.0 * t, 3.0 * t] for t in range(T)])
+    torch.testing.assert_close(shifts[:T], expect - expect.mean(0), rtol=0, atol=0.25)
+    assert torch.equal(shifts[T:], torch.zeros(T, 2))
+    cache: dict = {}
+    twice = torch.cat([cond, cond[:T]])  # the moving clip again, as for a second member
+    got = clip_shifts(twice, T, cache)
+    assert len(cache) == 2 and torch.equal(got[2 * T:], got[:T])
+    assert torch.equal(clip_shifts(cond, T, cache), shifts / 48)
+
+
+def test_aligned_attention_on_a_moving_clip_is_fixed_attention_on_the_still_one_moved():
+    """Motion alignment: attention over a clip whose features move ``d_t`` equals attention over
+    the same features standing still, moved by ``d_t`` afterwards (integer moves, away from the
+    borders, so the bilinear moves are exact)."""
+    g = torch.Generator().manual_seed(7)
+    block = TemporalAttention(16, 8, 8)
+    with torch.no_grad():
+        block.proj.weight.copy_(torch.randn(block.proj.weight.shape, generator=g) * 0.3)
+    still = torch.zeros(T, 16, 24, 24)
+    still[:, :, 6:12, 9:15] = torch.randn(1, 16, 6, 6, generator=g)  # one pattern, every frame
+    still[:, :, 6:12, 9:15] += 0.3 * torch.randn(T, 16, 6, 6, generator=g)  # evolving a little
+    d = torch.tensor([[2.0 * t, -2.0 * t] for t in range(T)])  # clip mean (3, -3): whole px
+    shifts = (d - d.mean(0)) / 24
+    moving = translate(still, d / 24)
+    feats = time_features(torch.arange(T)[None] * 300.0, 8)
+    with torch.no_grad():
+        got = block(moving, T, feats, shifts)
+        expect = translate(block(still, T, feats, None), d / 24)
+        unaligned = block(moving, T, feats, None)
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)
+    assert (unaligned - expect).abs().max() > 1e-2  # without alignment the result differs
+
+
+def test_aligned_model_without_motion_is_the_unaligned_model():
+    net = _temporal(conv_levels=())
+    _randomise(net, 6, ("proj.weight",))
+    aligned = SpatioTemporalUNet(CFG, TemporalConfig(frames=T, head_channels=8, align=True))
+    aligned.load_state_dict(net.state_dict())
+    x, c, _ = _inputs(clips=1, size=16)
+    still = _moving_blob(T, 16, (0, 0)).repeat(1, 2, 1, 1)
+    moving = _moving_blob(T, 16, (1, 1)).repeat(1, 2, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(aligned.eval()(x, c, still), net(x, c, still),
+                                   rtol=0, atol=1e-5)
+        assert (aligned(x, c, moving) - net(x, c, moving)).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="needs cond"):
+        aligned(x, c, None)

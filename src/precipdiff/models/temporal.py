@@ -10,6 +10,17 @@ turn, never jointly, as in video diffusion models (Ho et al. 2022, "Video Diffus
 Blattmann et al. 2023) and STVD (Srivastava et al. 2024). At the fine levels a cheap temporal
 convolution (kernel 3 in time) may be added (``conv_levels``); it is off by default.
 
+With ``align`` the temporal attention is *motion-aligned*: a storm that moves 5 km between
+5-min frames sits at different pixels in each frame, so attention across frames at a fixed pixel
+mixes the core of one frame with the edge of the next. Each clip's rain displacement
+``d_t`` (one translation per frame, :func:`~precipdiff.pipeline.drift.rain_drift` of the
+conditioning field, relative to the clip's mean position) is found once per forward; before
+attention frame ``t``'s features are moved back by ``d_t`` (scaled to the level's resolution,
+bilinear, border values outside), so the tokens of one pixel follow the rain, and the attention
+output is moved forward again before it is added. Flow-guided feature alignment of this kind is
+what video restoration networks do (e.g. Chan et al. 2022, BasicVSR++) and what STVD's
+deterministic module does with optical flow.
+
 Every temporal block is residual with a zero-initialised output projection, so a temporal
 model loaded from per-frame weights (:meth:`SpatioTemporalUNet.load_per_frame`) is *exactly*
 the per-frame model until it is trained. The temporal blocks are attached as forward hooks on
@@ -29,6 +40,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,6 +48,10 @@ from torch import Tensor, nn
 from precipdiff.errors import ConfigError
 from precipdiff.models.unet import UNet, UNetConfig
 
+#: Pooling of the conditioning field before its motion is found (:func:`clip_shifts`).
+ALIGN_POOL = 4
+#: Clips whose shifts a model keeps (oldest dropped first).
+SHIFT_CACHE = 256
 #: Default spacing of frames when no ``time_offsets`` are given (seconds): 5-min radar.
 DEFAULT_STEP_S = 300.0
 
@@ -54,6 +70,8 @@ class TemporalConfig:
     head_channels: channels per temporal-attention head.
     embed_channels: width of the sinusoidal time-offset embedding.
     time_unit_s: unit of the offsets fed to the embedding (60 = minutes).
+    align: motion-aligned temporal attention (see the module docstring); ``False`` keeps the
+        fixed-pixel attention of the models trained before it.
     """
 
     frames: int = 6
@@ -63,6 +81,7 @@ class TemporalConfig:
     head_channels: int = 32
     embed_channels: int = 32
     time_unit_s: float = 60.0
+    align: bool = False
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -96,19 +115,62 @@ def time_features(offsets_s: Tensor, channels: int, *, unit_s: float = 60.0,
     return torch.cat([arg.cos(), arg.sin()], dim=-1)
 
 
+def translate(x: Tensor, shift: Tensor) -> Tensor:
+    """``x`` (N, C, H, W) moved by ``shift`` (N, 2) ``(dy, dx)`` in fractions of its height and
+    width: ``out(p) = x(p - shift)``, bilinear, border values where ``p - shift`` falls outside
+    (fractions, so that one shift serves every level of the U-Net)."""
+    n, _, height, width = x.shape
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = -2.0 * shift.flip(-1).to(x.dtype)  # (x, y) order, [-1, 1] spans the side
+    grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def clip_shifts(cond: Tensor, frames: int, cache: dict[bytes, np.ndarray] | None = None
+                ) -> Tensor:
+    """Each frame's rain position ``(B*T, 2)`` (``(dy, dx)``, fractions of ``cond``'s height and
+    width) relative to its clip's mean, from the conditioning channel 0 (the upsampled coarse
+    field, transformed: ``>= 0``, dry 0): :func:`~precipdiff.pipeline.drift.rain_drift` of
+    ``expm1(cond[:, 0])``, so that its ``log1p`` sees the transformed field itself, averaged over
+    ``ALIGN_POOL`` pixels square (the resolution of the coarse levels that attend across time;
+    16x fewer pixels for the Lucas-Kanade iterations). ``cache`` maps a clip's pooled field
+    (its bytes) to its shifts: a sampler sees the same clips at every step and for every member.
+    """
+    from precipdiff.pipeline.drift import rain_drift
+
+    field = torch.nan_to_num(cond[:, :1].detach().float()).clamp(0, 30)
+    if min(field.shape[-2:]) >= 4 * ALIGN_POOL:
+        field = F.avg_pool2d(field, ALIGN_POOL, ceil_mode=True)
+    field = field[:, 0].cpu().numpy()
+    out = []
+    for clip in field.reshape(-1, frames, *field.shape[1:]):
+        key = clip.tobytes()
+        d = None if cache is None else cache.get(key)
+        if d is None:
+            d = rain_drift(np.expm1(clip), 1)
+            d = (d - d.mean(axis=0)) / np.array(clip.shape[1:])
+            if cache is not None:
+                if len(cache) >= SHIFT_CACHE:
+                    cache.pop(next(iter(cache)))
+                cache[key] = d
+        out.append(d)
+    return torch.as_tensor(np.concatenate(out), dtype=torch.float32, device=cond.device)
+
+
 class _TemporalSite(nn.Module):
-    """Base of a temporal block hooked after a U-Net block; the context is set per forward."""
+    """Base of a temporal block hooked after a U-Net block; the context is set per forward:
+    ``(frames, time features, shifts or None)``."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.context: tuple[int, Tensor] | None = None
+        self.context: tuple[int, Tensor, Tensor | None] | None = None
 
     def after_block(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
         """Forward hook: mix ``output`` across time (identity outside a temporal forward)."""
         if self.context is None:
             return output
-        frames, feats = self.context
-        return self(output, frames, feats)
+        return self(output, *self.context)
 
 
 class TemporalAttention(_TemporalSite):
@@ -117,6 +179,8 @@ class TemporalAttention(_TemporalSite):
     ``h`` (B*T, C, H, W); the tokens of pixel ``(y, x)`` of clip ``b`` are its ``T`` frames;
     ``emb(t)`` is a linear map of the time-offset features. ``proj`` starts at zero, so the
     block starts as the identity (no ``1/sqrt(2)`` rescaling, unlike the spatial blocks).
+    With ``shifts`` (B*T, 2) (fractions of the frame, :func:`clip_shifts`) the attention runs
+    on features moved back by each frame's shift; its output is moved forward again.
     """
 
     def __init__(self, channels: int, head_channels: int, embed_channels: int):
@@ -133,16 +197,22 @@ class TemporalAttention(_TemporalSite):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, h: Tensor, frames: int, feats: Tensor) -> Tensor:
+    def forward(self, h: Tensor, frames: int, feats: Tensor,
+                shifts: Tensor | None = None) -> Tensor:
         bt, c, height, width = h.shape
         b, n = bt // frames, height * width
-        z = self.norm(h).reshape(b, frames, c, n).permute(0, 3, 1, 2)  # (b, n, T, C)
+        z = self.norm(h)
+        if shifts is not None:
+            z = translate(z, -shifts)
+        z = z.reshape(b, frames, c, n).permute(0, 3, 1, 2)  # (b, n, T, C)
         z = z + self.time(feats.to(z.dtype))[:, None]
         d = c // self.heads
         q, k, v = self.qkv(z).reshape(b, n, frames, 3, self.heads, d).permute(3, 0, 1, 4, 2, 5)
         a = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
         a = a.permute(0, 1, 3, 2, 4).reshape(b, n, frames, c)
         out = self.proj(a).permute(0, 2, 3, 1).reshape(bt, c, height, width)
+        if shifts is not None:
+            out = translate(out, shifts)
         return h + out
 
 
@@ -162,7 +232,8 @@ class TemporalConv(_TemporalSite):
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
 
-    def forward(self, h: Tensor, frames: int, feats: Tensor) -> Tensor:  # noqa: ARG002
+    def forward(self, h: Tensor, frames: int, feats: Tensor,  # noqa: ARG002
+                shifts: Tensor | None = None) -> Tensor:  # noqa: ARG002
         bt, c, height, width = h.shape
         z = F.silu(self.norm(h)).reshape(bt // frames, frames, c, height, width)
         out = self.conv(z.transpose(1, 2)).transpose(1, 2).reshape(bt, c, height, width)
@@ -205,6 +276,7 @@ class SpatioTemporalUNet(UNet):
     def __init__(self, cfg: UNetConfig = UNetConfig(), temporal: TemporalConfig = TemporalConfig()):
         super().__init__(cfg)
         self.temporal_cfg = temporal
+        self._shift_cache: dict[bytes, np.ndarray] = {}
         attn_levels = temporal.resolved_attn_levels(cfg)
         self._check_structure(cfg)
         mc = cfg.model_channels
@@ -263,14 +335,21 @@ class SpatioTemporalUNet(UNet):
         time_offsets = time_offsets.expand(clips, frames)
         feats = time_features(time_offsets, self.temporal_cfg.embed_channels,
                               unit_s=self.temporal_cfg.time_unit_s)
+        shifts = self._shifts(cond, frames) if self.temporal_cfg.align else None
         sites = list(self.temporal.values())
         for site in sites:
-            site.context = (frames, feats)
+            site.context = (frames, feats, shifts)
         try:
             return super().forward(x, c_noise, cond, **kwargs)
         finally:
             for site in sites:
                 site.context = None
+
+    def _shifts(self, cond: Tensor | None, frames: int) -> Tensor:
+        """:func:`clip_shifts` of ``cond``, with this model's cache of clips seen before."""
+        if cond is None:
+            raise ValueError("SpatioTemporalUNet: motion-aligned attention needs cond")
+        return clip_shifts(cond, frames, self._shift_cache)
 
     def load_per_frame(self, state: Mapping[str, Tensor]) -> None:
         """Load a per-frame :class:`UNet` state dict; the temporal blocks keep their (zero)
