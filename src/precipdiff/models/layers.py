@@ -63,7 +63,9 @@ class FourierEmbedding(nn.Module):
         super().__init__()
         if channels % 2:
             raise ValueError(f"FourierEmbedding needs an even channel count, got {channels}")
-        self.register_buffer("freqs", torch.randn(channels // 2) * scale)
+        # drawn on the CPU even where a net is built on the meta device to check a release's
+        # shapes: a random draw on "meta" imports torch's symbolic-shape machinery (~3 s)
+        self.register_buffer("freqs", torch.randn(channels // 2, device="cpu") * scale)
 
     def forward(self, c_noise: Tensor) -> Tensor:
         arg = (2.0 * math.pi) * c_noise.float()[:, None] * self.freqs[None, :]
