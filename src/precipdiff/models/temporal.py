@@ -15,11 +15,12 @@ With ``align`` the temporal attention is *motion-aligned*: a storm that moves 5 
 mixes the core of one frame with the edge of the next. Each clip's rain displacement
 ``d_t`` (one translation per frame, :func:`~precipdiff.pipeline.drift.rain_drift` of the
 conditioning field, relative to the clip's mean position) is found once per forward; before
-attention frame ``t``'s features are moved back by ``d_t`` (scaled to the level's resolution,
-bilinear, border values outside), so the tokens of one pixel follow the rain, and the attention
-output is moved forward again before it is added. Flow-guided feature alignment of this kind is
-what video restoration networks do (e.g. Chan et al. 2022, BasicVSR++) and what STVD's
-deterministic module does with optical flow.
+attention frame ``t``'s features are moved back by ``d_t`` (a fraction of the frame, so it
+serves every level; bilinear, border values outside), so the tokens of one pixel follow the
+rain, and the attention output is moved forward again before it is added: flow-guided feature
+alignment as video restoration networks use it (e.g. Chan et al. 2022, BasicVSR++), with one
+translation per frame for a flow. Off by default: trained on the corpus it changed little (BENCHMARKS.md,
+"Motion-aligned temporal attention").
 
 Every temporal block is residual with a zero-initialised output projection, so a temporal
 model loaded from per-frame weights (:meth:`SpatioTemporalUNet.load_per_frame`) is *exactly*
