@@ -19,8 +19,8 @@ attention frame ``t``'s features are moved back by ``d_t`` (a fraction of the fr
 serves every level; bilinear, border values outside), so the tokens of one pixel follow the
 rain, and the attention output is moved forward again before it is added: flow-guided feature
 alignment as video restoration networks use it (e.g. Chan et al. 2022, BasicVSR++), with one
-translation per frame for a flow. Off by default: trained on the corpus it changed little (BENCHMARKS.md,
-"Motion-aligned temporal attention").
+translation per frame for a flow. Off by default: trained on the corpus it changed little
+(BENCHMARKS.md, "Motion-aligned temporal attention").
 
 Every temporal block is residual with a zero-initialised output projection, so a temporal
 model loaded from per-frame weights (:meth:`SpatioTemporalUNet.load_per_frame`) is *exactly*
