@@ -357,23 +357,18 @@ def test_archive_workers_die_with_parent(tiny_weights, slow_src, tmp_path) -> No
                                                      "report.json"]
 
 
-def test_archive_output_records_input(tiny_weights, src, tmp_path) -> None:
-    res = run_cli(*_predict(tiny_weights, str(src), "--archive", "--output", str(tmp_path)))
-    assert res.returncode == 0, res.stderr
-    from precipdiff.pipeline.run import input_id
-
-    with netCDF4.Dataset(tmp_path / "src.nc.precipdiff.nc") as ds:
-        assert ds.getncattr("precipdiff_input_id") == input_id(src)
-
-
 def test_quiet_and_unwrapped_log_lines(tiny_weights, src, tmp_path) -> None:
     """``-q`` leaves only the results on stdout; log lines are never wrapped (a long path stays
-    on one line, whatever the width)."""
+    on one line, whatever the width); an archive output records its input's id."""
+    from precipdiff.pipeline.run import input_id
+
     out = tmp_path / ("a_rather_long_folder_name_" * 4) / "archive"
     args = _predict(tiny_weights, str(src), "--archive", "--output", str(out))
     res = run_cli("-q", *args)
     assert res.returncode == 0 and res.stderr == "", res.stderr
     assert res.stdout.splitlines() == [f"written: {out / 'src.nc.precipdiff.nc'}"]
+    with netCDF4.Dataset(out / "src.nc.precipdiff.nc") as ds:
+        assert ds.getncattr("precipdiff_input_id") == input_id(src)
     res = run_cli(*args)  # the rerun skips the complete output and logs it
     assert res.returncode == 0 and res.stderr == "", res.stderr
     assert any(line.startswith("INFO") and f"skip {src}: output exists" in line
