@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import yaml
@@ -15,6 +17,7 @@ from precipdiff.training.config import RunConfig
 from precipdiff.training.temporal import (
     TemporalRunConfig,
     build_temporal_net,
+    clip_drift,
     clip_loss_sum,
     clip_noise,
     load_temporal,
@@ -91,6 +94,41 @@ def test_clip_noise_correlated_in_time():
     assert torch.equal(noise.reshape(40, 4, -1)[:, 0], independent.reshape(40, 4, -1)[:, 0])
     with pytest.raises(ConfigError, match="noise_correlation"):
         TemporalRunConfig(run=_cfg().run, noise_correlation=1.0)
+    with pytest.raises(ConfigError, match="noise_drift"):
+        TemporalRunConfig(run=_cfg().run, noise_drift=True)  # nothing correlated to carry
+    with pytest.raises(ConfigError, match="train.stage"):
+        TemporalRunConfig(run=_cfg(stage="correct").run)
+
+
+def test_clip_noise_moves_with_the_rain():
+    drift = torch.tensor([[0.0, 0.0], [1.2, -2.9], [2.1, -6.1], [2.2, -9.0]]).expand(40, 4, 2)
+    _, noise = clip_noise(list(range(40)), 4, (1, 32, 32), seed=1, mode="clip", P_mean=-1.2,
+                          P_std=1.2, correlation=0.8, drift=drift)
+    n = noise.reshape(40, 4, 32, 32)
+    assert abs(float(n.std()) - 1) < 0.02
+
+    def corr(a, b):
+        return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+    moved = [(1, -3), (1, -3), (0, -3)]  # rounded displacement of each frame step
+    for t, (dy, dx) in enumerate(moved, start=1):
+        back = torch.roll(n[:, t], (-dy, -dx), dims=(-2, -1))  # frame t where the rain was
+        assert abs(corr(back, n[:, t - 1]) - 0.8) < 0.03, t
+        assert abs(corr(n[:, t], n[:, t - 1])) < 0.05  # at fixed pixels: nothing left
+    _, fixed = clip_noise(list(range(40)), 4, (1, 32, 32), seed=1, mode="clip", P_mean=-1.2,
+                          P_std=1.2, correlation=0.8)
+    assert torch.equal(fixed.reshape(40, 4, -1)[:, 0], n.reshape(40, 4, -1)[:, 0])
+
+
+def test_clip_drift_follows_the_conditioning_rain():
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")  # a patch
+    blob = torch.stack([torch.exp(-((yy - 30 - 0.5 * t) ** 2 + (xx - 28 - 2 * t) ** 2) / 40.0)
+                        for t in range(4)])
+    cond = torch.log1p(3 * blob)[None, :, None]  # (1, T, 1, H, W), transformed rain
+    d = clip_drift(cond)[0]
+    assert d.shape == (4, 2) and torch.allclose(d.mean(0), torch.zeros(2), atol=1e-5)
+    step = d[1:] - d[:-1]
+    assert torch.allclose(step, torch.tensor([0.5, 2.0]).expand(3, 2), atol=0.2), step
 
 
 @pytest.mark.parametrize("mode", ["clip", "frame"])
@@ -149,7 +187,14 @@ def test_init_from_per_frame_release_and_freeze_spatial(tmp_path):
     assert {"fine_threshold_by_product", "peak_envelope"} <= set(kept.notes)
     assert "spread_inflation" not in kept.notes
     assert kept.notes["temporal_noise_correlation"] == "0.0"
+    assert "temporal_noise_drift" not in kept.notes
     assert temporal_release(_cfg(steps=1), result.ema, MovingBlobs(n=2)).patch == PATCH
+    drifting = dataclasses.replace(frozen, noise_correlation=0.5, noise_drift=True)
+    moved = train_temporal(drifting, dataset=MovingBlobs(n=8))  # noise carried with the rain
+    assert all(math.isfinite(v) for v in moved.losses) and moved.losses != result.losses
+    notes = temporal_release(drifting, moved.ema, MovingBlobs(n=2)).notes
+    assert notes["temporal_noise_drift"] == "1"  # predict's default for these weights
+    assert notes["temporal_noise_correlation"] == "0.5"
     for name, p in result.net.named_parameters():
         if not name.startswith("temporal."):
             torch.testing.assert_close(p, per_frame.state_dict()[name], rtol=0, atol=0)
@@ -197,11 +242,13 @@ def test_temporal_config_from_yaml(tmp_path):
     path.write_text("data: {store: s, patch: 16, batch_size: 2}\n"
                     "train: {stage: downscale, steps: 3}\n"
                     "temporal: {frames: 4, head_channels: 8, noise: frame, "
-                    "freeze_spatial: true, attn_levels: [1]}\n")
+                    "freeze_spatial: true, attn_levels: [1], noise_correlation: 0.5, "
+                    "noise_drift: true}\n")
     assert is_temporal_config(path)
     cfg = load_temporal_config(path, ["temporal.frames=5"])
     assert cfg.temporal.frames == 5 and cfg.temporal.attn_levels == (1,)
     assert cfg.noise == "frame" and cfg.freeze_spatial and cfg.run.data.patch == 16
+    assert cfg.noise_correlation == 0.5 and cfg.noise_drift
     path.write_text(yaml.safe_dump(cfg.to_dict()))  # what run dirs and releases record
     assert load_temporal_config(path) == cfg
     path.write_text("train: {stage: downscale}\ntemporal: {frame: 4}\n")

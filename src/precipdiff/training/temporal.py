@@ -11,7 +11,9 @@ frames, as video diffusion models do; ``"frame"`` draws one per frame (STVD's op
 unit-normal noise is independent per frame, or with ``noise_correlation`` ``phi`` correlated
 in time within the clip as a stationary AR(1) process (lag-``k`` correlation ``phi**k``; a
 temporally correlated noise prior, Ge et al. 2023), the noise the sequence sampler starts
-from (:func:`precipdiff.pipeline.sequence.sequence_noise`).
+from (:func:`precipdiff.pipeline.sequence.sequence_noise`); ``noise_drift`` moves its
+correlated part with each clip's rain (:func:`clip_drift`), as ``predict`` does for weights
+trained so (note ``temporal_noise_drift``).
 
 ``train.init_from`` names a per-frame ``downscale`` release: the temporal model then starts as
 exactly that model (zero-initialised temporal blocks) and ``freeze_spatial`` trains the
@@ -59,12 +61,13 @@ NoiseMode = Literal["clip", "frame"]
 class TemporalRunConfig:
     """A temporal run: the per-frame run config plus the temporal network and noise mode."""
 
-    run: RunConfig = field(default_factory=RunConfig)
+    run: RunConfig
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     noise: NoiseMode = "clip"
     freeze_spatial: bool = False
     spatial_lr_ratio: float = 1.0
     noise_correlation: float = 0.0
+    noise_drift: bool = False
 
     def __post_init__(self) -> None:
         if self.noise not in ("clip", "frame"):
@@ -75,6 +78,15 @@ class TemporalRunConfig:
         if not 0.0 <= self.noise_correlation < 1.0:
             raise ConfigError(f"temporal.noise_correlation: {self.noise_correlation} is not "
                               "in [0, 1)")
+        if self.run.train.stage != "downscale":
+            raise ConfigError(f"train.stage: the temporal model is a 'downscale' stage, got "
+                              f"{self.run.train.stage!r}")
+        if self.run.train.mean_from:
+            raise ConfigError("train.mean_from: a regression mean is not supported by the "
+                              "temporal training yet")
+        if self.noise_drift and self.noise_correlation == 0.0:
+            raise ConfigError("temporal.noise_drift: needs a noise_correlation above 0 "
+                              "(independent noise has nothing to carry with the rain)")
         if self.freeze_spatial and self.spatial_lr_ratio not in (0.0, 1.0):
             raise ConfigError("temporal: freeze_spatial and a spatial_lr_ratio between 0 and 1 "
                               "contradict each other; give one")
@@ -90,21 +102,16 @@ class TemporalRunConfig:
         at a reduced learning rate."""
         return bool(self.run.train.init_from) and (self.spatial_frozen
                                                    or self.spatial_lr_ratio < 1.0)
-        if self.run.train.stage != "downscale":
-            raise ConfigError(f"train.stage: the temporal model is a 'downscale' stage, got "
-                              f"{self.run.train.stage!r}")
-        if self.run.train.mean_from:
-            raise ConfigError("train.mean_from: a regression mean is not supported by the "
-                              "temporal training yet")
 
     def to_dict(self) -> dict[str, Any]:
         """The run config's sections plus the ``temporal`` section (TemporalConfig fields,
-        ``noise``, ``freeze_spatial``, ``spatial_lr_ratio``, ``noise_correlation``): what
-        :func:`load_temporal_config` reads, as plain JSON/YAML types."""
+        ``noise``, ``freeze_spatial``, ``spatial_lr_ratio``, ``noise_correlation``,
+        ``noise_drift``): what :func:`load_temporal_config` reads, as plain JSON/YAML types."""
         temporal = {**dataclasses.asdict(self.temporal), "noise": self.noise,
                     "freeze_spatial": self.freeze_spatial,
                     "spatial_lr_ratio": self.spatial_lr_ratio,
-                    "noise_correlation": self.noise_correlation}
+                    "noise_correlation": self.noise_correlation,
+                    "noise_drift": self.noise_drift}
         return json.loads(json.dumps({**self.run.to_dict(), "temporal": temporal}))
 
 
@@ -119,21 +126,33 @@ class TemporalResult:
 
 
 def clip_noise(serials: list[int], frames: int, shape: tuple[int, ...], *, seed: int,
-               mode: NoiseMode, P_mean: float, P_std: float, correlation: float = 0.0
-               ) -> tuple[Tensor, Tensor]:
+               mode: NoiseMode, P_mean: float, P_std: float, correlation: float = 0.0,
+               drift: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-frame ``sigma (B*T,)`` and unit noise ``(B*T, *shape)`` of clips ``serials``.
 
     ``mode="clip"``: the clip's ``sigma`` (EDM, ``ln sigma ~ N(P_mean, P_std^2)``) repeated
     over its frames; ``"frame"``: ``T`` independent draws per clip (an extra stream).
     ``correlation`` ``phi``: the unit noise of frame ``t`` is ``phi n(t-1) + sqrt(1 - phi^2)
-    e(t)`` (stationary AR(1), unit variance). Everything about clip ``i`` depends only on
-    ``(seed, serials[i])``.
+    e(t)`` (stationary AR(1), unit variance). ``drift (B, T, 2)``: each clip's rain
+    displacement per frame (pixels of ``shape``, ``(dy, dx)``); ``n(t-1)`` is then moved by
+    the rounded displacement between the frames (periodic), so the correlated part of the
+    noise travels with the rain, as the sequence sampler's (:func:`~precipdiff.pipeline.
+    sequence.sequence_noise` with a drift). Everything about clip ``i`` depends only on
+    ``(seed, serials[i])`` (and its drift).
     """
     sigma, noise = draw_noise(serials, (frames, *shape), seed=seed, P_mean=P_mean, P_std=P_std)
     if correlation > 0:
         noise, fresh = noise.clone(), math.sqrt(1 - correlation**2)
+        steps = None
+        if drift is not None:
+            at = torch.round(drift.detach().cpu().double()).long()
+            steps = (at[:, 1:] - at[:, :-1]).tolist()  # (B, T-1, 2)
         for t in range(1, frames):
-            noise[:, t] = correlation * noise[:, t - 1] + fresh * noise[:, t]
+            before = noise[:, t - 1]
+            if steps is not None:
+                before = torch.stack([torch.roll(before[i], tuple(steps[i][t - 1]), dims=(-2, -1))
+                                      for i in range(len(serials))])
+            noise[:, t] = correlation * before + fresh * noise[:, t]
     if mode == "frame":
         sig = [torch.exp(torch.randn(frames, generator=sample_generator(seed, s, 2)) * P_std
                          + P_mean) for s in serials]
@@ -141,6 +160,17 @@ def clip_noise(serials: list[int], frames: int, shape: tuple[int, ...], *, seed:
     else:
         per_frame = sigma.repeat_interleave(frames)
     return per_frame, fold_clips(noise)
+
+
+def clip_drift(cond: Tensor) -> Tensor:
+    """Each clip's rain displacement ``(B, T, 2)`` in pixels of its patch (``(dy, dx)``,
+    relative to the clip's mean position) from the conditioning clips ``cond (B, T, C, H,
+    W)``: :func:`~precipdiff.models.temporal.clip_shifts`, the aligned attention's."""
+    from precipdiff.models.temporal import clip_shifts
+
+    b, t, _, h, w = cond.shape
+    frac = clip_shifts(fold_clips(cond), t).reshape(b, t, 2)
+    return frac * torch.tensor([h, w], dtype=frac.dtype, device=frac.device)
 
 
 def clip_loss_sum(model: nn.Module, batch: dict[str, Tensor], sigma: Tensor, noise: Tensor,
@@ -270,9 +300,10 @@ def train_temporal(cfg: TemporalRunConfig, *, dataset: Any = None,
         items = [ds[i] for i in idx]  # one read per clip
         batch = {k: torch.stack([it[k] for it in items]) for k in keys}
         serials = list(range(serial, serial + b))
+        drift = clip_drift(batch["cond"]) if cfg.noise_drift else None
         sigma, noise = clip_noise(serials, frames, shape, seed=run.train.seed, mode=cfg.noise,
                                   P_mean=d.P_mean, P_std=d.P_std,
-                                  correlation=cfg.noise_correlation)
+                                  correlation=cfg.noise_correlation, drift=drift)
         valid = batch["mask"].sum().clamp_min(1).float()
         product = None if lookup is None else product_labels(
             batch["network"], lookup, serials, seed=run.train.seed,
@@ -323,6 +354,8 @@ def temporal_release(cfg: TemporalRunConfig, net: SpatioTemporalUNet, ds: Any) -
     patch = cfg.run.data.patch
     notes = {"temporal_noise": cfg.noise,
              "temporal_noise_correlation": str(cfg.noise_correlation)}
+    if cfg.noise_drift:  # predict's default: the correlated noise moves with the rain
+        notes["temporal_noise_drift"] = "1"
     if cfg.spatial_kept:  # the spatial span it was trained with, and its fine wet threshold
         init = Release.load(cfg.run.train.init_from)
         patch = max(patch, init.patch)
@@ -359,7 +392,8 @@ def load_temporal(path: str | Path) -> tuple[SpatioTemporalUNet, dict[str, Any]]
     return net, meta
 
 
-TEMPORAL_KEYS = ("noise", "freeze_spatial", "spatial_lr_ratio", "noise_correlation")
+TEMPORAL_KEYS = ("noise", "freeze_spatial", "spatial_lr_ratio", "noise_correlation",
+                 "noise_drift")
 
 
 def load_temporal_config(path: str | Path | None,
@@ -391,7 +425,8 @@ def load_temporal_config(path: str | Path | None,
     return TemporalRunConfig(run=run, temporal=temporal, noise=section.get("noise", "clip"),
                              freeze_spatial=bool(section.get("freeze_spatial", False)),
                              spatial_lr_ratio=float(section.get("spatial_lr_ratio", 1.0)),
-                             noise_correlation=float(section.get("noise_correlation", 0.0)))
+                             noise_correlation=float(section.get("noise_correlation", 0.0)),
+                             noise_drift=bool(section.get("noise_drift", False)))
 
 
 def is_temporal_config(path: str | Path | None) -> bool:
